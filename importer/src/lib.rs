@@ -1,1 +1,18 @@
-//! placeholder
+//! `ferry`: the data plane that moves virtual disks into Kubernetes volumes.
+//!
+//! One flow (see DESIGN.md): a [`source::Source`] describes and reads the disk, the
+//! [`copy`] pipeline plans extents and streams them through one pool of [`buf::Buf`]s,
+//! and a [`sink::Sink`] writes them with an [`engine::IoEngine`] (io_uring or plain
+//! syscalls). Unsafe code lives only in the io_uring engine.
+#![deny(unsafe_code)]
+
+pub mod buf;
+pub mod copy;
+#[allow(unsafe_code)]
+pub mod engine;
+pub mod error;
+pub mod progress;
+pub mod sink;
+pub mod source;
+
+pub use error::Error;

@@ -1,0 +1,445 @@
+//! `ferry bench`: the disk-copy benchmark.
+//!
+//! * No arguments: copy a built-in synthetic disk (generated in process, partly sparse)
+//!   to a temporary file, `--runs` times, and report throughput, CPU seconds per GiB and
+//!   peak memory; the last target is verified byte for byte against the generator.
+//! * `SRC DST`: run `ferry copy` as a child process, and with `--compare` the peers
+//!   (nbdcopy, qemu-img) and the floor (source read to nowhere; fio writing the same
+//!   data), in alternation on the same source and target, each measured by a helper
+//!   process (`ferry __measure`) so wall time, CPU time and peak RSS are the child's own.
+
+use std::io::Read;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use ferry::progress::Progress;
+use ferry::source::{Source, SyntheticSource, SyntheticSpec};
+use nix::sys::resource::{UsageWho, getrusage};
+use serde::{Deserialize, Serialize};
+
+use super::Tuning;
+use super::copy_cmd::copy_once;
+
+const GIB: f64 = (1u64 << 30) as f64;
+
+/// Arguments of `ferry bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Source (NBD URI or path). Omit both SRC and DST for the built-in synthetic disk.
+    pub src: Option<String>,
+    /// Target; a regular file here is deleted before every run.
+    pub dst: Option<PathBuf>,
+    /// Runs per tool.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=100))]
+    pub runs: u64,
+    /// Comma-separated peers to run in alternation: nbdcopy, qemu-img, floor.
+    #[arg(long, value_delimiter = ',')]
+    pub compare: Vec<String>,
+    /// Size of the synthetic disk in MiB.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    pub size_mib: u64,
+    /// Percentage of the synthetic disk that holds data.
+    #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub data_percent: u8,
+    /// Directory for the synthetic run's temporary target.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Print the results as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub tuning: Tuning,
+}
+
+/// Arguments of the hidden `__measure` helper.
+#[derive(Debug, Args)]
+pub struct MeasureArgs {
+    /// Where to write the JSON measurement.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// The command and its arguments.
+    #[arg(trailing_var_arg = true, required = true)]
+    pub cmd: Vec<String>,
+}
+
+/// One measured run of one tool.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Sample {
+    /// Tool name.
+    pub tool: String,
+    /// Wall seconds.
+    pub seconds: f64,
+    /// User + system CPU seconds.
+    pub cpu_seconds: f64,
+    /// Peak resident set, KiB.
+    pub max_rss_kib: i64,
+    /// Exit code (0 = success).
+    pub code: i32,
+}
+
+fn cpu_of(u: &nix::sys::resource::Usage) -> f64 {
+    let t = |tv: nix::sys::time::TimeVal| tv.tv_sec() as f64 + tv.tv_usec() as f64 / 1e6;
+    t(u.user_time()) + t(u.system_time())
+}
+
+/// `ferry __measure --out F -- CMD…`: run CMD (its only child) and record its usage.
+pub fn measure(a: MeasureArgs) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let status = Command::new(&a.cmd[0])
+        .args(&a.cmd[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .status()
+        .with_context(|| format!("running {}", a.cmd[0]))?;
+    let seconds = start.elapsed().as_secs_f64();
+    let u = getrusage(UsageWho::RUSAGE_CHILDREN)?;
+    let s = Sample {
+        tool: a.cmd[0].clone(),
+        seconds,
+        cpu_seconds: cpu_of(&u),
+        max_rss_kib: u.max_rss(),
+        code: status.code().unwrap_or(-1),
+    };
+    std::fs::write(&a.out, serde_json::to_vec(&s)?)?;
+    Ok(())
+}
+
+/// Run `ferry bench`.
+pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
+    a.tuning.validate()?;
+    match (&a.src, &a.dst) {
+        (None, None) => synthetic(&a).await,
+        (Some(src), Some(dst)) => side_by_side(&a, src, dst).await,
+        _ => bail!("give both SRC and DST, or neither for the built-in synthetic disk"),
+    }
+}
+
+fn settle() {
+    // Start every run from the same state: previous runs' dirty pages written back and
+    // (as root) the page cache dropped. Failure to drop caches is harmless.
+    let _ = Command::new("sync").status();
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+}
+
+fn remove_if_file(p: &Path) -> anyhow::Result<()> {
+    match std::fs::symlink_metadata(p) {
+        Ok(m) if m.file_type().is_file() => {
+            std::fs::remove_file(p).with_context(|| format!("removing {}", p.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+async fn synthetic(a: &BenchArgs) -> anyhow::Result<()> {
+    if !a.compare.is_empty() {
+        bail!("--compare needs SRC and DST: the peers cannot read the in-process synthetic disk");
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("ferry-bench")
+        .tempdir_in(a.dir.clone().unwrap_or_else(std::env::temp_dir))?;
+    let target = dir.path().join("bench.img");
+    let spec = SyntheticSpec {
+        size: a.size_mib << 20,
+        data_percent: a.data_percent,
+        seed: 0x5eed,
+    };
+    let src = Arc::new(SyntheticSource::new(spec));
+    let engine = ferry::engine::select(a.tuning.io_engine, (a.tuning.buf_count * 2 + 16) as u32)?;
+    eprintln!("ferry bench: {} → {}", src.describe(), target.display());
+    let mut samples = Vec::new();
+    let mut last = None;
+    for run in 1..=a.runs {
+        remove_if_file(&target)?;
+        settle();
+        let before = getrusage(UsageWho::RUSAGE_SELF)?;
+        let t = Instant::now();
+        let stats = copy_once(
+            src.clone(),
+            &target,
+            &a.tuning,
+            engine.clone(),
+            Arc::new(Progress::new()),
+        )
+        .await?;
+        let seconds = t.elapsed().as_secs_f64();
+        let after = getrusage(UsageWho::RUSAGE_SELF)?;
+        let s = Sample {
+            tool: "ferry".into(),
+            seconds,
+            cpu_seconds: cpu_of(&after) - cpu_of(&before),
+            max_rss_kib: after.max_rss(),
+            code: 0,
+        };
+        if !a.json {
+            eprintln!(
+                "run {run}: {:.2}s, {:.0} MB/s of data, {:.3} CPU s/GiB, peak RSS {} MiB (engine {}, O_DIRECT {})",
+                s.seconds,
+                stats.bytes_written as f64 / s.seconds / 1e6,
+                s.cpu_seconds / (stats.bytes_written as f64 / GIB).max(1e-9),
+                s.max_rss_kib / 1024,
+                stats.engine,
+                stats.direct
+            );
+        }
+        samples.push(s);
+        last = Some(stats);
+    }
+    let stats = last.context("no run")?;
+    verify_synthetic(&src, &target)?;
+    let med = median(&samples);
+    let data_gib = stats.bytes_written as f64 / GIB;
+    let summary = serde_json::json!({
+        "source": src.describe(), "target": target, "runs": samples, "verified": true,
+        "median_seconds": med.seconds, "data_bytes": stats.bytes_written, "size": stats.size,
+        "data_mb_per_s": stats.bytes_written as f64 / med.seconds / 1e6,
+        "disk_mb_per_s": stats.size as f64 / med.seconds / 1e6,
+        "cpu_seconds_per_gib_data": med.cpu_seconds / data_gib.max(1e-9),
+        "peak_rss_mib": med.max_rss_kib / 1024, "engine": stats.engine, "direct": stats.direct,
+        "buf_size": stats.buf_size, "buf_count": stats.buf_count,
+    });
+    if a.json {
+        println!("{summary}");
+    } else {
+        eprintln!(
+            "median: {:.2}s for {:.2} GiB of data in a {:.2} GiB disk: {:.0} MB/s of data, {:.0} MB/s of disk, {:.3} CPU s/GiB; target verified byte for byte",
+            med.seconds,
+            data_gib,
+            stats.size as f64 / GIB,
+            summary["data_mb_per_s"].as_f64().unwrap_or(0.0),
+            summary["disk_mb_per_s"].as_f64().unwrap_or(0.0),
+            summary["cpu_seconds_per_gib_data"].as_f64().unwrap_or(0.0)
+        );
+    }
+    Ok(())
+}
+
+/// Compare the target with the generator, 4 MiB at a time.
+fn verify_synthetic(src: &SyntheticSource, target: &Path) -> anyhow::Result<()> {
+    let mut f = std::fs::File::open(target)?;
+    let size = src.size();
+    let mut at = 0u64;
+    let mut got = vec![0u8; 4 << 20];
+    let mut want = vec![0u8; 4 << 20];
+    while at < size {
+        let n = ((size - at) as usize).min(got.len());
+        f.read_exact(&mut got[..n])?;
+        src.fill(at, &mut want[..n]);
+        if got[..n] != want[..n] {
+            let i = got[..n]
+                .iter()
+                .zip(&want[..n])
+                .position(|(a, b)| a != b)
+                .unwrap_or(0);
+            bail!(
+                "benchmark target differs from the synthetic source at offset {}",
+                at + i as u64
+            );
+        }
+        at += n as u64;
+    }
+    Ok(())
+}
+
+fn median(v: &[Sample]) -> Sample {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.seconds.total_cmp(&b.seconds));
+    s[s.len() / 2].clone()
+}
+
+/// Data bytes of a source according to its extents (for the write floor).
+async fn data_bytes(src: &str, tuning: &Tuning) -> anyhow::Result<(u64, u64)> {
+    let engine = ferry::engine::select(ferry::engine::EngineChoice::Sync, 8)?;
+    let s = ferry::source::open(src, &tuning.nbd(), engine).await?;
+    let size = s.size();
+    let mut data = 0;
+    let mut at = 0;
+    while at < size {
+        let len = ferry::copy::EXTENT_WINDOW.min(size - at);
+        data += s.extents(at, len).await?.bytes(ferry_cbt::ExtentKind::Data);
+        at += len;
+    }
+    s.close().await;
+    Ok((size, data))
+}
+
+fn run_measured(tool: &str, cmd: Vec<String>) -> anyhow::Result<Sample> {
+    let out = tempfile::NamedTempFile::new()?;
+    let exe = std::env::current_exe()?;
+    let status = Command::new(exe)
+        .arg("__measure")
+        .arg("--out")
+        .arg(out.path())
+        .arg("--")
+        .args(&cmd)
+        .status()?;
+    if !status.success() {
+        bail!("measuring {tool} failed");
+    }
+    let mut s: Sample = serde_json::from_slice(&std::fs::read(out.path())?)?;
+    s.tool = tool.into();
+    if s.code != 0 {
+        bail!("{tool} exited with code {} ({})", s.code, cmd.join(" "));
+    }
+    Ok(s)
+}
+
+fn is_block(p: &Path) -> bool {
+    std::fs::metadata(p).is_ok_and(|m| m.file_type().is_block_device())
+}
+
+async fn side_by_side(a: &BenchArgs, src: &str, dst: &Path) -> anyhow::Result<()> {
+    let (size, data) = data_bytes(src, &a.tuning).await?;
+    let dst_s = dst.display().to_string();
+    let block = is_block(dst);
+    let mut tools: Vec<(String, Vec<String>)> = Vec::new();
+    let mut ferry_cmd = vec![
+        std::env::current_exe()?.display().to_string(),
+        "copy".into(),
+        src.into(),
+        dst_s.clone(),
+        "--json".into(),
+        "--no-progress".into(),
+    ];
+    ferry_cmd.extend(a.tuning.to_args());
+    tools.push(("ferry".into(), ferry_cmd));
+    for peer in &a.compare {
+        match peer.as_str() {
+            "nbdcopy" => tools.push((
+                "nbdcopy".into(),
+                vec![
+                    "nbdcopy".into(),
+                    "--flush".into(),
+                    src.into(),
+                    dst_s.clone(),
+                ],
+            )),
+            "qemu-img" => {
+                let mut c: Vec<String> = [
+                    "qemu-img",
+                    "convert",
+                    "-W",
+                    "-m",
+                    "16",
+                    "-t",
+                    "writeback",
+                    "-O",
+                    "raw",
+                ]
+                .map(String::from)
+                .to_vec();
+                if !ferry_nbd::Uri::is_nbd_uri(src) {
+                    c.extend(["-f".into(), "raw".into()]);
+                }
+                if block {
+                    c.push("-n".into());
+                }
+                c.extend([src.to_string(), dst_s.clone()]);
+                tools.push(("qemu-img".into(), c));
+            }
+            "floor" => {
+                tools.push((
+                    "floor-read".into(),
+                    vec!["nbdcopy".into(), src.into(), "null:".into()],
+                ));
+                if data > 0 {
+                    tools.push((
+                        "floor-write".into(),
+                        vec![
+                            "fio".into(),
+                            "--name=floor".into(),
+                            format!("--filename={dst_s}"),
+                            "--rw=write".into(),
+                            "--bs=1M".into(),
+                            format!("--size={data}"),
+                            "--ioengine=io_uring".into(),
+                            "--direct=1".into(),
+                            "--iodepth=16".into(),
+                            "--end_fsync=1".into(),
+                            "--output=/dev/null".into(),
+                        ],
+                    ));
+                }
+            }
+            other => bail!("unknown --compare entry {other:?} (known: nbdcopy, qemu-img, floor)"),
+        }
+    }
+    eprintln!(
+        "ferry bench: {src} → {dst_s}: {size} bytes, {data} of them data; {} runs of {}",
+        a.runs,
+        tools
+            .iter()
+            .map(|t| t.0.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let mut samples: Vec<Sample> = Vec::new();
+    for run in 1..=a.runs {
+        for (name, cmd) in &tools {
+            remove_if_file(dst)?;
+            settle();
+            let s = run_measured(name, cmd.clone())?;
+            if !a.json {
+                eprintln!(
+                    "run {run} {name:<12} {:>8.2}s  {:>8.3} CPU s/GiB  peak RSS {:>6} MiB",
+                    s.seconds,
+                    s.cpu_seconds / (data as f64 / GIB).max(1e-9),
+                    s.max_rss_kib / 1024
+                );
+            }
+            samples.push(s);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    remove_if_file(dst)?;
+    let med = |tool: &str| {
+        let v: Vec<Sample> = samples.iter().filter(|s| s.tool == tool).cloned().collect();
+        (!v.is_empty()).then(|| median(&v))
+    };
+    let ferry = med("ferry").context("no ferry runs")?;
+    let mut summary = serde_json::json!({
+        "source": src, "target": dst_s, "size": size, "data_bytes": data, "runs": samples,
+        "ferry": { "median_seconds": ferry.seconds, "cpu_seconds_per_gib": ferry.cpu_seconds / (data as f64 / GIB).max(1e-9), "peak_rss_mib": ferry.max_rss_kib / 1024 },
+    });
+    let mut lines = vec![format!(
+        "ferry: {:.2}s median ({:.0} MB/s of data), {:.3} CPU s/GiB, peak RSS {} MiB",
+        ferry.seconds,
+        data as f64 / ferry.seconds / 1e6,
+        ferry.cpu_seconds / (data as f64 / GIB).max(1e-9),
+        ferry.max_rss_kib / 1024
+    )];
+    for peer in ["nbdcopy", "qemu-img"] {
+        if let Some(p) = med(peer) {
+            summary[peer] = serde_json::json!({ "median_seconds": p.seconds, "ratio_ferry_over_peer": ferry.seconds / p.seconds,
+                "cpu_seconds_per_gib": p.cpu_seconds / (data as f64 / GIB).max(1e-9), "peak_rss_mib": p.max_rss_kib / 1024 });
+            lines.push(format!(
+                "{peer}: {:.2}s median, {:.3} CPU s/GiB, peak RSS {} MiB; ferry/{peer} time = {:.2}",
+                p.seconds, p.cpu_seconds / (data as f64 / GIB).max(1e-9), p.max_rss_kib / 1024, ferry.seconds / p.seconds
+            ));
+        }
+    }
+    if let Some(r) = med("floor-read") {
+        let w = med("floor-write").map_or(0.0, |w| w.seconds);
+        let floor = r.seconds.max(w);
+        summary["floor"] = serde_json::json!({ "read_seconds": r.seconds, "write_seconds": w, "floor_seconds": floor, "ratio_ferry_over_floor": ferry.seconds / floor });
+        lines.push(format!(
+            "floor: read {:.2}s, write {:.2}s → {:.2}s; ferry/floor = {:.2}",
+            r.seconds,
+            w,
+            floor,
+            ferry.seconds / floor
+        ));
+    }
+    if a.json {
+        println!("{summary}");
+    } else {
+        for l in lines {
+            eprintln!("{l}");
+        }
+    }
+    Ok(())
+}

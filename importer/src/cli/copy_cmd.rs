@@ -1,0 +1,102 @@
+//! `ferry copy SRC DST`.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use ferry::copy::{CopyOptions, CopyStats};
+use ferry::progress::Progress;
+use ferry::sink::Sink;
+use ferry::source::Source;
+
+use super::Tuning;
+
+/// Arguments of `ferry copy`.
+#[derive(Debug, Args)]
+pub struct CopyArgs {
+    /// Source: an NBD URI (nbd://host[:port]/export, nbd+unix:///export?socket=PATH) or a path.
+    pub src: String,
+    /// Target: a block device (at least the source's size) or a file (created sparse if missing).
+    pub dst: PathBuf,
+    #[command(flatten)]
+    pub tuning: Tuning,
+    /// Print one JSON summary object on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress bar even on a terminal.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+/// Open the source and sink and copy, honouring SIGINT/SIGTERM.
+pub async fn copy_once(
+    src: Arc<dyn Source>,
+    dst: &std::path::Path,
+    tuning: &Tuning,
+    engine: Arc<dyn ferry::engine::IoEngine>,
+    progress: Arc<Progress>,
+) -> Result<CopyStats, ferry::Error> {
+    let sink = Arc::new(Sink::open(dst, src.size(), tuning.direct, engine)?);
+    let opts = CopyOptions {
+        buf_size: tuning.buf_size(),
+        buf_count: tuning.buf_count as usize,
+        use_extents: !tuning.no_extents,
+    };
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| ferry::Error::Usage(format!("cannot install the SIGTERM handler: {e}")))?;
+    tokio::select! {
+        r = ferry::copy::copy(src, sink, &opts, progress) => r,
+        _ = tokio::signal::ctrl_c() => Err(ferry::Error::Cancelled("SIGINT")),
+        _ = term.recv() => Err(ferry::Error::Cancelled("SIGTERM")),
+    }
+}
+
+/// Run `ferry copy`.
+pub async fn run(a: CopyArgs) -> anyhow::Result<()> {
+    a.tuning.validate()?;
+    let engine = ferry::engine::select(a.tuning.io_engine, (a.tuning.buf_count * 2 + 16) as u32)?;
+    let src = ferry::source::open(&a.src, &a.tuning.nbd(), engine.clone()).await?;
+    let progress = Arc::new(Progress::new());
+    let bar =
+        (!a.no_progress && std::io::stderr().is_terminal()).then(|| spawn_bar(progress.clone()));
+    let r = copy_once(src, &a.dst, &a.tuning, engine, progress).await;
+    if let Some(b) = bar {
+        b.abort();
+        eprintln!();
+    }
+    let stats = r?;
+    if a.json {
+        println!("{}", serde_json::to_string(&stats)?);
+    } else {
+        let mbps = stats.bytes_written as f64 / stats.seconds.max(1e-9) / 1e6;
+        eprintln!(
+            "copied {} bytes in {:.2}s: {} data ({mbps:.0} MB/s), {} zeroed, {} skipped; engine {}, O_DIRECT {}",
+            stats.size,
+            stats.seconds,
+            stats.bytes_written,
+            stats.bytes_zeroed,
+            stats.bytes_skipped,
+            stats.engine,
+            stats.direct
+        );
+    }
+    Ok(())
+}
+
+fn spawn_bar(p: Arc<Progress>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let bar = indicatif::ProgressBar::new(p.total().max(1));
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        loop {
+            bar.set_length(p.total().max(1));
+            bar.set_position(p.done());
+            bar.set_message(p.phase());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+}

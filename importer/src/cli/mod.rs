@@ -1,0 +1,149 @@
+//! Command-line interface: `ferry copy`, `ferry bench`.
+
+mod bench;
+mod copy_cmd;
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use ferry::engine::EngineChoice;
+use ferry::sink::DirectMode;
+use ferry::source::NbdSourceOptions;
+
+/// Largest `--buf-size-in-64k` (64 MiB buffers: the largest NBD request nbdkit takes).
+pub const MAX_BUF_SIZE_IN_64K: u64 = 1024;
+/// Largest `--buf-count`.
+pub const MAX_BUF_COUNT: u64 = 1024;
+/// Largest pool (`buf-size × buf-count`).
+pub const MAX_POOL_BYTES: u64 = 4 << 30;
+/// Largest `--connections`.
+pub const MAX_CONNECTIONS: u64 = 16;
+
+/// Ferry moves virtual disks into Kubernetes volumes, fast.
+#[derive(Debug, Parser)]
+#[command(name = "ferry", version, about, propagate_version = true)]
+pub struct Cli {
+    /// More log output (-v info, -vv debug). FERRY_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Copy a disk (NBD URI or local path) to a block device or file.
+    Copy(copy_cmd::CopyArgs),
+    /// Measure copy speed (a built-in synthetic disk, or SRC DST against peers).
+    Bench(bench::BenchArgs),
+    /// Internal: run a command and report its wall time, CPU time and peak RSS.
+    #[command(name = "__measure", hide = true)]
+    Measure(bench::MeasureArgs),
+}
+
+/// Tuning shared by copy and bench.
+#[derive(Debug, Clone, Args)]
+pub struct Tuning {
+    /// Pool buffer size in units of 64 KiB (also the largest request).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=MAX_BUF_SIZE_IN_64K))]
+    pub buf_size_in_64k: u64,
+    /// Number of pool buffers (= requests in flight).
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=MAX_BUF_COUNT))]
+    pub buf_count: u64,
+    /// I/O engine for the target.
+    #[arg(long, value_enum, default_value_t = EngineChoice::Auto)]
+    pub io_engine: EngineChoice,
+    /// O_DIRECT on the target.
+    #[arg(long, value_enum, default_value_t = DirectMode::Auto)]
+    pub direct: DirectMode,
+    /// NBD connections when the server allows multi-conn.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=MAX_CONNECTIONS))]
+    pub connections: u64,
+    /// Read every byte instead of trusting the source's allocation (extents).
+    #[arg(long)]
+    pub no_extents: bool,
+    /// Seconds to wait for any one NBD reply (and for connect + handshake).
+    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub timeout: u64,
+}
+
+impl Tuning {
+    /// Pool buffer size in bytes.
+    pub fn buf_size(&self) -> usize {
+        (self.buf_size_in_64k * 64 * 1024) as usize
+    }
+
+    /// Check the pool bound.
+    pub fn validate(&self) -> Result<(), ferry::Error> {
+        let pool = self.buf_size_in_64k * 64 * 1024 * self.buf_count;
+        if pool > MAX_POOL_BYTES {
+            return Err(ferry::Error::Usage(format!(
+                "buffer pool of {} MiB (--buf-size-in-64k × 64 KiB × --buf-count) exceeds the {} MiB limit",
+                pool >> 20,
+                MAX_POOL_BYTES >> 20
+            )));
+        }
+        Ok(())
+    }
+
+    /// NBD source options.
+    pub fn nbd(&self) -> NbdSourceOptions {
+        NbdSourceOptions {
+            connections: self.connections as usize,
+            connect_timeout: Duration::from_secs(self.timeout.min(30)),
+            request_timeout: Duration::from_secs(self.timeout),
+            extents: !self.no_extents,
+        }
+    }
+
+    /// The flags that reproduce this tuning on another `ferry` command line.
+    pub fn to_args(&self) -> Vec<String> {
+        let mut v = vec![
+            format!("--buf-size-in-64k={}", self.buf_size_in_64k),
+            format!("--buf-count={}", self.buf_count),
+            format!("--connections={}", self.connections),
+            format!("--timeout={}", self.timeout),
+            format!(
+                "--io-engine={}",
+                clap::ValueEnum::to_possible_value(&self.io_engine)
+                    .map(|v| v.get_name().to_string())
+                    .unwrap_or_default()
+            ),
+            format!(
+                "--direct={}",
+                clap::ValueEnum::to_possible_value(&self.direct)
+                    .map(|v| v.get_name().to_string())
+                    .unwrap_or_default()
+            ),
+        ];
+        if self.no_extents {
+            v.push("--no-extents".into());
+        }
+        v
+    }
+}
+
+/// Logging to stderr; `FERRY_LOG` (an env-filter string) overrides -v.
+pub fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Run a parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Copy(a) => copy_cmd::run(a).await,
+        Command::Bench(a) => bench::run(a).await,
+        Command::Measure(a) => bench::measure(a),
+    }
+}

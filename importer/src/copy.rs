@@ -1,0 +1,248 @@
+//! The one copy pipeline: Source → Plan → buffer pool → Sink.
+//!
+//! ```text
+//!  extents task ──(window maps, 2 ahead)──► plan queue ──► dispatch
+//!                                                            │  Data: take a free buffer,
+//!                                                            │        read into it, write it
+//!                                                            │  Zero/Hole: sink.zero()
+//!                                                            ▼
+//!                         completions ──► buffer back to the free list, counters
+//! ```
+//!
+//! The pool holds `buf_count` buffers of `buf_size` bytes, allocated once. A Data
+//! request needs a free buffer, so at most `buf_count` reads+writes are in flight and
+//! the copy never holds more disk data than the pool. Plans are built one window at a
+//! time (allocation queried ahead of the copy, never per request), aligned so O_DIRECT
+//! writes stay 4 KiB aligned. The copy is reported done only after every completion
+//! was checked and the sink's flush returned.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+use ferry_cbt::{Extent, ExtentKind, ExtentMap};
+use futures::stream::{FuturesUnordered, StreamExt};
+
+use crate::buf::{BUF_ALIGN, Buf};
+use crate::error::Error;
+use crate::progress::Progress;
+use crate::sink::{Sink, ZeroOutcome};
+use crate::source::Source;
+
+/// Size of the windows the allocation is queried in.
+pub const EXTENT_WINDOW: u64 = 1 << 30;
+/// Largest single zeroing request.
+pub const MAX_ZERO_REQUEST: u64 = 1 << 30;
+/// Zeroing requests in flight at once (they hold no buffer).
+pub const MAX_ZERO_IN_FLIGHT: usize = 8;
+
+/// Tunables of one copy.
+#[derive(Debug, Clone)]
+pub struct CopyOptions {
+    /// Bytes per pool buffer (a multiple of 64 KiB).
+    pub buf_size: usize,
+    /// Number of pool buffers.
+    pub buf_count: usize,
+    /// Use the source's allocation; otherwise read everything.
+    pub use_extents: bool,
+}
+
+/// What a copy did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct CopyStats {
+    /// Source size.
+    pub size: u64,
+    /// Bytes read from the source.
+    pub bytes_read: u64,
+    /// Bytes written to the target as data.
+    pub bytes_written: u64,
+    /// Bytes zeroed on the target by punch/unmap/write-zeroes.
+    pub bytes_zeroed: u64,
+    /// Bytes skipped because the target already reads as zeroes there.
+    pub bytes_skipped: u64,
+    /// Wall-clock seconds, including the final flush.
+    pub seconds: f64,
+    /// I/O engine used.
+    pub engine: String,
+    /// Whether O_DIRECT was used for the target.
+    pub direct: bool,
+    /// Pool buffer size.
+    pub buf_size: usize,
+    /// Pool buffer count.
+    pub buf_count: usize,
+}
+
+enum Done {
+    Data { buf: Buf, len: u64 },
+    Zero { len: u64, outcome: ZeroOutcome },
+}
+
+/// Copy the whole source onto the sink.
+pub async fn copy(
+    source: Arc<dyn Source>,
+    sink: Arc<Sink>,
+    opts: &CopyOptions,
+    progress: Arc<Progress>,
+) -> Result<CopyStats, Error> {
+    let start = Instant::now();
+    let size = source.size();
+    let max_read = source.max_read().max(BUF_ALIGN as u64);
+    let buf_size =
+        (opts.buf_size as u64).min(max_read / BUF_ALIGN as u64 * BUF_ALIGN as u64) as usize;
+    let mut free: Vec<Buf> = (0..opts.buf_count.max(1))
+        .map(|_| Buf::new(buf_size))
+        .collect();
+    progress.set_total(size);
+
+    // Allocation windows, fetched ahead of the copy by their own task.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<ExtentMap, Error>>(2);
+    let src = source.clone();
+    let use_extents = opts.use_extents;
+    let planner = tokio::spawn(async move {
+        let mut at = 0;
+        while at < size {
+            let len = EXTENT_WINDOW.min(size - at);
+            let map = if use_extents {
+                src.extents(at, len)
+                    .await
+                    .map(|m| m.fill_gaps(at, at + len, ExtentKind::Data))
+            } else {
+                Ok(ExtentMap::single(at, len, ExtentKind::Data))
+            };
+            let failed = map.is_err();
+            if tx.send(map).await.is_err() || failed {
+                return;
+            }
+            at += len;
+        }
+    });
+    let _abort_planner = AbortOnDrop(planner);
+
+    let mut stats = CopyStats {
+        size,
+        engine: sink.engine_name().into(),
+        direct: sink.is_direct(),
+        buf_size,
+        buf_count: free.len(),
+        ..Default::default()
+    };
+    let mut plan: VecDeque<Extent> = VecDeque::new();
+    let mut plan_done = false;
+    let mut in_flight = FuturesUnordered::new();
+    let mut zeros_in_flight = 0usize;
+
+    loop {
+        // Next piece of work, refilling the plan while completions keep being handled.
+        let item = loop {
+            if let Some(e) = plan.pop_front() {
+                break Some(e);
+            }
+            if plan_done {
+                break None;
+            }
+            tokio::select! {
+                w = rx.recv() => match w {
+                    Some(Ok(map)) => {
+                        let map = map.align_data(BUF_ALIGN as u64, size);
+                        plan.extend(map.split(buf_size as u64, MAX_ZERO_REQUEST));
+                    }
+                    Some(Err(e)) => return Err(e),
+                    None => plan_done = true,
+                },
+                Some(d) = in_flight.next(), if !in_flight.is_empty() => {
+                    finish(d?, &mut free, &mut zeros_in_flight, &mut stats, &progress);
+                }
+            }
+        };
+        let Some(item) = item else { break };
+        // Wait for capacity for this item.
+        loop {
+            let ready = match item.kind {
+                ExtentKind::Data => !free.is_empty(),
+                _ => zeros_in_flight < MAX_ZERO_IN_FLIGHT,
+            };
+            if ready {
+                break;
+            }
+            let d = in_flight
+                .next()
+                .await
+                .ok_or_else(|| Error::Source("copy pipeline stalled".into()))?;
+            finish(d?, &mut free, &mut zeros_in_flight, &mut stats, &progress);
+        }
+        match item.kind {
+            ExtentKind::Data => {
+                let Some(mut buf) = free.pop() else {
+                    unreachable!("capacity checked above")
+                };
+                buf.set_len(item.length as usize);
+                let (src, snk) = (source.clone(), sink.clone());
+                in_flight.push(Box::pin(async move {
+                    let buf = src.read(item.offset, buf).await?;
+                    let (buf, r) = snk.write(buf, item.offset).await;
+                    r?;
+                    Ok::<_, Error>(Done::Data {
+                        buf,
+                        len: item.length,
+                    })
+                })
+                    as std::pin::Pin<
+                        Box<dyn std::future::Future<Output = Result<Done, Error>> + Send>,
+                    >);
+            }
+            _ => {
+                zeros_in_flight += 1;
+                let snk = sink.clone();
+                in_flight.push(Box::pin(async move {
+                    let outcome = snk.zero(item.offset, item.length).await?;
+                    Ok(Done::Zero {
+                        len: item.length,
+                        outcome,
+                    })
+                }));
+            }
+        }
+    }
+    while let Some(d) = in_flight.next().await {
+        finish(d?, &mut free, &mut zeros_in_flight, &mut stats, &progress);
+    }
+    progress.set_phase("flushing");
+    sink.flush().await?;
+    source.close().await;
+    stats.seconds = start.elapsed().as_secs_f64();
+    progress.set_phase("done");
+    Ok(stats)
+}
+
+fn finish(
+    d: Done,
+    free: &mut Vec<Buf>,
+    zeros: &mut usize,
+    stats: &mut CopyStats,
+    progress: &Progress,
+) {
+    match d {
+        Done::Data { buf, len } => {
+            free.push(buf);
+            stats.bytes_read += len;
+            stats.bytes_written += len;
+            progress.add_data(len);
+        }
+        Done::Zero { len, outcome } => {
+            *zeros -= 1;
+            match outcome {
+                ZeroOutcome::Skipped => stats.bytes_skipped += len,
+                ZeroOutcome::Zeroed => stats.bytes_zeroed += len,
+            }
+            progress.add_zero(len);
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

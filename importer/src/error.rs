@@ -1,0 +1,44 @@
+//! The importer library's error type. Each variant is one class an operator can act on;
+//! the binary turns it into one line on stderr and a non-zero exit.
+
+/// Errors of a copy.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Bad command-line or environment input.
+    #[error("{0}")]
+    Usage(String),
+    /// NBD connection or protocol failure.
+    #[error(transparent)]
+    Nbd(ferry_nbd::Error),
+    /// Opening or inspecting the source failed.
+    #[error("{0}")]
+    Source(String),
+    /// Reading from the source failed.
+    #[error("reading the source at offset {offset} failed: {message}")]
+    Read {
+        /// Offset of the failed read.
+        offset: u64,
+        /// Why.
+        message: String,
+    },
+    /// The target cannot be used (missing, wrong type, too small, not writable).
+    #[error("{0}")]
+    Target(String),
+    /// Writing, zeroing or flushing the target failed.
+    #[error("{op} on the target at offset {offset} failed: {source}")]
+    Write {
+        /// write, zero, flush.
+        op: &'static str,
+        /// Offset.
+        offset: u64,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// No usable I/O engine.
+    #[error(transparent)]
+    Engine(#[from] crate::engine::EngineError),
+    /// The copy was cancelled by a signal.
+    #[error("cancelled by {0}; the target is incomplete")]
+    Cancelled(&'static str),
+}

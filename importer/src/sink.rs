@@ -1,0 +1,352 @@
+//! Sinks: a block device or a regular file, written through the I/O engine.
+//!
+//! * Data writes go through an O_DIRECT descriptor when the target accepts it and the
+//!   request is 4 KiB aligned (pool buffers always are); the unaligned tail of a disk
+//!   goes through a buffered descriptor of the same file.
+//! * Zeroes are never written as bytes when the target can do better: a file this copy
+//!   created is already all holes, so zero ranges are skipped; an existing file gets
+//!   holes punched; a block device gets an unmap that guarantees zeroes
+//!   (fallocate PUNCH_HOLE, the kernel's BLKZEROOUT with NOFALLBACK) or else a
+//!   write-zeroes (fallocate ZERO_RANGE, which is BLKZEROOUT). Only when the target
+//!   refuses both are zero buffers written, each write checked.
+//! * `flush` is fdatasync on the target, plus fsync of the directory of a new file. A
+//!   copy is done only after it returns.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Seek, SeekFrom};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use crate::buf::{BUF_ALIGN, Buf};
+use crate::engine::{Fallocate, IoEngine};
+use crate::error::Error;
+
+/// Largest zero-buffer write in the write-zeroes fallback.
+pub const ZERO_WRITE_CHUNK: usize = 1024 * 1024;
+
+/// What the target is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetKind {
+    /// A block device.
+    BlockDevice,
+    /// A regular file that existed before the copy.
+    ExistingFile,
+    /// A regular file this copy created (all holes to start with).
+    NewFile,
+}
+
+/// O_DIRECT policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DirectMode {
+    /// Use O_DIRECT where the target accepts it.
+    Auto,
+    /// Require O_DIRECT.
+    On,
+    /// Never use O_DIRECT.
+    Off,
+}
+
+/// How zero ranges end up on the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ZeroOutcome {
+    /// Nothing to do: the target already reads as zeroes there.
+    Skipped,
+    /// Zeroed by the target (punch hole, unmap, write-zeroes, or zero writes).
+    Zeroed,
+}
+
+const Z_PUNCH: u8 = 0;
+const Z_ZERO_RANGE: u8 = 1;
+const Z_WRITE: u8 = 2;
+
+/// An open target.
+#[derive(Debug)]
+pub struct Sink {
+    path: PathBuf,
+    kind: TargetKind,
+    buffered: Arc<File>,
+    direct: Option<Arc<File>>,
+    size: u64,
+    engine: Arc<dyn IoEngine>,
+    zero_strategy: AtomicU8,
+}
+
+fn target_err(path: &Path, what: &str, e: &io::Error) -> Error {
+    let hint = match e.raw_os_error() {
+        Some(libc::EACCES) | Some(libc::EPERM) => " (target is not writable by this user)",
+        Some(libc::EROFS) => " (read-only filesystem)",
+        Some(libc::EBUSY) => " (device is in use, e.g. mounted)",
+        _ => "",
+    };
+    Error::Target(format!(
+        "cannot {what} target {}: {e}{hint}",
+        path.display()
+    ))
+}
+
+impl Sink {
+    /// Open (or create, sparse, at `size`) the target at `path`.
+    pub fn open(
+        path: &Path,
+        size: u64,
+        direct: DirectMode,
+        engine: Arc<dyn IoEngine>,
+    ) -> Result<Sink, Error> {
+        let meta = match std::fs::metadata(path) {
+            Ok(m) => Some(m),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(target_err(path, "inspect", &e)),
+        };
+        let (kind, buffered) = match &meta {
+            None => {
+                let f = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create_new(true)
+                    .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                    .open(path)
+                    .map_err(|e| target_err(path, "create", &e))?;
+                f.set_len(size).map_err(|e| target_err(path, "size", &e))?;
+                (TargetKind::NewFile, f)
+            }
+            Some(m) if m.file_type().is_block_device() => {
+                let mut f = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .custom_flags(libc::O_EXCL | libc::O_CLOEXEC)
+                    .open(path)
+                    .map_err(|e| target_err(path, "open", &e))?;
+                let dev = f
+                    .seek(SeekFrom::End(0))
+                    .map_err(|e| target_err(path, "size", &e))?;
+                if dev < size {
+                    return Err(Error::Target(format!(
+                        "target {} is too small: {dev} bytes, the source has {size}",
+                        path.display()
+                    )));
+                }
+                (TargetKind::BlockDevice, f)
+            }
+            Some(m) if m.file_type().is_file() => {
+                let f = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .custom_flags(libc::O_CLOEXEC)
+                    .open(path)
+                    .map_err(|e| target_err(path, "open", &e))?;
+                if m.len() != size {
+                    tracing::info!(path = %path.display(), from = m.len(), to = size, "resizing existing target file to the source size");
+                    f.set_len(size)
+                        .map_err(|e| target_err(path, "resize", &e))?;
+                }
+                (TargetKind::ExistingFile, f)
+            }
+            Some(m) => {
+                return Err(Error::Target(format!(
+                    "target {} is not a regular file or block device ({:?})",
+                    path.display(),
+                    m.file_type()
+                )));
+            }
+        };
+        let direct_fd = match direct {
+            DirectMode::Off => None,
+            mode => match open_direct(path, size) {
+                Ok(f) => Some(Arc::new(f)),
+                Err(e) if mode == DirectMode::On => {
+                    return Err(Error::Target(format!(
+                        "O_DIRECT was required but {} refuses it: {e}",
+                        path.display()
+                    )));
+                }
+                Err(e) => {
+                    tracing::info!(path = %path.display(), error = %e, "O_DIRECT not available; using buffered writes");
+                    None
+                }
+            },
+        };
+        tracing::info!(path = %path.display(), kind = ?kind, direct = direct_fd.is_some(), "target opened");
+        Ok(Sink {
+            path: path.to_owned(),
+            kind,
+            buffered: Arc::new(buffered),
+            direct: direct_fd,
+            size,
+            engine,
+            zero_strategy: AtomicU8::new(Z_PUNCH),
+        })
+    }
+
+    /// The target kind.
+    pub fn kind(&self) -> TargetKind {
+        self.kind
+    }
+
+    /// Whether writes use O_DIRECT.
+    pub fn is_direct(&self) -> bool {
+        self.direct.is_some()
+    }
+
+    /// The I/O engine's name.
+    pub fn engine_name(&self) -> &'static str {
+        self.engine.name()
+    }
+
+    /// Write `buf` (its current length) at `offset`. The buffer comes back either way so
+    /// the pool stays whole.
+    pub async fn write(&self, buf: Buf, offset: u64) -> (Buf, Result<(), Error>) {
+        let aligned =
+            offset.is_multiple_of(BUF_ALIGN as u64) && buf.len().is_multiple_of(BUF_ALIGN);
+        let file = match (&self.direct, aligned) {
+            (Some(d), true) => d.clone(),
+            _ => self.buffered.clone(),
+        };
+        let (buf, r) = self.engine.write(file, buf, offset).await;
+        (
+            buf,
+            r.map_err(|source| Error::Write {
+                op: "write",
+                offset,
+                source,
+            }),
+        )
+    }
+
+    /// Make `[offset, offset+len)` read back as zeroes.
+    pub async fn zero(&self, offset: u64, len: u64) -> Result<ZeroOutcome, Error> {
+        if self.kind == TargetKind::NewFile || len == 0 {
+            return Ok(ZeroOutcome::Skipped);
+        }
+        let end = offset + len;
+        // Block devices take only sector-aligned fallocate; the ragged edges (only ever
+        // at the end of an odd-sized disk) are written as zero bytes.
+        let a = align_up(offset, BUF_ALIGN as u64).min(end);
+        let b = (end / BUF_ALIGN as u64 * BUF_ALIGN as u64).max(a);
+        if a > offset {
+            self.write_zeroes(offset, a - offset).await?;
+        }
+        if b > a {
+            self.zero_aligned(a, b - a).await?;
+        }
+        if end > b {
+            self.write_zeroes(b, end - b).await?;
+        }
+        Ok(ZeroOutcome::Zeroed)
+    }
+
+    async fn zero_aligned(&self, offset: u64, len: u64) -> Result<(), Error> {
+        loop {
+            let strategy = self.zero_strategy.load(Ordering::Relaxed);
+            let mode = match strategy {
+                Z_PUNCH => Fallocate::PunchHole,
+                Z_ZERO_RANGE => Fallocate::ZeroRange,
+                Z_WRITE.. => return self.write_zeroes(offset, len).await,
+            };
+            match self
+                .engine
+                .fallocate(self.buffered.clone(), mode, offset, len)
+                .await
+            {
+                Ok(()) => return Ok(()),
+                Err(e) if unsupported(&e) => {
+                    let next = strategy + 1;
+                    if self
+                        .zero_strategy
+                        .compare_exchange(strategy, next, Ordering::Relaxed, Ordering::Relaxed)
+                        .is_ok()
+                    {
+                        tracing::info!(path = %self.path.display(), ?mode, error = %e, "target refuses this zeroing method; trying the next");
+                    }
+                }
+                Err(source) => {
+                    return Err(Error::Write {
+                        op: "zero",
+                        offset,
+                        source,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Fallback: write zero buffers, every write checked.
+    async fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), Error> {
+        let mut at = offset;
+        let end = offset + len;
+        let mut buf = Buf::new(ZERO_WRITE_CHUNK.min(len as usize));
+        while at < end {
+            let n = ((end - at) as usize).min(buf.capacity());
+            buf.set_len(n);
+            let (b, r) = self.write(buf, at).await;
+            r?;
+            buf = b;
+            at += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Make everything written durable: fdatasync the target (and, for a file this copy
+    /// created, fsync its directory so the name survives a crash too).
+    pub async fn flush(&self) -> Result<(), Error> {
+        self.engine
+            .fdatasync(self.buffered.clone())
+            .await
+            .map_err(|source| Error::Write {
+                op: "flush (fdatasync)",
+                offset: 0,
+                source,
+            })?;
+        if self.kind == TargetKind::NewFile {
+            let dir = self
+                .path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|source| Error::Write {
+                    op: "flush (directory fsync)",
+                    offset: 0,
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// The size the target holds for this copy.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+}
+
+fn align_up(x: u64, a: u64) -> u64 {
+    x.div_ceil(a) * a
+}
+
+fn unsupported(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EOPNOTSUPP)
+            | Some(libc::ENOTTY)
+            | Some(libc::ENODEV)
+            | Some(libc::ENOSYS)
+            | Some(libc::EINVAL)
+    )
+}
+
+/// Open a second descriptor with O_DIRECT and prove it works with one aligned read.
+fn open_direct(path: &Path, size: u64) -> io::Result<File> {
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_DIRECT | libc::O_CLOEXEC)
+        .open(path)?;
+    if size >= BUF_ALIGN as u64 {
+        let mut b = Buf::new(BUF_ALIGN);
+        std::os::unix::fs::FileExt::read_exact_at(&f, b.as_mut_slice(), 0)?;
+    }
+    Ok(f)
+}

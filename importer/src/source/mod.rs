@@ -1,0 +1,61 @@
+//! Sources: where disk bytes come from.
+//!
+//! A [`Source`] knows its size, can describe its allocation as a [`ExtentMap`] over any
+//! range, and reads into pool buffers with many reads in flight. Adding a source (VDDK,
+//! HTTP) is one new implementation, never a new copy loop.
+
+mod local;
+mod nbd;
+mod synthetic;
+
+use std::sync::Arc;
+
+use ferry_cbt::ExtentMap;
+
+pub use local::LocalSource;
+pub use nbd::{NbdSource, NbdSourceOptions};
+pub use synthetic::{SyntheticSource, SyntheticSpec};
+
+use crate::buf::Buf;
+use crate::engine::BoxFuture;
+use crate::error::Error;
+
+/// A disk to copy from.
+pub trait Source: Send + Sync + std::fmt::Debug {
+    /// For logs and errors.
+    fn describe(&self) -> String;
+    /// Size in bytes.
+    fn size(&self) -> u64;
+    /// Reads must start and (except at the end of the disk) end on multiples of this.
+    fn block_size(&self) -> u64;
+    /// Largest single read.
+    fn max_read(&self) -> u64;
+    /// Allocation of `[offset, offset+len)`: the returned map covers exactly that range.
+    /// Sources that cannot tell return one Data extent.
+    fn extents(&self, offset: u64, len: u64) -> BoxFuture<'_, Result<ExtentMap, Error>>;
+    /// Fill `buf` (its current length) from `offset`.
+    fn read(&self, offset: u64, buf: Buf) -> BoxFuture<'static, Result<Buf, Error>>;
+    /// Release connections; called once after the copy.
+    fn close(&self) -> BoxFuture<'_, ()>;
+}
+
+/// Open a source from a command-line string: an NBD URI or a local path.
+pub async fn open(
+    spec: &str,
+    nbd_opts: &NbdSourceOptions,
+    engine: Arc<dyn crate::engine::IoEngine>,
+) -> Result<Arc<dyn Source>, Error> {
+    if ferry_nbd::Uri::is_nbd_uri(spec) {
+        let uri: ferry_nbd::Uri = spec.parse().map_err(Error::Nbd)?;
+        Ok(Arc::new(NbdSource::connect(&uri, nbd_opts).await?))
+    } else if spec.contains("://") {
+        Err(Error::Usage(format!(
+            "unsupported source {spec:?}: give an NBD URI (nbd://, nbd+unix://) or a path"
+        )))
+    } else {
+        Ok(Arc::new(LocalSource::open(
+            std::path::Path::new(spec),
+            engine,
+        )?))
+    }
+}

@@ -1,0 +1,215 @@
+//! NBD source: one or more connections to an NBD server, `base:allocation` extents.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use ferry_cbt::{Extent, ExtentKind, ExtentMap};
+use ferry_nbd::{Client, ConnectOptions, STATE_HOLE, STATE_ZERO, Uri};
+
+use super::Source;
+use crate::buf::Buf;
+use crate::engine::BoxFuture;
+use crate::error::Error;
+
+/// Cap on block-status round trips for one extents() call, so a server that makes tiny
+/// progress forever cannot spin us.
+pub const MAX_BLOCK_STATUS_CALLS: usize = 1 << 20;
+/// Meta context for allocation.
+const BASE_ALLOCATION: &str = "base:allocation";
+
+/// How to connect to an NBD source.
+#[derive(Debug, Clone)]
+pub struct NbdSourceOptions {
+    /// Connections to open when the server allows multi-conn (1 otherwise).
+    pub connections: usize,
+    /// Bound on connect + handshake.
+    pub connect_timeout: Duration,
+    /// Bound on any one request.
+    pub request_timeout: Duration,
+    /// Ask for `base:allocation` and use it.
+    pub extents: bool,
+}
+
+impl Default for NbdSourceOptions {
+    fn default() -> Self {
+        NbdSourceOptions {
+            connections: 2,
+            connect_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(120),
+            extents: true,
+        }
+    }
+}
+
+/// An NBD export as a source.
+#[derive(Debug)]
+pub struct NbdSource {
+    uri: String,
+    clients: Vec<Client<Buf>>,
+    next: AtomicUsize,
+    context: Option<u32>,
+    extents_broken: AtomicBool,
+}
+
+impl NbdSource {
+    /// Connect (several connections if the server advertises multi-conn).
+    pub async fn connect(uri: &Uri, opts: &NbdSourceOptions) -> Result<NbdSource, Error> {
+        let copts = ConnectOptions {
+            meta_contexts: if opts.extents {
+                vec![BASE_ALLOCATION.into()]
+            } else {
+                vec![]
+            },
+            connect_timeout: opts.connect_timeout,
+            request_timeout: opts.request_timeout,
+            extended_headers: true,
+        };
+        let first: Client<Buf> = Client::connect(uri, &copts).await.map_err(Error::Nbd)?;
+        let info = first.info().clone();
+        let want = if info.can_multi_conn() {
+            opts.connections.max(1)
+        } else {
+            1
+        };
+        let mut clients = vec![first];
+        for _ in 1..want {
+            let c: Client<Buf> = Client::connect(uri, &copts).await.map_err(Error::Nbd)?;
+            if c.info().size != info.size {
+                return Err(Error::Source(format!(
+                    "{uri}: export size changed between connections ({} then {})",
+                    info.size,
+                    c.info().size
+                )));
+            }
+            clients.push(c);
+        }
+        let context = info.context_id(BASE_ALLOCATION);
+        if opts.extents && context.is_none() {
+            tracing::warn!(%uri, "server offers no base:allocation; every byte will be read");
+        }
+        tracing::info!(
+            %uri, size = info.size, connections = clients.len(), multi_conn = info.can_multi_conn(),
+            structured = info.structured, extended = info.extended,
+            max_payload = info.max_payload(), min_block = info.block_size.minimum,
+            "connected to NBD source"
+        );
+        Ok(NbdSource {
+            uri: uri.to_string(),
+            clients,
+            next: AtomicUsize::new(0),
+            context,
+            extents_broken: AtomicBool::new(false),
+        })
+    }
+
+    fn client(&self) -> &Client<Buf> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.clients.len();
+        &self.clients[i]
+    }
+
+    async fn extents_inner(
+        &self,
+        offset: u64,
+        len: u64,
+        ctx: u32,
+    ) -> Result<ExtentMap, ferry_nbd::Error> {
+        let end = offset + len;
+        let mut map = ExtentMap::new();
+        let mut at = offset;
+        let mut calls = 0usize;
+        while at < end {
+            calls += 1;
+            if calls > MAX_BLOCK_STATUS_CALLS {
+                return Err(ferry_nbd::Error::Protocol(
+                    ferry_nbd::ProtocolError::Invalid(
+                        "block status makes no useful progress".into(),
+                    ),
+                ));
+            }
+            let descs = self.clients[0].block_status(at, end - at, ctx).await?;
+            let before = at;
+            for d in descs {
+                let n = d.length.min(end - at);
+                let flags = d.flags as u32;
+                let kind = if flags & STATE_ZERO != 0 && flags & STATE_HOLE != 0 {
+                    ExtentKind::Hole
+                } else if flags & STATE_ZERO != 0 {
+                    ExtentKind::Zero
+                } else {
+                    // HOLE without ZERO reads as undefined: copy it.
+                    ExtentKind::Data
+                };
+                // Extents are consecutive from `at`, so push never overlaps.
+                let _ = map.push(Extent::new(at, n, kind));
+                at += n;
+                if at >= end {
+                    break;
+                }
+            }
+            if at == before {
+                return Err(ferry_nbd::Error::Protocol(
+                    ferry_nbd::ProtocolError::Invalid("block status returned no progress".into()),
+                ));
+            }
+        }
+        Ok(map)
+    }
+}
+
+impl Source for NbdSource {
+    fn describe(&self) -> String {
+        self.uri.clone()
+    }
+
+    fn size(&self) -> u64 {
+        self.clients[0].size()
+    }
+
+    fn block_size(&self) -> u64 {
+        u64::from(self.clients[0].info().block_size.minimum)
+    }
+
+    fn max_read(&self) -> u64 {
+        self.clients[0].info().max_payload()
+    }
+
+    fn extents(&self, offset: u64, len: u64) -> BoxFuture<'_, Result<ExtentMap, Error>> {
+        Box::pin(async move {
+            let all_data = || ExtentMap::single(offset, len, ExtentKind::Data);
+            let Some(ctx) = self.context else {
+                return Ok(all_data());
+            };
+            if self.extents_broken.load(Ordering::Relaxed) {
+                return Ok(all_data());
+            }
+            match self.extents_inner(offset, len, ctx).await {
+                Ok(m) => Ok(m),
+                Err(e @ ferry_nbd::Error::Request { .. }) => {
+                    // A failing block status is not fatal: reading everything is always correct.
+                    tracing::warn!(error = %e, "block status failed; reading all data from here on");
+                    self.extents_broken.store(true, Ordering::Relaxed);
+                    Ok(all_data())
+                }
+                Err(e) => Err(Error::Nbd(e)),
+            }
+        })
+    }
+
+    fn read(&self, offset: u64, buf: Buf) -> BoxFuture<'static, Result<Buf, Error>> {
+        let c = self.client().clone();
+        Box::pin(async move {
+            c.read(offset, buf).await.map_err(|e| Error::Read {
+                offset,
+                message: e.to_string(),
+            })
+        })
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            for c in &self.clients {
+                c.disconnect().await;
+            }
+        })
+    }
+}
