@@ -58,7 +58,7 @@ pub struct Tuning {
     #[arg(long, value_enum, default_value_t = DirectMode::Auto)]
     pub direct: DirectMode,
     /// NBD connections when the server allows multi-conn.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=MAX_CONNECTIONS))]
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=MAX_CONNECTIONS))]
     pub connections: u64,
     /// Read every byte instead of trusting the source's allocation (extents).
     #[arg(long)]

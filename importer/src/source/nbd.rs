@@ -33,7 +33,7 @@ pub struct NbdSourceOptions {
 impl Default for NbdSourceOptions {
     fn default() -> Self {
         NbdSourceOptions {
-            connections: 2,
+            connections: 4,
             connect_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(120),
             extents: true,

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Install what Ferry's example, tests and benchmarks need on a fresh Debian machine:
+# the real NBD peers (nbdkit, nbdcopy/nbdinfo, qemu-img/qemu-nbd/qemu-io) and fio.
+# Idempotent: does nothing when everything is already there.
+set -euo pipefail
+
+need=()
+command -v nbdkit >/dev/null || need+=(nbdkit)
+command -v nbdcopy >/dev/null || need+=(libnbd-bin)
+command -v qemu-nbd >/dev/null || need+=(qemu-utils)
+command -v fio >/dev/null || need+=(fio)
+command -v losetup >/dev/null || need+=(mount)
+command -v python3 >/dev/null || need+=(python3)
+
+if [ ${#need[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "setup: installing ${need[*]}" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null; then
+  echo "setup: cargo is missing; install a Rust toolchain (rustup) first" >&2
+  exit 1
+fi
