@@ -86,9 +86,18 @@ pub async fn copy(
 ) -> Result<CopyStats, Error> {
     let start = Instant::now();
     let size = source.size();
-    let max_read = source.max_read().max(BUF_ALIGN as u64);
-    let buf_size =
-        (opts.buf_size as u64).min(max_read / BUF_ALIGN as u64 * BUF_ALIGN as u64) as usize;
+    // Requests are aligned for O_DIRECT and for the source's minimum block size (both
+    // powers of two, so the larger is a multiple of the smaller).
+    let align = source.block_size().max(BUF_ALIGN as u64);
+    if !align.is_power_of_two() || align > opts.buf_size as u64 {
+        return Err(Error::Source(format!(
+            "{}: minimum block size {align} does not fit buffers of {} bytes",
+            source.describe(),
+            opts.buf_size
+        )));
+    }
+    let max_read = source.max_read().max(align);
+    let buf_size = (opts.buf_size as u64).min(max_read / align * align) as usize;
     let mut free: Vec<Buf> = (0..opts.buf_count.max(1))
         .map(|_| Buf::new(buf_size))
         .collect();
@@ -143,7 +152,7 @@ pub async fn copy(
             tokio::select! {
                 w = rx.recv() => match w {
                     Some(Ok(map)) => {
-                        let map = map.align_data(BUF_ALIGN as u64, size);
+                        let map = map.align_data(align, size);
                         plan.extend(map.split(buf_size as u64, MAX_ZERO_REQUEST));
                     }
                     Some(Err(e)) => return Err(e),
