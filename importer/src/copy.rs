@@ -26,7 +26,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use crate::buf::{BUF_ALIGN, Buf};
 use crate::error::Error;
 use crate::progress::Progress;
-use crate::sink::{Sink, ZeroOutcome};
+use crate::sink::{Sink, TargetKind, ZeroOutcome};
 use crate::source::Source;
 
 /// Size of the windows the allocation is queried in.
@@ -45,6 +45,8 @@ pub struct CopyOptions {
     pub buf_count: usize,
     /// Use the source's allocation; otherwise read everything.
     pub use_extents: bool,
+    /// Skip writing all-zero buffers where the target already reads as zeroes.
+    pub detect_zeroes: bool,
 }
 
 /// What a copy did.
@@ -58,7 +60,8 @@ pub struct CopyStats {
     pub bytes_written: u64,
     /// Bytes zeroed on the target by punch/unmap/write-zeroes.
     pub bytes_zeroed: u64,
-    /// Bytes skipped because the target already reads as zeroes there.
+    /// Bytes skipped because the target already reads as zeroes there (zero ranges of
+    /// the source, and data buffers that turned out to be all zeroes).
     pub bytes_skipped: u64,
     /// Wall-clock seconds, including the final flush.
     pub seconds: f64,
@@ -73,7 +76,7 @@ pub struct CopyStats {
 }
 
 enum Done {
-    Data { buf: Buf, len: u64 },
+    Data { buf: Buf, len: u64, written: bool },
     Zero { len: u64, outcome: ZeroOutcome },
 }
 
@@ -186,13 +189,25 @@ pub async fn copy(
                 };
                 buf.set_len(item.length as usize);
                 let (src, snk) = (source.clone(), sink.clone());
+                let detect = opts.detect_zeroes && sink.kind() == TargetKind::NewFile;
                 in_flight.push(Box::pin(async move {
                     let buf = src.read(item.offset, buf).await?;
+                    // A new file already reads as zeroes: an all-zero buffer (allocated
+                    // but zero on the source, common on thick disks) needs no write.
+                    // The scan stops at the first non-zero byte, so data costs ~nothing.
+                    if detect && buf.is_zero() {
+                        return Ok(Done::Data {
+                            buf,
+                            len: item.length,
+                            written: false,
+                        });
+                    }
                     let (buf, r) = snk.write(buf, item.offset).await;
                     r?;
                     Ok::<_, Error>(Done::Data {
                         buf,
                         len: item.length,
+                        written: true,
                     })
                 })
                     as std::pin::Pin<
@@ -231,10 +246,14 @@ fn finish(
     progress: &Progress,
 ) {
     match d {
-        Done::Data { buf, len } => {
+        Done::Data { buf, len, written } => {
             free.push(buf);
             stats.bytes_read += len;
-            stats.bytes_written += len;
+            if written {
+                stats.bytes_written += len;
+            } else {
+                stats.bytes_skipped += len;
+            }
             progress.add_data(len);
         }
         Done::Zero { len, outcome } => {

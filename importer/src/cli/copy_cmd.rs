@@ -43,6 +43,7 @@ pub async fn copy_once(
         buf_size: tuning.buf_size(),
         buf_count: tuning.buf_count as usize,
         use_extents: !tuning.no_extents,
+        detect_zeroes: !tuning.no_zero_detect,
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| ferry::Error::Usage(format!("cannot install the SIGTERM handler: {e}")))?;

@@ -63,6 +63,9 @@ pub struct Tuning {
     /// Read every byte instead of trusting the source's allocation (extents).
     #[arg(long)]
     pub no_extents: bool,
+    /// Write all-zero data buffers to a new file instead of leaving them as holes.
+    #[arg(long)]
+    pub no_zero_detect: bool,
     /// Seconds to wait for any one NBD reply (and for connect + handshake).
     #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub timeout: u64,
@@ -119,6 +122,9 @@ impl Tuning {
         ];
         if self.no_extents {
             v.push("--no-extents".into());
+        }
+        if self.no_zero_detect {
+            v.push("--no-zero-detect".into());
         }
         v
     }

@@ -128,3 +128,198 @@ pub fn select(choice: EngineChoice, queue_depth: u32) -> Result<Arc<dyn IoEngine
         Err(why) => Err(EngineError::UringUnavailable(why)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    use std::os::unix::fs::MetadataExt;
+
+    use super::*;
+
+    /// Both engines, or only sync where io_uring is refused (printed, and recorded in
+    /// FERRY_SKIP_LOG so the test script counts it).
+    fn engines() -> Vec<Arc<dyn IoEngine>> {
+        let mut v: Vec<Arc<dyn IoEngine>> = vec![Arc::new(SyncEngine::new())];
+        match UringEngine::new(16) {
+            Ok(u) => v.push(Arc::new(u)),
+            Err(why) => {
+                eprintln!("SKIP: io_uring engine cases: {why}");
+                if let Ok(p) = std::env::var("FERRY_SKIP_LOG") {
+                    let line = format!("engine::tests io_uring: {why}\n");
+                    let _ = std::fs::OpenOptions::new()
+                        .append(true)
+                        .create(true)
+                        .open(p)
+                        .and_then(|mut f| f.write_all(line.as_bytes()));
+                }
+            }
+        }
+        v
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    }
+
+    fn pattern(len: usize, seed: u8) -> Buf {
+        let mut b = Buf::new(len);
+        for (i, x) in b.as_mut_slice().iter_mut().enumerate() {
+            *x = (i as u8).wrapping_mul(31).wrapping_add(seed);
+        }
+        b
+    }
+
+    #[test]
+    fn write_then_read_round_trips_on_every_engine() {
+        for e in engines() {
+            let mut f = tempfile::tempfile().expect("tempfile");
+            f.set_len(1 << 20).expect("set_len");
+            let file = Arc::new(f.try_clone().expect("clone"));
+            let data = pattern(256 * 1024, 7);
+            let expect = data.as_slice().to_vec();
+            let (_, r) = rt().block_on(e.write(file.clone(), data, 65536));
+            r.expect("write");
+            let (back, r) = rt().block_on(e.read(file.clone(), Buf::new(256 * 1024), 65536));
+            r.expect("read");
+            assert_eq!(back.as_slice(), &expect[..], "engine {}", e.name());
+            let mut raw = vec![0u8; 256 * 1024];
+            f.seek(SeekFrom::Start(65536)).expect("seek");
+            f.read_exact(&mut raw).expect("read back with std");
+            assert_eq!(raw, expect, "engine {} (std read)", e.name());
+        }
+    }
+
+    #[test]
+    fn punch_hole_zeroes_and_deallocates_on_every_engine() {
+        for e in engines() {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join("t.img");
+            let mut f = File::create_new(&path).expect("create");
+            f.write_all(&vec![0xaa; 4 << 20]).expect("fill");
+            f.sync_all().expect("sync");
+            let file = Arc::new(
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&path)
+                    .expect("open"),
+            );
+            let before = file.metadata().expect("meta").blocks();
+            rt().block_on(e.fallocate(file.clone(), Fallocate::PunchHole, 1 << 20, 2 << 20))
+                .expect("punch");
+            rt().block_on(e.fdatasync(file.clone())).expect("fdatasync");
+            let after = file.metadata().expect("meta").blocks();
+            let content = std::fs::read(&path).expect("read");
+            assert!(
+                content[..1 << 20].iter().all(|b| *b == 0xaa),
+                "engine {}",
+                e.name()
+            );
+            assert!(
+                content[1 << 20..3 << 20].iter().all(|b| *b == 0),
+                "engine {}",
+                e.name()
+            );
+            assert!(
+                content[3 << 20..].iter().all(|b| *b == 0xaa),
+                "engine {}",
+                e.name()
+            );
+            assert!(
+                after < before,
+                "engine {}: {after} blocks not below {before}",
+                e.name()
+            );
+        }
+    }
+
+    #[test]
+    fn zero_range_zeroes_on_every_engine() {
+        for e in engines() {
+            let mut f = tempfile::tempfile().expect("tempfile");
+            f.write_all(&vec![0x55; 1 << 20]).expect("fill");
+            let file = Arc::new(f.try_clone().expect("clone"));
+            rt().block_on(e.fallocate(file.clone(), Fallocate::ZeroRange, 4096, 8192))
+                .expect("zero range");
+            let mut content = Vec::new();
+            f.seek(SeekFrom::Start(0)).expect("seek");
+            f.read_to_end(&mut content).expect("read");
+            assert!(
+                content[4096..12288].iter().all(|b| *b == 0),
+                "engine {}",
+                e.name()
+            );
+            assert_eq!(content[4095], 0x55, "engine {}", e.name());
+            assert_eq!(content[12288], 0x55, "engine {}", e.name());
+        }
+    }
+
+    #[test]
+    fn read_past_end_of_file_is_unexpected_eof_on_every_engine() {
+        for e in engines() {
+            let f = tempfile::tempfile().expect("tempfile");
+            f.set_len(4096).expect("set_len");
+            let (_, r) = rt().block_on(e.read(Arc::new(f), Buf::new(8192), 0));
+            let err = r.expect_err("short read must fail");
+            assert_eq!(
+                err.kind(),
+                io::ErrorKind::UnexpectedEof,
+                "engine {}",
+                e.name()
+            );
+        }
+    }
+
+    #[test]
+    fn write_to_read_only_descriptor_reports_ebadf_on_every_engine() {
+        for e in engines() {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join("ro.img");
+            std::fs::write(&path, [0u8; 4096]).expect("create");
+            let ro = Arc::new(File::open(&path).expect("open ro"));
+            let (buf, r) = rt().block_on(e.write(ro, pattern(4096, 1), 0));
+            assert_eq!(
+                r.expect_err("write must fail").raw_os_error(),
+                Some(libc::EBADF),
+                "engine {}",
+                e.name()
+            );
+            assert_eq!(
+                buf.len(),
+                4096,
+                "engine {}: buffer must come back",
+                e.name()
+            );
+        }
+    }
+
+    #[test]
+    fn many_writes_in_flight_complete_on_every_engine() {
+        for e in engines() {
+            let f = tempfile::tempfile().expect("tempfile");
+            let file = Arc::new(f);
+            let r = rt().block_on(async {
+                let futs: Vec<_> = (0..64u64)
+                    .map(|i| e.write(file.clone(), pattern(65536, i as u8), i * 65536))
+                    .collect();
+                futures::future::join_all(futs).await
+            });
+            for (i, (_, res)) in r.into_iter().enumerate() {
+                res.unwrap_or_else(|err| panic!("engine {} write {i}: {err}", e.name()));
+            }
+            for i in 0..64u64 {
+                let (b, res) = rt().block_on(e.read(file.clone(), Buf::new(65536), i * 65536));
+                res.expect("read");
+                assert_eq!(
+                    b.as_slice(),
+                    pattern(65536, i as u8).as_slice(),
+                    "engine {} block {i}",
+                    e.name()
+                );
+            }
+        }
+    }
+}
