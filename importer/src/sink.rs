@@ -350,3 +350,131 @@ fn open_direct(path: &Path, size: u64) -> io::Result<File> {
     }
     Ok(f)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::os::unix::fs::MetadataExt;
+
+    use super::*;
+    use crate::engine::SyncEngine;
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    }
+
+    fn engine() -> Arc<dyn IoEngine> {
+        Arc::new(SyncEngine::new())
+    }
+
+    fn garbage_file(dir: &Path, len: usize) -> PathBuf {
+        let p = dir.join("old.img");
+        let mut f = File::create_new(&p).expect("create");
+        f.write_all(&vec![0xaa; len]).expect("fill");
+        p
+    }
+
+    #[test]
+    fn missing_target_is_created_sparse_at_source_size() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("new.img");
+        let s = Sink::open(&p, 10 << 20, DirectMode::Off, engine()).expect("open");
+        assert_eq!(s.kind(), TargetKind::NewFile);
+        let m = std::fs::metadata(&p).expect("meta");
+        assert_eq!(m.len(), 10 << 20);
+        assert_eq!(m.blocks(), 0);
+    }
+
+    #[test]
+    fn zero_on_new_file_is_skipped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Sink::open(
+            &dir.path().join("n.img"),
+            1 << 20,
+            DirectMode::Off,
+            engine(),
+        )
+        .expect("open");
+        assert_eq!(
+            rt().block_on(s.zero(0, 1 << 20)).expect("zero"),
+            ZeroOutcome::Skipped
+        );
+    }
+
+    #[test]
+    fn existing_file_is_resized_to_source_size() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = garbage_file(dir.path(), 3 << 20);
+        let s = Sink::open(&p, 1 << 20, DirectMode::Off, engine()).expect("open");
+        assert_eq!(s.kind(), TargetKind::ExistingFile);
+        assert_eq!(std::fs::metadata(&p).expect("meta").len(), 1 << 20);
+    }
+
+    #[test]
+    fn zero_on_existing_file_punches_holes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = garbage_file(dir.path(), 4 << 20);
+        let s = Sink::open(&p, 4 << 20, DirectMode::Off, engine()).expect("open");
+        rt().block_on(s.zero(1 << 20, 2 << 20)).expect("zero");
+        rt().block_on(s.flush()).expect("flush");
+        let c = std::fs::read(&p).expect("read");
+        assert!(c[1 << 20..3 << 20].iter().all(|b| *b == 0));
+        assert!(c[..1 << 20].iter().chain(&c[3 << 20..]).all(|b| *b == 0xaa));
+        assert!(std::fs::metadata(&p).expect("meta").blocks() * 512 <= (2 << 20) + 65536);
+    }
+
+    #[test]
+    fn zero_write_fallback_advances_over_ragged_range() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let size = (3 << 20) + 777;
+        let p = garbage_file(dir.path(), size as usize);
+        let s = Sink::open(&p, size, DirectMode::Off, engine()).expect("open");
+        s.zero_strategy.store(Z_WRITE, Ordering::Relaxed);
+        let (from, len) = (100, size - 200);
+        rt().block_on(s.zero(from, len)).expect("zero");
+        let c = std::fs::read(&p).expect("read");
+        assert!(c[..100].iter().all(|b| *b == 0xaa));
+        assert!(c[100..(size - 100) as usize].iter().all(|b| *b == 0));
+        assert!(c[(size - 100) as usize..].iter().all(|b| *b == 0xaa));
+    }
+
+    #[test]
+    fn directory_target_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let e = Sink::open(dir.path(), 4096, DirectMode::Off, engine()).expect_err("must refuse");
+        assert!(
+            e.to_string().contains("not a regular file or block device"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn target_in_missing_directory_names_the_path() {
+        let e = Sink::open(
+            Path::new("/nonexistent-dir/x.img"),
+            4096,
+            DirectMode::Off,
+            engine(),
+        )
+        .expect_err("must fail");
+        assert!(e.to_string().contains("/nonexistent-dir/x.img"), "{e}");
+    }
+
+    #[test]
+    fn unaligned_write_goes_through_the_buffered_descriptor() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("t.img");
+        let s = Sink::open(&p, 8192 + 100, DirectMode::Auto, engine()).expect("open");
+        let mut b = Buf::new(4096);
+        b.set_len(100);
+        b.as_mut_slice().fill(7);
+        let (_, r) = rt().block_on(s.write(b, 8192));
+        r.expect("tail write");
+        rt().block_on(s.flush()).expect("flush");
+        let c = std::fs::read(&p).expect("read");
+        assert!(c[8192..].iter().all(|b| *b == 7));
+    }
+}

@@ -23,7 +23,7 @@ pub const MAX_CONNECTIONS: u64 = 16;
 #[derive(Debug, Parser)]
 #[command(name = "ferry", version, about, propagate_version = true)]
 pub struct Cli {
-    /// More log output (-v info, -vv debug). FERRY_LOG overrides.
+    /// More log output (-v debug, -vv trace; default info). FERRY_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
     #[command(subcommand)]
@@ -133,15 +133,16 @@ impl Tuning {
 /// Logging to stderr; `FERRY_LOG` (an env-filter string) overrides -v.
 pub fn init_logging(verbose: u8) {
     let default = match verbose {
-        0 => "warn",
-        1 => "info",
-        _ => "debug",
+        0 => "ferry=info,ferry_nbd=info,warn",
+        1 => "debug",
+        _ => "trace",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
 
