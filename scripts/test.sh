@@ -9,6 +9,8 @@ scripts/setup.sh
 
 skip_log=$(mktemp)
 export FERRY_SKIP_LOG="$skip_log"
+# setup.sh installed every tool the tests use, so a missing one is an error, not a skip.
+export FERRY_REQUIRE_TOOLS=1
 trap 'rm -f "$skip_log"' EXIT
 
 echo "== cargo fmt --check" >&2

@@ -396,8 +396,8 @@ impl<B: ReadBuf> Client<B> {
 
     /// Send NBD_CMD_DISC and close the write side. Pending requests still complete.
     pub async fn disconnect(&self) {
-        let mut w = self.inner.writer.lock().await;
-        if let Some(mut wr) = w.take() {
+        let wr = self.inner.writer.lock().await.take();
+        if let Some(mut wr) = wr {
             let mut out = Vec::with_capacity(32);
             let req = codec::Request {
                 flags: 0,
@@ -406,10 +406,14 @@ impl<B: ReadBuf> Client<B> {
                 offset: 0,
                 length: 0,
             };
-            if codec::encode_request(&req, self.info().extended, &mut out).is_ok() {
-                let _ = wr.write_all(&out).await;
-            }
-            let _ = wr.shutdown().await;
+            // Bounded like every send: a server that stopped reading cannot hang it.
+            let send = async {
+                if codec::encode_request(&req, self.info().extended, &mut out).is_ok() {
+                    let _ = wr.write_all(&out).await;
+                }
+                let _ = wr.shutdown().await;
+            };
+            let _ = tokio::time::timeout(self.inner.request_timeout, send).await;
         }
     }
 
@@ -498,23 +502,54 @@ impl<B: ReadBuf> Client<B> {
             );
         }
         let mut w = self.inner.writer.lock().await;
-        let res = match w.as_mut() {
-            None => Err(Error::Disconnected(" (client disconnected)".into())),
-            Some(wr) => {
-                let r = wr.write_all(&header).await;
-                let r = match (r, payload) {
-                    (Ok(()), Some(p)) => wr.write_all(p).await,
-                    (r, _) => r,
-                };
-                r.map_err(Error::from)
+        // Queued behind a send that failed or timed out: the connection is gone (and
+        // this request was failed with it).
+        if let Some(e) = self.inner.shared.lock().dead.clone() {
+            return Err(e);
+        }
+        let send = async {
+            match w.as_mut() {
+                None => Err(Error::Disconnected(" (client disconnected)".into())),
+                Some(wr) => {
+                    let r = wr.write_all(&header).await;
+                    let r = match (r, payload) {
+                        (Ok(()), Some(p)) => wr.write_all(p).await,
+                        (r, _) => r,
+                    };
+                    r.map_err(Error::from)
+                }
             }
         };
-        drop(w);
+        // A server that stops reading must not hang the sender: bound this request's own
+        // send (not the wait for the writer, whose holder is bounded the same way). A
+        // timed-out send leaves a partial request on the wire, so the connection dies.
+        let after = self.inner.request_timeout;
+        let res = match tokio::time::timeout(after, send).await {
+            Ok(r) => r,
+            Err(_) => {
+                self.abort_reader();
+                Err(Error::Timeout { what: name, after })
+            }
+        };
         if let Err(e) = res {
+            // Still holding the writer: senders queued behind see the connection dead.
             self.inner.shared.kill(e.clone());
             return Err(e);
         }
+        drop(w);
         Ok(())
+    }
+
+    fn abort_reader(&self) {
+        if let Some(h) = self
+            .inner
+            .reader
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            h.abort();
+        }
     }
 
     async fn wait<T>(&self, what: &'static str, rx: oneshot::Receiver<Result<T>>) -> Result<T> {
@@ -526,15 +561,7 @@ impl<B: ReadBuf> Client<B> {
                 let e = Error::Timeout { what, after };
                 // A server that stops answering one request is not trusted with the others.
                 self.inner.shared.kill(e.clone());
-                if let Some(h) = self
-                    .inner
-                    .reader
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .take()
-                {
-                    h.abort();
-                }
+                self.abort_reader();
                 Err(e)
             }
         }
@@ -821,9 +848,14 @@ async fn read_one_reply<B: ReadBuf>(rd: &mut BufReader<BoxRead>, shared: &Shared
     rd.read_exact(&mut hdr[4..need]).await?;
     let (h, _) = codec::decode_reply_header(&hdr[..need])?.ok_or(ProtocolError::Truncated)?;
     let mut p = take_pending(shared, h.cookie())?;
+    // A broken reply kills the connection; the request it answered was already taken
+    // out of the table, so fail it here with the real cause (not a generic disconnect).
     match h {
         ReplyHeader::Simple { error, .. } => {
-            simple_reply(rd, &mut p, error, info.structured).await?;
+            if let Err(e) = simple_reply(rd, &mut p, error, info.structured).await {
+                p.fail(e.clone());
+                return Err(e);
+            }
             complete(p);
         }
         ReplyHeader::Chunk {
@@ -833,7 +865,10 @@ async fn read_one_reply<B: ReadBuf>(rd: &mut BufReader<BoxRead>, shared: &Shared
             cookie,
             ..
         } => {
-            chunk_reply(rd, &mut p, kind, length).await?;
+            if let Err(e) = chunk_reply(rd, &mut p, kind, length).await {
+                p.fail(e.clone());
+                return Err(e);
+            }
             if flags & codec::REPLY_FLAG_DONE != 0 {
                 complete(p);
             } else {
