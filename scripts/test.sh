@@ -18,7 +18,9 @@ cargo fmt --all -- --check
 echo "== cargo clippy" >&2
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test" >&2
-cargo test --workspace --locked
+test_log=$(mktemp)
+trap 'rm -f "$skip_log" "$test_log"' EXIT
+cargo test --workspace --locked 2>&1 | tee "$test_log"
 
 skipped=$(grep -c . "$skip_log" || true)
 if [ "$skipped" -gt 0 ]; then
@@ -27,3 +29,6 @@ if [ "$skipped" -gt 0 ]; then
 else
   echo "== 0 tests skipped" >&2
 fi
+# One closing line with the totals over every test binary.
+awk -v skipped="$skipped" '/^test result:/ { p += $4; f += $6 }
+  END { printf "tests: %d passed, %d failed, %d skipped\n", p - skipped, f, skipped }' "$test_log"

@@ -26,14 +26,14 @@ pub enum Error {
     #[error("{0}")]
     Target(String),
     /// Writing, zeroing or flushing the target failed.
-    #[error("{op} on the target at offset {offset} failed: {source}")]
+    #[error("{op} on the target at offset {offset} failed: {error}")]
     Write {
         /// write, zero, flush.
         op: &'static str,
         /// Offset.
         offset: u64,
-        /// The OS error.
-        source: std::io::Error,
+        /// The OS error (shown in the message, so not also a `source`).
+        error: std::io::Error,
     },
     /// No usable I/O engine.
     #[error(transparent)]

@@ -25,10 +25,13 @@ fn main() -> ExitCode {
         Err(e) => {
             let line = format!("{e:#}").replace('\n', " ");
             eprintln!("ferry: error: {line}");
-            let cancelled = e
-                .downcast_ref::<ferry::Error>()
-                .is_some_and(|e| matches!(e, ferry::Error::Cancelled(_)));
-            ExitCode::from(if cancelled { 130 } else { 1 })
+            // 128 + signal number, as a shell reports a process ended by that signal.
+            let code = match e.downcast_ref::<ferry::Error>() {
+                Some(ferry::Error::Cancelled("SIGINT")) => 130,
+                Some(ferry::Error::Cancelled("SIGTERM")) => 143,
+                _ => 1,
+            };
+            ExitCode::from(code)
         }
     }
 }

@@ -95,7 +95,21 @@ impl Sink {
         direct: DirectMode,
         engine: Arc<dyn IoEngine>,
     ) -> Result<Sink, Error> {
-        let meta = match std::fs::metadata(path) {
+        let meta = match std::fs::symlink_metadata(path) {
+            Ok(m) if m.file_type().is_symlink() => {
+                // A symlink to a block device (/dev/disk/by-id/…) is the normal way to
+                // name one; a symlink to anything else is refused, so a link planted
+                // in a volume can never redirect the copy onto another file.
+                match std::fs::metadata(path) {
+                    Ok(t) if t.file_type().is_block_device() => Some(t),
+                    _ => {
+                        return Err(Error::Target(format!(
+                            "target {} is a symbolic link; give the file's real path",
+                            path.display()
+                        )));
+                    }
+                }
+            }
             Ok(m) => Some(m),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => return Err(target_err(path, "inspect", &e)),
@@ -134,7 +148,7 @@ impl Sink {
                 let f = OpenOptions::new()
                     .read(true)
                     .write(true)
-                    .custom_flags(libc::O_CLOEXEC)
+                    .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
                     .open(path)
                     .map_err(|e| target_err(path, "open", &e))?;
                 if m.len() != size {
@@ -207,10 +221,10 @@ impl Sink {
         let (buf, r) = self.engine.write(file, buf, offset).await;
         (
             buf,
-            r.map_err(|source| Error::Write {
+            r.map_err(|error| Error::Write {
                 op: "write",
                 offset,
-                source,
+                error,
             }),
         )
     }
@@ -261,11 +275,11 @@ impl Sink {
                         tracing::info!(path = %self.path.display(), ?mode, error = %e, "target refuses this zeroing method; trying the next");
                     }
                 }
-                Err(source) => {
+                Err(error) => {
                     return Err(Error::Write {
                         op: "zero",
                         offset,
-                        source,
+                        error,
                     });
                 }
             }
@@ -294,10 +308,10 @@ impl Sink {
         self.engine
             .fdatasync(self.buffered.clone())
             .await
-            .map_err(|source| Error::Write {
+            .map_err(|error| Error::Write {
                 op: "flush (fdatasync)",
                 offset: 0,
-                source,
+                error,
             })?;
         if self.kind == TargetKind::NewFile {
             let dir = self
@@ -307,10 +321,10 @@ impl Sink {
                 .unwrap_or(Path::new("."));
             File::open(dir)
                 .and_then(|d| d.sync_all())
-                .map_err(|source| Error::Write {
+                .map_err(|error| Error::Write {
                     op: "flush (directory fsync)",
                     offset: 0,
-                    source,
+                    error,
                 })?;
         }
         Ok(())

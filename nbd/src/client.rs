@@ -729,6 +729,9 @@ where
             if h.reply_type == rep::ERR_UNSUP && !extended {
                 return export_name_fallback(rd, wr, export, no_zeroes, structured, contexts).await;
             }
+            // End negotiation politely (the server may log a bare hang-up as an error);
+            // best effort, since we are giving up on this connection anyway.
+            let _ = send_option(rd, wr, opt::ABORT, &[]).await;
             return Err(refused("NBD_OPT_GO (select export)", h.reply_type, &p));
         }
         match h.reply_type {

@@ -65,7 +65,7 @@ pub enum Error {
     },
     /// The server broke the protocol.
     #[error("NBD protocol error from server: {0}")]
-    Protocol(#[from] ProtocolError),
+    Protocol(ProtocolError),
     /// The server refused an option during negotiation.
     #[error("NBD server refused {option}: {reason}{message}")]
     Refused {
@@ -115,15 +115,23 @@ pub enum Error {
     InvalidRequest(String),
 }
 
+impl From<ProtocolError> for Error {
+    fn from(e: ProtocolError) -> Self {
+        Error::Protocol(e)
+    }
+}
+
 impl From<io::Error> for Error {
     fn from(e: io::Error) -> Self {
-        if e.kind() == io::ErrorKind::UnexpectedEof {
-            Error::Disconnected(" unexpectedly".into())
-        } else {
-            Error::Io {
+        match e.kind() {
+            io::ErrorKind::UnexpectedEof => Error::Disconnected(" unexpectedly".into()),
+            io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted => Error::Disconnected(format!(" ({e})")),
+            _ => Error::Io {
                 kind: e.kind(),
                 message: e.to_string(),
-            }
+            },
         }
     }
 }

@@ -30,7 +30,7 @@ pub struct CopyArgs {
     pub no_progress: bool,
 }
 
-/// Open the source and sink and copy, honouring SIGINT/SIGTERM.
+/// Open the sink and copy; on failure the source is closed too.
 pub async fn copy_once(
     src: Arc<dyn Source>,
     dst: &std::path::Path,
@@ -45,14 +45,17 @@ pub async fn copy_once(
         use_extents: !tuning.no_extents,
         detect_zeroes: !tuning.no_zero_detect,
     };
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| ferry::Error::Usage(format!("cannot install the SIGTERM handler: {e}")))?;
-    tokio::select! {
-        r = ferry::copy::copy(src, sink, &opts, progress) => r,
-        _ = tokio::signal::ctrl_c() => Err(ferry::Error::Cancelled("SIGINT")),
-        _ = term.recv() => Err(ferry::Error::Cancelled("SIGTERM")),
+    let r = ferry::copy::copy(src.clone(), sink, &opts, progress).await;
+    if r.is_err() {
+        // Say goodbye (NBD_CMD_DISC) so the server is not left with a half-open client;
+        // bounded, since the server may be the thing that failed.
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, src.close()).await;
     }
+    r
 }
+
+/// Bound on closing the source after a failed copy.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Run `ferry copy`.
 pub async fn run(a: CopyArgs) -> anyhow::Result<()> {

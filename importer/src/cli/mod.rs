@@ -147,10 +147,22 @@ pub fn init_logging(verbose: u8) {
 }
 
 /// Run a parsed command line.
+///
+/// SIGINT and SIGTERM cancel the whole command — connecting and negotiating included —
+/// and it ends with `Error::Cancelled` (the target is then reported incomplete).
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
-        Command::Copy(a) => copy_cmd::run(a).await,
-        Command::Bench(a) => bench::run(a).await,
-        Command::Measure(a) => bench::measure(a),
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| ferry::Error::Usage(format!("cannot install the SIGTERM handler: {e}")))?;
+    let work = async {
+        match cli.command {
+            Command::Copy(a) => copy_cmd::run(a).await,
+            Command::Bench(a) => bench::run(a).await,
+            Command::Measure(a) => bench::measure(a),
+        }
+    };
+    tokio::select! {
+        r = work => r,
+        _ = tokio::signal::ctrl_c() => Err(ferry::Error::Cancelled("SIGINT").into()),
+        _ = term.recv() => Err(ferry::Error::Cancelled("SIGTERM").into()),
     }
 }

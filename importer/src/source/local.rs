@@ -2,7 +2,7 @@
 
 use std::fs::File;
 use std::io::{Seek, SeekFrom};
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -34,7 +34,13 @@ impl LocalSource {
         let ctx = |e: std::io::Error| {
             Error::Source(format!("cannot open source {}: {e}", path.display()))
         };
-        let mut file = File::open(path).map_err(ctx)?;
+        // O_NONBLOCK so that opening a FIFO cannot block before the type check below;
+        // it has no effect on regular files and block devices.
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(path)
+            .map_err(ctx)?;
         let meta = file.metadata().map_err(ctx)?;
         let ft = meta.file_type();
         if !(ft.is_file() || ft.is_block_device()) {

@@ -1,0 +1,819 @@
+//! Helpers shared by the `ferry` binary's integration tests.
+//!
+//! * [`run`] / [`spawn`]: run the binary with a hard time bound and capture its output;
+//!   [`Run::success`] and [`Run::failure`] check the exit contract (JSON summary on
+//!   success; on failure a single `ferry: error:` line last on stderr, no panic, no JSON).
+//! * [`Server`]: nbdkit / qemu-nbd on a Unix socket in a test's tempdir, killed on drop.
+//! * [`Loop`], [`Mount`], [`FuseDisk`]: loop devices, tmpfs mounts and EIO-injecting
+//!   block devices, each undone on drop.
+//! * Independent checks: [`nbdcopy_reference`], [`assert_identical`] (`cmp` or
+//!   `qemu-img compare`), [`assert_prefix_identical`], [`assert_filled`].
+//!
+//! A test whose tool or privilege is missing prints `SKIP: <reason>` and returns; CI has
+//! every tool, so `FERRY_REQUIRE_TOOLS=1` there turns a missing tool into a failure.
+#![allow(dead_code)]
+
+pub mod fake_nbd;
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// The binary under test.
+pub const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
+
+/// Both I/O engines; every copy case runs with each.
+pub const ENGINES: [&str; 2] = ["uring", "sync"];
+
+/// Default bound on one `ferry` run. Generous: copies here take well under a second.
+pub const RUN_LIMIT: Duration = Duration::from_secs(60);
+
+/// How long a server or a FUSE disk may take to come up.
+pub const READY_WAIT: Duration = Duration::from_secs(10);
+
+const MIB: u64 = 1024 * 1024;
+
+/// Run `f` once per I/O engine ("uring", then "sync").
+pub fn for_each_engine(mut f: impl FnMut(&str)) {
+    for engine in ENGINES {
+        f(engine);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Skips
+
+/// Whether `bin` is an executable on PATH.
+pub fn have(bin: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
+        .unwrap_or(false)
+}
+
+/// Print a loud skip for a capability the machine lacks, and record it in
+/// `$FERRY_SKIP_LOG` so `scripts/test.sh` can say how many tests skipped. Written to the
+/// stderr handle directly: libtest captures `eprintln!`, which would hide the skip.
+pub fn skip(reason: &str) {
+    let test = std::thread::current().name().unwrap_or("?").to_string();
+    let _ = writeln!(std::io::stderr(), "SKIP: {test}: {reason}");
+    if let Some(log) = std::env::var_os("FERRY_SKIP_LOG") {
+        let _ = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(log)
+            .and_then(|mut f| writeln!(f, "ferry {test}: {reason}"));
+    }
+}
+
+/// False (after a loud skip) when one of `bins` is not installed. With
+/// `FERRY_REQUIRE_TOOLS=1` (set by `scripts/test.sh`, which installs them all) a
+/// missing tool fails the test instead.
+pub fn require(bins: &[&str]) -> bool {
+    for b in bins {
+        if !have(b) {
+            if std::env::var_os("FERRY_REQUIRE_TOOLS").is_some_and(|v| v == "1") {
+                panic!("{b} is not installed, and FERRY_REQUIRE_TOOLS=1");
+            }
+            skip(&format!("{b} is not installed"));
+            return false;
+        }
+    }
+    true
+}
+
+/// Whether this process runs as root (effective uid 0).
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|euid| euid == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// False (after a loud skip) unless we are root, on PATH are `bins`, and (when
+/// `loop_devices`) the kernel offers loop devices.
+pub fn require_root(bins: &[&str], loop_devices: bool) -> bool {
+    if !is_root() {
+        skip("needs root");
+        return false;
+    }
+    if loop_devices && !Path::new("/dev/loop-control").exists() {
+        skip("no loop device support (/dev/loop-control is missing)");
+        return false;
+    }
+    let mut all = vec!["losetup", "mount", "umount"];
+    all.extend_from_slice(bins);
+    require(&all)
+}
+
+// ---------------------------------------------------------------------------------------
+// Running ferry
+
+/// A `ferry` command with a clean environment for logging (no FERRY_LOG, no colours).
+pub fn ferry(args: &[&str]) -> Command {
+    let mut c = Command::new(FERRY);
+    c.args(args).env_remove("FERRY_LOG").env("NO_COLOR", "1");
+    c
+}
+
+/// `ferry copy SRC DST --json --no-progress EXTRA...`.
+pub fn copy_cmd(src: &str, dst: &Path, extra: &[&str]) -> Command {
+    let mut c = ferry(&["copy", src]);
+    c.arg(dst).args(["--json", "--no-progress"]).args(extra);
+    c
+}
+
+/// `ferry copy ... --io-engine ENGINE`, run to completion within [`RUN_LIMIT`].
+pub fn copy(src: &str, dst: &Path, engine: &str, extra: &[&str]) -> Run {
+    let mut c = copy_cmd(src, dst, &["--io-engine", engine]);
+    c.args(extra);
+    run(c, RUN_LIMIT)
+}
+
+/// A finished process.
+#[derive(Debug)]
+pub struct Run {
+    /// The command line, for messages.
+    pub what: String,
+    pub status: ExitStatus,
+    pub stdout: String,
+    /// stderr with ANSI colour codes removed.
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+/// A running process whose output is being collected.
+#[derive(Debug)]
+pub struct Running {
+    what: String,
+    child: Option<Child>,
+    out: Option<JoinHandle<String>>,
+    err: Option<JoinHandle<String>>,
+    start: Instant,
+}
+
+fn collect(mut r: impl Read + Send + 'static) -> JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = r.read_to_end(&mut v);
+        String::from_utf8_lossy(&v).into_owned()
+    })
+}
+
+/// Start `cmd` with stdout and stderr captured and stdin closed.
+pub fn spawn(mut cmd: Command) -> Running {
+    let what = format!("{cmd:?}");
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+    let out = child.stdout.take().map(collect);
+    let err = child.stderr.take().map(collect);
+    Running {
+        what,
+        child: Some(child),
+        out,
+        err,
+        start: Instant::now(),
+    }
+}
+
+/// Run `cmd`; fail the test if it is still running after `limit` (it is killed first).
+pub fn run(cmd: Command, limit: Duration) -> Run {
+    spawn(cmd).wait(limit)
+}
+
+impl Running {
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    /// Send a signal by name (TERM, INT, KILL) with kill(1).
+    pub fn signal(&self, sig: &str) {
+        let st = Command::new("kill")
+            .args(["-s", sig, &self.pid().to_string()])
+            .status()
+            .expect("run kill(1)");
+        assert!(st.success(), "kill -s {sig} {} failed", self.pid());
+    }
+
+    /// Whether the process has exited.
+    pub fn has_exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_some())
+    }
+
+    /// Wait for exit, at most `limit` from the start; kill it and fail the test beyond.
+    pub fn wait(mut self, limit: Duration) -> Run {
+        let mut child = self.child.take().expect("child");
+        let status = loop {
+            if let Some(st) = child.try_wait().expect("try_wait") {
+                break st;
+            }
+            if self.start.elapsed() > limit {
+                let _ = child.kill();
+                let _ = child.wait();
+                let err = self.err.take().map(|h| h.join().unwrap_or_default());
+                panic!(
+                    "{} did not finish within {limit:?} (killed); stderr:\n{}",
+                    self.what,
+                    strip_ansi(&err.unwrap_or_default())
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let elapsed = self.start.elapsed();
+        let stdout = self
+            .out
+            .take()
+            .map(|h| h.join().unwrap_or_default())
+            .unwrap_or_default();
+        let stderr = self
+            .err
+            .take()
+            .map(|h| h.join().unwrap_or_default())
+            .unwrap_or_default();
+        Run {
+            what: std::mem::take(&mut self.what),
+            status,
+            stdout,
+            stderr: strip_ansi(&stderr),
+            elapsed,
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Remove ANSI escape sequences (CSI ... letter).
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' && chars.peek() == Some(&'[') {
+            chars.next();
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+impl Run {
+    fn context(&self, ctx: &str) -> String {
+        format!(
+            "[{ctx}] {}\nexit: {:?}, after {:?}\nstdout:\n{}\nstderr:\n{}",
+            self.what, self.status, self.elapsed, self.stdout, self.stderr
+        )
+    }
+
+    /// The copy succeeded: exit 0, no panic, and stdout is one JSON summary, returned.
+    pub fn success(&self, ctx: &str) -> serde_json::Value {
+        let c = self.context(ctx);
+        assert!(self.status.success(), "expected success\n{c}");
+        assert!(!self.stderr.contains("panicked"), "panic on stderr\n{c}");
+        assert!(
+            !self.stderr.contains("ferry: error:"),
+            "error line on success\n{c}"
+        );
+        let lines: Vec<&str> = self.stdout.lines().filter(|l| !l.is_empty()).collect();
+        assert_eq!(lines.len(), 1, "expected one JSON line on stdout\n{c}");
+        let v: serde_json::Value = serde_json::from_str(lines[0])
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e})\n{c}"));
+        for key in [
+            "size",
+            "bytes_read",
+            "bytes_written",
+            "bytes_zeroed",
+            "bytes_skipped",
+            "seconds",
+            "engine",
+            "direct",
+            "buf_size",
+            "buf_count",
+        ] {
+            assert!(v.get(key).is_some(), "summary lacks {key}\n{c}");
+        }
+        v
+    }
+
+    /// The error contract: a non-zero exit code (not death by a signal), no panic, no
+    /// JSON or other output on stdout, exactly one `ferry: error:` line and it is the
+    /// last line of stderr (log lines may precede it), containing every one of
+    /// `phrases`. Returns that line.
+    pub fn failure(&self, ctx: &str, phrases: &[&str]) -> String {
+        let c = self.context(ctx);
+        match self.status.code() {
+            Some(0) => panic!("expected failure, got exit 0\n{c}"),
+            Some(_) => {}
+            None => panic!("ferry died from a signal instead of exiting with an error\n{c}"),
+        }
+        assert!(!self.stderr.contains("panicked"), "panic on stderr\n{c}");
+        assert!(
+            self.stdout.trim().is_empty(),
+            "stdout must stay empty on failure (no summary)\n{c}"
+        );
+        let lines: Vec<&str> = self
+            .stderr
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .collect();
+        let last = lines.last().copied().unwrap_or("");
+        assert!(
+            last.starts_with("ferry: error: "),
+            "last stderr line is not the error line\n{c}"
+        );
+        let n = lines.iter().filter(|l| l.contains("ferry: error:")).count();
+        assert_eq!(n, 1, "expected exactly one error line\n{c}");
+        for p in phrases {
+            assert!(last.contains(p), "error line lacks {p:?}\n{c}");
+        }
+        last.to_string()
+    }
+}
+
+/// A number from the JSON summary.
+pub fn num(v: &serde_json::Value, key: &str) -> u64 {
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("summary field {key} is not a number: {v}"))
+}
+
+// ---------------------------------------------------------------------------------------
+// NBD servers
+
+static NEXT_ID: AtomicUsize = AtomicUsize::new(0);
+
+fn next_id() -> usize {
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+/// An NBD server process on a Unix socket; SIGKILLed and reaped on drop.
+#[derive(Debug)]
+pub struct Server {
+    child: Option<Child>,
+    /// The socket.
+    pub socket: PathBuf,
+    /// Export name (empty: the default export).
+    pub export: String,
+    log: PathBuf,
+    what: String,
+}
+
+impl Server {
+    /// `nbdkit -f -U SOCK -P PIDFILE --exit-with-parent ARGS...` in `dir`.
+    pub fn nbdkit(dir: &Path, args: &[&str]) -> Server {
+        let id = next_id();
+        let socket = dir.join(format!("nbdkit{id}.sock"));
+        let pidfile = dir.join(format!("nbdkit{id}.pid"));
+        let mut cmd = Command::new("nbdkit");
+        cmd.arg("-f")
+            .arg("-U")
+            .arg(&socket)
+            .arg("-P")
+            .arg(&pidfile)
+            .arg("--exit-with-parent")
+            .args(args);
+        let what = format!("nbdkit {}", args.join(" "));
+        // nbdkit writes the pidfile once it listens.
+        Self::start(cmd, socket, pidfile, String::new(), what)
+    }
+
+    /// `nbdkit -f -i 127.0.0.1 -p PORT ...` on a free TCP port; `uri()` stays the Unix
+    /// form, use [`Server::tcp_uri`].
+    pub fn nbdkit_tcp(dir: &Path, args: &[&str]) -> (Server, u16) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("find a free port")
+            .port();
+        let id = next_id();
+        let pidfile = dir.join(format!("nbdkit{id}.pid"));
+        let mut cmd = Command::new("nbdkit");
+        cmd.args(["-f", "-i", "127.0.0.1", "-p", &port.to_string()])
+            .arg("-P")
+            .arg(&pidfile)
+            .arg("--exit-with-parent")
+            .args(args);
+        let what = format!("nbdkit -p {port} {}", args.join(" "));
+        // The pidfile doubles as the "socket" to wait for.
+        let s = Self::start(cmd, pidfile.clone(), pidfile, String::new(), what);
+        (s, port)
+    }
+
+    /// `qemu-nbd -k SOCK -t --shared=8 --pid-file PIDFILE -x EXPORT ARGS...` in `dir`.
+    pub fn qemu_nbd(dir: &Path, export: &str, args: &[&str]) -> Server {
+        let id = next_id();
+        let socket = dir.join(format!("qemu{id}.sock"));
+        let pidfile = dir.join(format!("qemu{id}.pid"));
+        let mut cmd = Command::new("qemu-nbd");
+        cmd.arg("-k")
+            .arg(&socket)
+            .args(["-t", "--shared=8", "-x", export])
+            .arg("--pid-file")
+            .arg(&pidfile)
+            .args(args);
+        let what = format!("qemu-nbd -x {export} {}", args.join(" "));
+        Self::start(cmd, socket, pidfile, export.to_string(), what)
+    }
+
+    fn start(
+        mut cmd: Command,
+        socket: PathBuf,
+        ready: PathBuf,
+        export: String,
+        what: String,
+    ) -> Server {
+        let log = socket.with_extension("log");
+        let logf = File::create(&log).expect("create server log");
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(logf));
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+        let mut s = Server {
+            child: Some(child),
+            socket,
+            export,
+            log,
+            what,
+        };
+        let start = Instant::now();
+        while !(s.socket.exists() && ready.exists()) {
+            if let Some(st) = s.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!(
+                    "{} exited ({st}) before listening:\n{}",
+                    s.what,
+                    s.log_text()
+                );
+            }
+            assert!(
+                start.elapsed() < READY_WAIT,
+                "{} did not listen within {READY_WAIT:?}:\n{}",
+                s.what,
+                s.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        s
+    }
+
+    /// `nbd+unix:///EXPORT?socket=SOCK`.
+    pub fn uri(&self) -> String {
+        format!(
+            "nbd+unix:///{}?socket={}",
+            self.export,
+            self.socket.display()
+        )
+    }
+
+    /// The same server, but asking for another export name.
+    pub fn uri_for_export(&self, export: &str) -> String {
+        format!("nbd+unix:///{export}?socket={}", self.socket.display())
+    }
+
+    /// The server's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    /// SIGKILL the server now and reap it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// What the server logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Copy the export with nbdcopy into `dir/ref-N.img`: the independent reference.
+pub fn nbdcopy_reference(uri: &str, dir: &Path) -> PathBuf {
+    let out = dir.join(format!("ref-{}.img", next_id()));
+    let o = Command::new("nbdcopy")
+        .arg(uri)
+        .arg(&out)
+        .output()
+        .expect("run nbdcopy");
+    assert!(
+        o.status.success(),
+        "nbdcopy {uri} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    out
+}
+
+// ---------------------------------------------------------------------------------------
+// Independent comparisons
+
+/// Sizes equal and bytes identical: `cmp` for files up to 1 GiB, else `qemu-img
+/// compare` (which reads only where either side has data, so huge sparse files are fast).
+pub fn assert_identical(target: &Path, reference: &Path, ctx: &str) {
+    let (a, b) = (file_size(target), file_size(reference));
+    assert_eq!(
+        a,
+        b,
+        "[{ctx}] {} has {a} bytes, the reference {b}",
+        target.display()
+    );
+    let o = if a <= 1024 * MIB {
+        Command::new("cmp").arg(target).arg(reference).output()
+    } else {
+        Command::new("qemu-img")
+            .args(["compare", "-q", "-f", "raw", "-F", "raw"])
+            .arg(target)
+            .arg(reference)
+            .output()
+    }
+    .expect("run cmp");
+    assert!(
+        o.status.success(),
+        "[{ctx}] {} differs from {}: {}{}",
+        target.display(),
+        reference.display(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// The first `n` bytes of `target` (e.g. a block device) equal `reference` (`cmp -n`).
+pub fn assert_prefix_identical(target: &Path, reference: &Path, n: u64, ctx: &str) {
+    let o = Command::new("cmp")
+        .arg("-n")
+        .arg(n.to_string())
+        .arg(target)
+        .arg(reference)
+        .output()
+        .expect("run cmp");
+    assert!(
+        o.status.success(),
+        "[{ctx}] first {n} bytes of {} differ from {}: {}{}",
+        target.display(),
+        reference.display(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Every byte of `[offset, offset+len)` of `path` equals `byte`.
+pub fn assert_filled(path: &Path, offset: u64, len: u64, byte: u8, ctx: &str) {
+    use std::os::unix::fs::FileExt;
+    let f = File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let mut buf = vec![0u8; MIB as usize];
+    let mut at = offset;
+    while at < offset + len {
+        let n = (offset + len - at).min(MIB) as usize;
+        f.read_exact_at(&mut buf[..n], at)
+            .unwrap_or_else(|e| panic!("read {} at {at}: {e}", path.display()));
+        if let Some(i) = buf[..n].iter().position(|b| *b != byte) {
+            panic!(
+                "[{ctx}] {} byte {} is {:#04x}, expected {byte:#04x} (untouched)",
+                path.display(),
+                at + i as u64,
+                buf[i]
+            );
+        }
+        at += n as u64;
+    }
+}
+
+/// Size of a file or block device.
+pub fn file_size(p: &Path) -> u64 {
+    use std::io::Seek;
+    let mut f = File::open(p).unwrap_or_else(|e| panic!("open {}: {e}", p.display()));
+    f.seek(std::io::SeekFrom::End(0)).expect("seek")
+}
+
+/// Bytes actually allocated on disk for `p`.
+pub fn allocated(p: &Path) -> u64 {
+    std::fs::metadata(p).expect("stat").blocks() * 512
+}
+
+/// Write `len` bytes of `byte` over `path` from offset 0 (creating it), then fsync.
+pub fn fill(path: &Path, byte: u8, len: u64) {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let chunk = vec![byte; MIB as usize];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(MIB) as usize;
+        f.write_all(&chunk[..n]).expect("write fill");
+        left -= n as u64;
+    }
+    f.sync_all().expect("fsync fill");
+}
+
+/// Run a helper command that must succeed; returns its stdout.
+pub fn sh(prog: &str, args: &[&str]) -> String {
+    let o = Command::new(prog)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {prog}: {e}"));
+    assert!(
+        o.status.success(),
+        "{prog} {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+// ---------------------------------------------------------------------------------------
+// Block devices and mounts
+
+/// A loop device over a file; detached on drop.
+#[derive(Debug)]
+pub struct Loop {
+    pub dev: PathBuf,
+}
+
+impl Loop {
+    /// `losetup -f --show OPTS FILE`.
+    pub fn new(file: &Path, opts: &[&str]) -> Loop {
+        let mut args = vec!["-f", "--show"];
+        args.extend_from_slice(opts);
+        let f = file.to_str().expect("utf-8 path");
+        args.push(f);
+        let dev = sh("losetup", &args).trim().to_string();
+        assert!(dev.starts_with("/dev/loop"), "losetup printed {dev:?}");
+        Loop { dev: dev.into() }
+    }
+
+    /// A sparse backing file of `size` bytes in `dir`, filled with `garbage`, under a
+    /// loop device with direct I/O when `direct_io`.
+    pub fn with_garbage(dir: &Path, size: u64, garbage: u8, direct_io: bool) -> Loop {
+        let backing = dir.join(format!("loop-backing-{}.img", next_id()));
+        fill(&backing, garbage, size);
+        let opts: &[&str] = if direct_io { &["--direct-io=on"] } else { &[] };
+        Loop::new(&backing, opts)
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.dev).status();
+    }
+}
+
+/// A mount undone on drop (lazily if busy).
+#[derive(Debug)]
+pub struct Mount {
+    pub dir: PathBuf,
+}
+
+impl Mount {
+    /// `mount -t tmpfs -o OPTS tmpfs DIR` (DIR is created).
+    pub fn tmpfs(dir: &Path, opts: &str) -> Mount {
+        std::fs::create_dir_all(dir).expect("mkdir mountpoint");
+        let d = dir.to_str().expect("utf-8 path");
+        sh("mount", &["-t", "tmpfs", "-o", opts, "tmpfs", d]);
+        Mount { dir: dir.into() }
+    }
+
+    /// `mount DEV DIR`.
+    pub fn device(dev: &Path, dir: &Path) -> Mount {
+        std::fs::create_dir_all(dir).expect("mkdir mountpoint");
+        sh(
+            "mount",
+            &[dev.to_str().expect("utf-8"), dir.to_str().expect("utf-8")],
+        );
+        Mount { dir: dir.into() }
+    }
+
+    /// `mount -o remount,OPTS DIR`.
+    pub fn remount(&self, opts: &str) {
+        let o = format!("remount,{opts}");
+        sh("mount", &["-o", &o, self.dir.to_str().expect("utf-8")]);
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        unmount(&self.dir);
+    }
+}
+
+/// `umount DIR`, retried for a while (udev may briefly hold a just-detached loop
+/// device open), then lazily.
+pub fn unmount(dir: &Path) {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(3) {
+        let ok = Command::new("umount")
+            .arg(dir)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = Command::new("umount").arg("-l").arg(dir).status();
+}
+
+/// A block device whose I/O goes to an nbdkit instance: `nbdfuse` exposes the export
+/// as a file, and a direct-I/O loop device sits on that file. nbdkit filters (error,
+/// delay) then inject faults into the *target*. Torn down on drop: loop, mount, process.
+#[derive(Debug)]
+pub struct FuseDisk {
+    // Declared first so it is dropped (detached) before the FUSE mount goes away.
+    pub dev: Option<Loop>,
+    mnt: PathBuf,
+    child: Option<Child>,
+}
+
+impl FuseDisk {
+    /// `nbdfuse DIR/fuse-N/disk --command nbdkit -s NBDKIT_ARGS...`, then a loop device.
+    pub fn new(dir: &Path, nbdkit_args: &[&str]) -> FuseDisk {
+        let mnt = dir.join(format!("fuse-{}", next_id()));
+        std::fs::create_dir_all(&mnt).expect("mkdir fuse mountpoint");
+        let file = mnt.join("disk");
+        let log = File::create(dir.join(format!("nbdfuse-{}.log", next_id()))).expect("log");
+        let child = Command::new("nbdfuse")
+            .arg(&file)
+            .args(["--command", "nbdkit", "-s"])
+            .args(nbdkit_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start nbdfuse");
+        let mut d = FuseDisk {
+            dev: None,
+            mnt,
+            child: Some(child),
+        };
+        let start = Instant::now();
+        while !file.exists() {
+            if let Some(st) = d.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("nbdfuse exited ({st}) before exposing {}", file.display());
+            }
+            assert!(
+                start.elapsed() < READY_WAIT,
+                "nbdfuse did not expose {} within {READY_WAIT:?}",
+                file.display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        d.dev = Some(Loop::new(&file, &["--direct-io=on"]));
+        d
+    }
+
+    /// The block device.
+    pub fn path(&self) -> &Path {
+        &self.dev.as_ref().expect("loop device").dev
+    }
+}
+
+impl Drop for FuseDisk {
+    fn drop(&mut self) {
+        self.dev.take();
+        unmount(&self.mnt);
+        if let Some(mut c) = self.child.take() {
+            let start = Instant::now();
+            while c.try_wait().ok().flatten().is_none() && start.elapsed() < READY_WAIT {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
