@@ -271,6 +271,8 @@ fn run_measured(tool: &str, cmd: Vec<String>) -> anyhow::Result<Sample> {
     let out = tempfile::NamedTempFile::new()?;
     let exe = std::env::current_exe()?;
     let status = Command::new(exe)
+        // The measured ferry's info lines would interleave with the table.
+        .env("FERRY_LOG", "warn")
         .arg("__measure")
         .arg("--out")
         .arg(out.path())
