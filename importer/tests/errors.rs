@@ -450,7 +450,8 @@ fn stalled_block_status_times_out() {
 
 // -- command line -------------------------------------------------------------------------
 
-/// A clap usage error: exit code 2, a message on stderr, nothing on stdout, no panic.
+/// A usage error: exit code 2, exactly one `ferry: error:` line on stderr, nothing on
+/// stdout, no panic.
 fn assert_usage_error(extra: &[&str], phrase: &str) {
     let dir = tempfile::tempdir().unwrap();
     let src = local_source(dir.path());
@@ -467,6 +468,12 @@ fn assert_usage_error(extra: &[&str], phrase: &str) {
     assert!(
         r.stderr.contains(phrase),
         "{extra:?}: stderr lacks {phrase:?}\n{}",
+        r.stderr
+    );
+    let lines: Vec<&str> = r.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(
+        lines.len() == 1 && lines[0].starts_with("ferry: error:"),
+        "{extra:?}: usage errors are one `ferry: error:` line\n{}",
         r.stderr
     );
     assert!(
