@@ -90,6 +90,12 @@ impl ferry_nbd::ReadBuf for Buf {
     }
 }
 
+impl vddk_sys::AsyncBuf for Buf {
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        self.as_mut_slice()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

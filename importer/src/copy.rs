@@ -110,10 +110,11 @@ pub async fn copy(
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<ExtentMap, Error>>(2);
     let src = source.clone();
     let use_extents = opts.use_extents;
+    let window = source.extent_window().max(align);
     let planner = tokio::spawn(async move {
         let mut at = 0;
         while at < size {
-            let len = EXTENT_WINDOW.min(size - at);
+            let len = window.min(size - at);
             let map = if use_extents {
                 src.extents(at, len)
                     .await

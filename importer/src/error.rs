@@ -35,6 +35,9 @@ pub enum Error {
         /// The OS error (shown in the message, so not also a `source`).
         error: std::io::Error,
     },
+    /// VDDK failure (library, authentication, thumbprint, not found, NFC memory…).
+    #[error(transparent)]
+    Vddk(crate::source::vddk::VddkError),
     /// No usable I/O engine.
     #[error(transparent)]
     Engine(#[from] crate::engine::EngineError),

@@ -28,6 +28,19 @@ fn main() -> ExitCode {
         }
     };
     cli::init_logging(args.verbose);
+    let mut args = args;
+    if let Err(e) = cli::prepare(&mut args) {
+        eprintln!("ferry: error: {}", format!("{e:#}").replace('\n', " "));
+        ferry::source::vddk::shutdown();
+        return ExitCode::from(1);
+    }
+    let code = run(args);
+    // After the runtime is gone every VDDK disk is closed: Exit the library last.
+    ferry::source::vddk::shutdown();
+    code
+}
+
+fn run(args: cli::Cli) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -505,30 +505,29 @@ impl Library {
         })
     }
 
-    /// VixDiskLib_ReadAsync. The buffer is owned by the read until `done` runs (on a
-    /// library thread, possibly before this returns). On a submission error `done` is
-    /// not called and the buffer comes back.
+    /// VixDiskLib_ReadAsync. The buffer is owned by the read until `done` runs, exactly
+    /// once: on a library thread when the read completes (possibly before this returns),
+    /// or right here with the error when the read could not be queued (then this also
+    /// returns that error).
     pub fn read_async<B: AsyncBuf>(
         &self,
         h: &Handle,
         start_sector: u64,
-        buf: B,
+        mut buf: B,
         done: Completion<B>,
-    ) -> Result<(), (B, VixError)> {
-        if !self.has_async() {
-            return Err((buf, VIX_E_INVALID_ARG));
+    ) -> Result<(), VixError> {
+        let len = buf.bytes_mut().len();
+        if !self.has_async() || !len.is_multiple_of(VIXDISKLIB_SECTOR_SIZE as usize) {
+            done(buf, Err(VIX_E_INVALID_ARG));
+            return Err(VIX_E_INVALID_ARG);
         }
         let mut op = Box::new(AsyncOp { buf, done });
-        let len = op.buf.bytes_mut().len();
-        if !len.is_multiple_of(VIXDISKLIB_SECTOR_SIZE as usize) {
-            return Err((op.buf, VIX_E_INVALID_ARG));
-        }
         let ptr = op.buf.bytes_mut().as_mut_ptr();
         let data = Box::into_raw(op);
         // SAFETY: optional symbol checked above. The buffer lives inside the leaked
         // AsyncOp, which only `async_done` (the completion) reclaims; its bytes are on
         // the heap and do not move. On a submission error the library does not call the
-        // completion, so we reclaim the op ourselves.
+        // completion, so we reclaim the op ourselves below.
         let e = unsafe {
             self.api.VixDiskLib_ReadAsync(
                 h.0,
@@ -544,14 +543,13 @@ impl Library {
         }
         // SAFETY: not queued, so the completion will not run; `data` is still ours.
         let op = unsafe { Box::from_raw(data) };
-        Err((
-            op.buf,
-            if e == VIX_OK as VixError {
-                VIX_E_INVALID_ARG
-            } else {
-                e
-            },
-        ))
+        let e = if e == VIX_OK as VixError {
+            VIX_E_INVALID_ARG
+        } else {
+            e
+        };
+        (op.done)(op.buf, Err(e));
+        Err(e)
     }
 
     /// VixDiskLib_Wait: until every async op on the handle completed.

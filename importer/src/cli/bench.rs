@@ -149,7 +149,7 @@ async fn synthetic(a: &BenchArgs) -> anyhow::Result<()> {
         seed: 0x5eed,
     };
     let src = Arc::new(SyntheticSource::new(spec));
-    let engine = ferry::engine::select(a.tuning.io_engine, (a.tuning.buf_count * 2 + 16) as u32)?;
+    let engine = ferry::engine::select(a.tuning.io_engine, (a.tuning.count() * 2 + 16) as u32)?;
     eprintln!("ferry bench: {} → {}", src.describe(), target.display());
     let mut samples = Vec::new();
     let mut last = None;
@@ -254,7 +254,7 @@ fn median(v: &[Sample]) -> Sample {
 /// Data bytes of a source according to its extents (for the write floor).
 async fn data_bytes(src: &str, tuning: &Tuning) -> anyhow::Result<(u64, u64)> {
     let engine = ferry::engine::select(ferry::engine::EngineChoice::Sync, 8)?;
-    let s = ferry::source::open(src, &tuning.nbd(), engine).await?;
+    let s = ferry::source::open(src, &tuning.nbd(), None, engine).await?;
     let size = s.size();
     let mut data = 0;
     let mut at = 0;

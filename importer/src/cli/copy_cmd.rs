@@ -12,16 +12,24 @@ use ferry::sink::Sink;
 use ferry::source::Source;
 
 use super::Tuning;
+use super::vddk_args::VddkArgs;
 
 /// Arguments of `ferry copy`.
 #[derive(Debug, Args)]
 pub struct CopyArgs {
-    /// Source: an NBD URI (nbd://host[:port]/export, nbd+unix:///export?socket=PATH) or a path.
+    /// Source: an NBD URI (nbd://host[:port]/export, nbd+unix:///export?socket=PATH), a
+    /// VDDK URI (vddk://USER@HOST/?vm=moref=vm-1&file=[ds] vm/vm.vmdk&thumbprint=…) or a
+    /// path.
     pub src: String,
     /// Target: a block device (at least the source's size) or a file (created sparse if missing).
     pub dst: PathBuf,
     #[command(flatten)]
     pub tuning: Tuning,
+    #[command(flatten)]
+    pub vddk: VddkArgs,
+    /// VDDK options resolved (and the library initialised) before the runtime started.
+    #[arg(skip)]
+    pub vddk_resolved: Option<ferry::source::VddkOptions>,
     /// Print one JSON summary object on stdout.
     #[arg(long)]
     pub json: bool,
@@ -41,7 +49,7 @@ pub async fn copy_once(
     let sink = Arc::new(Sink::open(dst, src.size(), tuning.direct, engine)?);
     let opts = CopyOptions {
         buf_size: tuning.buf_size(),
-        buf_count: tuning.buf_count as usize,
+        buf_count: tuning.count() as usize,
         use_extents: !tuning.no_extents,
         detect_zeroes: !tuning.no_zero_detect,
     };
@@ -58,10 +66,19 @@ pub async fn copy_once(
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Run `ferry copy`.
-pub async fn run(a: CopyArgs) -> anyhow::Result<()> {
+pub async fn run(mut a: CopyArgs) -> anyhow::Result<()> {
+    let vddk = match a.vddk_resolved.take() {
+        Some(v) => Some(v),
+        None if ferry::source::vddk::options::is_vddk_uri(&a.src) => Some(
+            a.vddk
+                .resolve(&a.src, &mut a.tuning)
+                .map_err(ferry::Error::Vddk)?,
+        ),
+        None => None,
+    };
     a.tuning.validate()?;
-    let engine = ferry::engine::select(a.tuning.io_engine, (a.tuning.buf_count * 2 + 16) as u32)?;
-    let src = ferry::source::open(&a.src, &a.tuning.nbd(), engine.clone()).await?;
+    let engine = ferry::engine::select(a.tuning.io_engine, (a.tuning.count() * 2 + 16) as u32)?;
+    let src = ferry::source::open(&a.src, &a.tuning.nbd(), vddk.as_ref(), engine.clone()).await?;
     let progress = Arc::new(Progress::new());
     let bar =
         (!a.no_progress && std::io::stderr().is_terminal()).then(|| spawn_bar(progress.clone()));

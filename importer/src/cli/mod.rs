@@ -2,6 +2,7 @@
 
 mod bench;
 mod copy_cmd;
+mod vddk_args;
 
 use std::time::Duration;
 
@@ -16,6 +17,10 @@ pub const MAX_BUF_SIZE_IN_64K: u64 = 1024;
 pub const MAX_BUF_COUNT: u64 = 1024;
 /// Largest pool (`buf-size × buf-count`).
 pub const MAX_POOL_BYTES: u64 = 4 << 30;
+/// `--buf-count` for NBD and local sources (measured fastest within a 64 MiB pool).
+pub const DEFAULT_BUF_COUNT: u64 = 32;
+/// `--buf-count` for VDDK sources: the NFC AIO setting tested in the field (Forklift).
+pub const DEFAULT_VDDK_BUF_COUNT: u64 = 4;
 /// Largest `--connections`.
 pub const MAX_CONNECTIONS: u64 = 16;
 
@@ -48,9 +53,10 @@ pub struct Tuning {
     /// Pool buffer size in units of 64 KiB (also the largest request).
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=MAX_BUF_SIZE_IN_64K))]
     pub buf_size_in_64k: u64,
-    /// Number of pool buffers (= requests in flight).
-    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=MAX_BUF_COUNT))]
-    pub buf_count: u64,
+    /// Number of pool buffers (= requests in flight) [default: 32; 4 for VDDK sources,
+    /// where it is also the NFC AIO buffer count].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=MAX_BUF_COUNT))]
+    pub buf_count: Option<u64>,
     /// I/O engine for the target.
     #[arg(long, value_enum, default_value_t = EngineChoice::Auto)]
     pub io_engine: EngineChoice,
@@ -72,6 +78,11 @@ pub struct Tuning {
 }
 
 impl Tuning {
+    /// Pool buffer count (the NBD/local default unless set).
+    pub fn count(&self) -> u64 {
+        self.buf_count.unwrap_or(DEFAULT_BUF_COUNT)
+    }
+
     /// Pool buffer size in bytes.
     pub fn buf_size(&self) -> usize {
         (self.buf_size_in_64k * 64 * 1024) as usize
@@ -79,7 +90,7 @@ impl Tuning {
 
     /// Check the pool bound.
     pub fn validate(&self) -> Result<(), ferry::Error> {
-        let pool = self.buf_size_in_64k * 64 * 1024 * self.buf_count;
+        let pool = self.buf_size_in_64k * 64 * 1024 * self.count();
         if pool > MAX_POOL_BYTES {
             return Err(ferry::Error::Usage(format!(
                 "buffer pool of {} MiB (--buf-size-in-64k × 64 KiB × --buf-count) exceeds the {} MiB limit",
@@ -104,7 +115,7 @@ impl Tuning {
     pub fn to_args(&self) -> Vec<String> {
         let mut v = vec![
             format!("--buf-size-in-64k={}", self.buf_size_in_64k),
-            format!("--buf-count={}", self.buf_count),
+            format!("--buf-count={}", self.count()),
             format!("--connections={}", self.connections),
             format!("--timeout={}", self.timeout),
             format!(
@@ -144,6 +155,63 @@ pub fn init_logging(verbose: u8) {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
+}
+
+/// Work that must happen on the main thread before the async runtime starts: for a
+/// VDDK source, make sure `<libdir>/lib64` is on LD_LIBRARY_PATH (glibc reads it only at
+/// process start, so re-exec once if needed), then load the library and call InitEx
+/// here, before any other thread exists, as VMware advises.
+pub fn prepare(cli: &mut Cli) -> anyhow::Result<()> {
+    let Command::Copy(a) = &mut cli.command else {
+        return Ok(());
+    };
+    if !ferry::source::vddk::options::is_vddk_uri(&a.src) {
+        return Ok(());
+    }
+    let opts = a
+        .vddk
+        .resolve(&a.src, &mut a.tuning)
+        .map_err(ferry::Error::Vddk)?;
+    reexec_with_library_path(&opts.libdir);
+    ferry::source::vddk::init(
+        &opts.libdir,
+        opts.buf_size_in_64k,
+        opts.buf_count,
+        opts.config_file.as_deref(),
+    )
+    .map_err(ferry::Error::Vddk)?;
+    a.vddk_resolved = Some(opts);
+    Ok(())
+}
+
+/// Marker set on the re-executed process so it never loops.
+const REEXEC_MARK: &str = "FERRY_VDDK_REEXECED";
+
+fn reexec_with_library_path(libdir: &std::path::Path) {
+    let lib64 = libdir.join("lib64");
+    if !lib64.is_dir() || std::env::var_os(REEXEC_MARK).is_some() {
+        return;
+    }
+    let current = std::env::var_os("LD_LIBRARY_PATH").unwrap_or_default();
+    if std::env::split_paths(&current).any(|p| p == lib64) {
+        return;
+    }
+    let mut paths = vec![lib64.clone()];
+    paths.extend(std::env::split_paths(&current));
+    let Ok(joined) = std::env::join_paths(paths) else {
+        return;
+    };
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    tracing::debug!(lib64 = %lib64.display(), "re-executing with the VDDK libraries on LD_LIBRARY_PATH");
+    let err = std::os::unix::process::CommandExt::exec(
+        std::process::Command::new(exe)
+            .args(std::env::args_os().skip(1))
+            .env("LD_LIBRARY_PATH", joined)
+            .env(REEXEC_MARK, "1"),
+    );
+    tracing::warn!(error = %err, "could not re-execute with LD_LIBRARY_PATH; VDDK's own libraries may not load");
 }
 
 /// Run a parsed command line.

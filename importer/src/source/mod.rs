@@ -7,6 +7,7 @@
 mod local;
 mod nbd;
 mod synthetic;
+pub mod vddk;
 
 use std::sync::Arc;
 
@@ -15,6 +16,7 @@ use ferry_cbt::ExtentMap;
 pub use local::LocalSource;
 pub use nbd::{NbdSource, NbdSourceOptions};
 pub use synthetic::{SyntheticSource, SyntheticSpec};
+pub use vddk::{VddkOptions, VddkSource};
 
 use crate::buf::Buf;
 use crate::engine::BoxFuture;
@@ -30,6 +32,11 @@ pub trait Source: Send + Sync + std::fmt::Debug {
     fn block_size(&self) -> u64;
     /// Largest single read.
     fn max_read(&self) -> u64;
+    /// How much of the disk to ask `extents` about at once (sources whose allocation
+    /// queries are slow answer large windows).
+    fn extent_window(&self) -> u64 {
+        crate::copy::EXTENT_WINDOW
+    }
     /// Allocation of `[offset, offset+len)`: the returned map covers exactly that range.
     /// Sources that cannot tell return one Data extent.
     fn extents(&self, offset: u64, len: u64) -> BoxFuture<'_, Result<ExtentMap, Error>>;
@@ -43,14 +50,19 @@ pub trait Source: Send + Sync + std::fmt::Debug {
 pub async fn open(
     spec: &str,
     nbd_opts: &NbdSourceOptions,
+    vddk_opts: Option<&VddkOptions>,
     engine: Arc<dyn crate::engine::IoEngine>,
 ) -> Result<Arc<dyn Source>, Error> {
-    if ferry_nbd::Uri::is_nbd_uri(spec) {
+    if vddk::options::is_vddk_uri(spec) {
+        let opts = vddk_opts
+            .ok_or_else(|| Error::Usage("a vddk:// source needs its VDDK options".into()))?;
+        Ok(Arc::new(VddkSource::open(opts).await.map_err(Error::Vddk)?))
+    } else if ferry_nbd::Uri::is_nbd_uri(spec) {
         let uri: ferry_nbd::Uri = spec.parse().map_err(Error::Nbd)?;
         Ok(Arc::new(NbdSource::connect(&uri, nbd_opts).await?))
     } else if spec.contains("://") {
         Err(Error::Usage(format!(
-            "unsupported source {spec:?}: give an NBD URI (nbd://, nbd+unix://) or a path"
+            "unsupported source {spec:?}: give an NBD URI (nbd://, nbd+unix://), a vddk:// URI or a path"
         )))
     } else {
         Ok(Arc::new(LocalSource::open(
