@@ -39,7 +39,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Copy a disk (NBD URI or local path) to a block device or file.
-    Copy(copy_cmd::CopyArgs),
+    Copy(Box<copy_cmd::CopyArgs>),
     /// Measure copy speed (a built-in synthetic disk, or SRC DST against peers).
     Bench(bench::BenchArgs),
     /// Internal: run a command and report its wall time, CPU time and peak RSS.
@@ -223,7 +223,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         .map_err(|e| ferry::Error::Usage(format!("cannot install the SIGTERM handler: {e}")))?;
     let work = async {
         match cli.command {
-            Command::Copy(a) => copy_cmd::run(a).await,
+            Command::Copy(a) => copy_cmd::run(*a).await,
             Command::Bench(a) => bench::run(a).await,
             Command::Measure(a) => bench::measure(a),
         }
