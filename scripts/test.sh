@@ -13,10 +13,22 @@ export FERRY_SKIP_LOG="$skip_log"
 export FERRY_REQUIRE_TOOLS=1
 trap 'rm -f "$skip_log"' EXIT
 
+# The VDDK bindings are generated offline and committed; fail if they are stale.
+if ! dpkg -s libclang-dev >/dev/null 2>&1; then
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends libclang-dev >/dev/null
+fi
+command -v bindgen >/dev/null || cargo install bindgen-cli --locked --version 0.73.2 --quiet
+echo "== vddk-sys bindings up to date" >&2
+vddk-sys/scripts/bindgen.sh --check
+
 echo "== cargo fmt --check" >&2
 cargo fmt --all -- --check
 echo "== cargo clippy" >&2
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== build the fake libvixDiskLib the VDDK tests load" >&2
+cargo build --locked -p fake-vddk
 echo "== cargo test" >&2
 test_log=$(mktemp)
 trap 'rm -f "$skip_log" "$test_log"' EXIT

@@ -11,6 +11,8 @@ pub mod copy;
 #[allow(unsafe_code)]
 pub mod engine;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod progress;
 pub mod sink;
 pub mod source;

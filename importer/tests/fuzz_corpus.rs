@@ -1,0 +1,35 @@
+//! Replays the checked-in fuzz corpora of the importer's parsers on stable Rust, so CI
+//! covers them without nightly (fuzz/README.md says how to fuzz for real).
+
+use std::path::PathBuf;
+
+fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus").join(target);
+    let mut v: Vec<(PathBuf, Vec<u8>)> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| {
+            let p = e.expect("dir entry").path();
+            let b = std::fs::read(&p).expect("read seed");
+            (p, b)
+        })
+        .collect();
+    v.sort();
+    assert!(!v.is_empty(), "empty corpus {}", dir.display());
+    v
+}
+
+#[test]
+fn vddk_config_corpus_replays_without_panic() {
+    for (p, b) in corpus("vddk_config") {
+        eprintln!("{}", p.display());
+        ferry::fuzzing::vddk_config(&b);
+    }
+}
+
+#[test]
+fn vddk_uri_corpus_replays_without_panic() {
+    for (p, b) in corpus("vddk_uri") {
+        eprintln!("{}", p.display());
+        ferry::fuzzing::vddk_uri(&b);
+    }
+}
