@@ -6,7 +6,9 @@ use crate::source::vddk::{config, options};
 /// A VDDK config file from an operator: parse, then render with Ferry's AIO settings;
 /// whatever parses must render to a file that parses again to the same settings count.
 pub fn vddk_config(data: &[u8]) {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     if let Ok(settings) = config::parse(text) {
         let rendered = config::render(&settings, 16, 4);
         let again = config::parse(&rendered.text).expect("rendered config must parse");
@@ -16,7 +18,9 @@ pub fn vddk_config(data: &[u8]) {
 
 /// A `vddk://` URI and a thumbprint from the command line or a controller.
 pub fn vddk_uri(data: &[u8]) {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     let _ = options::parse_uri(text);
     let _ = options::validate_thumbprint(text);
 }

@@ -36,7 +36,13 @@ pub enum TargetKind {
     ExistingFile,
     /// A regular file this copy created (all holes to start with).
     NewFile,
+    /// `null:` — data is written to /dev/null and nothing is kept (benchmarks of the
+    /// read side, like nbdcopy's `null:`).
+    Null,
 }
+
+/// The target name that discards everything.
+pub const NULL_TARGET: &str = "null:";
 
 /// O_DIRECT policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -95,6 +101,22 @@ impl Sink {
         direct: DirectMode,
         engine: Arc<dyn IoEngine>,
     ) -> Result<Sink, Error> {
+        if path.as_os_str() == NULL_TARGET {
+            let f = OpenOptions::new()
+                .write(true)
+                .open("/dev/null")
+                .map_err(|e| target_err(path, "open", &e))?;
+            tracing::info!("target is null: data is read and discarded");
+            return Ok(Sink {
+                path: path.to_owned(),
+                kind: TargetKind::Null,
+                buffered: Arc::new(f),
+                direct: None,
+                size,
+                engine,
+                zero_strategy: AtomicU8::new(Z_PUNCH),
+            });
+        }
         let meta = match std::fs::symlink_metadata(path) {
             Ok(m) if m.file_type().is_symlink() => {
                 // A symlink to a block device (/dev/disk/by-id/…) is the normal way to
@@ -231,7 +253,7 @@ impl Sink {
 
     /// Make `[offset, offset+len)` read back as zeroes.
     pub async fn zero(&self, offset: u64, len: u64) -> Result<ZeroOutcome, Error> {
-        if self.kind == TargetKind::NewFile || len == 0 {
+        if matches!(self.kind, TargetKind::NewFile | TargetKind::Null) || len == 0 {
             return Ok(ZeroOutcome::Skipped);
         }
         let end = offset + len;
@@ -305,6 +327,9 @@ impl Sink {
     /// Make everything written durable: fdatasync the target (and, for a file this copy
     /// created, fsync its directory so the name survives a crash too).
     pub async fn flush(&self) -> Result<(), Error> {
+        if self.kind == TargetKind::Null {
+            return Ok(());
+        }
         self.engine
             .fdatasync(self.buffered.clone())
             .await

@@ -21,7 +21,8 @@ pub struct CopyArgs {
     /// VDDK URI (vddk://USER@HOST/?vm=moref=vm-1&file=[ds] vm/vm.vmdk&thumbprint=…) or a
     /// path.
     pub src: String,
-    /// Target: a block device (at least the source's size) or a file (created sparse if missing).
+    /// Target: a block device (at least the source's size), a file (created sparse if
+    /// missing), or `null:` to read the source and discard the data (benchmarks).
     pub dst: PathBuf,
     #[command(flatten)]
     pub tuning: Tuning,

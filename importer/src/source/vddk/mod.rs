@@ -554,7 +554,10 @@ fn worker(
     // overlap on a handle) only when some are pending, and always before Close.
     let drain = |handle: &vddk_sys::Handle, always: bool| {
         let busy = pending.load(Ordering::SeqCst) > 0;
-        if async_reads && (busy || always) && let Err(e) = lib.wait(handle) {
+        if async_reads
+            && (busy || always)
+            && let Err(e) = lib.wait(handle)
+        {
             tracing::warn!(error = %fail("Wait", e), "VDDK wait failed");
         }
     };
