@@ -119,6 +119,9 @@ pub fn suggest(key: &str) -> Option<&'static str> {
     let k = key.to_ascii_lowercase();
     KNOWN_KEYS
         .iter()
+        // A distance of at most 3 needs lengths within 3: skip the O(n·m) work
+        // otherwise, so a file of long junk keys costs next to nothing.
+        .filter(|known| known.len().abs_diff(k.len()) <= 3)
         .map(|known| (edit_distance(&k, &known.to_ascii_lowercase()), *known))
         .filter(|(d, _)| *d <= 3)
         .min_by_key(|(d, _)| *d)
