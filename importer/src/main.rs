@@ -29,30 +29,11 @@ fn main() -> ExitCode {
     };
     cli::init_logging(args.verbose);
     let mut args = args;
-    if let Err(e) = cli::prepare(&mut args) {
-        eprintln!("ferry: error: {}", format!("{e:#}").replace('\n', " "));
-        ferry::source::vddk::shutdown();
-        return ExitCode::from(1);
-    }
-    let code = run(args);
-    // After the runtime is gone every VDDK disk is closed: Exit the library last.
+    let result = cli::prepare(&mut args).and_then(|()| run(args));
+    // After the runtime is gone every VDDK disk is closed (or given up on): Exit the
+    // library last — before the error line, so that line stays the last one.
     ferry::source::vddk::shutdown();
-    code
-}
-
-fn run(args: cli::Cli) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("ferry: error: cannot start the async runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    match rt.block_on(cli::run(args)) {
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let line = format!("{e:#}").replace('\n', " ");
@@ -66,4 +47,13 @@ fn run(args: cli::Cli) -> ExitCode {
             ExitCode::from(code)
         }
     }
+}
+
+fn run(args: cli::Cli) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?;
+    rt.block_on(cli::run(args))
 }

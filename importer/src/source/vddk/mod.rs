@@ -25,7 +25,7 @@ pub mod options;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ferry_cbt::{Extent, ExtentKind, ExtentMap};
 use tokio::sync::oneshot;
@@ -48,6 +48,10 @@ pub const CHUNK_BYTES: u64 = CHUNK_SECTORS * SECTOR;
 pub const MAX_QUERY_BYTES: u64 = vddk_sys::VIXDISKLIB_MAX_CHUNK_NUMBER as u64 * CHUNK_BYTES;
 /// Largest single read (ESXi refuses much larger NFC requests).
 pub const MAX_VDDK_READ: u64 = 16 * 1024 * 1024;
+/// Bound on tearing a disk down (Wait, Close, Disconnect) after a failure or a signal.
+/// A read stuck inside the library can hold Wait forever; past this bound Ferry leaves
+/// without Exit and the host drops the NFC session when the process ends.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(4);
 /// The VDDK API version Ferry is written against (ReadAsync, QueryAllocatedBlocks).
 const API_VERSION: (u32, u32) = (6, 7);
 
@@ -185,9 +189,7 @@ enum Cmd {
         sectors: u64,
         reply: oneshot::Sender<Result<Vec<(u64, u64)>, u64>>,
     },
-    Close {
-        reply: oneshot::Sender<()>,
-    },
+    Close,
 }
 
 /// What the worker found after opening.
@@ -205,6 +207,9 @@ pub struct VddkSource {
     rt: Arc<VddkRuntime>,
     tx: Mutex<Option<mpsc::Sender<Cmd>>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Signalled (or disconnected) when the worker has closed and ended.
+    done: Mutex<mpsc::Receiver<()>>,
+    close_deadline: Mutex<Option<Instant>>,
     opened: Opened,
     describe: String,
     ctx: CallContext,
@@ -229,12 +234,16 @@ impl VddkSource {
         };
         let (ready_tx, ready_rx) = oneshot::channel();
         let (tx, rx) = mpsc::channel();
+        let (done_tx, done_rx) = mpsc::channel::<()>();
         let worker_rt = rt.clone();
         let worker_opts = opts.clone();
         let worker_ctx = ctx.clone();
         let thread = std::thread::Builder::new()
             .name("ferry-vddk".into())
-            .spawn(move || worker(worker_rt, worker_opts, worker_ctx, ready_tx, rx))
+            .spawn(move || {
+                worker(worker_rt, worker_opts, worker_ctx, ready_tx, rx);
+                let _ = done_tx.send(());
+            })
             .map_err(|e| VddkError::Usage(format!("cannot start the VDDK worker thread: {e}")))?;
         let opened = match ready_rx.await {
             Ok(Ok(o)) => o,
@@ -257,6 +266,8 @@ impl VddkSource {
             rt,
             tx: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
+            done: Mutex::new(done_rx),
+            close_deadline: Mutex::new(None),
             opened,
             describe,
             ctx,
@@ -313,16 +324,50 @@ impl VddkSource {
         Ok(out)
     }
 
-    /// Close the disk and the connection now (idempotent).
-    fn finish(&self) {
+    /// Ask the worker to close (idempotent) and return the teardown deadline.
+    fn request_close(&self) -> Instant {
         let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(tx) = tx {
-            let (reply, _rx) = oneshot::channel();
-            let _ = tx.send(Cmd::Close { reply });
+            let _ = tx.send(Cmd::Close);
         }
-        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(t) = thread {
+        *self
+            .close_deadline
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert_with(|| Instant::now() + CLOSE_TIMEOUT)
+    }
+
+    /// Whether the worker has finished (closed, disconnected, thread ended); joins it.
+    fn try_reap(&self, wait: Duration) -> bool {
+        let done = {
+            let rx = self.done.lock().unwrap_or_else(|p| p.into_inner());
+            match rx.recv_timeout(wait) {
+                Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => true,
+                Err(mpsc::RecvTimeoutError::Timeout) => false,
+            }
+        };
+        if done && let Some(t) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = t.join();
+        }
+        done
+    }
+
+    /// Close the disk and the connection, waiting at most until the teardown deadline.
+    fn finish(&self) {
+        let deadline = self.request_close();
+        if self
+            .thread
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none()
+        {
+            return;
+        }
+        if !self.try_reap(deadline.saturating_duration_since(Instant::now())) {
+            tracing::error!(
+                after = ?CLOSE_TIMEOUT,
+                "VDDK did not finish closing the disk (a read is stuck in the library); leaving it — the host drops the NFC session when this process exits"
+            );
         }
     }
 }
@@ -441,17 +486,21 @@ impl Source for VddkSource {
 
     fn close(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
-            if let Some(tx) = tx {
-                let (reply, rx) = oneshot::channel();
-                if tx.send(Cmd::Close { reply }).is_ok() {
-                    let _ = rx.await;
+            let deadline = self.request_close();
+            // Poll without blocking the runtime; Drop finishes (bounded) if this is cut short.
+            while Instant::now() < deadline {
+                if self
+                    .thread
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .is_none()
+                    || self.try_reap(Duration::ZERO)
+                {
+                    return;
                 }
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
-            if let Some(t) = thread {
-                let _ = tokio::task::spawn_blocking(move || t.join()).await;
-            }
+            self.finish();
         })
     }
 }
@@ -593,10 +642,9 @@ fn worker(
                 let _ =
                     reply.send(lib.query_allocated_blocks(&handle, start, sectors, CHUNK_SECTORS));
             }
-            Ok(Cmd::Close { reply }) => {
+            Ok(Cmd::Close) => {
                 drain(&handle, true);
                 close(handle, conn);
-                let _ = reply.send(());
                 return;
             }
             Err(_) => {
