@@ -24,3 +24,37 @@ pub fn vddk_uri(data: &[u8]) {
     let _ = options::parse_uri(text);
     let _ = options::validate_thumbprint(text);
 }
+
+/// Values of the import pod's environment (quantities, booleans, checkpoints, UUIDs,
+/// endpoints) and a whole environment built from the bytes.
+pub fn import_env(data: &[u8]) {
+    use crate::import::config;
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let _ = config::parse_quantity(text);
+    let _ = config::parse_bool(text);
+    let _ = config::is_change_id(text);
+    let _ = config::is_uuid(text);
+    let _ = config::endpoint_host(text);
+    const VARS: [&str; 8] = [
+        "IMPORTER_ENDPOINT",
+        "IMPORTER_IMAGE_SIZE",
+        "PREALLOCATION",
+        "FILESYSTEM_OVERHEAD",
+        "IMPORTER_CURRENT_CHECKPOINT",
+        "IMPORTER_PREVIOUS_CHECKPOINT",
+        "IMPORTER_THUMBPRINT",
+        "IMPORTER_UUID",
+    ];
+    let values = text
+        .split('\n')
+        .zip(VARS)
+        .map(|(v, k)| (k, "", v.to_string()))
+        .collect();
+    let _ = config::validate(
+        &config::RawInputs { values },
+        std::path::Path::new("/nonexistent"),
+        std::path::Path::new("/data"),
+    );
+}

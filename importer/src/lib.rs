@@ -13,6 +13,7 @@ pub mod engine;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod import;
 pub mod progress;
 pub mod sink;
 pub mod source;

@@ -35,3 +35,11 @@ fn vddk_uri_corpus_replays_without_panic() {
         ferry::fuzzing::vddk_uri(&b);
     }
 }
+
+#[test]
+fn import_env_corpus_replays_without_panic() {
+    for (p, b) in corpus("import_env") {
+        eprintln!("{}", p.display());
+        ferry::fuzzing::import_env(&b);
+    }
+}
