@@ -359,6 +359,63 @@ impl Sink {
     pub fn size(&self) -> u64 {
         self.size
     }
+
+    /// Preallocate the target: a file gets every block allocated now, and zero ranges of
+    /// any target are then zeroed in place (ZERO_RANGE) rather than unmapped or punched,
+    /// so the space stays allocated. Returns whether preallocation really happened.
+    pub async fn preallocate(&self) -> Result<bool, Error> {
+        match self.kind {
+            TargetKind::Null => Ok(false),
+            TargetKind::BlockDevice => {
+                self.zero_strategy.store(Z_ZERO_RANGE, Ordering::Relaxed);
+                Ok(true)
+            }
+            TargetKind::NewFile | TargetKind::ExistingFile => {
+                self.zero_strategy.store(Z_ZERO_RANGE, Ordering::Relaxed);
+                // A new file's zero ranges are still skipped: once every block is
+                // allocated they read as zeroes without being written.
+                self.engine
+                    .fallocate(self.buffered.clone(), Fallocate::Allocate, 0, self.size)
+                    .await
+                    .map_err(|error| Error::Write {
+                        op: "preallocate",
+                        offset: 0,
+                        error,
+                    })?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Grow a file target to `len` bytes (the volume's requested size; the new tail reads
+    /// as zeroes), allocating it too when `preallocate`. Block devices are left alone.
+    pub async fn extend(&self, len: u64, preallocate: bool) -> Result<(), Error> {
+        if !matches!(self.kind, TargetKind::NewFile | TargetKind::ExistingFile) || len <= self.size
+        {
+            return Ok(());
+        }
+        self.buffered.set_len(len).map_err(|error| Error::Write {
+            op: "extend",
+            offset: self.size,
+            error,
+        })?;
+        if preallocate {
+            self.engine
+                .fallocate(
+                    self.buffered.clone(),
+                    Fallocate::Allocate,
+                    self.size,
+                    len - self.size,
+                )
+                .await
+                .map_err(|error| Error::Write {
+                    op: "preallocate",
+                    offset: self.size,
+                    error,
+                })?;
+        }
+        Ok(())
+    }
 }
 
 fn align_up(x: u64, a: u64) -> u64 {
@@ -515,5 +572,42 @@ mod tests {
         rt().block_on(s.flush()).expect("flush");
         let c = std::fs::read(&p).expect("read");
         assert!(c[8192..].iter().all(|b| *b == 7));
+    }
+
+    #[test]
+    fn preallocate_allocates_a_new_file_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("pre.img");
+        let s = Sink::open(&p, 8 << 20, DirectMode::Off, engine()).expect("open");
+        assert!(rt().block_on(s.preallocate()).expect("preallocate"));
+        let m = std::fs::metadata(&p).expect("meta");
+        assert_eq!(m.len(), 8 << 20);
+        assert!(m.blocks() * 512 >= 8 << 20, "{} blocks", m.blocks());
+        assert!(std::fs::read(&p).expect("read").iter().all(|b| *b == 0));
+    }
+
+    #[test]
+    fn extend_grows_a_file_with_a_zero_tail() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = garbage_file(dir.path(), 1 << 20);
+        let s = Sink::open(&p, 1 << 20, DirectMode::Off, engine()).expect("open");
+        rt().block_on(s.extend(3 << 20, false)).expect("extend");
+        let c = std::fs::read(&p).expect("read");
+        assert_eq!(c.len(), 3 << 20);
+        assert!(c[..1 << 20].iter().all(|b| *b == 0xaa));
+        assert!(c[1 << 20..].iter().all(|b| *b == 0));
+    }
+
+    #[test]
+    fn zero_after_preallocation_keeps_blocks_allocated() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = garbage_file(dir.path(), 4 << 20);
+        let s = Sink::open(&p, 4 << 20, DirectMode::Off, engine()).expect("open");
+        rt().block_on(s.preallocate()).expect("preallocate");
+        rt().block_on(s.zero(0, 4 << 20)).expect("zero");
+        rt().block_on(s.flush()).expect("flush");
+        let m = std::fs::metadata(&p).expect("meta");
+        assert!(m.blocks() * 512 >= 4 << 20, "{} blocks", m.blocks());
+        assert!(std::fs::read(&p).expect("read").iter().all(|b| *b == 0));
     }
 }

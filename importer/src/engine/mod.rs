@@ -38,6 +38,9 @@ pub enum Fallocate {
     PunchHole,
     /// Zero the range, keeping it allocated (block devices: BLKZEROOUT semantics).
     ZeroRange,
+    /// Allocate the range (preallocation); contents unchanged, unwritten blocks read as
+    /// zeroes.
+    Allocate,
 }
 
 impl Fallocate {
@@ -46,6 +49,7 @@ impl Fallocate {
         match self {
             Fallocate::PunchHole => libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
             Fallocate::ZeroRange => libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+            Fallocate::Allocate => libc::FALLOC_FL_KEEP_SIZE,
         }
     }
 }
