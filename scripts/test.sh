@@ -23,6 +23,9 @@ command -v bindgen >/dev/null || cargo install bindgen-cli --locked --version 0.
 echo "== vddk-sys bindings up to date" >&2
 vddk-sys/scripts/bindgen.sh --check
 
+echo "== Containerfile shape" >&2
+scripts/check-containerfile.sh
+
 echo "== cargo fmt --check" >&2
 cargo fmt --all -- --check
 echo "== cargo clippy" >&2
