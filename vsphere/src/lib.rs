@@ -1,1 +1,71 @@
-//! placeholder
+//! The few vSphere (vim25 SOAP) calls a data plane needs.
+//!
+//! # Calls
+//!
+//! Every call is an HTTPS `POST` of a hand-written SOAP 1.1 envelope to
+//! `https://HOST[:PORT]/sdk` with `SOAPAction: urn:vim25/<version>`:
+//!
+//! | step | vim25 method | used by |
+//! | --- | --- | --- |
+//! | service content (morefs of the managers, `about.apiVersion`) | `ServiceInstance.RetrieveServiceContent` | [`Client::login`] (sent with `urn:vim25/6.7`; later calls use the server's `apiVersion`) |
+//! | log in; keep the `vmware_soap_session` cookie | `SessionManager.Login` | [`Client::login`], re-login |
+//! | list datacenters (through nested folders) | `PropertyCollector.RetrievePropertiesEx` (+ `ContinueRetrievePropertiesEx`) from `rootFolder` over `Folder.childEntity` | [`Client::find_vm`] |
+//! | instance UUID in each datacenter | `SearchIndex.FindByUuid` (`vmSearch=true`, `instanceUuid=true`) | [`Client::find_vm`] |
+//! | BIOS UUID in each datacenter, all matches | `SearchIndex.FindAllByUuid` (`vmSearch=true`, `instanceUuid=false`) | [`Client::find_vm`] |
+//! | `name`, `runtime.powerState`, `runtime.host`; the host's `name` | `RetrievePropertiesEx` | [`Client::find_vm`] |
+//! | `config.hardware.device`, `snapshot` of the VM; `config.hardware.device` of its snapshots | `RetrievePropertiesEx` | [`Client::find_disk`], [`Client::snapshot_disk`] |
+//! | end the session | `SessionManager.Logout` | [`Client::logout`] |
+//!
+//! # Faults
+//!
+//! A SOAP fault (HTTP 500 with `soapenv:Fault`) is read by its vim25 type (the `xsi:type`
+//! of the `detail` element):
+//! - `InvalidLogin` during login → [`Error::Authentication`];
+//! - `NotAuthenticated` on any call after login (the session expired, F8) → the client logs
+//!   in again **once** with the stored credentials and repeats the call once; a second
+//!   `NotAuthenticated` is returned as [`Error::Fault`];
+//! - `ManagedObjectNotFound` when reading a VM or a snapshot → [`Error::NotFound`];
+//! - anything else → [`Error::Fault`] with its name and message.
+//!
+//! # Bounds
+//!
+//! Opening a connection is bounded by [`CONNECT_TIMEOUT`], each call by [`CALL_TIMEOUT`]
+//! (both adjustable through [`ClientOptions`]); bodies larger than [`MAX_RESPONSE_BYTES`]
+//! are refused ([`Error::Protocol`]), as are documents nested deeper than
+//! [`xml::MAX_XML_DEPTH`]; lists are capped ([`MAX_DATACENTERS`], [`MAX_DEVICES`],
+//! [`MAX_SNAPSHOTS`], [`MAX_PARENT_CHAIN`], [`MAX_RETRIEVE_OBJECTS`]).
+//!
+//! # TLS and proxies
+//!
+//! See [`TlsPolicy`]: a pinned SHA-1 thumbprint, or a CA directory with host name
+//! verification, or an explicitly insecure mode that logs a warning; otherwise the client
+//! refuses to connect. The ring provider is the only crypto provider. An `http://` proxy
+//! from `https_proxy` (honouring `no_proxy`) is used through an HTTP `CONNECT` tunnel;
+//! other proxy schemes are refused.
+
+pub mod client;
+pub mod error;
+pub mod soap;
+pub mod tls;
+pub mod transport;
+pub mod xml;
+
+pub use client::{Client, Disk, Vm};
+pub use error::Error;
+pub use tls::{TlsPolicy, normalize_thumbprint, thumbprint_of};
+pub use transport::{CALL_TIMEOUT, CONNECT_TIMEOUT, ClientOptions, Endpoint, ProxyConfig};
+
+/// Largest SOAP response body accepted.
+pub const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
+/// Most datacenters walked by [`Client::find_vm`].
+pub const MAX_DATACENTERS: usize = 10_000;
+/// Most devices read from one `config.hardware.device`.
+pub const MAX_DEVICES: usize = 1024;
+/// Most snapshots read from one snapshot tree.
+pub const MAX_SNAPSHOTS: usize = 1024;
+/// Most parents followed along one disk's backing chain.
+pub const MAX_PARENT_CHAIN: usize = 25;
+/// Most objects accepted from one (paged) `RetrievePropertiesEx`.
+pub const MAX_RETRIEVE_OBJECTS: usize = 10_000;
+/// Name of the session cookie set by `Login`.
+pub const SESSION_COOKIE: &str = "vmware_soap_session";

@@ -1,0 +1,1136 @@
+//! A fake vCenter: an HTTPS vim25 SOAP server built from an [`Inventory`], answering the
+//! calls `ferry-vsphere` makes, with the envelope shapes, element names and fault types of
+//! a real vCenter.
+//!
+//! Calls served: `RetrieveServiceContent`, `Login`, `Logout`, `FindByUuid`,
+//! `FindAllByUuid`, `RetrievePropertiesEx` (object sets with `Folder.childEntity`
+//! traversal specs; `name`, `runtime.powerState`, `runtime.host`, `config.instanceUuid`,
+//! `config.uuid`, `config.hardware.device`, `snapshot` on VMs; `name` on datacenters and
+//! hosts; `config.hardware.device` on snapshots) and `ContinueRetrievePropertiesEx`.
+//!
+//! Faults: `InvalidLogin` (bad credentials), `NotAuthenticated` (no or stale session
+//! cookie, or a session past `session_ttl_calls`), `ManagedObjectNotFound` (unknown moref),
+//! `InvalidArgument` (malformed request), `InvalidProperty` (unknown property path),
+//! `MethodNotFound` (any other method).
+//!
+//! Every call is logged to stderr and kept in memory ([`FakeVcenter::calls`]), and written
+//! to the call-log file when one is given, one line per call:
+//! `Login user=admin`, `FindByUuid uuid=… instance=true dc=datacenter-1`,
+//! `RetrievePropertiesEx obj=vm-123 props=name,runtime.powerState`, `Logout`; a call
+//! answered with a fault gets ` fault=<Name>` appended.
+
+pub mod inventory;
+mod xml;
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode, header};
+use hyper_util::rt::TokioIo;
+use rustls::ServerConfig;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+pub use inventory::{Datacenter, DiskSpec, Inventory, SnapshotSpec, VmSpec};
+use xml::{El, esc};
+
+/// Largest request body accepted.
+const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
+/// Session cookie name, as vCenter sets it.
+pub const SESSION_COOKIE: &str = "vmware_soap_session";
+
+/// How the server misbehaves, for transport tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Behavior {
+    /// Answer like vCenter.
+    #[default]
+    Normal,
+    /// Accept TCP connections and never send a byte (no TLS handshake).
+    HangOnAccept,
+    /// Complete the TLS handshake, read requests, never answer.
+    HangOnRequest,
+    /// Answer every request with this HTTP status and body.
+    Raw {
+        /// HTTP status.
+        status: u16,
+        /// Body bytes.
+        body: Vec<u8>,
+    },
+}
+
+/// Start-up options.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Append one line per call to this file.
+    pub call_log: Option<PathBuf>,
+    /// Misbehaviour, if any.
+    pub behavior: Behavior,
+    /// Do not print calls to stderr.
+    pub quiet: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Obj {
+    kind: &'static str,
+    /// property path → complete `<val …>…</val>` element.
+    props: BTreeMap<String, String>,
+    /// Valid (possibly unset) property paths.
+    valid: &'static [&'static str],
+    /// `childEntity` of a folder.
+    children: Vec<String>,
+}
+
+const VM_PROPS: &[&str] = &[
+    "name",
+    "runtime.powerState",
+    "runtime.host",
+    "config.instanceUuid",
+    "config.uuid",
+    "config.hardware.device",
+    "snapshot",
+];
+
+#[derive(Debug)]
+struct State {
+    inv: Inventory,
+    objects: HashMap<String, Obj>,
+    /// (vm moref, instance uuid, bios uuid, datacenter moref)
+    vms: Vec<(String, String, String, String)>,
+    sessions: HashMap<String, u64>,
+    next_session: u64,
+    pages: HashMap<String, Vec<String>>,
+    next_token: u64,
+    calls: Vec<String>,
+    call_log: Option<std::fs::File>,
+    quiet: bool,
+}
+
+fn disk_xml(d: &DiskSpec) -> String {
+    fn backing(file: &str, change_id: Option<&str>, parents: &[String]) -> String {
+        let parent = match parents.split_first() {
+            Some((p, rest)) => format!(
+                "<parent xsi:type=\"VirtualDiskFlatVer2BackingInfo\">{}</parent>",
+                backing(p, None, rest)
+            ),
+            None => String::new(),
+        };
+        format!(
+            concat!(
+                "<fileName>{}</fileName><datastore type=\"Datastore\">datastore-11</datastore>",
+                "<backingObjectId></backingObjectId><diskMode>persistent</diskMode>",
+                "<split>false</split><writeThrough>false</writeThrough>",
+                "<thinProvisioned>true</thinProvisioned>",
+                "<uuid>6000C29d-0000-0000-0000-000000000000</uuid>{}{}",
+                "<digestEnabled>false</digestEnabled><sharing>sharingNone</sharing>"
+            ),
+            esc(file),
+            change_id
+                .map(|c| format!("<changeId>{}</changeId>", esc(c)))
+                .unwrap_or_default(),
+            parent
+        )
+    }
+    format!(
+        concat!(
+            "<VirtualDevice xsi:type=\"VirtualDisk\"><key>{key}</key>",
+            "<deviceInfo><label>Hard disk {n}</label><summary>{kb} KB</summary></deviceInfo>",
+            "<backing xsi:type=\"VirtualDiskFlatVer2BackingInfo\">{backing}</backing>",
+            "<controllerKey>1000</controllerKey><unitNumber>{n}</unitNumber>",
+            "<capacityInKB>{kb}</capacityInKB><capacityInBytes>{bytes}</capacityInBytes>",
+            "<shares><shares>1000</shares><level>normal</level></shares>",
+            "<storageIOAllocation><limit>-1</limit></storageIOAllocation>",
+            "<diskObjectId>1-{key}</diskObjectId><nativeUnmanagedLinkedClone>false</nativeUnmanagedLinkedClone>",
+            "</VirtualDevice>"
+        ),
+        key = d.key,
+        n = d.key.rem_euclid(1000),
+        kb = d.capacity_bytes / 1024,
+        bytes = d.capacity_bytes,
+        backing = backing(&d.file_name, d.change_id.as_deref(), &d.parents),
+    )
+}
+
+fn devices_xml(disks: &[DiskSpec]) -> String {
+    let mut s = String::from("<val xsi:type=\"ArrayOfVirtualDevice\">");
+    s.push_str(concat!(
+        "<VirtualDevice xsi:type=\"VirtualIDEController\"><key>200</key><deviceInfo>",
+        "<label>IDE 0</label><summary>IDE 0</summary></deviceInfo><busNumber>0</busNumber>",
+        "</VirtualDevice>",
+        "<VirtualDevice xsi:type=\"ParaVirtualSCSIController\"><key>1000</key><deviceInfo>",
+        "<label>SCSI controller 0</label><summary>VMware paravirtual SCSI</summary></deviceInfo>",
+        "<busNumber>0</busNumber><device>2000</device><hotAddRemove>true</hotAddRemove>",
+        "<sharedBus>noSharing</sharedBus><scsiCtlrUnitNumber>7</scsiCtlrUnitNumber></VirtualDevice>"
+    ));
+    for d in disks {
+        s.push_str(&disk_xml(d));
+    }
+    s.push_str("</val>");
+    s
+}
+
+fn snapshot_node_xml(vm: &str, s: &SnapshotSpec, id: &mut u32) -> String {
+    *id += 1;
+    let mut out = format!(
+        concat!(
+            "<snapshot type=\"VirtualMachineSnapshot\">{}</snapshot>",
+            "<vm type=\"VirtualMachine\">{}</vm><name>{}</name><description></description>",
+            "<id>{}</id><createTime>2026-01-01T00:00:00.000Z</createTime>",
+            "<state>poweredOn</state><quiesced>false</quiesced>"
+        ),
+        esc(&s.moref),
+        esc(vm),
+        esc(&s.name),
+        id
+    );
+    for c in &s.children {
+        out.push_str(&format!(
+            "<childSnapshotList>{}</childSnapshotList>",
+            snapshot_node_xml(vm, c, id)
+        ));
+    }
+    out.push_str("<replaySupported>false</replaySupported>");
+    out
+}
+
+fn last_snapshot(s: &[SnapshotSpec]) -> Option<&SnapshotSpec> {
+    let last = s.last()?;
+    Some(last_snapshot(&last.children).unwrap_or(last))
+}
+
+fn string_val(kind: &str, v: &str) -> String {
+    format!("<val xsi:type=\"{kind}\">{}</val>", esc(v))
+}
+
+impl State {
+    fn new(inv: Inventory, opts: &Options) -> std::io::Result<State> {
+        let mut objects = HashMap::new();
+        let mut vms = Vec::new();
+        let mut hosts: BTreeMap<String, String> = BTreeMap::new();
+        let mut dc_morefs = Vec::new();
+        for (i, dc) in inv.datacenters.iter().enumerate() {
+            let dcm = dc
+                .moref
+                .clone()
+                .unwrap_or_else(|| format!("datacenter-{}", i + 1));
+            dc_morefs.push(dcm.clone());
+            let mut props = BTreeMap::new();
+            props.insert("name".into(), string_val("xsd:string", &dc.name));
+            objects.insert(
+                dcm.clone(),
+                Obj {
+                    kind: "Datacenter",
+                    props,
+                    valid: &["name"],
+                    children: vec![],
+                },
+            );
+            for vm in &dc.vms {
+                vms.push((
+                    vm.moref.clone(),
+                    vm.instance_uuid.clone(),
+                    vm.bios_uuid.clone(),
+                    dcm.clone(),
+                ));
+                let mut props = BTreeMap::new();
+                props.insert("name".into(), string_val("xsd:string", &vm.name));
+                props.insert(
+                    "runtime.powerState".into(),
+                    string_val("VirtualMachinePowerState", &vm.power_state),
+                );
+                props.insert(
+                    "config.instanceUuid".into(),
+                    string_val("xsd:string", &vm.instance_uuid),
+                );
+                props.insert(
+                    "config.uuid".into(),
+                    string_val("xsd:string", &vm.bios_uuid),
+                );
+                props.insert("config.hardware.device".into(), devices_xml(&vm.disks));
+                if let Some(h) = &vm.host {
+                    let n = hosts.len() + 1;
+                    let hm = hosts
+                        .entry(h.clone())
+                        .or_insert_with(|| format!("host-{n}"))
+                        .clone();
+                    props.insert(
+                        "runtime.host".into(),
+                        format!("<val type=\"HostSystem\" xsi:type=\"ManagedObjectReference\">{hm}</val>"),
+                    );
+                }
+                if !vm.snapshots.is_empty() {
+                    let mut id = 0;
+                    let mut s = String::from("<val xsi:type=\"VirtualMachineSnapshotInfo\">");
+                    if let Some(cur) = last_snapshot(&vm.snapshots) {
+                        s.push_str(&format!(
+                            "<currentSnapshot type=\"VirtualMachineSnapshot\">{}</currentSnapshot>",
+                            esc(&cur.moref)
+                        ));
+                    }
+                    for r in &vm.snapshots {
+                        s.push_str(&format!(
+                            "<rootSnapshotList>{}</rootSnapshotList>",
+                            snapshot_node_xml(&vm.moref, r, &mut id)
+                        ));
+                    }
+                    s.push_str("</val>");
+                    props.insert("snapshot".into(), s);
+                }
+                objects.insert(
+                    vm.moref.clone(),
+                    Obj {
+                        kind: "VirtualMachine",
+                        props,
+                        valid: VM_PROPS,
+                        children: vec![],
+                    },
+                );
+                let mut stack: Vec<&SnapshotSpec> = vm.snapshots.iter().collect();
+                while let Some(s) = stack.pop() {
+                    let mut props = BTreeMap::new();
+                    props.insert("config.hardware.device".into(), devices_xml(&s.disks));
+                    objects.insert(
+                        s.moref.clone(),
+                        Obj {
+                            kind: "VirtualMachineSnapshot",
+                            props,
+                            valid: &["config.hardware.device"],
+                            children: vec![],
+                        },
+                    );
+                    stack.extend(s.children.iter());
+                }
+            }
+        }
+        for (name, moref) in hosts {
+            let mut props = BTreeMap::new();
+            props.insert("name".into(), string_val("xsd:string", &name));
+            objects.insert(
+                moref,
+                Obj {
+                    kind: "HostSystem",
+                    props,
+                    valid: &["name"],
+                    children: vec![],
+                },
+            );
+        }
+        let mut props = BTreeMap::new();
+        props.insert("name".into(), string_val("xsd:string", "Datacenters"));
+        objects.insert(
+            "group-d1".into(),
+            Obj {
+                kind: "Folder",
+                props,
+                valid: &["name", "childEntity"],
+                children: dc_morefs,
+            },
+        );
+        let call_log = match &opts.call_log {
+            Some(p) => Some(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)?,
+            ),
+            None => None,
+        };
+        Ok(State {
+            inv,
+            objects,
+            vms,
+            sessions: HashMap::new(),
+            next_session: 1,
+            pages: HashMap::new(),
+            next_token: 1,
+            calls: Vec::new(),
+            call_log,
+            quiet: opts.quiet,
+        })
+    }
+
+    fn log(&mut self, line: String) {
+        if !self.quiet {
+            eprintln!("fake-vcenter: {line}");
+        }
+        if let Some(f) = &mut self.call_log {
+            let _ = writeln!(f, "{line}");
+        }
+        self.calls.push(line);
+    }
+}
+
+/// A fault reply: (vim25 fault type, fault string, extra detail XML).
+struct Fault(&'static str, String, String);
+
+fn envelope(body: &str) -> String {
+    format!(
+        concat!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n",
+            "<soapenv:Envelope xmlns:soapenc=\"http://schemas.xmlsoap.org/soap/encoding/\"\n",
+            " xmlns:soapenv=\"http://schemas.xmlsoap.org/soap/envelope/\"\n",
+            " xmlns:xsd=\"http://www.w3.org/2001/XMLSchema\"\n",
+            " xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\">\n",
+            "<soapenv:Body>\n{}\n</soapenv:Body>\n</soapenv:Envelope>"
+        ),
+        body
+    )
+}
+
+fn fault_body(f: &Fault) -> String {
+    envelope(&format!(
+        concat!(
+            "<soapenv:Fault><faultcode>ServerFaultCode</faultcode><faultstring>{msg}</faultstring>",
+            "<detail><{n}Fault xmlns=\"urn:vim25\" xsi:type=\"{n}\">{extra}</{n}Fault></detail>",
+            "</soapenv:Fault>"
+        ),
+        n = f.0,
+        msg = esc(&f.1),
+        extra = f.2
+    ))
+}
+
+fn not_found(kind: &str, moref: &str) -> Fault {
+    Fault(
+        "ManagedObjectNotFound",
+        format!(
+            "The object 'vim.{kind}:{moref}' has already been deleted or has not been completely created"
+        ),
+        format!("<obj type=\"{}\">{}</obj>", esc(kind), esc(moref)),
+    )
+}
+
+fn invalid_argument(what: &str) -> Fault {
+    Fault(
+        "InvalidArgument",
+        format!("A specified parameter was not correct: {what}"),
+        format!("<invalidProperty>{}</invalidProperty>", esc(what)),
+    )
+}
+
+struct Reply {
+    body: String,
+    cookie: Option<String>,
+}
+
+fn ok(method: &str, inner: &str) -> Reply {
+    Reply {
+        body: envelope(&format!(
+            "<{method}Response xmlns=\"urn:vim25\">{inner}</{method}Response>"
+        )),
+        cookie: None,
+    }
+}
+
+fn session_from(headers: &hyper::HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == SESSION_COOKIE)
+        .map(|(_, v)| v.trim_matches('"').to_string())
+}
+
+fn this_ok(req: &El, expected: &str) -> Result<(), Fault> {
+    let this = req
+        .child("_this")
+        .ok_or_else(|| invalid_argument("_this"))?;
+    if this.text.trim() != expected {
+        return Err(not_found(
+            this.attr("type").unwrap_or("ManagedObject"),
+            this.text.trim(),
+        ));
+    }
+    Ok(())
+}
+
+/// Collect the objects an ObjectSpec selects, following TraversalSpecs.
+fn select(st: &State, os: &El) -> Result<Vec<String>, Fault> {
+    let obj = os
+        .child("obj")
+        .ok_or_else(|| invalid_argument("objectSet.obj"))?;
+    let moref = obj.text.trim().to_string();
+    let kind = obj.attr("type").unwrap_or("ManagedObject");
+    let o = st
+        .objects
+        .get(&moref)
+        .ok_or_else(|| not_found(kind, &moref))?;
+    if o.kind != kind {
+        return Err(not_found(kind, &moref));
+    }
+    // Gather every named TraversalSpec in this ObjectSpec.
+    let mut named: HashMap<String, El> = HashMap::new();
+    let mut todo: Vec<&El> = os.all("selectSet").collect();
+    while let Some(s) = todo.pop() {
+        if s.child("type").is_some()
+            && let Some(n) = s.text_of("name")
+        {
+            named.insert(n, s.clone());
+        }
+        todo.extend(s.all("selectSet"));
+    }
+    let skip = os.text_of("skip").as_deref() == Some("true");
+    let mut out = Vec::new();
+    if !skip {
+        out.push(moref.clone());
+    }
+    let resolve = |s: &El| -> Option<El> {
+        if s.child("type").is_some() {
+            Some(s.clone())
+        } else {
+            s.text_of("name").and_then(|n| named.get(&n).cloned())
+        }
+    };
+    let mut work: Vec<(String, El)> = os
+        .all("selectSet")
+        .filter_map(|s| resolve(s).map(|t| (moref.clone(), t)))
+        .collect();
+    let mut guard = 0;
+    while let Some((m, spec)) = work.pop() {
+        guard += 1;
+        if guard > 100_000 {
+            break;
+        }
+        let Some(o) = st.objects.get(&m) else {
+            continue;
+        };
+        if spec.text_of("type").as_deref() != Some(o.kind) {
+            continue;
+        }
+        if spec.text_of("path").as_deref() != Some("childEntity") {
+            continue;
+        }
+        for c in &o.children {
+            if spec.text_of("skip").as_deref() != Some("true") && !out.contains(c) {
+                out.push(c.clone());
+            }
+            for sub in spec.all("selectSet") {
+                if let Some(t) = resolve(sub) {
+                    work.push((c.clone(), t));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn object_xml(
+    st: &State,
+    moref: &str,
+    prop_sets: &[(String, Vec<String>)],
+) -> Result<Option<String>, Fault> {
+    let o = &st.objects[moref];
+    let mut props = String::new();
+    let mut matched = false;
+    for (kind, paths) in prop_sets {
+        if kind != o.kind {
+            continue;
+        }
+        matched = true;
+        for p in paths {
+            if !o.valid.contains(&p.as_str()) {
+                return Err(Fault(
+                    "InvalidProperty",
+                    format!("A specified parameter was not correct: {p}"),
+                    format!("<name>{}</name>", esc(p)),
+                ));
+            }
+            if p == "childEntity" {
+                let mut v = String::from("<val xsi:type=\"ArrayOfManagedObjectReference\">");
+                for c in &o.children {
+                    let k = st.objects.get(c).map(|o| o.kind).unwrap_or("ManagedEntity");
+                    v.push_str(&format!(
+                        "<ManagedObjectReference type=\"{k}\" xsi:type=\"ManagedObjectReference\">{c}</ManagedObjectReference>"
+                    ));
+                }
+                v.push_str("</val>");
+                props.push_str(&format!("<propSet><name>childEntity</name>{v}</propSet>"));
+            } else if let Some(v) = o.props.get(p) {
+                props.push_str(&format!("<propSet><name>{}</name>{v}</propSet>", esc(p)));
+            }
+        }
+    }
+    if !matched {
+        return Ok(None);
+    }
+    Ok(Some(format!(
+        "<objects><obj type=\"{}\">{}</obj>{props}</objects>",
+        o.kind,
+        esc(moref)
+    )))
+}
+
+fn page(st: &mut State, mut objs: Vec<String>) -> String {
+    let mut token = None;
+    if let Some(n) = st.inv.page_size.filter(|n| *n > 0 && objs.len() > *n) {
+        let rest = objs.split_off(n);
+        let t = format!("token-{}", st.next_token);
+        st.next_token += 1;
+        st.pages.insert(t.clone(), rest);
+        token = Some(t);
+    }
+    if objs.is_empty() && token.is_none() {
+        return String::new();
+    }
+    let mut s = String::from("<returnval>");
+    if let Some(t) = token {
+        s.push_str(&format!("<token>{t}</token>"));
+    }
+    for o in objs {
+        s.push_str(&o);
+    }
+    s.push_str("</returnval>");
+    s
+}
+
+fn handle_call(
+    st: &mut State,
+    method: &str,
+    req: &El,
+    cookie: Option<String>,
+) -> (String, Result<Reply, Fault>) {
+    let api = st
+        .inv
+        .api_version
+        .clone()
+        .unwrap_or_else(|| "8.0.3.0".into());
+    match method {
+        "RetrieveServiceContent" => {
+            let r = this_ok(req, "ServiceInstance").map(|_| {
+                ok(method, &format!(
+                    concat!(
+                        "<returnval><rootFolder type=\"Folder\">group-d1</rootFolder>",
+                        "<propertyCollector type=\"PropertyCollector\">propertyCollector</propertyCollector>",
+                        "<viewManager type=\"ViewManager\">ViewManager</viewManager>",
+                        "<about><name>VMware vCenter Server</name><fullName>VMware vCenter Server {v} build-0 (fake)</fullName>",
+                        "<vendor>VMware, Inc.</vendor><version>{v}</version><build>0</build>",
+                        "<localeVersion>INTL</localeVersion><localeBuild>000</localeBuild>",
+                        "<osType>linux-x64</osType><productLineId>vpx</productLineId>",
+                        "<apiType>VirtualCenter</apiType><apiVersion>{v}</apiVersion>",
+                        "<instanceUuid>00000000-0000-0000-0000-00000000fake</instanceUuid>",
+                        "<licenseProductName>VMware VirtualCenter Server</licenseProductName>",
+                        "<licenseProductVersion>8.0</licenseProductVersion></about>",
+                        "<setting type=\"OptionManager\">VpxSettings</setting>",
+                        "<userDirectory type=\"UserDirectory\">UserDirectory</userDirectory>",
+                        "<sessionManager type=\"SessionManager\">SessionManager</sessionManager>",
+                        "<searchIndex type=\"SearchIndex\">SearchIndex</searchIndex>",
+                        "</returnval>"
+                    ),
+                    v = esc(&api)
+                ))
+            });
+            ("RetrieveServiceContent".into(), r)
+        }
+        "Login" => {
+            let user = req.text_of("userName").unwrap_or_default();
+            let pw = req
+                .child("password")
+                .map(|p| p.text.clone())
+                .unwrap_or_default();
+            let line = format!("Login user={user}");
+            if let Err(f) = this_ok(req, "SessionManager") {
+                return (line, Err(f));
+            }
+            if user != st.inv.user || pw != st.inv.password {
+                return (
+                    line,
+                    Err(Fault(
+                        "InvalidLogin",
+                        "Cannot complete login due to an incorrect user name or password.".into(),
+                        String::new(),
+                    )),
+                );
+            }
+            let id = format!(
+                "52{:014x}fake{:016x}",
+                st.next_session,
+                st.next_session * 7919
+            );
+            st.next_session += 1;
+            st.sessions.insert(id.clone(), 0);
+            let mut r = ok(
+                method,
+                &format!(
+                    concat!(
+                        "<returnval><key>{id}</key><userName>{u}</userName><fullName>{u}</fullName>",
+                        "<loginTime>2026-01-01T00:00:00.000Z</loginTime>",
+                        "<lastActiveTime>2026-01-01T00:00:00.000Z</lastActiveTime>",
+                        "<locale>en</locale><messageLocale>en</messageLocale>",
+                        "<extensionSession>false</extensionSession><ipAddress>127.0.0.1</ipAddress>",
+                        "<userAgent>fake</userAgent><callCount>0</callCount></returnval>"
+                    ),
+                    id = &id[..8],
+                    u = esc(&user)
+                ),
+            );
+            r.cookie = Some(id);
+            (line, Ok(r))
+        }
+        _ => {
+            let line = describe(method, req);
+            // Every other call needs a live session.
+            let live = cookie
+                .as_ref()
+                .and_then(|c| st.sessions.get_mut(c).map(|n| (c.clone(), n)));
+            let Some((sid, count)) = live else {
+                return (line, Err(not_authenticated()));
+            };
+            *count += 1;
+            if let Some(ttl) = st.inv.session_ttl_calls
+                && *count > ttl
+            {
+                st.sessions.remove(&sid);
+                return (line, Err(not_authenticated()));
+            }
+            (line, authenticated_call(st, method, req, &sid))
+        }
+    }
+}
+
+fn not_authenticated() -> Fault {
+    Fault(
+        "NotAuthenticated",
+        "The session is not authenticated.".into(),
+        "<object type=\"Folder\">group-d1</object><privilegeId>System.View</privilegeId>".into(),
+    )
+}
+
+fn describe(method: &str, req: &El) -> String {
+    match method {
+        "FindByUuid" | "FindAllByUuid" => format!(
+            "{method} uuid={} instance={} dc={}",
+            req.text_of("uuid").unwrap_or_default(),
+            req.text_of("instanceUuid")
+                .unwrap_or_else(|| "false".into()),
+            req.text_of("datacenter").unwrap_or_else(|| "-".into())
+        ),
+        "RetrievePropertiesEx" | "RetrieveProperties" => {
+            let mut objs = Vec::new();
+            let mut props = Vec::new();
+            for ss in req.all("specSet") {
+                for os in ss.all("objectSet") {
+                    objs.push(os.text_of("obj").unwrap_or_default());
+                }
+                for ps in ss.all("propSet") {
+                    props.extend(ps.all("pathSet").map(|p| p.text.trim().to_string()));
+                }
+            }
+            format!("{method} obj={} props={}", objs.join(","), props.join(","))
+        }
+        "ContinueRetrievePropertiesEx" => {
+            format!(
+                "{method} token={}",
+                req.text_of("token").unwrap_or_default()
+            )
+        }
+        other => other.to_string(),
+    }
+}
+
+fn authenticated_call(st: &mut State, method: &str, req: &El, sid: &str) -> Result<Reply, Fault> {
+    match method {
+        "Logout" => {
+            this_ok(req, "SessionManager")?;
+            st.sessions.remove(sid);
+            Ok(ok(method, ""))
+        }
+        "FindByUuid" | "FindAllByUuid" => {
+            this_ok(req, "SearchIndex")?;
+            let uuid = req
+                .text_of("uuid")
+                .ok_or_else(|| invalid_argument("uuid"))?;
+            let instance = req.text_of("instanceUuid").as_deref() == Some("true");
+            if req.text_of("vmSearch").as_deref() != Some("true") {
+                return Ok(ok(method, ""));
+            }
+            let dc = match req.child("datacenter") {
+                Some(d) => {
+                    let m = d.text.trim().to_string();
+                    match st.objects.get(&m) {
+                        Some(o) if o.kind == "Datacenter" => Some(m),
+                        _ => return Err(not_found("Datacenter", &m)),
+                    }
+                }
+                None => None,
+            };
+            let mut hits: Vec<&str> = st
+                .vms
+                .iter()
+                .filter(|(_, inst, bios, d)| {
+                    dc.as_deref().is_none_or(|x| x == d)
+                        && if instance { inst } else { bios }.eq_ignore_ascii_case(&uuid)
+                })
+                .map(|(m, ..)| m.as_str())
+                .collect();
+            if method == "FindByUuid" {
+                hits.truncate(1);
+            }
+            let inner: String = hits
+                .iter()
+                .map(|m| format!("<returnval type=\"VirtualMachine\">{}</returnval>", esc(m)))
+                .collect();
+            Ok(ok(method, &inner))
+        }
+        "RetrievePropertiesEx" => {
+            this_ok(req, "propertyCollector")?;
+            let mut specs = req.all("specSet").peekable();
+            if specs.peek().is_none() {
+                return Err(invalid_argument("specSet"));
+            }
+            let mut objs = Vec::new();
+            for ss in specs {
+                let prop_sets: Vec<(String, Vec<String>)> = ss
+                    .all("propSet")
+                    .map(|ps| {
+                        (
+                            ps.text_of("type").unwrap_or_default(),
+                            ps.all("pathSet")
+                                .map(|p| p.text.trim().to_string())
+                                .collect(),
+                        )
+                    })
+                    .collect();
+                let mut selected: Vec<String> = Vec::new();
+                for os in ss.all("objectSet") {
+                    for m in select(st, os)? {
+                        if !selected.contains(&m) {
+                            selected.push(m);
+                        }
+                    }
+                }
+                for m in selected {
+                    if let Some(x) = object_xml(st, &m, &prop_sets)? {
+                        objs.push(x);
+                    }
+                }
+            }
+            let inner = page(st, objs);
+            Ok(ok(method, &inner))
+        }
+        "ContinueRetrievePropertiesEx" => {
+            this_ok(req, "propertyCollector")?;
+            let t = req.text_of("token").unwrap_or_default();
+            let rest = st
+                .pages
+                .remove(&t)
+                .ok_or_else(|| invalid_argument("token"))?;
+            let inner = page(st, rest);
+            Ok(ok(method, &inner))
+        }
+        _ => Err(Fault(
+            "MethodNotFound",
+            format!("Method {method} not implemented by the fake"),
+            String::new(),
+        )),
+    }
+}
+
+/// Handle one SOAP request body; return (HTTP status, body, Set-Cookie value).
+fn handle_soap(
+    st: &Mutex<State>,
+    body: &str,
+    cookie: Option<String>,
+) -> (u16, String, Option<String>) {
+    let parsed = xml::parse(body).ok().and_then(|env| {
+        let b = env.child("Body")?;
+        b.children.first().cloned()
+    });
+    let mut st = st.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(req) = parsed else {
+        st.log("<malformed request> fault=InvalidRequest".into());
+        let f = Fault(
+            "InvalidRequest",
+            "Unable to parse the request".into(),
+            String::new(),
+        );
+        return (500, fault_body(&f), None);
+    };
+    let method = req.name.clone();
+    let (line, result) = handle_call(&mut st, &method, &req, cookie);
+    match result {
+        Ok(r) => {
+            st.log(line);
+            (200, r.body, r.cookie)
+        }
+        Err(f) => {
+            st.log(format!("{line} fault={}", f.0));
+            (500, fault_body(&f), None)
+        }
+    }
+}
+
+/// A running fake vCenter. Dropping it stops the listener.
+#[derive(Debug)]
+pub struct FakeVcenter {
+    addr: SocketAddr,
+    thumbprint: String,
+    cert_pem: String,
+    state: Arc<Mutex<State>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for FakeVcenter {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The SHA-1 thumbprint of a DER certificate, `AA:BB:…`.
+pub fn thumbprint(der: &[u8]) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, der);
+    d.as_ref()
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+impl FakeVcenter {
+    /// Generate a self-signed certificate for `localhost` and `127.0.0.1`, bind `listen`
+    /// (e.g. `127.0.0.1:0`) and serve in the background on the current tokio runtime.
+    pub async fn start(
+        inv: Inventory,
+        listen: &str,
+        opts: Options,
+    ) -> std::io::Result<FakeVcenter> {
+        let other = |e: String| std::io::Error::other(e);
+        let ck = rcgen::generate_simple_self_signed(vec![
+            "localhost".to_string(),
+            "127.0.0.1".to_string(),
+        ])
+        .map_err(|e| other(e.to_string()))?;
+        let cert_der: CertificateDer<'static> = ck.cert.der().clone();
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der()));
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| other(e.to_string()))?
+            .with_no_client_auth()
+            .with_single_cert(vec![cert_der.clone()], key)
+            .map_err(|e| other(e.to_string()))?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind(listen).await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(Mutex::new(State::new(inv, &opts)?));
+        let behavior = opts.behavior.clone();
+        let st = state.clone();
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                if behavior == Behavior::HangOnAccept {
+                    held.push(tcp);
+                    continue;
+                }
+                let acceptor = acceptor.clone();
+                let st = st.clone();
+                let behavior = behavior.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let svc = service_fn(move |req| {
+                        let st = st.clone();
+                        let behavior = behavior.clone();
+                        async move { serve(st, behavior, req).await }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .await;
+                });
+            }
+        });
+        Ok(FakeVcenter {
+            addr,
+            thumbprint: thumbprint(cert_der.as_ref()),
+            cert_pem: ck.cert.pem(),
+            state,
+            task,
+        })
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The bound port.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// `127.0.0.1:PORT` style endpoint for a client.
+    pub fn endpoint(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// SHA-1 thumbprint of the server certificate, `AA:BB:…`.
+    pub fn thumbprint(&self) -> &str {
+        &self.thumbprint
+    }
+
+    /// The server certificate in PEM.
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// Every call so far, one line each (same format as the call log).
+    pub fn calls(&self) -> Vec<String> {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .calls
+            .clone()
+    }
+
+    /// Invalidate every session now (as if they had timed out on the server).
+    pub fn expire_sessions(&self) {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .sessions
+            .clear();
+    }
+}
+
+async fn serve(
+    st: Arc<Mutex<State>>,
+    behavior: Behavior,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+    let plain = |status: StatusCode, body: &str| {
+        let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+        *r.status_mut() = status;
+        Ok(r)
+    };
+    match &behavior {
+        Behavior::HangOnRequest => std::future::pending::<()>().await,
+        Behavior::Raw { status, body } => {
+            let mut r = Response::new(Full::new(Bytes::from(body.clone())));
+            *r.status_mut() = StatusCode::from_u16(*status).unwrap_or(StatusCode::OK);
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("text/xml; charset=utf-8"),
+            );
+            return Ok(r);
+        }
+        _ => {}
+    }
+    if req.uri().path() != "/sdk" {
+        return plain(StatusCode::NOT_FOUND, "not found");
+    }
+    if req.method() != hyper::Method::POST {
+        return plain(StatusCode::METHOD_NOT_ALLOWED, "POST only");
+    }
+    let cookie = session_from(req.headers());
+    let body = match Limited::new(req.into_body(), MAX_REQUEST_BYTES)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return plain(StatusCode::PAYLOAD_TOO_LARGE, "too large"),
+    };
+    let body = String::from_utf8_lossy(&body);
+    let (status, text, set_cookie) = handle_soap(&st, &body, cookie);
+    let mut r = Response::new(Full::new(Bytes::from(text)));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/xml; charset=utf-8"),
+    );
+    if let Some(c) = set_cookie
+        && let Ok(v) = header::HeaderValue::from_str(&format!(
+            "{SESSION_COOKIE}=\"{c}\"; Path=/; HttpOnly; Secure;"
+        ))
+    {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inv() -> Inventory {
+        serde_json::from_str(
+            r#"{"user":"u","password":"p","datacenters":[{"name":"dc1","vms":[
+              {"moref":"vm-1","name":"a","instance_uuid":"i-1","bios_uuid":"b-1","host":"esx1",
+               "disks":[{"key":2000,"file_name":"[ds] a/a.vmdk","capacity_bytes":1048576}],
+               "snapshots":[{"moref":"snapshot-1","name":"s","disks":[],"children":[]}]}]}]}"#,
+        )
+        .unwrap()
+    }
+
+    fn call(
+        st: &Mutex<State>,
+        body: &str,
+        cookie: Option<String>,
+    ) -> (u16, String, Option<String>) {
+        handle_soap(
+            st,
+            &format!("<Envelope><Body>{body}</Body></Envelope>"),
+            cookie,
+        )
+    }
+
+    #[test]
+    fn login_session_and_faults() {
+        let st = Mutex::new(
+            State::new(
+                inv(),
+                &Options {
+                    quiet: true,
+                    ..Default::default()
+                },
+            )
+            .unwrap(),
+        );
+        let (s, b, _) = call(
+            &st,
+            "<Login><_this type=\"SessionManager\">SessionManager</_this><userName>u</userName><password>x</password></Login>",
+            None,
+        );
+        assert_eq!(s, 500);
+        assert!(b.contains("xsi:type=\"InvalidLogin\""));
+        let (s, _, c) = call(
+            &st,
+            "<Login><_this type=\"SessionManager\">SessionManager</_this><userName>u</userName><password>p</password></Login>",
+            None,
+        );
+        assert_eq!(s, 200);
+        let c = c.unwrap();
+        let find = "<FindByUuid><_this type=\"SearchIndex\">SearchIndex</_this><uuid>i-1</uuid><vmSearch>true</vmSearch><instanceUuid>true</instanceUuid></FindByUuid>";
+        let (s, b, _) = call(&st, find, None);
+        assert_eq!(s, 500);
+        assert!(b.contains("NotAuthenticated"));
+        let (s, b, _) = call(&st, find, Some(c.clone()));
+        assert_eq!(s, 200);
+        assert!(b.contains(">vm-1</returnval>"), "{b}");
+        let rp = "<RetrievePropertiesEx><_this type=\"PropertyCollector\">propertyCollector</_this><specSet><propSet><type>VirtualMachine</type><pathSet>bogus</pathSet></propSet><objectSet><obj type=\"VirtualMachine\">vm-9</obj></objectSet></specSet><options/></RetrievePropertiesEx>";
+        let (_, b, _) = call(&st, rp, Some(c.clone()));
+        assert!(b.contains("ManagedObjectNotFound"), "{b}");
+        let calls = st.lock().unwrap().calls.clone();
+        assert_eq!(calls[0], "Login user=u fault=InvalidLogin");
+        assert_eq!(
+            calls[2],
+            "FindByUuid uuid=i-1 instance=true dc=- fault=NotAuthenticated"
+        );
+        assert_eq!(
+            calls[4],
+            "RetrievePropertiesEx obj=vm-9 props=bogus fault=ManagedObjectNotFound"
+        );
+    }
+}

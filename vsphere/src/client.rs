@@ -1,0 +1,526 @@
+//! The logged-in client and its lookups.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::sync::Mutex;
+
+use zeroize::Zeroizing;
+
+use crate::soap::{self, DiskDevice, MoRef, ObjectContent, ResponseError, ServiceContent};
+use crate::tls::{self, TlsPolicy};
+use crate::transport::{ClientOptions, Endpoint, Transport};
+use crate::xml::Element;
+use crate::{Error, MAX_DATACENTERS, MAX_RETRIEVE_OBJECTS};
+
+/// The vim25 version used for the first call, before the server has told us its own.
+/// Every vCenter and ESXi from 6.7 on accepts it.
+pub const BOOTSTRAP_VIM_VERSION: &str = "6.7";
+
+/// A VM found by UUID.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vm {
+    /// The moref, e.g. `vm-123`.
+    pub moref: String,
+    /// The display name.
+    pub name: String,
+    /// `runtime.powerState`: `poweredOn`, `poweredOff` or `suspended`.
+    pub power_state: String,
+    /// The name of the ESX host running it (`runtime.host` → `HostSystem.name`), when set
+    /// and readable.
+    pub host: Option<String>,
+}
+
+/// A virtual disk of a VM or of one of its snapshots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disk {
+    /// The device key (stable across snapshots), e.g. 2000.
+    pub key: i32,
+    /// The datastore path, e.g. `[ds1] vm/vm-000001.vmdk`.
+    pub file_name: String,
+    /// Capacity in bytes.
+    pub capacity_bytes: u64,
+    /// The CBT change ID of this disk state, when CBT is on.
+    pub change_id: Option<String>,
+}
+
+impl Disk {
+    fn from_device(d: &DiskDevice, file_name: &str) -> Disk {
+        Disk {
+            key: d.key,
+            file_name: file_name.to_string(),
+            capacity_bytes: d.capacity_bytes,
+            change_id: d.change_id.clone(),
+        }
+    }
+}
+
+/// A logged-in vSphere API session (vCenter or ESXi).
+///
+/// `Debug` shows the endpoint and the user, never the password or the session cookie.
+pub struct Client {
+    transport: Transport,
+    user: String,
+    password: Zeroizing<String>,
+    content: ServiceContent,
+    soap_action: String,
+    session: Mutex<Option<Zeroizing<String>>>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("endpoint", &self.transport.endpoint.authority())
+            .field("user", &self.user)
+            .field("password", &"<redacted>")
+            .field("session", &"<redacted>")
+            .field("soap_action", &self.soap_action)
+            .finish()
+    }
+}
+
+fn version_ok(v: &str) -> bool {
+    !v.is_empty() && v.len() <= 16 && v.chars().all(|c| c.is_ascii_digit() || c == '.')
+}
+
+fn not_found_on_mo(e: Error, what: impl FnOnce() -> String) -> Error {
+    match e {
+        Error::Fault { ref name, .. } if name == "ManagedObjectNotFound" => {
+            Error::NotFound { what: what() }
+        }
+        other => other,
+    }
+}
+
+impl Client {
+    /// Log in to `endpoint` (`https://vc.example/sdk`, `vc.example` or `vc.example:port`)
+    /// with the default bounds and the proxy from `https_proxy` / `no_proxy`.
+    pub async fn login(
+        endpoint: &str,
+        user: &str,
+        password: &str,
+        tls: &TlsPolicy,
+    ) -> Result<Client, Error> {
+        Self::login_with_options(endpoint, user, password, tls, ClientOptions::from_env()).await
+    }
+
+    /// [`Client::login`] with explicit bounds and proxy settings.
+    pub async fn login_with_options(
+        endpoint: &str,
+        user: &str,
+        password: &str,
+        tls: &TlsPolicy,
+        options: ClientOptions,
+    ) -> Result<Client, Error> {
+        let endpoint = Endpoint::parse(endpoint)?;
+        let config = tls::client_config(tls)?;
+        let transport = Transport::new(endpoint, config, options);
+        let bootstrap = format!("urn:vim25/{BOOTSTRAP_VIM_VERSION}");
+        let resp = Self::call_raw(
+            &transport,
+            "RetrieveServiceContent",
+            &bootstrap,
+            &soap::retrieve_service_content(),
+            None,
+        )
+        .await?;
+        let content = soap::parse_service_content(&resp).map_err(Error::Protocol)?;
+        let soap_action = match content.api_version.as_deref() {
+            Some(v) if version_ok(v) => format!("urn:vim25/{v}"),
+            _ => bootstrap,
+        };
+        tracing::debug!(
+            endpoint = %transport.endpoint.authority(),
+            api_type = content.api_type.as_deref().unwrap_or("?"),
+            soap_action,
+            "vSphere service content"
+        );
+        let client = Client {
+            transport,
+            user: user.to_string(),
+            password: Zeroizing::new(password.to_string()),
+            content,
+            soap_action,
+            session: Mutex::new(None),
+        };
+        client.do_login().await?;
+        Ok(client)
+    }
+
+    /// The `SOAPAction` in use, `urn:vim25/<server apiVersion>`.
+    pub fn soap_action(&self) -> &str {
+        &self.soap_action
+    }
+
+    /// True when the endpoint is a vCenter (`apiType` `VirtualCenter`), false for ESXi.
+    pub fn is_vcenter(&self) -> bool {
+        self.content.api_type.as_deref() == Some("VirtualCenter")
+    }
+
+    async fn call_raw(
+        transport: &Transport,
+        operation: &str,
+        soap_action: &str,
+        body: &str,
+        cookie: Option<&str>,
+    ) -> Result<Element, Error> {
+        let resp = transport.post(operation, soap_action, body, cookie).await?;
+        let snippet = || resp.body.chars().take(200).collect::<String>();
+        match (resp.status, soap::parse_response(&resp.body)) {
+            (200, Ok(el)) => Ok(el),
+            (_, Err(ResponseError::Fault(f))) => Err(Error::Fault {
+                name: f.name,
+                message: f.message,
+                operation: operation.to_string(),
+            }),
+            (200, Err(ResponseError::Malformed(m))) => {
+                Err(Error::Protocol(format!("{operation}: {m}")))
+            }
+            (status, _) => Err(Error::Http {
+                status,
+                operation: operation.to_string(),
+                snippet: snippet(),
+            }),
+        }
+    }
+
+    async fn do_login(&self) -> Result<(), Error> {
+        let body = soap::login(&self.content.session_manager, &self.user, &self.password);
+        let resp = self
+            .transport
+            .post("Login", &self.soap_action, &body, None)
+            .await?;
+        match (resp.status, soap::parse_response(&resp.body)) {
+            (200, Ok(_)) => {}
+            (_, Err(ResponseError::Fault(f))) if f.name == "InvalidLogin" => {
+                return Err(Error::Authentication {
+                    user: self.user.clone(),
+                    message: f.message,
+                });
+            }
+            (_, Err(ResponseError::Fault(f))) => {
+                return Err(Error::Fault {
+                    name: f.name,
+                    message: f.message,
+                    operation: "Login".into(),
+                });
+            }
+            (200, Err(ResponseError::Malformed(m))) => {
+                return Err(Error::Protocol(format!("Login: {m}")));
+            }
+            (status, _) => {
+                return Err(Error::Http {
+                    status,
+                    operation: "Login".into(),
+                    snippet: resp.body.chars().take(200).collect(),
+                });
+            }
+        }
+        let cookie = resp.session_cookie.ok_or_else(|| {
+            Error::Protocol(format!(
+                "Login: no {} cookie in the reply",
+                crate::SESSION_COOKIE
+            ))
+        })?;
+        *self.session.lock().unwrap_or_else(|p| p.into_inner()) = Some(Zeroizing::new(cookie));
+        tracing::debug!(user = %self.user, "logged in to vSphere");
+        Ok(())
+    }
+
+    fn cookie(&self) -> Option<Zeroizing<String>> {
+        self.session
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// One authenticated call. On `NotAuthenticated` (the session expired, F8) log in
+    /// again once and repeat the call once.
+    async fn invoke(&self, operation: &str, body: &str) -> Result<Element, Error> {
+        let first = Self::call_raw(
+            &self.transport,
+            operation,
+            &self.soap_action,
+            body,
+            self.cookie().as_deref().map(String::as_str),
+        )
+        .await;
+        match first {
+            Err(e) if e.is_not_authenticated() => {
+                tracing::info!(
+                    operation,
+                    "vSphere session expired (NotAuthenticated); logging in again"
+                );
+                self.do_login().await?;
+                Self::call_raw(
+                    &self.transport,
+                    operation,
+                    &self.soap_action,
+                    body,
+                    self.cookie().as_deref().map(String::as_str),
+                )
+                .await
+            }
+            other => other,
+        }
+    }
+
+    /// RetrievePropertiesEx (+ ContinueRetrievePropertiesEx for further pages), at most
+    /// `limit` objects.
+    async fn retrieve(&self, body: &str, limit: usize) -> Result<Vec<ObjectContent>, Error> {
+        let mut resp = self.invoke("RetrievePropertiesEx", body).await?;
+        let mut out = Vec::new();
+        loop {
+            let page = soap::parse_retrieve_result(&resp)
+                .map_err(|m| Error::Protocol(format!("RetrievePropertiesEx: {m}")))?;
+            out.extend(page.objects);
+            if out.len() > limit {
+                return Err(Error::Protocol(format!(
+                    "RetrievePropertiesEx returned more than {limit} objects"
+                )));
+            }
+            let Some(token) = page.token else { break };
+            let body = soap::continue_retrieve(&self.content.property_collector, &token);
+            resp = self.invoke("ContinueRetrievePropertiesEx", &body).await?;
+        }
+        Ok(out)
+    }
+
+    async fn props(&self, obj: &MoRef, paths: &[&str]) -> Result<ObjectContent, Error> {
+        let body = soap::retrieve_properties(
+            &self.content.property_collector,
+            &obj.kind,
+            std::slice::from_ref(obj),
+            paths,
+        );
+        let objs = self
+            .retrieve(&body, 1)
+            .await
+            .map_err(|e| not_found_on_mo(e, || format!("{} {}", obj.kind, obj.value)))?;
+        objs.into_iter()
+            .find(|o| o.obj.value == obj.value)
+            .ok_or_else(|| Error::NotFound {
+                what: format!("{} {}", obj.kind, obj.value),
+            })
+    }
+
+    async fn datacenters(&self) -> Result<Vec<MoRef>, Error> {
+        let body =
+            soap::list_datacenters(&self.content.property_collector, &self.content.root_folder);
+        let objs = self.retrieve(&body, MAX_DATACENTERS).await?;
+        Ok(objs
+            .into_iter()
+            .map(|o| o.obj)
+            .filter(|o| o.kind == "Datacenter")
+            .collect())
+    }
+
+    async fn find_vm_moref(&self, uuid: &str) -> Result<MoRef, Error> {
+        let dcs = self.datacenters().await?;
+        for dc in &dcs {
+            let body = soap::find_by_uuid(&self.content.search_index, Some(dc), uuid, true, false);
+            let resp = self.invoke("FindByUuid", &body).await?;
+            if let Some(vm) = soap::parse_morefs(&resp).into_iter().next() {
+                tracing::debug!(uuid, vm = %vm.value, datacenter = %dc.value, "found VM by instance UUID");
+                return Ok(MoRef::new("VirtualMachine", &vm.value));
+            }
+        }
+        let mut matches: BTreeSet<String> = BTreeSet::new();
+        for dc in &dcs {
+            let body = soap::find_by_uuid(&self.content.search_index, Some(dc), uuid, false, true);
+            let resp = self.invoke("FindAllByUuid", &body).await?;
+            matches.extend(soap::parse_morefs(&resp).into_iter().map(|m| m.value));
+            if matches.len() > MAX_DATACENTERS {
+                break;
+            }
+        }
+        let mut it = matches.iter();
+        match (it.next(), it.next()) {
+            (None, _) => Err(Error::NotFound {
+                what: format!("VM with UUID {uuid}"),
+            }),
+            (Some(v), None) => {
+                tracing::debug!(uuid, vm = %v, "found VM by BIOS UUID");
+                Ok(MoRef::new("VirtualMachine", v))
+            }
+            _ => Err(Error::Ambiguous {
+                what: format!("BIOS UUID {uuid}"),
+                candidates: matches.into_iter().collect(),
+            }),
+        }
+    }
+
+    /// Find a VM by UUID in every datacenter: first as an instance UUID
+    /// (`FindByUuid`, `instanceUuid=true`), then as a BIOS UUID (`FindAllByUuid`,
+    /// `instanceUuid=false`). BIOS UUIDs are not unique (F9): two different VMs matching
+    /// → [`Error::Ambiguous`]. No match → [`Error::NotFound`].
+    pub async fn find_vm(&self, uuid: &str) -> Result<Vm, Error> {
+        let vm = self.find_vm_moref(uuid).await?;
+        let o = self
+            .props(&vm, &["name", "runtime.powerState", "runtime.host"])
+            .await?;
+        let host = match o.prop_moref("runtime.host") {
+            Some(h) => {
+                let h = MoRef::new("HostSystem", &h.value);
+                match self.props(&h, &["name"]).await {
+                    Ok(ho) => ho.prop_text("name").map(str::to_string),
+                    Err(e) => {
+                        tracing::warn!(host = %h.value, error = %e, "cannot read the ESX host name");
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        let out = Vm {
+            moref: vm.value,
+            name: o.prop_text("name").unwrap_or_default().to_string(),
+            power_state: o
+                .prop_text("runtime.powerState")
+                .unwrap_or_default()
+                .to_string(),
+            host,
+        };
+        tracing::info!(vm = %out.moref, name = %out.name, power_state = %out.power_state,
+            host = out.host.as_deref().unwrap_or("-"), "found VM");
+        Ok(out)
+    }
+
+    async fn vm_disks_and_snapshots(
+        &self,
+        vm: &Vm,
+    ) -> Result<(Vec<DiskDevice>, Vec<soap::SnapshotNode>), Error> {
+        let mo = MoRef::new("VirtualMachine", &vm.moref);
+        let o = self
+            .props(&mo, &["config.hardware.device", "snapshot"])
+            .await?;
+        let disks = match o.prop("config.hardware.device") {
+            Some(v) => soap::parse_disks(v).map_err(Error::Protocol)?,
+            None => Vec::new(),
+        };
+        let snaps = match o.prop("snapshot") {
+            Some(v) => soap::parse_snapshot_tree(v).map_err(Error::Protocol)?,
+            None => Vec::new(),
+        };
+        Ok((disks, snaps))
+    }
+
+    async fn snapshot_devices(
+        &self,
+        snapshots: &[String],
+    ) -> Result<Vec<(String, Vec<DiskDevice>)>, Error> {
+        if snapshots.is_empty() {
+            return Ok(Vec::new());
+        }
+        let objs: Vec<MoRef> = snapshots
+            .iter()
+            .map(|s| MoRef::new("VirtualMachineSnapshot", s))
+            .collect();
+        let body = soap::retrieve_properties(
+            &self.content.property_collector,
+            "VirtualMachineSnapshot",
+            &objs,
+            &["config.hardware.device"],
+        );
+        let res = self
+            .retrieve(&body, MAX_RETRIEVE_OBJECTS)
+            .await
+            .map_err(|e| not_found_on_mo(e, || format!("snapshot among {snapshots:?}")))?;
+        // Keep the order of the request (the tree order), not the server's.
+        let mut out = Vec::new();
+        for s in snapshots {
+            if let Some(o) = res.iter().find(|o| &o.obj.value == s) {
+                let devs = match o.prop("config.hardware.device") {
+                    Some(v) => soap::parse_disks(v).map_err(Error::Protocol)?,
+                    None => Vec::new(),
+                };
+                out.push((s.clone(), devs));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Find the disk whose backing file is `backing_file` (e.g. `[ds1] vm/vm.vmdk`): in the
+    /// VM's current devices, then in each snapshot's devices (tree order), then along the
+    /// parent-backing chains of those disks (at most [`crate::MAX_PARENT_CHAIN`] parents
+    /// each). The returned [`Disk`] has the matched file name and the key, capacity and
+    /// change ID of the device where it matched. No match → [`Error::NotFound`] naming
+    /// the file.
+    pub async fn find_disk(&self, vm: &Vm, backing_file: &str) -> Result<Disk, Error> {
+        let (current, snaps) = self.vm_disks_and_snapshots(vm).await?;
+        if let Some(d) = current.iter().find(|d| d.file_name == backing_file) {
+            return Ok(Disk::from_device(d, backing_file));
+        }
+        let ids: Vec<String> = snaps.iter().map(|s| s.moref.clone()).collect();
+        let snap_devs = self.snapshot_devices(&ids).await?;
+        for (snap, devs) in &snap_devs {
+            if let Some(d) = devs.iter().find(|d| d.file_name == backing_file) {
+                tracing::debug!(file = backing_file, snapshot = %snap, "disk found in the snapshot tree");
+                return Ok(Disk::from_device(d, backing_file));
+            }
+        }
+        let all = current
+            .iter()
+            .chain(snap_devs.iter().flat_map(|(_, d)| d.iter()));
+        for d in all {
+            if d.parents.iter().any(|p| p == backing_file) {
+                tracing::debug!(
+                    file = backing_file,
+                    key = d.key,
+                    "disk found in a parent-backing chain"
+                );
+                return Ok(Disk::from_device(d, backing_file));
+            }
+        }
+        Err(Error::NotFound {
+            what: format!("disk {backing_file:?} on VM {}", vm.moref),
+        })
+    }
+
+    /// The same disk (same device key) as it is in snapshot `snapshot_moref` of `vm`,
+    /// with that snapshot's file (e.g. `[ds] vm/vm-000001.vmdk`) and change ID. A snapshot
+    /// that is not in the VM's tree, or a disk not in the snapshot → [`Error::NotFound`].
+    pub async fn snapshot_disk(
+        &self,
+        vm: &Vm,
+        snapshot_moref: &str,
+        disk: &Disk,
+    ) -> Result<Disk, Error> {
+        let mo = MoRef::new("VirtualMachine", &vm.moref);
+        let o = self.props(&mo, &["snapshot"]).await?;
+        let snaps = match o.prop("snapshot") {
+            Some(v) => soap::parse_snapshot_tree(v).map_err(Error::Protocol)?,
+            None => Vec::new(),
+        };
+        if !snaps.iter().any(|s| s.moref == snapshot_moref) {
+            return Err(Error::NotFound {
+                what: format!("snapshot {snapshot_moref} of VM {}", vm.moref),
+            });
+        }
+        let devs = self.snapshot_devices(&[snapshot_moref.to_string()]).await?;
+        let d = devs
+            .iter()
+            .flat_map(|(_, d)| d.iter())
+            .find(|d| d.key == disk.key)
+            .ok_or_else(|| Error::NotFound {
+                what: format!("disk key {} in snapshot {snapshot_moref}", disk.key),
+            })?;
+        Ok(Disk::from_device(d, &d.file_name))
+    }
+
+    /// End the session. Errors are logged, not returned: the session expires anyway.
+    pub async fn logout(self) {
+        let body = soap::logout(&self.content.session_manager);
+        let cookie = self.cookie();
+        if let Err(e) = Self::call_raw(
+            &self.transport,
+            "Logout",
+            &self.soap_action,
+            &body,
+            cookie.as_deref().map(String::as_str),
+        )
+        .await
+        {
+            tracing::debug!(error = %e, "vSphere logout failed");
+        }
+    }
+}
