@@ -105,6 +105,7 @@ pub async fn copy(
         .map(|_| Buf::new(buf_size))
         .collect();
     progress.set_total(size);
+    progress.set_engine(sink.engine_name());
 
     // Allocation windows, fetched ahead of the copy by their own task.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<ExtentMap, Error>>(2);
@@ -227,9 +228,11 @@ pub async fn copy(
                 }));
             }
         }
+        progress.set_in_flight(in_flight.len() as u64);
     }
     while let Some(d) = in_flight.next().await {
         finish(d?, &mut free, &mut zeros_in_flight, &mut stats, &progress);
+        progress.set_in_flight(in_flight.len() as u64);
     }
     progress.set_phase("flushing");
     sink.flush().await?;
@@ -252,16 +255,24 @@ fn finish(
             stats.bytes_read += len;
             if written {
                 stats.bytes_written += len;
+                progress.add_written(len);
             } else {
                 stats.bytes_skipped += len;
+                progress.add_skipped(len);
             }
             progress.add_data(len);
         }
         Done::Zero { len, outcome } => {
             *zeros -= 1;
             match outcome {
-                ZeroOutcome::Skipped => stats.bytes_skipped += len,
-                ZeroOutcome::Zeroed => stats.bytes_zeroed += len,
+                ZeroOutcome::Skipped => {
+                    stats.bytes_skipped += len;
+                    progress.add_skipped(len);
+                }
+                ZeroOutcome::Zeroed => {
+                    stats.bytes_zeroed += len;
+                    progress.add_zeroed(len);
+                }
             }
             progress.add_zero(len);
         }

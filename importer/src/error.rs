@@ -38,6 +38,9 @@ pub enum Error {
     /// VDDK failure (library, authentication, thumbprint, not found, NFC memory…).
     #[error(transparent)]
     Vddk(crate::source::vddk::VddkError),
+    /// vSphere API failure (login, TLS, VM or disk lookup).
+    #[error(transparent)]
+    Vsphere(ferry_vsphere::Error),
     /// No usable I/O engine.
     #[error(transparent)]
     Engine(#[from] crate::engine::EngineError),

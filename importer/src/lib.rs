@@ -15,6 +15,7 @@ pub mod error;
 pub mod fuzzing;
 pub mod import;
 pub mod progress;
+pub mod report;
 pub mod sink;
 pub mod source;
 

@@ -27,7 +27,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    cli::init_logging(args.verbose);
+    // The import pod logs JSON lines when not on a terminal (as CDI's controller and log
+    // collectors expect); copy and bench keep human-readable lines.
+    let json = if matches!(args.command, cli::Command::Import(_)) {
+        None
+    } else {
+        Some(false)
+    };
+    if let Err(e) = ferry::report::logging::init(args.verbose, json) {
+        eprintln!("ferry: warning: {e}");
+    }
     let mut args = args;
     let result = cli::prepare(&mut args).and_then(|()| run(args));
     // After the runtime is gone every VDDK disk is closed (or given up on): Exit the

@@ -1,5 +1,5 @@
 //! Progress counters shared by the pipeline and whoever reports them (a terminal bar
-//! now; metrics and log lines later).
+//! now; metrics and log lines in [`crate::report`]).
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,7 +10,43 @@ pub struct Progress {
     total: AtomicU64,
     data: AtomicU64,
     zero: AtomicU64,
+    written: AtomicU64,
+    zeroed: AtomicU64,
+    skipped: AtomicU64,
+    in_flight: AtomicU64,
     phase: Mutex<&'static str>,
+    engine: Mutex<&'static str>,
+}
+
+/// A point-in-time copy of every [`Progress`] counter (each read on its own, so the
+/// fields may be a few requests apart).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProgressSnapshot {
+    /// Total bytes to cover.
+    pub total: u64,
+    /// Bytes read from the source (data extents), written or not.
+    pub data: u64,
+    /// Bytes covered by zero/hole extents (zeroed or skipped).
+    pub zero: u64,
+    /// Bytes written to the target as data.
+    pub written: u64,
+    /// Bytes zeroed on the target (punch/unmap/write-zeroes).
+    pub zeroed: u64,
+    /// Bytes skipped because the target already reads as zeroes there.
+    pub skipped: u64,
+    /// Requests (reads+writes and zeroings) in flight.
+    pub in_flight: u64,
+    /// Current phase name.
+    pub phase: &'static str,
+    /// I/O engine writing the target (`uring`, `sync`; empty until known).
+    pub engine: &'static str,
+}
+
+impl ProgressSnapshot {
+    /// Bytes covered so far (data + zero).
+    pub fn done(&self) -> u64 {
+        self.data + self.zero
+    }
 }
 
 impl Progress {
@@ -45,9 +81,67 @@ impl Progress {
     pub fn total(&self) -> u64 {
         self.total.load(Ordering::Relaxed)
     }
+    /// Bytes covered by zero/hole extents so far.
+    pub fn zero(&self) -> u64 {
+        self.zero.load(Ordering::Relaxed)
+    }
+    /// Count bytes written to the target as data (a subset of [`Progress::add_data`]).
+    pub fn add_written(&self, n: u64) {
+        self.written.fetch_add(n, Ordering::Relaxed);
+    }
+    /// Count bytes zeroed on the target.
+    pub fn add_zeroed(&self, n: u64) {
+        self.zeroed.fetch_add(n, Ordering::Relaxed);
+    }
+    /// Count bytes skipped because the target already reads as zeroes.
+    pub fn add_skipped(&self, n: u64) {
+        self.skipped.fetch_add(n, Ordering::Relaxed);
+    }
+    /// Bytes written as data so far.
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
+    }
+    /// Bytes zeroed so far.
+    pub fn zeroed(&self) -> u64 {
+        self.zeroed.load(Ordering::Relaxed)
+    }
+    /// Bytes skipped so far.
+    pub fn skipped(&self) -> u64 {
+        self.skipped.load(Ordering::Relaxed)
+    }
+    /// Set the number of requests in flight.
+    pub fn set_in_flight(&self, n: u64) {
+        self.in_flight.store(n, Ordering::Relaxed);
+    }
+    /// Requests in flight.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+    /// Every counter at once.
+    pub fn snapshot(&self) -> ProgressSnapshot {
+        ProgressSnapshot {
+            total: self.total(),
+            data: self.data(),
+            zero: self.zero(),
+            written: self.written(),
+            zeroed: self.zeroed(),
+            skipped: self.skipped(),
+            in_flight: self.in_flight(),
+            phase: self.phase(),
+            engine: self.engine(),
+        }
+    }
     /// Current phase name.
     pub fn phase(&self) -> &'static str {
         *self.phase.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    /// I/O engine name (empty until set).
+    pub fn engine(&self) -> &'static str {
+        *self.engine.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    /// Name the I/O engine writing the target.
+    pub fn set_engine(&self, e: &'static str) {
+        *self.engine.lock().unwrap_or_else(|p| p.into_inner()) = e;
     }
     /// Set the phase name.
     pub fn set_phase(&self, p: &'static str) {

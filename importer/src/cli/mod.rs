@@ -2,6 +2,7 @@
 
 mod bench;
 mod copy_cmd;
+mod import_cmd;
 mod vddk_args;
 
 use std::time::Duration;
@@ -42,6 +43,9 @@ pub enum Command {
     Copy(Box<copy_cmd::CopyArgs>),
     /// Measure copy speed (a built-in synthetic disk, or SRC DST against peers).
     Bench(bench::BenchArgs),
+    /// The import pod's entrypoint: KubeVirt CDI's importer contract (environment
+    /// variables, /metrics on :8443, termination message).
+    Import(Box<import_cmd::ImportArgs>),
     /// Internal: run a command and report its wall time, CPU time and peak RSS.
     #[command(name = "__measure", hide = true)]
     Measure(bench::MeasureArgs),
@@ -141,27 +145,14 @@ impl Tuning {
     }
 }
 
-/// Logging to stderr; `FERRY_LOG` (an env-filter string) overrides -v.
-pub fn init_logging(verbose: u8) {
-    let default = match verbose {
-        0 => "ferry=info,ferry_nbd=info,warn",
-        1 => "debug",
-        _ => "trace",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
-}
-
 /// Work that must happen on the main thread before the async runtime starts: for a
 /// VDDK source, make sure `<libdir>/lib64` is on LD_LIBRARY_PATH (glibc reads it only at
 /// process start, so re-exec once if needed), then load the library and call InitEx
 /// here, before any other thread exists, as VMware advises.
 pub fn prepare(cli: &mut Cli) -> anyhow::Result<()> {
+    if let Command::Import(a) = &mut cli.command {
+        return prepare_import(a);
+    }
     let Command::Copy(a) = &mut cli.command else {
         return Ok(());
     };
@@ -181,6 +172,31 @@ pub fn prepare(cli: &mut Cli) -> anyhow::Result<()> {
     )
     .map_err(ferry::Error::Vddk)?;
     a.vddk_resolved = Some(opts);
+    Ok(())
+}
+
+fn prepare_import(a: &mut import_cmd::ImportArgs) -> anyhow::Result<()> {
+    let cfg = match a.config() {
+        Ok(c) => c,
+        Err(e) => {
+            import_cmd::fail(&a.termination_log(), &e.to_string());
+            return Err(ferry::Error::Usage(e.to_string()).into());
+        }
+    };
+    if cfg.source == ferry::import::config::SourceKind::Vddk {
+        reexec_with_library_path(&cfg.libdir);
+        let count = a.buf_count_for(cfg.source);
+        if let Err(e) = ferry::source::vddk::init(
+            &cfg.libdir,
+            a.buf_size_in_64k,
+            count,
+            cfg.vddk_config.as_deref(),
+        ) {
+            import_cmd::fail(&cfg.termination_log, &e.to_string());
+            return Err(ferry::Error::Vddk(e).into());
+        }
+    }
+    a.resolved = Some(cfg);
     Ok(())
 }
 
@@ -219,6 +235,15 @@ fn reexec_with_library_path(libdir: &std::path::Path) {
 /// SIGINT and SIGTERM cancel the whole command — connecting and negotiating included —
 /// and it ends with `Error::Cancelled` (the target is then reported incomplete).
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Import(mut a) = cli.command {
+        // The import handles signals itself, so that a cancellation still writes the
+        // termination message.
+        let cfg = match a.resolved.take() {
+            Some(c) => c,
+            None => a.config().map_err(|e| ferry::Error::Usage(e.to_string()))?,
+        };
+        return import_cmd::run(*a, cfg).await;
+    }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| ferry::Error::Usage(format!("cannot install the SIGTERM handler: {e}")))?;
     let work = async {
@@ -226,6 +251,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Copy(a) => copy_cmd::run(*a).await,
             Command::Bench(a) => bench::run(a).await,
             Command::Measure(a) => bench::measure(a),
+            Command::Import(_) => unreachable!("handled above"),
         }
     };
     tokio::select! {

@@ -3,3 +3,4 @@
 //! progress metric and termination message.
 
 pub mod config;
+pub mod run;

@@ -276,6 +276,11 @@ impl VddkSource {
         })
     }
 
+    /// The loaded library's file (its name carries the version).
+    pub fn library_path(&self) -> &Path {
+        self.rt.library_path()
+    }
+
     /// The transport VDDK chose (`nbdssl`, `file`, …).
     pub fn transport(&self) -> &str {
         &self.opened.transport

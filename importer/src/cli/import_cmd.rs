@@ -1,0 +1,295 @@
+//! `ferry import`: the pod entrypoint. Reads KubeVirt CDI's importer environment (each
+//! variable also a flag; flags win), serves progress on :8443/metrics, copies, and writes
+//! the termination message.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use ferry::import::config::{self, ImportConfig, RawInputs, SourceKind};
+use ferry::import::run::{ImportTuning, Outcome};
+use ferry::progress::Progress;
+use ferry::report::termination::{self, TerminationMessage, VddkInfo};
+use ferry::sink::DirectMode;
+use ferry::source::vddk::options::Compression;
+
+use super::{DEFAULT_BUF_COUNT, DEFAULT_VDDK_BUF_COUNT};
+
+/// Arguments of `ferry import` (every one also read from its environment variable).
+#[derive(Debug, Clone, Args)]
+pub struct ImportArgs {
+    /// Source kind: vddk or nbd.
+    #[arg(long, env = "IMPORTER_SOURCE")]
+    pub source: Option<String>,
+    /// vCenter/ESXi URL (vddk) or NBD URI (nbd).
+    #[arg(long, env = "IMPORTER_ENDPOINT")]
+    pub endpoint: Option<String>,
+    /// vSphere user.
+    #[arg(long, env = "IMPORTER_ACCESS_KEY_ID")]
+    pub user: Option<String>,
+    /// vSphere password (prefer --password-file; the variable is how CDI passes it).
+    #[arg(long, env = "IMPORTER_SECRET_KEY", hide_env_values = true)]
+    pub password: Option<String>,
+    /// File holding the vSphere password (first line); wins over IMPORTER_SECRET_KEY.
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+    /// VM instance UUID (BIOS UUID accepted as a fallback).
+    #[arg(long, env = "IMPORTER_UUID")]
+    pub uuid: Option<String>,
+    /// Datastore path of the base disk ("[ds1] vm/vm.vmdk").
+    #[arg(long, env = "IMPORTER_BACKING_FILE")]
+    pub backing_file: Option<String>,
+    /// SHA-1 thumbprint of the vSphere endpoint's certificate.
+    #[arg(long, env = "IMPORTER_THUMBPRINT")]
+    pub thumbprint: Option<String>,
+    /// Snapshot to copy (snapshot-123).
+    #[arg(long, env = "IMPORTER_CURRENT_CHECKPOINT")]
+    pub current_checkpoint: Option<String>,
+    /// Previous snapshot or change ID (warm-migration delta).
+    #[arg(long, env = "IMPORTER_PREVIOUS_CHECKPOINT")]
+    pub previous_checkpoint: Option<String>,
+    /// Last round of a warm migration (true/false).
+    #[arg(long, env = "IMPORTER_FINAL_CHECKPOINT")]
+    pub final_checkpoint: Option<String>,
+    /// The DataVolume's UID: the label of the progress metric.
+    #[arg(long, env = "OWNER_UID")]
+    pub owner_uid: Option<String>,
+    /// Preallocate the target (true/false).
+    #[arg(long, env = "PREALLOCATION")]
+    pub preallocation: Option<String>,
+    /// Fraction of a filesystem volume kept for the filesystem (e.g. 0.055).
+    #[arg(long, env = "FILESYSTEM_OVERHEAD")]
+    pub filesystem_overhead: Option<String>,
+    /// Requested size of the volume (bytes or a quantity like 10Gi).
+    #[arg(long, env = "IMPORTER_IMAGE_SIZE")]
+    pub image_size: Option<String>,
+    /// Accept a vSphere API certificate without verification when no CA applies.
+    #[arg(long, env = "INSECURE_TLS")]
+    pub insecure_tls: Option<String>,
+    /// Directory of CA certificates for the vSphere API.
+    #[arg(long, env = "IMPORTER_CERT_DIR")]
+    pub cert_dir: Option<String>,
+    /// The VDDK distribution directory.
+    #[arg(long, env = "VDDK_LIBDIR")]
+    pub vddk_libdir: Option<String>,
+    /// Extra VDDK config file [default: /vddk-args/vddk-config-file when present].
+    #[arg(long, env = "VDDK_CONFIG_FILE")]
+    pub vddk_config: Option<String>,
+    /// Where to write the termination message.
+    #[arg(long, env = "TERMINATION_LOG")]
+    pub termination_log: Option<String>,
+    /// The block-mode target; its presence selects block mode.
+    #[arg(long, env = "FERRY_BLOCK_DEVICE", default_value = config::DEFAULT_BLOCK_DEVICE)]
+    pub block_device: PathBuf,
+    /// The filesystem-mode volume (the image is DIR/disk.img).
+    #[arg(long, env = "FERRY_DATA_DIR", default_value = config::DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+    /// Address of the HTTPS metrics endpoint ("off" to disable).
+    #[arg(long, env = "FERRY_METRICS_ADDR", default_value = "0.0.0.0:8443")]
+    pub metrics_addr: String,
+    /// Buffer size in 64 KiB units (also VDDK's NFC AIO buffer size).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=super::MAX_BUF_SIZE_IN_64K))]
+    pub buf_size_in_64k: u64,
+    /// Buffers in flight [default: 4 for vddk, 32 for nbd].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=super::MAX_BUF_COUNT))]
+    pub buf_count: Option<u64>,
+    /// I/O engine for the target.
+    #[arg(long, value_enum, default_value_t = ferry::engine::EngineChoice::Auto)]
+    pub io_engine: ferry::engine::EngineChoice,
+    /// O_DIRECT on the target.
+    #[arg(long, value_enum, default_value_t = DirectMode::Auto)]
+    pub direct: DirectMode,
+    /// NBD connections (multi-conn servers).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=super::MAX_CONNECTIONS))]
+    pub connections: u64,
+    /// Seconds to wait for any one read.
+    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub timeout: u64,
+    /// VDDK transports [default: file:nbdssl:nbd].
+    #[arg(long)]
+    pub transports: Option<String>,
+    /// Open the VDDK disk unbuffered.
+    #[arg(long)]
+    pub unbuffered: bool,
+    /// VDDK wire compression.
+    #[arg(long, value_enum, default_value_t = Compression::None)]
+    pub compression: Compression,
+    /// The validated configuration (set by `prepare`, before the runtime starts).
+    #[arg(skip)]
+    pub resolved: Option<ImportConfig>,
+}
+
+impl ImportArgs {
+    /// Every contract input that is set, with its variable and flag names.
+    fn raw(&self) -> Result<RawInputs, config::ConfigError> {
+        let mut v: Vec<(&'static str, &'static str, String)> = Vec::new();
+        let mut put = |var: &'static str, flag: &'static str, val: &Option<String>| {
+            if let Some(s) = val {
+                v.push((var, flag, s.clone()));
+            }
+        };
+        put("IMPORTER_SOURCE", "source", &self.source);
+        put("IMPORTER_ENDPOINT", "endpoint", &self.endpoint);
+        put("IMPORTER_ACCESS_KEY_ID", "user", &self.user);
+        put("IMPORTER_SECRET_KEY", "password", &self.password);
+        put("IMPORTER_UUID", "uuid", &self.uuid);
+        put("IMPORTER_BACKING_FILE", "backing-file", &self.backing_file);
+        put("IMPORTER_THUMBPRINT", "thumbprint", &self.thumbprint);
+        put(
+            "IMPORTER_CURRENT_CHECKPOINT",
+            "current-checkpoint",
+            &self.current_checkpoint,
+        );
+        put(
+            "IMPORTER_PREVIOUS_CHECKPOINT",
+            "previous-checkpoint",
+            &self.previous_checkpoint,
+        );
+        put(
+            "IMPORTER_FINAL_CHECKPOINT",
+            "final-checkpoint",
+            &self.final_checkpoint,
+        );
+        put("OWNER_UID", "owner-uid", &self.owner_uid);
+        put("PREALLOCATION", "preallocation", &self.preallocation);
+        put(
+            "FILESYSTEM_OVERHEAD",
+            "filesystem-overhead",
+            &self.filesystem_overhead,
+        );
+        put("IMPORTER_IMAGE_SIZE", "image-size", &self.image_size);
+        put("INSECURE_TLS", "insecure-tls", &self.insecure_tls);
+        put("IMPORTER_CERT_DIR", "cert-dir", &self.cert_dir);
+        put("VDDK_LIBDIR", "vddk-libdir", &self.vddk_libdir);
+        put("VDDK_CONFIG_FILE", "vddk-config", &self.vddk_config);
+        put("TERMINATION_LOG", "termination-log", &self.termination_log);
+        if let Some(f) = &self.password_file {
+            let pw = ferry::source::vddk::options::read_password(Some(f)).map_err(|e| {
+                config::ConfigError {
+                    var: "IMPORTER_SECRET_KEY (--password-file)".into(),
+                    reason: e.to_string(),
+                }
+            })?;
+            v.push((
+                "IMPORTER_SECRET_KEY",
+                "password-file",
+                pw.expose().to_string(),
+            ));
+        }
+        Ok(RawInputs { values: v })
+    }
+
+    /// Validate everything before any connection.
+    pub fn config(&self) -> Result<ImportConfig, config::ConfigError> {
+        config::validate(&self.raw()?, &self.block_device, &self.data_dir)
+    }
+
+    /// The termination message path, even when the rest is invalid.
+    pub fn termination_log(&self) -> PathBuf {
+        self.termination_log.as_deref().map_or_else(
+            || PathBuf::from(config::DEFAULT_TERMINATION_LOG),
+            PathBuf::from,
+        )
+    }
+
+    /// The buffer count for this source.
+    pub fn buf_count_for(&self, source: SourceKind) -> u64 {
+        self.buf_count.unwrap_or(match source {
+            SourceKind::Vddk => DEFAULT_VDDK_BUF_COUNT,
+            SourceKind::Nbd => DEFAULT_BUF_COUNT,
+        })
+    }
+
+    fn tuning(&self, cfg: &ImportConfig) -> ImportTuning {
+        ImportTuning {
+            buf_size_in_64k: self.buf_size_in_64k,
+            buf_count: self.buf_count_for(cfg.source),
+            direct: self.direct,
+            connections: self.connections,
+            timeout: Duration::from_secs(self.timeout),
+            transports: self.transports.clone(),
+            unbuffered: self.unbuffered,
+            compression: self.compression,
+        }
+    }
+}
+
+/// Write the failure message for the kubelet (plain text, first line).
+pub fn fail(termination_log: &std::path::Path, error: &str) {
+    if let Err(e) =
+        termination::write_failure(termination_log, &format!("Unable to process data: {error}"))
+    {
+        tracing::warn!(path = %termination_log.display(), error = %e, "cannot write the termination message");
+    }
+}
+
+/// Run `ferry import` (the configuration was validated and VDDK initialised in
+/// `prepare`). SIGTERM/SIGINT cancel the copy, close the VDDK disk and connection, and
+/// end with "cancelled" within the teardown bound.
+pub async fn run(a: ImportArgs, cfg: ImportConfig) -> anyhow::Result<()> {
+    let termination_log = cfg.termination_log.clone();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| ferry::Error::Usage(format!("cannot install the SIGTERM handler: {e}")))?;
+    let progress = Arc::new(Progress::new());
+    let metrics = ferry::report::metrics::Metrics::new(&cfg.owner_uid);
+    let server = match a.metrics_addr.as_str() {
+        "off" | "none" | "" => None,
+        addr => {
+            let addr: SocketAddr = addr.parse().map_err(|_| {
+                ferry::Error::Usage(format!(
+                    "FERRY_METRICS_ADDR (--metrics-addr): invalid address {addr:?}"
+                ))
+            })?;
+            Some(
+                ferry::report::metrics::serve_metrics(addr, metrics.clone())
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?,
+            )
+        }
+    };
+    let samplers = ferry::report::spawn_samplers(progress.clone(), metrics.clone());
+    let work = async {
+        let engine =
+            ferry::engine::select(a.io_engine, (a.buf_count_for(cfg.source) * 2 + 16) as u32)?;
+        ferry::import::run::run(&cfg, &a.tuning(&cfg), engine, progress.clone())
+            .await
+            .map_err(anyhow::Error::from)
+    };
+    let result: anyhow::Result<Outcome> = tokio::select! {
+        r = work => r,
+        _ = tokio::signal::ctrl_c() => Err(ferry::Error::Cancelled("SIGINT").into()),
+        _ = term.recv() => Err(ferry::Error::Cancelled("SIGTERM").into()),
+    };
+    samplers.finish(&progress, result.is_ok());
+    if let Some(s) = server {
+        s.shutdown().await;
+    }
+    match result {
+        Ok(o) => {
+            metrics.finish(&o.stats);
+            let msg = TerminationMessage {
+                preallocation_applied: o.preallocation_applied,
+                vddk_info: o.vddk_version.map(|version| VddkInfo {
+                    version,
+                    host: o.esx_host.unwrap_or_default(),
+                }),
+                message: "Import Complete".into(),
+                ..TerminationMessage::default()
+            };
+            termination::write_success(&termination_log, &msg)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            tracing::info!(
+                size = o.stats.size, bytes_read = o.stats.bytes_read, bytes_written = o.stats.bytes_written,
+                bytes_zeroed = o.stats.bytes_zeroed, bytes_skipped = o.stats.bytes_skipped,
+                seconds = o.stats.seconds, engine = %o.stats.engine, "Import Complete"
+            );
+            Ok(())
+        }
+        Err(e) => {
+            fail(&termination_log, &format!("{e:#}"));
+            Err(e)
+        }
+    }
+}
