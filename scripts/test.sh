@@ -31,7 +31,7 @@ cargo fmt --all -- --check
 echo "== cargo clippy" >&2
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== build the fake libvixDiskLib the VDDK tests load" >&2
-cargo build --locked -p fake-vddk
+cargo build --locked -p fake-vddk -p fake-vcenter
 echo "== cargo test" >&2
 test_log=$(mktemp)
 trap 'rm -f "$skip_log" "$test_log"' EXIT
