@@ -17,6 +17,9 @@ use ferry::source::vddk::options::Compression;
 
 use super::{DEFAULT_BUF_COUNT, DEFAULT_VDDK_BUF_COUNT};
 
+/// Buffer size in 64 KiB units when neither a flag nor the VDDK config file says.
+pub const DEFAULT_BUF_SIZE_IN_64K: u64 = 16;
+
 /// Arguments of `ferry import` (every one also read from its environment variable).
 #[derive(Debug, Clone, Args)]
 pub struct ImportArgs {
@@ -89,10 +92,12 @@ pub struct ImportArgs {
     /// Address of the HTTPS metrics endpoint ("off" to disable).
     #[arg(long, env = "FERRY_METRICS_ADDR", default_value = "0.0.0.0:8443")]
     pub metrics_addr: String,
-    /// Buffer size in 64 KiB units (also VDDK's NFC AIO buffer size).
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=super::MAX_BUF_SIZE_IN_64K))]
-    pub buf_size_in_64k: u64,
-    /// Buffers in flight [default: 4 for vddk, 32 for nbd].
+    /// Buffer size in 64 KiB units (also VDDK's NFC AIO buffer size) [default: the VDDK
+    /// config file's vixDiskLib.nfcAio.Session.BufSizeIn64KB, else 16].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=super::MAX_BUF_SIZE_IN_64K))]
+    pub buf_size_in_64k: Option<u64>,
+    /// Buffers in flight [default: the VDDK config file's …BufCount, else 4 for vddk; 32
+    /// for nbd].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=super::MAX_BUF_COUNT))]
     pub buf_count: Option<u64>,
     /// I/O engine for the target.
@@ -202,9 +207,47 @@ impl ImportArgs {
         })
     }
 
+    /// The buffer size in 64 KiB units.
+    pub fn buf_size(&self) -> u64 {
+        self.buf_size_in_64k.unwrap_or(DEFAULT_BUF_SIZE_IN_64K)
+    }
+
+    /// In a CDI pod the NFC AIO sizes come from the operator's VDDK config file (Forklift
+    /// writes them there): adopt them for both VDDK and Ferry's pool unless flags say
+    /// otherwise.
+    pub fn adopt_vddk_config(&mut self, cfg: &ImportConfig) {
+        let Some(path) = &cfg.vddk_config else { return };
+        let Ok(meta) = std::fs::metadata(path) else {
+            return;
+        };
+        if meta.len() > ferry::source::vddk::config::MAX_CONFIG_BYTES as u64 {
+            return;
+        }
+        let Ok(settings) =
+            std::fs::read_to_string(path).map(|t| ferry::source::vddk::config::parse(&t))
+        else {
+            return;
+        };
+        for s in settings.unwrap_or_default() {
+            let n = s.value.trim().parse::<u64>().ok();
+            if s.key
+                .eq_ignore_ascii_case(ferry::source::vddk::config::KEY_BUF_SIZE)
+                && self.buf_size_in_64k.is_none()
+            {
+                self.buf_size_in_64k = n.filter(|n| (1..=super::MAX_BUF_SIZE_IN_64K).contains(n));
+            } else if s
+                .key
+                .eq_ignore_ascii_case(ferry::source::vddk::config::KEY_BUF_COUNT)
+                && self.buf_count.is_none()
+            {
+                self.buf_count = n.filter(|n| (1..=super::MAX_BUF_COUNT).contains(n));
+            }
+        }
+    }
+
     fn tuning(&self, cfg: &ImportConfig) -> ImportTuning {
         ImportTuning {
-            buf_size_in_64k: self.buf_size_in_64k,
+            buf_size_in_64k: self.buf_size(),
             buf_count: self.buf_count_for(cfg.source),
             direct: self.direct,
             connections: self.connections,

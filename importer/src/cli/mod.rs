@@ -185,13 +185,11 @@ fn prepare_import(a: &mut import_cmd::ImportArgs) -> anyhow::Result<()> {
     };
     if cfg.source == ferry::import::config::SourceKind::Vddk {
         reexec_with_library_path(&cfg.libdir);
+        a.adopt_vddk_config(&cfg);
         let count = a.buf_count_for(cfg.source);
-        if let Err(e) = ferry::source::vddk::init(
-            &cfg.libdir,
-            a.buf_size_in_64k,
-            count,
-            cfg.vddk_config.as_deref(),
-        ) {
+        if let Err(e) =
+            ferry::source::vddk::init(&cfg.libdir, a.buf_size(), count, cfg.vddk_config.as_deref())
+        {
             import_cmd::fail(&cfg.termination_log, &e.to_string());
             return Err(ferry::Error::Vddk(e).into());
         }

@@ -12,6 +12,9 @@ use crate::sink::{DirectMode, Sink};
 use crate::source::vddk::options::{Compression, DEFAULT_TRANSPORTS, VddkOptions};
 use crate::source::{NbdSourceOptions, Source};
 
+/// Mode of a finished disk.img (CDI chmods it to 0660).
+pub const DISK_IMG_MODE: u32 = 0o660;
+
 /// Tunables that are not part of CDI's contract.
 #[derive(Debug, Clone)]
 pub struct ImportTuning {
@@ -223,6 +226,13 @@ pub async fn run(
             sink.extend(len, cfg.preallocation).await?;
             sink.flush().await?;
         }
+    }
+    if matches!(cfg.target, Target::Filesystem { .. }) {
+        // As CDI leaves it: group-writable for the pod's fsGroup (the VM's virt-launcher).
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(DISK_IMG_MODE)).map_err(
+            |e| Error::Target(format!("cannot set the mode of {}: {e}", target.display())),
+        )?;
     }
     progress.set_phase("done");
     Ok(Outcome {

@@ -53,7 +53,7 @@ pub enum VddkError {
     },
     /// The ESXi/vCenter NFC server ran out of memory.
     #[error(
-        "VDDK {call}: the NFC server is out of memory (VIX {code}: {text}); use smaller requests (--buf-size-in-64k, e.g. 16 or less), fewer in flight (--buf-count) or fewer parallel imports per host"
+        "VDDK {call}: the NFC server is out of memory (VIX {code}: {text}); use smaller requests (--buf-size-in-64k, or vixDiskLib.nfcAio.Session.BufSizeIn64KB in the VDDK config file; 16 or less), fewer in flight (--buf-count / …BufCount) or fewer parallel imports per host"
     )]
     OutOfMemory {
         /// The call.

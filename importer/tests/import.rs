@@ -1,0 +1,1401 @@
+//! Acceptance tests of `ferry import`, the importer pod's entrypoint, driven the way
+//! KubeVirt CDI drives its VDDK importer (reference/cdi-contract.md §b, §d): a CLEARED
+//! environment holding only CDI's variables, plus the few Ferry-only ones that point the
+//! pod's fixed paths (`/data`, `/dev/cdi-block-volume`, `/dev/termination-log`, `:8443`,
+//! `/opt/vmware-vix-disklib-distrib`) at temporary places.
+//!
+//! The vSphere side is real processes: the fake vCenter (`tests/fake-vcenter`, HTTPS SOAP,
+//! its own self-signed certificate and thumbprint, a call log) and the fake
+//! libvixDiskLib (`tests/fake-vddk`, installed into a temporary libdir, serving an nbdkit
+//! disk and checking the identity, VM moref, disk file and snapshot it is handed).
+//!
+//! Every test checks what CDI and Forklift read: the bytes on the volume (against an
+//! independent `nbdcopy` reference), the termination message, the progress metric
+//! scraped over HTTPS with CDI's own regex, the log lines, the exit code — and, for
+//! failures, that nothing was contacted that should not have been.
+//!
+//! Build the fakes first, next to this test executable:
+//! `cargo build -p fake-vddk -p fake-vcenter` (`scripts/test.sh` does it).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+
+const MIB: u64 = 1024 * 1024;
+
+const USER: &str = "admin";
+const PASSWORD: &str = "secret";
+const VM_MOREF: &str = "vm-123";
+const VM_UUID: &str = "42125a6b-7f0c-4c6e-9a3e-3f2d1c0b9a8e";
+const ESX_HOST: &str = "esx12.example";
+const DISK: &str = "[ds1] vm1/vm1.vmdk";
+const SNAPSHOT: &str = "snapshot-7";
+const SNAPSHOT_DISK: &str = "[ds1] vm1/vm1-000001.vmdk";
+const OWNER_UID: &str = "dv-uid-1";
+/// A well-formed thumbprint that is not the fake vCenter's.
+const OTHER_TP: &str = "11:22:33:44:55:66:77:88:99:00:AA:BB:CC:DD:EE:FF:11:22:33:44";
+/// A CBT change ID in CDI's format.
+const CHANGE_ID: &str = "52 de c0 3e 7b 4f 19 d6-a1 b2 c3 d4 e5 f6 07 18/81";
+
+/// CDI's controller regex (`pkg/controller/common/util.go`), for our owner UID.
+const CDI_PROGRESS_RE: &str = r#"(kubevirt_cdi_import_progress_total|kubevirt_cdi_clone_progress_total)\{ownerUID="dv-uid-1"\} (\d{1,3}\.?\d*)"#;
+
+/// How long the fake vCenter may take to write its ready file.
+const VCENTER_WAIT: Duration = Duration::from_secs(20);
+
+// ---------------------------------------------------------------------------------------
+// Built artifacts
+
+/// `target/<profile>/NAME`, two directories above this test executable
+/// (`target/<profile>/deps/import-…`). Panics when it was not built.
+fn built(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let p = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join(name))
+        .expect("test executable has no grandparent directory");
+    assert!(
+        p.is_file(),
+        "{} is missing: build it first: cargo build -p fake-vddk -p fake-vcenter",
+        p.display()
+    );
+    p
+}
+
+/// Install the fake libvixDiskLib as `<libdir>/lib64/libvixDiskLib.so.8`.
+fn install_fake_vddk(libdir: &Path) {
+    let lib64 = libdir.join("lib64");
+    std::fs::create_dir_all(&lib64).expect("mkdir lib64");
+    std::fs::copy(built("libvixDiskLib.so"), lib64.join("libvixDiskLib.so.8"))
+        .expect("install the fake VDDK");
+}
+
+/// A TCP port that nothing listens on (bound, then released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("find a free port")
+        .port()
+}
+
+// ---------------------------------------------------------------------------------------
+// The fake vCenter
+
+/// The inventory: one VM with one disk, and a snapshot whose disk 2000 is the delta file.
+fn inventory(capacity: u64) -> Value {
+    json!({
+        "user": USER,
+        "password": PASSWORD,
+        "datacenters": [{"name": "dc1", "vms": [{
+            "moref": VM_MOREF,
+            "name": "vm1",
+            "instance_uuid": VM_UUID,
+            "bios_uuid": "4212bbbb-0000-0000-0000-000000000001",
+            "power_state": "poweredOff",
+            "host": ESX_HOST,
+            "disks": [{"key": 2000, "file_name": DISK, "capacity_bytes": capacity}],
+            "snapshots": [{
+                "moref": SNAPSHOT,
+                "name": "forklift-precopy",
+                "disks": [{"key": 2000, "file_name": SNAPSHOT_DISK, "capacity_bytes": capacity,
+                           "parents": [DISK]}],
+                "children": []
+            }]
+        }]}]
+    })
+}
+
+/// A VM as a warm migration sees it: the precopy snapshot `snapshot-7` holds disk 2000 as
+/// `vm1-000001.vmdk` (parent: the base disk), and the VM now runs on `vm1-000002.vmdk`
+/// on top of it. Forklift passes the *base* disk as IMPORTER_BACKING_FILE.
+fn warm_inventory(capacity: u64) -> Value {
+    let mut inv = inventory(capacity);
+    inv["datacenters"][0]["vms"][0]["disks"] = json!([{
+        "key": 2000,
+        "file_name": "[ds1] vm1/vm1-000002.vmdk",
+        "capacity_bytes": capacity,
+        "parents": [SNAPSHOT_DISK, DISK]
+    }]);
+    inv["datacenters"][0]["vms"][0]["power_state"] = json!("poweredOn");
+    inv
+}
+
+/// A running `fake-vcenter`; killed on drop.
+struct VCenter {
+    child: Option<Child>,
+    port: u16,
+    thumbprint: String,
+    call_log: PathBuf,
+    stderr: PathBuf,
+}
+
+impl VCenter {
+    /// Start it in `dir` (inventory, ready file, certificate, call log go there).
+    fn start(dir: &Path, inv: &Value) -> VCenter {
+        std::fs::create_dir_all(dir).expect("mkdir vcenter dir");
+        let inv_path = dir.join("inventory.json");
+        std::fs::write(&inv_path, inv.to_string()).expect("write inventory");
+        let ready = dir.join("ready.json");
+        let call_log = dir.join("vcenter-calls.log");
+        let stderr = dir.join("vcenter.stderr");
+        let child = Command::new(built("fake-vcenter"))
+            .arg("--inventory")
+            .arg(&inv_path)
+            .args(["--listen", "127.0.0.1:0", "--ready-file"])
+            .arg(&ready)
+            .arg("--call-log")
+            .arg(&call_log)
+            .arg("--quiet")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&stderr).expect("create vcenter stderr"))
+            .spawn()
+            .expect("start fake-vcenter");
+        let mut vc = VCenter {
+            child: Some(child),
+            port: 0,
+            thumbprint: String::new(),
+            call_log,
+            stderr,
+        };
+        let t0 = Instant::now();
+        while !ready.exists() {
+            if let Some(st) = vc.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!(
+                    "fake-vcenter exited ({st}) before it was ready:\n{}",
+                    std::fs::read_to_string(&vc.stderr).unwrap_or_default()
+                );
+            }
+            assert!(
+                t0.elapsed() < VCENTER_WAIT,
+                "fake-vcenter did not write {} within {VCENTER_WAIT:?}",
+                ready.display()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let line = std::fs::read_to_string(&ready).expect("read ready file");
+        let v: Value = serde_json::from_str(line.trim()).expect("ready file is JSON");
+        vc.port = v["port"].as_u64().expect("port") as u16;
+        vc.thumbprint = v["thumbprint"].as_str().expect("thumbprint").to_string();
+        vc
+    }
+
+    fn endpoint(&self) -> String {
+        format!("https://127.0.0.1:{}/sdk", self.port)
+    }
+
+    /// The calls it answered so far, one per line.
+    fn calls(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.call_log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Drop for VCenter {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// One importer pod
+
+/// A pod's worth of temp places and its environment: `data/` (the filesystem volume),
+/// `termination-log`, the VDDK libdir with the fake, the fake's call log.
+struct Pod {
+    dir: tempfile::TempDir,
+    data: PathBuf,
+    term: PathBuf,
+    vddk_log: PathBuf,
+    metrics_addr: String,
+    env: BTreeMap<String, String>,
+}
+
+impl Pod {
+    /// Only the Ferry-only plumbing, no CDI variable yet.
+    fn bare() -> Pod {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).expect("mkdir data");
+        let libdir = dir.path().join("vddk");
+        install_fake_vddk(&libdir);
+        let term = dir.path().join("termination-log");
+        let vddk_log = dir.path().join("vddk-calls.log");
+        let metrics_addr = format!("127.0.0.1:{}", free_port());
+        let mut p = Pod {
+            data,
+            term,
+            vddk_log,
+            metrics_addr,
+            env: BTreeMap::new(),
+            dir,
+        };
+        let (data, term, vlog, libdir, nodev) = (
+            p.data.display().to_string(),
+            p.term.display().to_string(),
+            p.vddk_log.display().to_string(),
+            libdir.display().to_string(),
+            p.dir.path().join("no-block-device").display().to_string(),
+        );
+        let addr = p.metrics_addr.clone();
+        p.set("FERRY_DATA_DIR", &data)
+            .set("FERRY_BLOCK_DEVICE", &nodev)
+            .set("FERRY_METRICS_ADDR", &addr)
+            .set("TERMINATION_LOG", &term)
+            .set("VDDK_LIBDIR", &libdir)
+            .set("FAKE_VDDK_LOG", &vlog);
+        p
+    }
+
+    /// CDI's full VDDK environment (as `makeImportEnv` sets it, the unused variables
+    /// present and empty) for the fake vCenter `vc`, and the fake VDDK serving `backing`
+    /// (an NBD URI) as the VM's disk, checking every identity it is handed.
+    fn vddk(vc: &VCenter, backing: &str) -> Pod {
+        let mut p = Pod::bare();
+        p.set("IMPORTER_SOURCE", "vddk")
+            .set("IMPORTER_ENDPOINT", &vc.endpoint())
+            .set("IMPORTER_CONTENTTYPE", "kubevirt")
+            .set("IMPORTER_IMAGE_SIZE", "")
+            .set("OWNER_UID", OWNER_UID)
+            .set("FILESYSTEM_OVERHEAD", "0")
+            .set("INSECURE_TLS", "false")
+            .set("IMPORTER_DISK_ID", "")
+            .set("IMPORTER_UUID", VM_UUID)
+            .set("IMPORTER_PULL_METHOD", "")
+            .set("IMPORTER_READY_FILE", "")
+            .set("IMPORTER_DONE_FILE", "")
+            .set("IMPORTER_BACKING_FILE", DISK)
+            .set("IMPORTER_THUMBPRINT", &vc.thumbprint)
+            .set("IMPORTER_CURRENT_CHECKPOINT", "")
+            .set("IMPORTER_PREVIOUS_CHECKPOINT", "")
+            .set("IMPORTER_FINAL_CHECKPOINT", "false")
+            .set("PREALLOCATION", "false")
+            .set("CACHE_MODE", "")
+            .set("IMPORTER_ACCESS_KEY_ID", USER)
+            .set("IMPORTER_SECRET_KEY", PASSWORD)
+            // The fake VDDK: what it serves and what it insists on being asked for.
+            .set("FAKE_VDDK_BACKING", backing)
+            .set("FAKE_VDDK_THUMBPRINT", &vc.thumbprint)
+            .set("FAKE_VDDK_SERVER", "127.0.0.1")
+            .set("FAKE_VDDK_USER", USER)
+            .set("FAKE_VDDK_PASSWORD", PASSWORD)
+            .set("FAKE_VDDK_VM", &format!("moref={VM_MOREF}"))
+            .set("FAKE_VDDK_DISK", DISK);
+        p
+    }
+
+    fn set(&mut self, k: &str, v: &str) -> &mut Pod {
+        self.env.insert(k.to_owned(), v.to_owned());
+        self
+    }
+
+    fn unset(&mut self, k: &str) -> &mut Pod {
+        self.env.remove(k);
+        self
+    }
+
+    fn disk_img(&self) -> PathBuf {
+        self.data.join("disk.img")
+    }
+
+    /// `ferry import` with a cleared environment: PATH and this pod's variables only.
+    /// The termination message and the fake VDDK's call log of an earlier run are
+    /// removed first.
+    fn command(&self) -> Command {
+        let _ = std::fs::remove_file(&self.term);
+        let _ = std::fs::remove_file(&self.vddk_log);
+        let mut c = Command::new(FERRY);
+        c.arg("import")
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .envs(&self.env);
+        c
+    }
+
+    fn run(&self) -> Run {
+        run(self.command(), RUN_LIMIT)
+    }
+
+    /// The termination message as written (no trailing newline expected, but tolerated).
+    fn termination(&self) -> String {
+        std::fs::read_to_string(&self.term)
+            .unwrap_or_else(|e| panic!("no termination message at {}: {e}", self.term.display()))
+    }
+
+    /// The fake VDDK's call log (empty when the library was never initialised).
+    fn vddk_calls(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.vddk_log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// An nbdkit `sparse-random` disk: ~`percent`% data in 50 000-byte runs.
+fn sparse_random(dir: &Path, size: &str, percent: u32, seed: u32) -> Server {
+    Server::nbdkit(
+        dir,
+        &[
+            "sparse-random",
+            &format!("size={size}"),
+            &format!("percent={percent}"),
+            &format!("seed={seed}"),
+            "runlength=50000",
+        ],
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// Checks
+
+/// The import succeeded: exit 0, nothing on stdout, no error line, no panic.
+fn assert_success(r: &Run, ctx: &str) {
+    let c = format!(
+        "[{ctx}] {}\nexit: {:?}\nstdout:\n{}\nstderr:\n{}",
+        r.what, r.status, r.stdout, r.stderr
+    );
+    assert_eq!(r.status.code(), Some(0), "expected exit 0\n{c}");
+    assert!(r.stdout.trim().is_empty(), "stdout must stay empty\n{c}");
+    assert!(!r.stderr.contains("ferry: error:"), "error line\n{c}");
+    assert!(!r.stderr.contains("panicked"), "panic\n{c}");
+    assert!(!r.stderr.contains("VIOLATION"), "VDDK rule broken\n{c}");
+}
+
+/// The failure contract of the pod: exit code 1 (CDI's), the single `ferry: error:`
+/// line last on stderr containing `phrases`, and the same error as a one-line,
+/// plain-text termination message `Unable to process data: …`. Returns the error line.
+fn assert_pod_failure(pod: &Pod, r: &Run, ctx: &str, phrases: &[&str]) -> String {
+    let line = r.failure(ctx, phrases);
+    assert_eq!(
+        r.status.code(),
+        Some(1),
+        "[{ctx}] CDI's failure exit code is 1\nstderr:\n{}",
+        r.stderr
+    );
+    let msg = pod.termination();
+    assert!(
+        msg.starts_with("Unable to process data: "),
+        "[{ctx}] termination message is not CDI's plain-text failure: {msg:?}"
+    );
+    assert!(
+        !msg.trim_end_matches('\n').contains('\n'),
+        "[{ctx}] termination message is not one line: {msg:?}"
+    );
+    assert!(
+        serde_json::from_str::<Value>(&msg).is_err(),
+        "[{ctx}] a failure's termination message must not be JSON: {msg:?}"
+    );
+    assert!(msg.len() <= 4096, "[{ctx}] {} bytes", msg.len());
+    let err = line.trim_start_matches("ferry: error: ");
+    assert!(
+        msg.contains(err),
+        "[{ctx}] termination message {msg:?} does not carry the error {err:?}"
+    );
+    for p in phrases {
+        assert!(
+            msg.contains(p),
+            "[{ctx}] termination message lacks {p:?}: {msg:?}"
+        );
+    }
+    line
+}
+
+/// The success termination message: exactly one line of JSON, at most 4096 bytes,
+/// parsed and equal to `want`.
+fn assert_termination_json(pod: &Pod, want: &Value, ctx: &str) {
+    let msg = pod.termination();
+    assert!(msg.len() <= 4096, "[{ctx}] {} bytes: {msg}", msg.len());
+    assert!(
+        !msg.trim_end_matches('\n').contains('\n'),
+        "[{ctx}] termination message is not one line: {msg:?}"
+    );
+    let v: Value = serde_json::from_str(msg.trim_end())
+        .unwrap_or_else(|e| panic!("[{ctx}] termination message is not JSON ({e}): {msg:?}"));
+    assert_eq!(&v, want, "[{ctx}] termination message {msg}");
+}
+
+/// CDI's success message for a VDDK import by the fake (`libvixDiskLib.so.8`).
+fn vddk_complete(preallocation: bool) -> Value {
+    json!({
+        "scratchSpaceRequired": false,
+        "preallocationApplied": preallocation,
+        "vddkInfo": {"Version": "8", "Host": ESX_HOST},
+        "message": "Import Complete"
+    })
+}
+
+/// The VDDK session was torn down by the rules: Close, Disconnect and Exit (in that
+/// order, Exit last), no VIOLATION.
+fn assert_vddk_closed(pod: &Pod, ctx: &str) {
+    let lines = pod.vddk_calls();
+    let show = || {
+        lines
+            .iter()
+            .filter(|l| !l.starts_with("ReadAsync"))
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert!(
+        !lines.iter().any(|l| l.contains("VIOLATION")),
+        "[{ctx}] VDDK rule broken:\n{}",
+        show()
+    );
+    let pos = |name: &str| {
+        lines
+            .iter()
+            .position(|l| l.split_whitespace().next() == Some(name))
+    };
+    let (close, disc, exit) = (pos("Close"), pos("Disconnect"), pos("Exit"));
+    assert!(
+        close.is_some() && disc.is_some() && exit.is_some(),
+        "[{ctx}] Close, Disconnect and Exit expected:\n{}",
+        show()
+    );
+    assert!(close < disc && disc < exit, "[{ctx}] order:\n{}", show());
+    assert_eq!(
+        lines.last().map(String::as_str),
+        Some("Exit"),
+        "[{ctx}] Exit last:\n{}",
+        show()
+    );
+}
+
+/// The bytes of `path` from `offset` on are all zero.
+fn assert_zero_tail(path: &Path, offset: u64, ctx: &str) {
+    let len = file_size(path) - offset;
+    assert_filled(path, offset, len, 0, ctx);
+}
+
+// ---------------------------------------------------------------------------------------
+// 1. Filesystem mode exactly as CDI runs it: progress metric, logs, bytes, message
+
+#[test]
+fn cdi_filesystem_import_reports_progress_and_completes() {
+    if !require(&["nbdkit", "nbdcopy", "cmp", "curl"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // 256 MiB, ~15% data in 50 000-byte runs; 15 ms per read makes the copy last ~3 s.
+    let src = sparse_random(dir.path(), "256M", 15, 11);
+    let size = 256 * MIB;
+    let vc = VCenter::start(&dir.path().join("vc"), &inventory(size));
+    let mut pod = Pod::vddk(&vc, &src.uri());
+    pod.set("FAKE_VDDK_LATENCY_MS", "15");
+
+    let re = regex::Regex::new(CDI_PROGRESS_RE).unwrap();
+    let url = format!("https://{}/metrics", pod.metrics_addr);
+    let mut ferry = spawn(pod.command());
+    let mut values: Vec<f64> = Vec::new();
+    let mut bodies = 0;
+    let t0 = Instant::now();
+    while !ferry.has_exited() && t0.elapsed() < RUN_LIMIT {
+        // As CDI's controller scrapes: HTTPS, certificate not verified, 2 s timeout.
+        let o = Command::new("curl")
+            .args(["-sk", "--max-time", "2", &url])
+            .output()
+            .expect("run curl");
+        if o.status.success() {
+            let body = String::from_utf8_lossy(&o.stdout).into_owned();
+            let caps: Vec<_> = re.captures_iter(&body).collect();
+            assert_eq!(
+                caps.len(),
+                1,
+                "one progress series for ownerUID={OWNER_UID} expected in:\n{body}"
+            );
+            let v: f64 = caps[0][2].parse().expect("a number");
+            values.push(v);
+            bodies += 1;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let r = ferry.wait(RUN_LIMIT);
+    assert_success(&r, "cdi filesystem import");
+    assert!(
+        bodies >= 3,
+        "only {bodies} scrapes during the copy ({:?}); values {values:?}",
+        r.elapsed
+    );
+    assert!(
+        values.windows(2).all(|w| w[0] <= w[1]),
+        "progress went backwards: {values:?}"
+    );
+    assert!(
+        values.iter().all(|v| (0.0..=100.0).contains(v)),
+        "progress outside 0–100: {values:?}"
+    );
+    assert!(
+        values.iter().any(|v| *v > 0.0 && *v < 100.0),
+        "no scrape saw the copy in progress: {values:?}"
+    );
+
+    // The bytes: identical to an independent copy of the same disk.
+    let reference = nbdcopy_reference(&src.uri(), dir.path());
+    assert_identical(&pod.disk_img(), &reference, "cdi filesystem import");
+
+    assert_termination_json(&pod, &vddk_complete(false), "cdi filesystem import");
+
+    // stderr is not a terminal: every line is a JSON object; CDI's progress wording is
+    // there, percentages rise, and the last one is 100% of the whole disk.
+    let line_re = regex::Regex::new(
+        r"^Transferred (\d+)/(\d+) bytes \((\d+)%\)( at \d+ bytes/second overall)?",
+    )
+    .unwrap();
+    let mut percents = Vec::new();
+    let mut with_rate = 0;
+    let mut last = (0, 0);
+    for l in r.stderr.lines().filter(|l| !l.trim().is_empty()) {
+        let v: Value = serde_json::from_str(l)
+            .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {l}\n{}", r.stderr));
+        for k in ["timestamp", "level", "message"] {
+            assert!(v.get(k).is_some(), "log line lacks {k}: {l}");
+        }
+        let m = v["message"].as_str().unwrap_or_default();
+        if let Some(c) = line_re.captures(m) {
+            percents.push(c[3].parse::<u64>().unwrap());
+            with_rate += usize::from(c.get(4).is_some());
+            last = (c[1].parse::<u64>().unwrap(), c[2].parse::<u64>().unwrap());
+        }
+    }
+    assert!(
+        with_rate >= 1,
+        "no CDI progress line with a rate:\n{}",
+        r.stderr
+    );
+    assert!(
+        percents.windows(2).all(|w| w[0] < w[1]),
+        "progress lines not rising: {percents:?}"
+    );
+    assert_eq!(
+        percents.last(),
+        Some(&100),
+        "last progress line: {percents:?}"
+    );
+    assert_eq!(last, (size, size), "the 100% line covers the whole disk");
+    assert_vddk_closed(&pod, "cdi filesystem import");
+    // The vCenter session was closed too.
+    assert_eq!(
+        vc.calls().last().map(String::as_str),
+        Some("Logout"),
+        "{:?}",
+        vc.calls()
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// 2. Block mode
+
+#[test]
+fn block_mode_writes_the_device_and_leaves_the_rest_untouched() {
+    if !require_root(&["nbdkit", "nbdcopy", "cmp"], true) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let size = 64 * MIB;
+    let src = sparse_random(dir.path(), "64M", 25, 12);
+    let vc = VCenter::start(&dir.path().join("vc"), &inventory(size));
+    let dev = Loop::with_garbage(dir.path(), size + 16 * MIB, 0xA5, false);
+    let mut pod = Pod::vddk(&vc, &src.uri());
+    pod.set("FERRY_BLOCK_DEVICE", dev.dev.to_str().unwrap());
+    let r = pod.run();
+    assert_success(&r, "block mode");
+    let reference = nbdcopy_reference(&src.uri(), dir.path());
+    assert_prefix_identical(&dev.dev, &reference, size, "block mode");
+    assert_filled(&dev.dev, size, 16 * MIB, 0xA5, "block mode");
+    assert!(
+        !pod.disk_img().exists(),
+        "block mode must not write disk.img"
+    );
+    assert_termination_json(&pod, &vddk_complete(false), "block mode");
+    assert_vddk_closed(&pod, "block mode");
+}
+
+#[test]
+fn block_device_smaller_than_the_disk_is_refused_untouched() {
+    if !require_root(&["nbdkit"], true) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = sparse_random(dir.path(), "64M", 25, 21);
+    let vc = VCenter::start(&dir.path().join("vc"), &inventory(64 * MIB));
+    let dev = Loop::with_garbage(dir.path(), 48 * MIB, 0xA5, false);
+    let mut pod = Pod::vddk(&vc, &src.uri());
+    pod.set("FERRY_BLOCK_DEVICE", dev.dev.to_str().unwrap());
+    let r = pod.run();
+    assert_pod_failure(&pod, &r, "block device too small", &["too small"]);
+    assert_filled(&dev.dev, 0, 48 * MIB, 0xA5, "block device too small");
+    assert_vddk_closed(&pod, "block device too small");
+}
+
+// ---------------------------------------------------------------------------------------
+// 3. A checkpoint: the snapshot's disk file and moref reach VDDK
+
+#[test]
+fn current_checkpoint_reads_the_snapshot_disk() {
+    if !require(&["nbdkit", "nbdcopy", "cmp"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = sparse_random(dir.path(), "32M", 30, 13);
+    let vc = VCenter::start(&dir.path().join("vc"), &warm_inventory(32 * MIB));
+    let mut pod = Pod::vddk(&vc, &src.uri());
+    // The fake refuses any other disk file (FILE_NOT_FOUND) or snapshot (SNAPSHOT_NOTFOUND).
+    pod.set("FAKE_VDDK_DISK", SNAPSHOT_DISK)
+        .set("FAKE_VDDK_SNAPSHOT", SNAPSHOT);
+
+    // Control: without the checkpoint the base disk is asked for, and refused.
+    let r = pod.run();
+    assert_pod_failure(&pod, &r, "no checkpoint (control)", &["snapshot"]);
+
+    pod.set("IMPORTER_CURRENT_CHECKPOINT", SNAPSHOT)
+        .set("IMPORTER_FINAL_CHECKPOINT", "true");
+    let r = pod.run();
+    assert_success(&r, "checkpoint");
+    let reference = nbdcopy_reference(&src.uri(), dir.path());
+    assert_identical(&pod.disk_img(), &reference, "checkpoint");
+    assert_termination_json(&pod, &vddk_complete(false), "checkpoint");
+    let calls = pod.vddk_calls();
+    assert!(
+        calls.iter().any(|l| l.starts_with("ConnectEx ")
+            && l.contains(&format!("vmxSpec=moref={VM_MOREF}"))
+            && l.contains(&format!("snapshot={SNAPSHOT}"))),
+        "{calls:?}"
+    );
+    assert!(
+        calls
+            .iter()
+            .any(|l| l == &format!("Open path={SNAPSHOT_DISK} flags=4")
+                || l.starts_with(&format!("Open path={SNAPSHOT_DISK} "))),
+        "{calls:?}"
+    );
+    assert_vddk_closed(&pod, "checkpoint");
+}
+
+#[test]
+fn endpoint_uuid_and_thumbprint_forms_cdi_passes() {
+    // CDI replaces the endpoint's path with /sdk (the fake vCenter answers only there);
+    // Forklift may pass a BIOS UUID (instance UUID first, then BIOS UUID); a thumbprint
+    // in lower case is the same thumbprint.
+    if !require(&["nbdkit", "nbdcopy", "cmp"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = sparse_random(dir.path(), "8M", 30, 20);
+    let vc = VCenter::start(&dir.path().join("vc"), &inventory(8 * MIB));
+    let reference = nbdcopy_reference(&src.uri(), dir.path());
+    let base = format!("https://127.0.0.1:{}", vc.port);
+    let cases: Vec<(String, &str, String)> = vec![
+        (base.clone(), VM_UUID, vc.thumbprint.clone()),
+        (format!("{base}/"), VM_UUID, vc.thumbprint.clone()),
+        (
+            format!("{base}/some/other/path"),
+            VM_UUID,
+            vc.thumbprint.clone(),
+        ),
+        (
+            vc.endpoint(),
+            "4212bbbb-0000-0000-0000-000000000001",
+            vc.thumbprint.clone(),
+        ),
+        (vc.endpoint(), VM_UUID, vc.thumbprint.to_ascii_lowercase()),
+    ];
+    for (endpoint, uuid, tp) in cases {
+        let ctx = format!("endpoint {endpoint}, uuid {uuid}, thumbprint {tp}");
+        let mut pod = Pod::vddk(&vc, &src.uri());
+        pod.set("IMPORTER_ENDPOINT", &endpoint)
+            .set("IMPORTER_UUID", uuid)
+            .set("IMPORTER_THUMBPRINT", &tp);
+        let r = pod.run();
+        assert_success(&r, &ctx);
+        assert_identical(&pod.disk_img(), &reference, &ctx);
+        assert_termination_json(&pod, &vddk_complete(false), &ctx);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// 4. Filesystem details: image size, preallocation, a volume too small
+
+#[test]
+fn image_size_grows_disk_img_with_a_zero_tail() {
+    if !require(&["nbdkit", "nbdcopy", "cmp"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let size = 32 * MIB;
+    let src = sparse_random(dir.path(), "32M", 30, 14);
+    let vc = VCenter::start(&dir.path().join("vc"), &inventory(size));
+    let mut pod = Pod::vddk(&vc, &src.uri());
+    pod.set("IMPORTER_IMAGE_SIZE", "48Mi");
+    let r = pod.run();
+    assert_success(&r, "image size");
+    let img = pod.disk_img();
+    assert_eq!(
+        file_size(&img),
+        48 * MIB,
+        "disk.img grows to IMPORTER_IMAGE_SIZE"
+    );
+    let reference = nbdcopy_reference(&src.uri(), dir.path());
+    assert_prefix_identical(&img, &reference, size, "image size");
+    assert_zero_tail(&img, size, "image size");
+    assert_termination_json(&pod, &vddk_complete(false), "image size");
+}
+
+#[test]
+fn image_size_is_capped_by_the_usable_space_of_the_volume() {
+    if !require_root(&["nbdkit", "nbdcopy", "cmp"], false) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let size = 32 * MIB;
+    let src = sparse_random(dir.path(), "32M", 30, 15);
+    let vc = VCenter::start(&dir.path().join("vc"), &inventory(size));
+    let mut pod = Pod::vddk(&vc, &src.uri());
+    let mnt = Mount::tmpfs(&pod.data, "size=48M");
+    pod.set("IMPORTER_IMAGE_SIZE", "10Gi")
+        .set("FILESYSTEM_OVERHEAD", "0.1");
+    let r = pod.run();
+    assert_success(&r, "image size capped");
+    let img = pod.disk_img();
+    let usable = (48.0 * MIB as f64 * 0.9) as u64;
+    let len = file_size(&img);
+    assert!(
+        len > size && len <= usable,
+        "disk.img is {len} bytes: expected more than the source ({size}) and at most the usable {usable}"
+    );
+    let reference = nbdcopy_reference(&src.uri(), dir.path());
+    assert_prefix_identical(&img, &reference, size, "image size capped");
+    assert_zero_tail(&img, size, "image size capped");
+    drop(mnt);
+}
+
+#[test]
+fn preallocation_allocates_the_whole_image() {
+    if !require(&["nbdkit", "nbdcopy", "cmp"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let size = 32 * MIB;
+    // 10% data: without preallocation most of disk.img would be holes.
+    let src = sparse_random(dir.path(), "32M", 10, 16);
+    let vc = VCenter::start(&dir.path().join("vc"), &inventory(size));
+
+    // Control: no preallocation leaves the holes unallocated.
+    let pod = Pod::vddk(&vc, &src.uri());
+    assert_success(&pod.run(), "no preallocation");
+    assert!(
+        allocated(&pod.disk_img()) < size / 2,
+        "a sparse import without preallocation allocated {} bytes",
+        allocated(&pod.disk_img())
+    );
+
+    let mut pod = Pod::vddk(&vc, &src.uri());
+    pod.set("PREALLOCATION", "true")
+        .set("IMPORTER_IMAGE_SIZE", "40Mi");
+    let r = pod.run();
+    assert_success(&r, "preallocation");
+    let img = pod.disk_img();
+    assert_eq!(file_size(&img), 40 * MIB);
+    assert!(
+        allocated(&img) >= 40 * MIB,
+        "preallocated disk.img has only {} of {} bytes allocated",
+        allocated(&img),
+        40 * MIB
+    );
+    let reference = nbdcopy_reference(&src.uri(), dir.path());
+    assert_prefix_identical(&img, &reference, size, "preallocation");
+    assert_zero_tail(&img, size, "preallocation");
+    assert_termination_json(&pod, &vddk_complete(true), "preallocation");
+}
+
+#[test]
+fn a_volume_too_small_for_the_disk_is_refused() {
+    if !require_root(&["nbdkit"], false) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = sparse_random(dir.path(), "128M", 5, 17);
+    let vc = VCenter::start(&dir.path().join("vc"), &inventory(128 * MIB));
+    let pod = Pod::vddk(&vc, &src.uri());
+    let mnt = Mount::tmpfs(&pod.data, "size=64M");
+    let r = pod.run();
+    assert_pod_failure(&pod, &r, "volume too small", &["too small"]);
+    assert!(
+        !pod.disk_img().exists(),
+        "nothing may be written to a volume that cannot hold the disk"
+    );
+    assert_vddk_closed(&pod, "volume too small");
+    drop(mnt);
+}
+
+#[test]
+fn filesystem_overhead_counts_against_the_volume() {
+    // 62 MiB of disk on a 64 MiB volume: fits with no overhead, not with CDI's 5.5%.
+    if !require_root(&["nbdkit", "nbdcopy", "cmp"], false) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = sparse_random(dir.path(), "62M", 5, 22);
+    let vc = VCenter::start(&dir.path().join("vc"), &inventory(62 * MIB));
+    let mut pod = Pod::vddk(&vc, &src.uri());
+    let mnt = Mount::tmpfs(&pod.data, "size=64M");
+    pod.set("FILESYSTEM_OVERHEAD", "0.055");
+    let r = pod.run();
+    assert_pod_failure(&pod, &r, "overhead 0.055", &["too small"]);
+    pod.set("FILESYSTEM_OVERHEAD", "0");
+    let r = pod.run();
+    assert_success(&r, "overhead 0");
+    let reference = nbdcopy_reference(&src.uri(), dir.path());
+    assert_identical(&pod.disk_img(), &reference, "overhead 0");
+    drop(mnt);
+}
+
+#[test]
+fn disk_img_is_group_writable_like_cdis() {
+    // pkg/importer/data-processor.go `resize`: `os.Chmod(dp.dataFile, 0660)` after every
+    // full (VDDK) import, with or without IMPORTER_IMAGE_SIZE.
+    use std::os::unix::fs::PermissionsExt;
+    if !require(&["nbdkit"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = sparse_random(dir.path(), "8M", 30, 23);
+    let vc = VCenter::start(&dir.path().join("vc"), &inventory(8 * MIB));
+    let pod = Pod::vddk(&vc, &src.uri());
+    let r = pod.run();
+    assert_success(&r, "mode");
+    let mode = std::fs::metadata(pod.disk_img())
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o660, "disk.img mode is {mode:o}, CDI leaves 660");
+}
+
+#[test]
+fn the_vddk_config_files_aio_sizes_size_vddk_and_the_pool() {
+    // Forklift writes the NFC AIO sizes into the ConfigMap mounted at
+    // /vddk-args/vddk-config-file; with no flags, Ferry adopts them for VDDK and its pool.
+    if !require(&["nbdkit"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = sparse_random(dir.path(), "8M", 30, 29);
+    let vc = VCenter::start(&dir.path().join("vc"), &inventory(8 * MIB));
+    let conf = dir.path().join("vddk-config-file");
+    std::fs::write(
+        &conf,
+        "VixDiskLib.nfcAio.Session.BufSizeIn64KB=8\nVixDiskLib.nfcAio.Session.BufCount=2\n",
+    )
+    .unwrap();
+    let mut pod = Pod::vddk(&vc, &src.uri());
+    pod.set("VDDK_CONFIG_FILE", conf.to_str().unwrap());
+    let r = pod.run();
+    assert_success(&r, "vddk config");
+    let calls = pod.vddk_calls();
+    let config: Vec<&String> = calls.iter().filter(|l| l.starts_with("Config ")).collect();
+    assert!(
+        config
+            .iter()
+            .any(|l| l.contains("BufSizeIn64KB") && l.contains('8'))
+            && config
+                .iter()
+                .any(|l| l.contains("BufCount") && l.contains('2')),
+        "{config:?}"
+    );
+    // Reads are at most 8 × 64 KiB = 1024 sectors: the pool follows the config file.
+    for l in calls.iter().filter(|l| l.starts_with("ReadAsync ")) {
+        let count: u64 = l.rsplit("count=").next().unwrap().trim().parse().unwrap();
+        assert!(count <= 1024, "{l}");
+    }
+    assert!(
+        !r.stderr.contains("using 16"),
+        "no override warning expected:\n{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn a_restarted_pod_overwrites_a_stale_disk_img() {
+    // CDI restarts a failed importer pod on the same volume: the disk.img of the earlier
+    // attempt (here: garbage, and longer than the disk) is there.
+    if !require(&["nbdkit", "nbdcopy", "cmp"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let size = 32 * MIB;
+    let src = sparse_random(dir.path(), "32M", 20, 18);
+    let vc = VCenter::start(&dir.path().join("vc"), &inventory(size));
+    let pod = Pod::vddk(&vc, &src.uri());
+    fill(&pod.disk_img(), 0x5A, size + 8 * MIB);
+    let r = pod.run();
+    assert_success(&r, "stale disk.img");
+    let reference = nbdcopy_reference(&src.uri(), dir.path());
+    assert_identical(&pod.disk_img(), &reference, "stale disk.img");
+}
+
+// ---------------------------------------------------------------------------------------
+// 5. Invalid variables: one line naming the variable, nothing contacted
+
+/// (what, variables to set — `None` removes —, phrases the error must hold)
+type Case<'a> = (&'a str, &'a [(&'a str, Option<&'a str>)], &'a [&'a str]);
+
+#[test]
+fn each_invalid_variable_is_named_before_any_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let vc = VCenter::start(&dir.path().join("vc"), &inventory(MIB));
+    // Never contacted; any NBD URI will do.
+    let backing = format!(
+        "nbd+unix:///?socket={}",
+        dir.path().join("none.sock").display()
+    );
+    let cases: &[Case] = &[
+        (
+            "PREALLOCATION=maybe",
+            &[("PREALLOCATION", Some("maybe"))],
+            &["PREALLOCATION", "maybe"],
+        ),
+        (
+            "previous checkpoint without current",
+            &[("IMPORTER_PREVIOUS_CHECKPOINT", Some("snapshot-6"))],
+            &[
+                "IMPORTER_PREVIOUS_CHECKPOINT",
+                "IMPORTER_CURRENT_CHECKPOINT",
+            ],
+        ),
+        (
+            "malformed thumbprint",
+            &[("IMPORTER_THUMBPRINT", Some("AA:BB:CC"))],
+            &["IMPORTER_THUMBPRINT", "AA:BB:CC"],
+        ),
+        (
+            "malformed change ID",
+            &[
+                ("IMPORTER_CURRENT_CHECKPOINT", Some(SNAPSHOT)),
+                ("IMPORTER_PREVIOUS_CHECKPOINT", Some("52 de zz-77 aa/81")),
+            ],
+            &["IMPORTER_PREVIOUS_CHECKPOINT", "52 de zz-77 aa/81"],
+        ),
+        (
+            "UUID not a UUID",
+            &[("IMPORTER_UUID", Some("vm1"))],
+            &["IMPORTER_UUID", "vm1"],
+        ),
+        (
+            "FILESYSTEM_OVERHEAD=abc",
+            &[("FILESYSTEM_OVERHEAD", Some("abc"))],
+            &["FILESYSTEM_OVERHEAD", "abc"],
+        ),
+        (
+            "IMPORTER_IMAGE_SIZE=big",
+            &[("IMPORTER_IMAGE_SIZE", Some("big"))],
+            &["IMPORTER_IMAGE_SIZE", "big"],
+        ),
+        (
+            "IMPORTER_SOURCE=http",
+            &[("IMPORTER_SOURCE", Some("http"))],
+            &["IMPORTER_SOURCE", "http"],
+        ),
+        (
+            "IMPORTER_ENDPOINT missing",
+            &[("IMPORTER_ENDPOINT", None)],
+            &["IMPORTER_ENDPOINT"],
+        ),
+        (
+            "IMPORTER_ENDPOINT empty (as CDI leaves unused variables)",
+            &[("IMPORTER_ENDPOINT", Some(""))],
+            &["IMPORTER_ENDPOINT"],
+        ),
+        (
+            "IMPORTER_CURRENT_CHECKPOINT not a snapshot",
+            &[("IMPORTER_CURRENT_CHECKPOINT", Some("yesterday"))],
+            &["IMPORTER_CURRENT_CHECKPOINT", "yesterday"],
+        ),
+        (
+            "INSECURE_TLS=maybe",
+            &[("INSECURE_TLS", Some("maybe"))],
+            &["INSECURE_TLS"],
+        ),
+        (
+            "IMPORTER_SECRET_KEY missing",
+            &[("IMPORTER_SECRET_KEY", Some(""))],
+            &["IMPORTER_SECRET_KEY"],
+        ),
+    ];
+    for (ctx, vars, phrases) in cases {
+        let mut pod = Pod::vddk(&vc, &backing);
+        for (k, v) in *vars {
+            match v {
+                Some(v) => pod.set(k, v),
+                None => pod.unset(k),
+            };
+        }
+        let r = pod.run();
+        let line = assert_pod_failure(&pod, &r, ctx, phrases);
+        assert!(
+            !line.contains(PASSWORD),
+            "[{ctx}] the password leaked: {line}"
+        );
+        assert!(
+            vc.calls().is_empty(),
+            "[{ctx}] the vCenter was contacted: {:?}",
+            vc.calls()
+        );
+        assert!(
+            pod.vddk_calls().is_empty(),
+            "[{ctx}] VDDK was loaded: {:?}",
+            pod.vddk_calls()
+        );
+    }
+}
+
+#[test]
+fn a_delta_checkpoint_is_refused_as_not_implemented() {
+    let dir = tempfile::tempdir().unwrap();
+    let vc = VCenter::start(&dir.path().join("vc"), &inventory(MIB));
+    let backing = format!(
+        "nbd+unix:///?socket={}",
+        dir.path().join("none.sock").display()
+    );
+    for previous in [CHANGE_ID, "snapshot-6"] {
+        let mut pod = Pod::vddk(&vc, &backing);
+        pod.set("IMPORTER_CURRENT_CHECKPOINT", SNAPSHOT)
+            .set("IMPORTER_PREVIOUS_CHECKPOINT", previous);
+        let r = pod.run();
+        let ctx = format!("previous checkpoint {previous:?}");
+        assert_pod_failure(
+            &pod,
+            &r,
+            &ctx,
+            &["IMPORTER_PREVIOUS_CHECKPOINT", "not implemented yet"],
+        );
+        assert!(
+            vc.calls().is_empty(),
+            "[{ctx}] the vCenter was contacted: {:?}",
+            vc.calls()
+        );
+        assert!(!pod.disk_img().exists(), "[{ctx}] nothing may be written");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// 6. vCenter errors: one line each
+
+/// A failed vSphere lookup: the error line, and VDDK loaded (at start-up) but never
+/// asked to connect, and shut down cleanly.
+fn assert_lookup_failure(pod: &Pod, r: &Run, ctx: &str, phrases: &[&str]) -> String {
+    let line = assert_pod_failure(pod, r, ctx, phrases);
+    assert!(
+        !r.stderr.contains(PASSWORD),
+        "[{ctx}] the password leaked:\n{}",
+        r.stderr
+    );
+    let calls = pod.vddk_calls();
+    assert!(
+        !calls
+            .iter()
+            .any(|l| l.starts_with("ConnectEx") || l.contains("VIOLATION")),
+        "[{ctx}] VDDK connected or broke a rule: {calls:?}"
+    );
+    assert!(
+        calls.is_empty() || calls.last().map(String::as_str) == Some("Exit"),
+        "[{ctx}] VDDK not shut down: {calls:?}"
+    );
+    line
+}
+
+#[test]
+fn vcenter_errors_each_give_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let vc = VCenter::start(&dir.path().join("vc"), &inventory(MIB));
+    let backing = format!(
+        "nbd+unix:///?socket={}",
+        dir.path().join("none.sock").display()
+    );
+
+    let mut pod = Pod::vddk(&vc, &backing);
+    pod.set("IMPORTER_SECRET_KEY", "not-the-password");
+    let r = pod.run();
+    let line = assert_lookup_failure(&pod, &r, "wrong password", &["login failed", "admin"]);
+    assert!(
+        line.contains("incorrect user name or password") || line.contains("authenticat"),
+        "[wrong password] says nothing about authentication: {line}"
+    );
+    assert!(!r.stderr.contains("not-the-password"), "password leaked");
+    assert!(
+        vc.calls().iter().any(|l| l.contains("fault=InvalidLogin")),
+        "{:?}",
+        vc.calls()
+    );
+
+    let before = vc.calls().len();
+    let mut pod = Pod::vddk(&vc, &backing);
+    pod.set("IMPORTER_THUMBPRINT", OTHER_TP);
+    let r = pod.run();
+    assert_lookup_failure(
+        &pod,
+        &r,
+        "wrong thumbprint",
+        &["thumbprint mismatch", &vc.thumbprint, OTHER_TP],
+    );
+    assert_eq!(
+        vc.calls().len(),
+        before,
+        "a pinned TLS mismatch must stop before any SOAP call"
+    );
+
+    let unknown = "00000000-1111-2222-3333-444444444444";
+    let mut pod = Pod::vddk(&vc, &backing);
+    pod.set("IMPORTER_UUID", unknown);
+    let r = pod.run();
+    assert_lookup_failure(&pod, &r, "unknown UUID", &["not found", unknown]);
+
+    let mut pod = Pod::vddk(&vc, &backing);
+    pod.set("IMPORTER_BACKING_FILE", "[ds1] vm1/other.vmdk");
+    let r = pod.run();
+    assert_lookup_failure(
+        &pod,
+        &r,
+        "unknown backing file",
+        &["not found", "[ds1] vm1/other.vmdk"],
+    );
+
+    let mut pod = Pod::vddk(&vc, &backing);
+    pod.set("IMPORTER_CURRENT_CHECKPOINT", "snapshot-99");
+    let r = pod.run();
+    assert_lookup_failure(&pod, &r, "unknown snapshot", &["not found", "snapshot-99"]);
+
+    // Every session that logged in logged out again.
+    let calls = vc.calls();
+    let logins = calls
+        .iter()
+        .filter(|l| l.starts_with("Login ") && !l.contains("fault="))
+        .count();
+    let logouts = calls.iter().filter(|l| l.starts_with("Logout")).count();
+    assert_eq!(logins, logouts, "sessions left open: {calls:?}");
+
+    let port = free_port();
+    let mut pod = Pod::vddk(&vc, &backing);
+    pod.set(
+        "IMPORTER_ENDPOINT",
+        &format!("https://127.0.0.1:{port}/sdk"),
+    );
+    let r = pod.run();
+    assert_lookup_failure(
+        &pod,
+        &r,
+        "vCenter not listening",
+        &["Connection refused", &format!("127.0.0.1:{port}")],
+    );
+}
+
+#[test]
+fn failure_messages_stay_one_line_within_the_kubelet_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let vc = VCenter::start(&dir.path().join("vc"), &inventory(MIB));
+    let backing = format!(
+        "nbd+unix:///?socket={}",
+        dir.path().join("none.sock").display()
+    );
+
+    // A 6000-byte backing file (valid: under the 8 KiB cap) that is not found: the error
+    // names it, so the message must be cut to the kubelet's 4096 bytes.
+    let long = format!("[ds1] vm1/{}.vmdk", "x".repeat(6000));
+    let mut pod = Pod::vddk(&vc, &backing);
+    pod.set("IMPORTER_BACKING_FILE", &long);
+    let r = pod.run();
+    r.failure("long backing file", &["not found"]);
+    assert_eq!(r.status.code(), Some(1));
+    let msg = pod.termination();
+    assert!(
+        msg.len() <= 4096,
+        "termination message of {} bytes",
+        msg.len()
+    );
+    assert!(
+        msg.starts_with("Unable to process data: not found"),
+        "{msg:.200}"
+    );
+    assert!(!msg.contains('\n'), "{msg:.200}");
+
+    // A newline inside a value: still one line everywhere.
+    let mut pod = Pod::vddk(&vc, &backing);
+    pod.set("IMPORTER_BACKING_FILE", "[ds1] vm1/a\nb.vmdk");
+    let r = pod.run();
+    r.failure("newline in the backing file", &["not found"]);
+    let msg = pod.termination();
+    assert!(msg.starts_with("Unable to process data: "), "{msg:?}");
+    assert!(!msg.contains('\n'), "{msg:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// 7. SIGTERM mid-copy
+
+#[test]
+fn sigterm_mid_copy_cancels_cleanly() {
+    if !require(&["nbdkit", "kill"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = sparse_random(dir.path(), "256M", 30, 19);
+    let vc = VCenter::start(&dir.path().join("vc"), &inventory(256 * MIB));
+    let mut pod = Pod::vddk(&vc, &src.uri());
+    // ~1.5 MiB/s: the copy would take about a minute.
+    pod.set("FAKE_VDDK_LATENCY_MS", "200");
+    let mut ferry = spawn(pod.command());
+    let t0 = Instant::now();
+    while !pod.vddk_calls().iter().any(|l| l.starts_with("ReadAsync")) {
+        assert!(!ferry.has_exited(), "ferry ended before copying");
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "no read within 20 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!ferry.has_exited(), "the copy ended before the signal");
+    ferry.signal("TERM");
+    let signalled = Instant::now();
+    let r = ferry.wait(t0.elapsed() + Duration::from_secs(10));
+    let took = signalled.elapsed();
+    assert!(
+        took < Duration::from_secs(10),
+        "took {took:?} after SIGTERM"
+    );
+    let line = r.failure("SIGTERM", &["cancelled"]);
+    assert_ne!(r.status.code(), Some(0));
+    assert!(r.stdout.is_empty(), "stdout: {:?}", r.stdout);
+    let msg = pod.termination();
+    assert!(
+        msg.starts_with("Unable to process data: ") && msg.contains("cancelled"),
+        "termination message: {msg:?} (error line {line})"
+    );
+    assert!(!msg.trim_end().contains('\n'), "{msg:?}");
+    assert!(serde_json::from_str::<Value>(&msg).is_err(), "{msg:?}");
+    assert_vddk_closed(&pod, "SIGTERM");
+}
+
+#[test]
+fn sigterm_with_a_read_stuck_in_vddk_still_ends_promptly() {
+    // A read that VDDK never completes: the disk cannot be closed (Close with a read
+    // pending breaks the library's rules), so the pod must give up on it and still end
+    // within the bound, saying it was cancelled.
+    if !require(&["nbdkit", "kill"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = sparse_random(dir.path(), "64M", 30, 24);
+    let vc = VCenter::start(&dir.path().join("vc"), &inventory(64 * MIB));
+    let mut pod = Pod::vddk(&vc, &src.uri());
+    pod.set("FAKE_VDDK_HANG_READ", "3")
+        .set("FAKE_VDDK_HANG_MS", "600000");
+    let mut ferry = spawn(pod.command());
+    let t0 = Instant::now();
+    while pod
+        .vddk_calls()
+        .iter()
+        .filter(|l| l.starts_with("ReadAsync"))
+        .count()
+        < 3
+    {
+        assert!(!ferry.has_exited(), "ferry ended before the stuck read");
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "no read within 20 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!ferry.has_exited(), "the copy ended despite the stuck read");
+    ferry.signal("TERM");
+    let signalled = Instant::now();
+    let r = ferry.wait(t0.elapsed() + Duration::from_secs(10));
+    let took = signalled.elapsed();
+    assert!(
+        took < Duration::from_secs(10),
+        "took {took:?} after SIGTERM"
+    );
+    r.failure("SIGTERM, stuck read", &["cancelled"]);
+    let msg = pod.termination();
+    assert!(
+        msg.starts_with("Unable to process data: ") && msg.contains("cancelled"),
+        "{msg:?}"
+    );
+    let calls = pod.vddk_calls();
+    assert!(
+        !calls.iter().any(|l| l.contains("VIOLATION")),
+        "VDDK rule broken: {:?}",
+        calls
+            .iter()
+            .filter(|l| !l.starts_with("ReadAsync"))
+            .collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn a_vddk_read_error_mid_copy_is_one_line_and_the_disk_is_closed() {
+    if !require(&["nbdkit"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = sparse_random(dir.path(), "64M", 30, 25);
+    let vc = VCenter::start(&dir.path().join("vc"), &inventory(64 * MIB));
+    let mut pod = Pod::vddk(&vc, &src.uri());
+    pod.set("FAKE_VDDK_FAIL_READ", "5");
+    let r = pod.run();
+    assert_pod_failure(
+        &pod,
+        &r,
+        "read error",
+        &["VDDK ReadAsync", "VIX 2", "NFC server out of memory"],
+    );
+    assert_vddk_closed(&pod, "read error");
+}
+
+// ---------------------------------------------------------------------------------------
+// 8. An NBD source
+
+#[test]
+fn nbd_source_into_filesystem_mode() {
+    if !require(&["nbdkit", "nbdcopy", "cmp"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = Server::nbdkit(dir.path(), &["pattern", "size=33M"]);
+    let mut pod = Pod::bare();
+    pod.set("IMPORTER_SOURCE", "nbd")
+        .set("IMPORTER_ENDPOINT", &src.uri())
+        .set("OWNER_UID", OWNER_UID)
+        .set("PREALLOCATION", "false");
+    let r = pod.run();
+    assert_success(&r, "nbd source");
+    let reference = nbdcopy_reference(&src.uri(), dir.path());
+    assert_identical(&pod.disk_img(), &reference, "nbd source");
+    assert_termination_json(
+        &pod,
+        &json!({
+            "scratchSpaceRequired": false,
+            "preallocationApplied": false,
+            "message": "Import Complete"
+        }),
+        "nbd source",
+    );
+    assert!(
+        pod.vddk_calls().is_empty(),
+        "VDDK was loaded for an NBD source"
+    );
+}
