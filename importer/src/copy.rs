@@ -36,6 +36,44 @@ pub const MAX_ZERO_REQUEST: u64 = 1 << 30;
 /// Zeroing requests in flight at once (they hold no buffer).
 pub const MAX_ZERO_IN_FLIGHT: usize = 8;
 
+/// The changed areas of a delta copy.
+#[derive(Debug, Clone)]
+pub enum Changes {
+    /// Ask the source (`Source::changes`, e.g. an NBD dirty bitmap).
+    FromSource,
+    /// A map given up front (Data extents = changed areas).
+    Map(Arc<ExtentMap>),
+}
+
+async fn window_changes(
+    src: &Arc<dyn Source>,
+    c: &Changes,
+    at: u64,
+    len: u64,
+) -> Result<ExtentMap, Error> {
+    match c {
+        Changes::FromSource => src.changes(at, len).await,
+        Changes::Map(m) => Ok(m.clip(at, at + len)),
+    }
+}
+
+/// Total changed bytes (a counting pass, window by window: bounded memory).
+async fn changed_bytes(
+    src: &Arc<dyn Source>,
+    c: &Changes,
+    size: u64,
+    window: u64,
+) -> Result<u64, Error> {
+    let mut total = 0;
+    let mut at = 0;
+    while at < size {
+        let len = window.min(size - at);
+        total += window_changes(src, c, at, len).await?.covered_bytes();
+        at += len;
+    }
+    Ok(total)
+}
+
 /// Tunables of one copy.
 #[derive(Debug, Clone)]
 pub struct CopyOptions {
@@ -47,6 +85,8 @@ pub struct CopyOptions {
     pub use_extents: bool,
     /// Skip writing all-zero buffers where the target already reads as zeroes.
     pub detect_zeroes: bool,
+    /// Copy only these changed areas onto a target that holds the previous round.
+    pub changes: Option<Changes>,
 }
 
 /// What a copy did.
@@ -112,16 +152,28 @@ pub async fn copy(
     let src = source.clone();
     let use_extents = opts.use_extents;
     let window = source.extent_window().max(align);
+    let changes = opts.changes.clone();
+    if let Some(c) = &changes {
+        // A delta's progress counts changed bytes, not the whole disk.
+        progress.set_total(changed_bytes(&source, c, size, window).await?);
+    }
     let planner = tokio::spawn(async move {
         let mut at = 0;
         while at < size {
             let len = window.min(size - at);
-            let map = if use_extents {
+            let alloc = if use_extents {
                 src.extents(at, len)
                     .await
                     .map(|m| m.fill_gaps(at, at + len, ExtentKind::Data))
             } else {
                 Ok(ExtentMap::single(at, len, ExtentKind::Data))
+            };
+            let map = match (&changes, alloc) {
+                (None, alloc) => alloc,
+                (Some(_), Err(e)) => Err(e),
+                (Some(c), Ok(alloc)) => window_changes(&src, c, at, len)
+                    .await
+                    .map(|changed| crate::delta::plan_window(&alloc, &changed)),
             };
             let failed = map.is_err();
             if tx.send(map).await.is_err() || failed {

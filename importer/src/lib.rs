@@ -8,6 +8,7 @@
 
 pub mod buf;
 pub mod copy;
+pub mod delta;
 #[allow(unsafe_code)]
 pub mod engine;
 pub mod error;

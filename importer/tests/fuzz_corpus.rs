@@ -43,3 +43,11 @@ fn import_env_corpus_replays_without_panic() {
         ferry::fuzzing::import_env(&b);
     }
 }
+
+#[test]
+fn changed_extents_corpus_replays_without_panic() {
+    for (p, b) in corpus("changed_extents") {
+        eprintln!("{}", p.display());
+        ferry::fuzzing::changed_extents(&b);
+    }
+}

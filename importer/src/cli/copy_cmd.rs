@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use ferry::copy::{CopyOptions, CopyStats};
+use ferry::copy::{Changes, CopyOptions, CopyStats};
 use ferry::progress::Progress;
 use ferry::sink::Sink;
 use ferry::source::Source;
@@ -31,6 +31,14 @@ pub struct CopyArgs {
     /// VDDK options resolved (and the library initialised) before the runtime started.
     #[arg(skip)]
     pub vddk_resolved: Option<ferry::source::VddkOptions>,
+    /// Delta: copy only what the NBD source's qemu:dirty-bitmap:NAME marks as changed,
+    /// onto the target holding the previous round.
+    #[arg(long, value_name = "NAME", conflicts_with = "changed_extents")]
+    pub dirty_bitmap: Option<String>,
+    /// Delta: copy only the areas listed in FILE (JSON [{"offset":N,"length":N},…]),
+    /// onto the target holding the previous round.
+    #[arg(long, value_name = "FILE")]
+    pub changed_extents: Option<PathBuf>,
     /// Print one JSON summary object on stdout.
     #[arg(long)]
     pub json: bool,
@@ -46,13 +54,18 @@ pub async fn copy_once(
     tuning: &Tuning,
     engine: Arc<dyn ferry::engine::IoEngine>,
     progress: Arc<Progress>,
+    changes: Option<Changes>,
 ) -> Result<CopyStats, ferry::Error> {
+    if changes.is_some() {
+        check_delta_target(dst, src.size())?;
+    }
     let sink = Arc::new(Sink::open(dst, src.size(), tuning.direct, engine)?);
     let opts = CopyOptions {
         buf_size: tuning.buf_size(),
         buf_count: tuning.count() as usize,
         use_extents: !tuning.no_extents,
         detect_zeroes: !tuning.no_zero_detect,
+        changes,
     };
     let r = ferry::copy::copy(src.clone(), sink, &opts, progress).await;
     if r.is_err() {
@@ -61,6 +74,33 @@ pub async fn copy_once(
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, src.close()).await;
     }
     r
+}
+
+/// A delta goes onto the target that holds the previous round, at the source's size:
+/// anything else needs a full copy.
+fn check_delta_target(dst: &std::path::Path, size: u64) -> Result<(), ferry::Error> {
+    use std::os::unix::fs::FileTypeExt;
+    let full = "a full copy is needed";
+    let meta = std::fs::metadata(dst).map_err(|e| {
+        ferry::Error::Target(format!(
+            "delta copy: target {} is not usable ({e}); {full}",
+            dst.display()
+        ))
+    })?;
+    if meta.file_type().is_file() && meta.len() != size {
+        return Err(ferry::Error::Target(format!(
+            "delta copy: target {} is {} bytes but the source is {size}: the disk changed size since the previous round; {full}",
+            dst.display(),
+            meta.len()
+        )));
+    }
+    if !meta.file_type().is_file() && !meta.file_type().is_block_device() {
+        return Err(ferry::Error::Target(format!(
+            "delta copy: target {} is not a file or block device; {full}",
+            dst.display()
+        )));
+    }
+    Ok(())
 }
 
 /// Bound on closing the source after a failed copy.
@@ -79,11 +119,21 @@ pub async fn run(mut a: CopyArgs) -> anyhow::Result<()> {
     };
     a.tuning.validate()?;
     let engine = ferry::engine::select(a.tuning.io_engine, (a.tuning.count() * 2 + 16) as u32)?;
-    let src = ferry::source::open(&a.src, &a.tuning.nbd(), vddk.as_ref(), engine.clone()).await?;
+    let mut nbd = a.tuning.nbd();
+    nbd.dirty_bitmap = a.dirty_bitmap.clone();
+    let src = ferry::source::open(&a.src, &nbd, vddk.as_ref(), engine.clone()).await?;
     let progress = Arc::new(Progress::new());
     let bar =
         (!a.no_progress && std::io::stderr().is_terminal()).then(|| spawn_bar(progress.clone()));
-    let r = copy_once(src, &a.dst, &a.tuning, engine, progress).await;
+    let changes = match (&a.dirty_bitmap, &a.changed_extents) {
+        (Some(_), _) => Some(Changes::FromSource),
+        (None, Some(f)) => Some(Changes::Map(Arc::new(ferry::delta::load_extents_file(
+            f,
+            src.size(),
+        )?))),
+        (None, None) => None,
+    };
+    let r = copy_once(src, &a.dst, &a.tuning, engine, progress, changes).await;
     if let Some(b) = bar {
         b.abort();
         eprintln!();

@@ -112,6 +112,7 @@ impl Tuning {
             connect_timeout: Duration::from_secs(self.timeout.min(30)),
             request_timeout: Duration::from_secs(self.timeout),
             extents: !self.no_extents,
+            dirty_bitmap: None,
         }
     }
 

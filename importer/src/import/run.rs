@@ -176,6 +176,7 @@ pub async fn run(
                 connect_timeout: t.timeout.min(Duration::from_secs(30)),
                 request_timeout: t.timeout,
                 extents: true,
+                dirty_bitmap: None,
             };
             crate::source::open(&cfg.endpoint, &nbd, None, engine.clone()).await?
         }
@@ -205,6 +206,7 @@ pub async fn run(
         buf_count: t.buf_count as usize,
         use_extents: true,
         detect_zeroes: true,
+        changes: None,
     };
     progress.set_phase("copying");
     let stats = crate::copy::copy(source.clone(), sink.clone(), &opts, progress.clone()).await;

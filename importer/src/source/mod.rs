@@ -40,6 +40,17 @@ pub trait Source: Send + Sync + std::fmt::Debug {
     /// Allocation of `[offset, offset+len)`: the returned map covers exactly that range.
     /// Sources that cannot tell return one Data extent.
     fn extents(&self, offset: u64, len: u64) -> BoxFuture<'_, Result<ExtentMap, Error>>;
+    /// The areas of `[offset, offset+len)` that changed since the previous round, as Data
+    /// extents (gaps are unchanged), for sources that track changes.
+    fn changes(&self, offset: u64, len: u64) -> BoxFuture<'_, Result<ExtentMap, Error>> {
+        let _ = (offset, len);
+        Box::pin(async move {
+            Err(Error::Usage(format!(
+                "{}: this source cannot report changed areas",
+                self.describe()
+            )))
+        })
+    }
     /// Fill `buf` (its current length) from `offset`.
     fn read(&self, offset: u64, buf: Buf) -> BoxFuture<'static, Result<Buf, Error>>;
     /// Release connections; called once after the copy.

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use ferry_cbt::{Extent, ExtentKind, ExtentMap};
-use ferry_nbd::{Client, ConnectOptions, STATE_HOLE, STATE_ZERO, Uri};
+use ferry_nbd::{Client, ConnectOptions, STATE_DIRTY, STATE_HOLE, STATE_ZERO, Uri};
 
 use super::Source;
 use crate::buf::Buf;
@@ -16,6 +16,24 @@ use crate::error::Error;
 pub const MAX_BLOCK_STATUS_CALLS: usize = 1 << 20;
 /// Meta context for allocation.
 const BASE_ALLOCATION: &str = "base:allocation";
+/// Prefix of qemu's dirty-bitmap meta contexts.
+const DIRTY_BITMAP_PREFIX: &str = "qemu:dirty-bitmap:";
+
+/// `base:allocation` flags → extent kind. HOLE without ZERO reads as undefined: copy it.
+fn allocation_kind(flags: u32) -> Option<ExtentKind> {
+    Some(if flags & STATE_ZERO != 0 && flags & STATE_HOLE != 0 {
+        ExtentKind::Hole
+    } else if flags & STATE_ZERO != 0 {
+        ExtentKind::Zero
+    } else {
+        ExtentKind::Data
+    })
+}
+
+/// `qemu:dirty-bitmap:` flags → Data for dirty (changed) ranges, nothing otherwise.
+fn dirty_kind(flags: u32) -> Option<ExtentKind> {
+    (flags & STATE_DIRTY != 0).then_some(ExtentKind::Data)
+}
 
 /// How to connect to an NBD source.
 #[derive(Debug, Clone)]
@@ -28,6 +46,8 @@ pub struct NbdSourceOptions {
     pub request_timeout: Duration,
     /// Ask for `base:allocation` and use it.
     pub extents: bool,
+    /// Also select `qemu:dirty-bitmap:<name>` as the source of changed areas (deltas).
+    pub dirty_bitmap: Option<String>,
 }
 
 impl Default for NbdSourceOptions {
@@ -37,6 +57,7 @@ impl Default for NbdSourceOptions {
             connect_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(120),
             extents: true,
+            dirty_bitmap: None,
         }
     }
 }
@@ -48,18 +69,24 @@ pub struct NbdSource {
     clients: Vec<Client<Buf>>,
     next: AtomicUsize,
     context: Option<u32>,
+    dirty_context: Option<u32>,
     extents_broken: AtomicBool,
 }
 
 impl NbdSource {
     /// Connect (several connections if the server advertises multi-conn).
     pub async fn connect(uri: &Uri, opts: &NbdSourceOptions) -> Result<NbdSource, Error> {
+        let dirty_name = opts
+            .dirty_bitmap
+            .as_ref()
+            .map(|b| format!("{DIRTY_BITMAP_PREFIX}{b}"));
+        let mut meta_contexts: Vec<String> = Vec::new();
+        if opts.extents {
+            meta_contexts.push(BASE_ALLOCATION.into());
+        }
+        meta_contexts.extend(dirty_name.clone());
         let copts = ConnectOptions {
-            meta_contexts: if opts.extents {
-                vec![BASE_ALLOCATION.into()]
-            } else {
-                vec![]
-            },
+            meta_contexts,
             connect_timeout: opts.connect_timeout,
             request_timeout: opts.request_timeout,
             extended_headers: true,
@@ -84,6 +111,15 @@ impl NbdSource {
             clients.push(c);
         }
         let context = info.context_id(BASE_ALLOCATION);
+        let dirty_context = match &dirty_name {
+            None => None,
+            Some(name) => Some(info.context_id(name).ok_or_else(|| {
+                Error::Source(format!(
+                    "{uri}: the server does not export the dirty bitmap {name:?} (qemu-nbd needs -B/--bitmap {}), so the changes since the last round are unknown: a full copy is needed",
+                    opts.dirty_bitmap.as_deref().unwrap_or_default()
+                ))
+            })?),
+        };
         if opts.extents && context.is_none() {
             tracing::warn!(%uri, "server offers no base:allocation; every byte will be read");
         }
@@ -99,6 +135,7 @@ impl NbdSource {
             next: AtomicUsize::new(0),
             context,
             extents_broken: AtomicBool::new(false),
+            dirty_context,
         })
     }
 
@@ -107,11 +144,14 @@ impl NbdSource {
         &self.clients[i]
     }
 
+    /// Walk block status of one context over `[offset, offset+len)`; `kind` maps a
+    /// descriptor's flags to an extent kind, or None to leave the range out.
     async fn extents_inner(
         &self,
         offset: u64,
         len: u64,
         ctx: u32,
+        kind: fn(u32) -> Option<ExtentKind>,
     ) -> Result<ExtentMap, ferry_nbd::Error> {
         let end = offset + len;
         let mut map = ExtentMap::new();
@@ -130,17 +170,10 @@ impl NbdSource {
             let before = at;
             for d in descs {
                 let n = d.length.min(end - at);
-                let flags = d.flags as u32;
-                let kind = if flags & STATE_ZERO != 0 && flags & STATE_HOLE != 0 {
-                    ExtentKind::Hole
-                } else if flags & STATE_ZERO != 0 {
-                    ExtentKind::Zero
-                } else {
-                    // HOLE without ZERO reads as undefined: copy it.
-                    ExtentKind::Data
-                };
                 // Extents are consecutive from `at`, so push never overlaps.
-                let _ = map.push(Extent::new(at, n, kind));
+                if let Some(k) = kind(d.flags as u32) {
+                    let _ = map.push(Extent::new(at, n, k));
+                }
                 at += n;
                 if at >= end {
                     break;
@@ -182,7 +215,7 @@ impl Source for NbdSource {
             if self.extents_broken.load(Ordering::Relaxed) {
                 return Ok(all_data());
             }
-            match self.extents_inner(offset, len, ctx).await {
+            match self.extents_inner(offset, len, ctx, allocation_kind).await {
                 Ok(m) => Ok(m),
                 Err(e @ ferry_nbd::Error::Request { .. }) => {
                     // A failing block status is not fatal: reading everything is always correct.
@@ -192,6 +225,20 @@ impl Source for NbdSource {
                 }
                 Err(e) => Err(Error::Nbd(e)),
             }
+        })
+    }
+
+    fn changes(&self, offset: u64, len: u64) -> BoxFuture<'_, Result<ExtentMap, Error>> {
+        Box::pin(async move {
+            let ctx = self.dirty_context.ok_or_else(|| {
+                Error::Usage(format!(
+                    "{}: no dirty bitmap was selected (--dirty-bitmap NAME)",
+                    self.uri
+                ))
+            })?;
+            self.extents_inner(offset, len, ctx, dirty_kind)
+                .await
+                .map_err(Error::Nbd)
         })
     }
 
