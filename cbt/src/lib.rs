@@ -19,6 +19,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod journal;
+
 /// What a range of a virtual disk holds.
 ///
 /// The ordering is the "strength" of a kind: `Data > Zero > Hole`. Where two

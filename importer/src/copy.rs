@@ -87,6 +87,53 @@ pub struct CopyOptions {
     pub detect_zeroes: bool,
     /// Copy only these changed areas onto a target that holds the previous round.
     pub changes: Option<Changes>,
+    /// Start here: everything below is already durably on the target (resume).
+    pub start_at: u64,
+    /// Record progress here, so a restarted copy resumes instead of starting over.
+    pub journal: Option<Arc<crate::journal::JournalFile>>,
+}
+
+/// The journal is brought up to date (the target flushed first) whenever the durable
+/// prefix grew by this much…
+pub const JOURNAL_BYTES: u64 = 256 * 1024 * 1024;
+/// …or this much time passed, whichever comes first. A restart re-reads at most about
+/// JOURNAL_BYTES plus what was in flight.
+pub const JOURNAL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The durable-prefix tracker: requests complete out of order; the watermark is the end
+/// of the longest prefix of dispatched requests that have all completed.
+#[derive(Debug)]
+struct Watermark {
+    base: u64,
+    order: VecDeque<(u64, bool)>,
+    mark: u64,
+}
+
+impl Watermark {
+    fn new(start: u64) -> Self {
+        Watermark {
+            base: 0,
+            order: VecDeque::new(),
+            mark: start,
+        }
+    }
+    fn dispatch(&mut self, end: u64) -> u64 {
+        self.order.push_back((end, false));
+        self.base + self.order.len() as u64 - 1
+    }
+    fn complete(&mut self, idx: u64) {
+        if let Some(slot) = idx
+            .checked_sub(self.base)
+            .and_then(|i| self.order.get_mut(i as usize))
+        {
+            slot.1 = true;
+        }
+        while let Some(&(end, true)) = self.order.front() {
+            self.mark = end;
+            self.order.pop_front();
+            self.base += 1;
+        }
+    }
 }
 
 /// What a copy did.
@@ -157,8 +204,19 @@ pub async fn copy(
         // A delta's progress counts changed bytes, not the whole disk.
         progress.set_total(changed_bytes(&source, c, size, window).await?);
     }
+    let start_at = opts.start_at.min(size);
+    if start_at > 0 {
+        tracing::info!(
+            start_at,
+            size,
+            "resuming: everything below start_at is already on the target"
+        );
+        if changes.is_none() {
+            progress.add_zero(start_at);
+        }
+    }
     let planner = tokio::spawn(async move {
-        let mut at = 0;
+        let mut at = start_at;
         while at < size {
             let len = window.min(size - at);
             let alloc = if use_extents {
@@ -196,6 +254,9 @@ pub async fn copy(
     let mut plan_done = false;
     let mut in_flight = FuturesUnordered::new();
     let mut zeros_in_flight = 0usize;
+    let mut marks = Watermark::new(opts.start_at);
+    let mut recorded = opts.start_at;
+    let mut last_record = Instant::now();
 
     loop {
         // Next piece of work, refilling the plan while completions keep being handled.
@@ -215,7 +276,8 @@ pub async fn copy(
                     Some(Err(e)) => return Err(e),
                     None => plan_done = true,
                 },
-                Some(d) = in_flight.next(), if !in_flight.is_empty() => {
+                Some((idx, d)) = in_flight.next(), if !in_flight.is_empty() => {
+                    marks.complete(idx);
                     finish(d?, &mut free, &mut zeros_in_flight, &mut stats, &progress);
                 }
             }
@@ -230,64 +292,80 @@ pub async fn copy(
             if ready {
                 break;
             }
-            let d = in_flight
+            let (idx, d) = in_flight
                 .next()
                 .await
                 .ok_or_else(|| Error::Source("copy pipeline stalled".into()))?;
+            marks.complete(idx);
             finish(d?, &mut free, &mut zeros_in_flight, &mut stats, &progress);
         }
-        match item.kind {
-            ExtentKind::Data => {
-                let Some(mut buf) = free.pop() else {
-                    unreachable!("capacity checked above")
-                };
-                buf.set_len(item.length as usize);
-                let (src, snk) = (source.clone(), sink.clone());
-                let detect = opts.detect_zeroes && sink.kind() == TargetKind::NewFile;
-                in_flight.push(Box::pin(async move {
-                    let buf = src.read(item.offset, buf).await?;
-                    // A new file already reads as zeroes: an all-zero buffer (allocated
-                    // but zero on the source, common on thick disks) needs no write.
-                    // The scan stops at the first non-zero byte, so data costs ~nothing.
-                    if detect && buf.is_zero() {
-                        return Ok(Done::Data {
+        let idx = marks.dispatch(item.offset + item.length);
+        let work: std::pin::Pin<Box<dyn std::future::Future<Output = Result<Done, Error>> + Send>> =
+            match item.kind {
+                ExtentKind::Data => {
+                    let Some(mut buf) = free.pop() else {
+                        unreachable!("capacity checked above")
+                    };
+                    buf.set_len(item.length as usize);
+                    let (src, snk) = (source.clone(), sink.clone());
+                    let detect = opts.detect_zeroes && sink.kind() == TargetKind::NewFile;
+                    Box::pin(async move {
+                        let buf = src.read(item.offset, buf).await?;
+                        // A new file already reads as zeroes: an all-zero buffer (allocated
+                        // but zero on the source, common on thick disks) needs no write.
+                        // The scan stops at the first non-zero byte, so data costs ~nothing.
+                        if detect && buf.is_zero() {
+                            return Ok(Done::Data {
+                                buf,
+                                len: item.length,
+                                written: false,
+                            });
+                        }
+                        let (buf, r) = snk.write(buf, item.offset).await;
+                        r?;
+                        Ok(Done::Data {
                             buf,
                             len: item.length,
-                            written: false,
-                        });
-                    }
-                    let (buf, r) = snk.write(buf, item.offset).await;
-                    r?;
-                    Ok::<_, Error>(Done::Data {
-                        buf,
-                        len: item.length,
-                        written: true,
+                            written: true,
+                        })
                     })
-                })
-                    as std::pin::Pin<
-                        Box<dyn std::future::Future<Output = Result<Done, Error>> + Send>,
-                    >);
-            }
-            _ => {
-                zeros_in_flight += 1;
-                let snk = sink.clone();
-                in_flight.push(Box::pin(async move {
-                    let outcome = snk.zero(item.offset, item.length).await?;
-                    Ok(Done::Zero {
-                        len: item.length,
-                        outcome,
+                }
+                _ => {
+                    zeros_in_flight += 1;
+                    let snk = sink.clone();
+                    Box::pin(async move {
+                        let outcome = snk.zero(item.offset, item.length).await?;
+                        Ok(Done::Zero {
+                            len: item.length,
+                            outcome,
+                        })
                     })
-                }));
-            }
+                }
+            };
+        in_flight.push(Box::pin(async move { (idx, work.await) }));
+        if let Some(j) = &opts.journal
+            && marks.mark > recorded
+            && (marks.mark - recorded >= JOURNAL_BYTES || last_record.elapsed() >= JOURNAL_INTERVAL)
+        {
+            // Data before journal: the target is flushed, then the watermark recorded.
+            let mark = marks.mark;
+            sink.flush().await?;
+            j.record(mark)?;
+            recorded = mark;
+            last_record = Instant::now();
         }
         progress.set_in_flight(in_flight.len() as u64);
     }
-    while let Some(d) = in_flight.next().await {
+    while let Some((idx, d)) = in_flight.next().await {
+        marks.complete(idx);
         finish(d?, &mut free, &mut zeros_in_flight, &mut stats, &progress);
         progress.set_in_flight(in_flight.len() as u64);
     }
     progress.set_phase("flushing");
     sink.flush().await?;
+    if let Some(j) = &opts.journal {
+        j.finish()?;
+    }
     source.close().await;
     stats.seconds = start.elapsed().as_secs_f64();
     progress.set_phase("done");

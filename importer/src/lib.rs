@@ -15,6 +15,7 @@ pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod import;
+pub mod journal;
 pub mod progress;
 pub mod report;
 pub mod sink;

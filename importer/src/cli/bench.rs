@@ -165,6 +165,7 @@ async fn synthetic(a: &BenchArgs) -> anyhow::Result<()> {
             engine.clone(),
             Arc::new(Progress::new()),
             None,
+            None,
         )
         .await?;
         let seconds = t.elapsed().as_secs_f64();

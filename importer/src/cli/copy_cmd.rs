@@ -39,6 +39,10 @@ pub struct CopyArgs {
     /// onto the target holding the previous round.
     #[arg(long, value_name = "FILE")]
     pub changed_extents: Option<PathBuf>,
+    /// Resume journal: records durable progress; a restarted copy with the same journal
+    /// resumes where it stopped. Removed when the copy completes.
+    #[arg(long, value_name = "PATH")]
+    pub journal: Option<PathBuf>,
     /// Print one JSON summary object on stdout.
     #[arg(long)]
     pub json: bool,
@@ -55,17 +59,40 @@ pub async fn copy_once(
     engine: Arc<dyn ferry::engine::IoEngine>,
     progress: Arc<Progress>,
     changes: Option<Changes>,
+    journal: Option<&std::path::Path>,
 ) -> Result<CopyStats, ferry::Error> {
     if changes.is_some() {
         check_delta_target(dst, src.size())?;
     }
     let sink = Arc::new(Sink::open(dst, src.size(), tuning.direct, engine)?);
+    let (journal, start_at) = match journal {
+        None => (None, 0),
+        Some(p) => {
+            let plan = match &changes {
+                None => "full".to_string(),
+                Some(Changes::FromSource) => "changes-from-source".to_string(),
+                Some(Changes::Map(m)) => {
+                    format!("changed-extents:{}:{}", m.len(), m.covered_bytes())
+                }
+            };
+            let identity = ferry::journal::JournalIdentity {
+                source: src.describe(),
+                size: src.size(),
+                plan,
+                target: dst.display().to_string(),
+            };
+            let (j, start) = ferry::journal::JournalFile::open(p, identity);
+            (Some(Arc::new(j)), start)
+        }
+    };
     let opts = CopyOptions {
         buf_size: tuning.buf_size(),
         buf_count: tuning.count() as usize,
         use_extents: !tuning.no_extents,
         detect_zeroes: !tuning.no_zero_detect,
         changes,
+        start_at,
+        journal,
     };
     let r = ferry::copy::copy(src.clone(), sink, &opts, progress).await;
     if r.is_err() {
@@ -133,7 +160,16 @@ pub async fn run(mut a: CopyArgs) -> anyhow::Result<()> {
         )?))),
         (None, None) => None,
     };
-    let r = copy_once(src, &a.dst, &a.tuning, engine, progress, changes).await;
+    let r = copy_once(
+        src,
+        &a.dst,
+        &a.tuning,
+        engine,
+        progress,
+        changes,
+        a.journal.as_deref(),
+    )
+    .await;
     if let Some(b) = bar {
         b.abort();
         eprintln!();

@@ -83,6 +83,10 @@ pub struct ImportArgs {
     /// Where to write the termination message.
     #[arg(long, env = "TERMINATION_LOG")]
     pub termination_log: Option<String>,
+    /// Resume journal [default: DIR/disk.img.ferry-journal in filesystem mode; block mode
+    /// resumes only with a path in a volume that outlives the container].
+    #[arg(long, env = "FERRY_JOURNAL")]
+    pub journal: Option<String>,
     /// The block-mode target; its presence selects block mode.
     #[arg(long, env = "FERRY_BLOCK_DEVICE", default_value = config::DEFAULT_BLOCK_DEVICE)]
     pub block_device: PathBuf,
@@ -170,6 +174,7 @@ impl ImportArgs {
         put("VDDK_LIBDIR", "vddk-libdir", &self.vddk_libdir);
         put("VDDK_CONFIG_FILE", "vddk-config", &self.vddk_config);
         put("TERMINATION_LOG", "termination-log", &self.termination_log);
+        put("FERRY_JOURNAL", "journal", &self.journal);
         if let Some(f) = &self.password_file {
             let pw = ferry::source::vddk::options::read_password(Some(f)).map_err(|e| {
                 config::ConfigError {

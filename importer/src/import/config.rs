@@ -136,6 +136,8 @@ pub struct ImportConfig {
     pub vddk_config: Option<PathBuf>,
     /// Termination message path.
     pub termination_log: PathBuf,
+    /// Resume journal (default: beside disk.img in filesystem mode; none in block mode).
+    pub journal: Option<PathBuf>,
 }
 
 fn err(inputs: &RawInputs, var: &str, reason: impl Into<String>) -> ConfigError {
@@ -429,6 +431,7 @@ pub fn validate(
         termination_log: inputs
             .get("TERMINATION_LOG")
             .map_or_else(|| PathBuf::from(DEFAULT_TERMINATION_LOG), PathBuf::from),
+        journal: inputs.get("FERRY_JOURNAL").map(PathBuf::from),
     })
 }
 

@@ -12,6 +12,9 @@ use crate::sink::{DirectMode, Sink};
 use crate::source::vddk::options::{Compression, DEFAULT_TRANSPORTS, VddkOptions};
 use crate::source::{NbdSourceOptions, Source};
 
+/// The resume journal's name beside disk.img.
+pub const JOURNAL_NAME: &str = "disk.img.ferry-journal";
+
 /// Mode of a finished disk.img (CDI chmods it to 0660).
 pub const DISK_IMG_MODE: u32 = 0o660;
 
@@ -201,12 +204,31 @@ pub async fn run(
     } else {
         false
     };
+    let journal_path = cfg.journal.clone().or_else(|| match &cfg.target {
+        Target::Filesystem { dir } => Some(dir.join(JOURNAL_NAME)),
+        Target::Block(_) => None,
+    });
+    let (journal, start_at) = match journal_path {
+        None => (None, 0),
+        Some(p) => {
+            let identity = crate::journal::JournalIdentity {
+                source: source.describe(),
+                size,
+                plan: "full".into(),
+                target: target.display().to_string(),
+            };
+            let (j, start) = crate::journal::JournalFile::open(&p, identity);
+            (Some(Arc::new(j)), start)
+        }
+    };
     let opts = CopyOptions {
         buf_size: (t.buf_size_in_64k * 64 * 1024) as usize,
         buf_count: t.buf_count as usize,
         use_extents: true,
         detect_zeroes: true,
         changes: None,
+        start_at,
+        journal,
     };
     progress.set_phase("copying");
     let stats = crate::copy::copy(source.clone(), sink.clone(), &opts, progress.clone()).await;
