@@ -23,7 +23,7 @@ struct Nbdkit(std::process::Child, std::path::PathBuf);
 impl Nbdkit {
     fn start(sock: &Path, args: &[&str]) -> Nbdkit {
         let _ = std::fs::remove_file(sock);
-        let child = std::process::Command::new("nbdkit")
+        let mut child = std::process::Command::new("nbdkit")
             .args(["-f", "--exit-with-parent", "-U"])
             .arg(sock)
             .args(args)
@@ -37,6 +37,8 @@ impl Nbdkit {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("nbdkit did not create {}", sock.display());
     }
     fn uri(&self) -> String {
