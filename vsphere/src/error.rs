@@ -64,6 +64,16 @@ pub enum Error {
         /// The morefs that match.
         candidates: Vec<String>,
     },
+    /// vCenter refused a CBT change ID for `QueryChangedDiskAreas` (`FileFault`, or
+    /// `InvalidArgument` about `changeId`): CBT was reset, or the change ID belongs to
+    /// another CBT epoch. The changed areas cannot be known; a full copy is needed.
+    #[error("CBT change ID {change_id:?} cannot be used: {message}")]
+    ChangeIdInvalid {
+        /// The change ID that was refused.
+        change_id: String,
+        /// The server's fault, and that a full copy is needed.
+        message: String,
+    },
     /// Any other SOAP fault, by its vim25 type name (`NoPermission`, `InvalidArgument`, …).
     #[error("vSphere fault {name} during {operation}: {message}")]
     Fault {

@@ -14,6 +14,8 @@
 //! | BIOS UUID in each datacenter, all matches | `SearchIndex.FindAllByUuid` (`vmSearch=true`, `instanceUuid=false`) | [`Client::find_vm`] |
 //! | `name`, `runtime.powerState`, `runtime.host`; the host's `name` | `RetrievePropertiesEx` | [`Client::find_vm`] |
 //! | `config.hardware.device`, `snapshot` of the VM; `config.hardware.device` of its snapshots | `RetrievePropertiesEx` | [`Client::find_disk`], [`Client::snapshot_disk`] |
+//! | changed areas (CBT) of a snapshot disk, one page | `VirtualMachine.QueryChangedDiskAreas` | [`Client::query_changed_disk_areas`], [`for_each_changed_area_page`] |
+//! | change ID of a disk in a snapshot (`backing.changeId`) | `RetrievePropertiesEx` | [`Client::snapshot_change_id`] |
 //! | end the session | `SessionManager.Logout` | [`Client::logout`] |
 //!
 //! # Faults
@@ -25,6 +27,9 @@
 //!   in again **once** with the stored credentials and repeats the call once; a second
 //!   `NotAuthenticated` is returned as [`Error::Fault`];
 //! - `ManagedObjectNotFound` when reading a VM or a snapshot → [`Error::NotFound`];
+//! - `FileFault`, or `InvalidArgument` about `changeId`, from `QueryChangedDiskAreas` (CBT
+//!   was reset, or the change ID is from another epoch) → [`Error::ChangeIdInvalid`]: a
+//!   full copy is needed;
 //! - anything else → [`Error::Fault`] with its name and message.
 //!
 //! # Bounds
@@ -33,7 +38,9 @@
 //! (both adjustable through [`ClientOptions`]); bodies larger than [`MAX_RESPONSE_BYTES`]
 //! are refused ([`Error::Protocol`]), as are documents nested deeper than
 //! [`xml::MAX_XML_DEPTH`]; lists are capped ([`MAX_DATACENTERS`], [`MAX_DEVICES`],
-//! [`MAX_SNAPSHOTS`], [`MAX_PARENT_CHAIN`], [`MAX_RETRIEVE_OBJECTS`]).
+//! [`MAX_SNAPSHOTS`], [`MAX_PARENT_CHAIN`], [`MAX_RETRIEVE_OBJECTS`],
+//! [`cbt::MAX_AREAS_PER_PAGE`], [`cbt::MAX_CHANGED_AREA_PAGES`]). Changed-area pages are
+//! checked before use and never collected: see [`cbt`].
 //!
 //! # TLS and proxies
 //!
@@ -43,6 +50,7 @@
 //! from `https_proxy` (honouring `no_proxy`) is used through an HTTP `CONNECT` tunnel;
 //! other proxy schemes are refused.
 
+pub mod cbt;
 pub mod client;
 pub mod error;
 pub mod soap;
@@ -50,6 +58,9 @@ pub mod tls;
 pub mod transport;
 pub mod xml;
 
+pub use cbt::{
+    ChangedArea, ChangedAreasPage, for_each_changed_area_page, for_each_changed_area_page_from,
+};
 pub use client::{Client, Disk, Vm};
 pub use error::Error;
 pub use tls::{TlsPolicy, normalize_thumbprint, thumbprint_of};

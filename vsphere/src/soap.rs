@@ -167,6 +167,66 @@ pub fn continue_retrieve(collector: &MoRef, token: &str) -> String {
     ))
 }
 
+/// `VirtualMachine.QueryChangedDiskAreas` for disk `device_key` of snapshot `snapshot`
+/// of `vm`, from `start_offset`, relative to `change_id` (`*` = every allocated area).
+pub fn query_changed_disk_areas(
+    vm: &MoRef,
+    snapshot: &MoRef,
+    device_key: i32,
+    start_offset: u64,
+    change_id: &str,
+) -> String {
+    envelope(&format!(
+        concat!(
+            r#"<QueryChangedDiskAreas xmlns="urn:vim25">{this}{snap}"#,
+            r#"<deviceKey>{key}</deviceKey><startOffset>{start}</startOffset>"#,
+            r#"<changeId>{cid}</changeId></QueryChangedDiskAreas>"#
+        ),
+        this = vm.to_xml("_this"),
+        snap = snapshot.to_xml("snapshot"),
+        key = device_key,
+        start = start_offset,
+        cid = escape(change_id),
+    ))
+}
+
+fn u64_child(e: &Element, name: &str, what: &str) -> Result<u64, String> {
+    let t = e
+        .child_text(name)
+        .ok_or_else(|| format!("{what} without {name}"))?;
+    t.parse()
+        .map_err(|_| format!("{what}: {name} {t:?} is not a non-negative integer"))
+}
+
+/// Read a `QueryChangedDiskAreasResponse` (`DiskChangeInfo`). The areas are returned
+/// as sent; [`crate::cbt::check_page`] checks them against the request. More than
+/// [`crate::cbt::MAX_AREAS_PER_PAGE`] areas is an error.
+pub fn parse_disk_change_info(resp: &Element) -> Result<crate::cbt::ChangedAreasPage, String> {
+    let rv = resp
+        .child("returnval")
+        .ok_or("QueryChangedDiskAreas: no returnval")?;
+    let start_offset = u64_child(rv, "startOffset", "DiskChangeInfo")?;
+    let length = u64_child(rv, "length", "DiskChangeInfo")?;
+    let mut areas = Vec::new();
+    for a in rv.children_named("changedArea") {
+        if areas.len() >= crate::cbt::MAX_AREAS_PER_PAGE {
+            return Err(format!(
+                "DiskChangeInfo with more than {} changed areas",
+                crate::cbt::MAX_AREAS_PER_PAGE
+            ));
+        }
+        areas.push(crate::cbt::ChangedArea {
+            start: u64_child(a, "start", "DiskChangeExtent")?,
+            length: u64_child(a, "length", "DiskChangeExtent")?,
+        });
+    }
+    Ok(crate::cbt::ChangedAreasPage {
+        start_offset,
+        length,
+        areas,
+    })
+}
+
 /// A SOAP fault from the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SoapFault {
@@ -675,6 +735,96 @@ mod tests {
         let node = "<rootSnapshotList><snapshot>s</snapshot></rootSnapshotList>";
         let doc = format!("<val>{}</val>", node.repeat(crate::MAX_SNAPSHOTS + 1));
         assert!(parse_snapshot_tree(&xml::parse(&doc).unwrap()).is_err());
+    }
+
+    #[test]
+    fn disk_change_info() {
+        use crate::cbt::ChangedArea;
+        let r = ok(include_str!("testdata/query_changed_disk_areas.xml"));
+        assert_eq!(r.name, "QueryChangedDiskAreasResponse");
+        let p = parse_disk_change_info(&r).unwrap();
+        assert_eq!((p.start_offset, p.length), (0, 10 << 30));
+        assert_eq!(
+            p.areas,
+            vec![
+                ChangedArea {
+                    start: 0,
+                    length: 65536
+                },
+                ChangedArea {
+                    start: 1 << 20,
+                    length: 131072
+                },
+                ChangedArea {
+                    start: (10 << 30) - 65536,
+                    length: 65536
+                },
+            ]
+        );
+        assert_eq!(p.changed_bytes(), 262144);
+        // Other prefixes and unknown elements; no areas at all.
+        let doc = r#"<s:Envelope xmlns:s="x"><s:Body><v:QueryChangedDiskAreasResponse xmlns:v="urn:vim25">
+            <v:returnval><v:future>1</v:future><v:startOffset> 4096 </v:startOffset><v:length>8192</v:length>
+            </v:returnval></v:QueryChangedDiskAreasResponse></s:Body></s:Envelope>"#;
+        let p = parse_disk_change_info(&ok(doc)).unwrap();
+        assert_eq!((p.start_offset, p.length, p.areas.len()), (4096, 8192, 0));
+        // Missing or negative numbers, no returnval.
+        for inner in [
+            "",
+            "<returnval><length>1</length></returnval>",
+            "<returnval><startOffset>0</startOffset></returnval>",
+            "<returnval><startOffset>-1</startOffset><length>1</length></returnval>",
+            "<returnval><startOffset>0</startOffset><length>9</length><changedArea><start>0</start></changedArea></returnval>",
+            "<returnval><startOffset>0</startOffset><length>9</length><changedArea><start>x</start><length>1</length></changedArea></returnval>",
+        ] {
+            let doc = format!("<Envelope><Body><R>{inner}</R></Body></Envelope>");
+            assert!(parse_disk_change_info(&ok(&doc)).is_err(), "{inner}");
+        }
+        let area = "<changedArea><start>0</start><length>1</length></changedArea>";
+        let doc = format!(
+            "<Envelope><Body><R><returnval><startOffset>0</startOffset><length>1</length>{}</returnval></R></Body></Envelope>",
+            area.repeat(crate::cbt::MAX_AREAS_PER_PAGE + 1)
+        );
+        assert!(
+            parse_disk_change_info(&ok(&doc))
+                .unwrap_err()
+                .contains("more than")
+        );
+        let f = fault(include_str!("testdata/fault_file_fault.xml"));
+        assert_eq!(f.name, "FileFault");
+        assert!(f.message.contains("Error caused by file"));
+    }
+
+    #[test]
+    fn changed_areas_request() {
+        let body = query_changed_disk_areas(
+            &MoRef::new("VirtualMachine", "vm-1"),
+            &MoRef::new("VirtualMachineSnapshot", "snapshot-2"),
+            2000,
+            1 << 40,
+            "52 de/81 <x>",
+        );
+        let root = xml::parse(&body).unwrap();
+        let q = root
+            .child("Body")
+            .unwrap()
+            .child("QueryChangedDiskAreas")
+            .unwrap();
+        let names: Vec<_> = q.children.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["_this", "snapshot", "deviceKey", "startOffset", "changeId"]
+        );
+        assert_eq!(
+            q.child("_this").unwrap().attr("type"),
+            Some("VirtualMachine")
+        );
+        assert_eq!(
+            q.child("snapshot").unwrap().attr("type"),
+            Some("VirtualMachineSnapshot")
+        );
+        assert_eq!(q.child_text("startOffset"), Some("1099511627776"));
+        assert_eq!(q.child_text("changeId"), Some("52 de/81 <x>"));
     }
 
     #[test]

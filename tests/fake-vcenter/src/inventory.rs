@@ -23,6 +23,26 @@ pub struct Inventory {
     /// `token` / `ContinueRetrievePropertiesEx`). `null` = one page.
     #[serde(default)]
     pub page_size: Option<usize>,
+    /// Most changed areas per `QueryChangedDiskAreas` page (default
+    /// [`DEFAULT_PAGE_AREAS`], about what real vCenters return).
+    #[serde(default)]
+    pub page_areas: Option<usize>,
+    /// Reproduce the vcsim bug behind F1: every `QueryChangedDiskAreas` call with a
+    /// non-zero `startOffset` answers an empty page of length 0 that does not advance.
+    #[serde(default)]
+    pub buggy_empty_pages: bool,
+}
+
+/// Changed areas per `QueryChangedDiskAreas` page when `page_areas` is not set.
+pub const DEFAULT_PAGE_AREAS: usize = 2000;
+
+/// A byte range of a disk (`DiskChangeExtent`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Area {
+    /// First byte.
+    pub start: u64,
+    /// Length in bytes.
+    pub length: u64,
 }
 
 /// A datacenter.
@@ -85,6 +105,19 @@ pub struct DiskSpec {
     /// `backing.parent.fileName`, `backing.parent.parent.fileName`, …
     #[serde(default)]
     pub parents: Vec<String>,
+    /// Snapshot disks only: the change ID that `changed_areas` are relative to.
+    /// `QueryChangedDiskAreas` with this change ID returns `changed_areas`; with `*`,
+    /// `allocated_areas`; with any other change ID, a `FileFault` (as after a CBT reset).
+    #[serde(default, alias = "changed_since")]
+    pub previous_change_id: Option<String>,
+    /// Snapshot disks only: areas changed since `previous_change_id` (any order; sorted
+    /// by the fake).
+    #[serde(default)]
+    pub changed_areas: Vec<Area>,
+    /// Snapshot disks only: allocated areas, answered for change ID `*`
+    /// (`null` = the whole disk).
+    #[serde(default)]
+    pub allocated_areas: Option<Vec<Area>>,
 }
 
 /// A snapshot and its children.

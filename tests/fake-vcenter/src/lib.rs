@@ -6,18 +6,31 @@
 //! `FindAllByUuid`, `RetrievePropertiesEx` (object sets with `Folder.childEntity`
 //! traversal specs; `name`, `runtime.powerState`, `runtime.host`, `config.instanceUuid`,
 //! `config.uuid`, `config.hardware.device`, `snapshot` on VMs; `name` on datacenters and
-//! hosts; `config.hardware.device` on snapshots) and `ContinueRetrievePropertiesEx`.
+//! hosts; `config.hardware.device` on snapshots), `ContinueRetrievePropertiesEx` and
+//! `QueryChangedDiskAreas` (CBT, on snapshot disks).
+//!
+//! `QueryChangedDiskAreas(_this=vm, snapshot, deviceKey, startOffset, changeId)` answers
+//! from the snapshot disk's inventory: change ID `*` → `allocated_areas` (default: the
+//! whole disk); the disk's `previous_change_id` (alias `changed_since`) →
+//! `changed_areas`; any other change ID → `FileFault` "Error caused by file …" (as after a
+//! CBT reset). A page holds at most `page_areas` areas (default 2000, like vCenter); its
+//! `startOffset` is the requested start and its `length` reaches the end of its last area
+//! when more areas follow, else the disk end. With `buggy_empty_pages` every call with a
+//! non-zero start answers an empty, non-advancing page (the vcsim bug behind F1). Unknown
+//! VM or snapshot (or a snapshot of another VM) → `ManagedObjectNotFound`; unknown
+//! device key or a start past the disk end → `InvalidArgument`.
 //!
 //! Faults: `InvalidLogin` (bad credentials), `NotAuthenticated` (no or stale session
 //! cookie, or a session past `session_ttl_calls`), `ManagedObjectNotFound` (unknown moref),
 //! `InvalidArgument` (malformed request), `InvalidProperty` (unknown property path),
-//! `MethodNotFound` (any other method).
+//! `FileFault` (unknown CBT change ID), `MethodNotFound` (any other method).
 //!
 //! Every call is logged to stderr and kept in memory ([`FakeVcenter::calls`]), and written
 //! to the call-log file when one is given, one line per call:
 //! `Login user=admin`, `FindByUuid uuid=… instance=true dc=datacenter-1`,
-//! `RetrievePropertiesEx obj=vm-123 props=name,runtime.powerState`, `Logout`; a call
-//! answered with a fault gets ` fault=<Name>` appended.
+//! `RetrievePropertiesEx obj=vm-123 props=name,runtime.powerState`,
+//! `QueryChangedDiskAreas vm=vm-123 snapshot=snapshot-7 key=2000 start=0 changeId=*`,
+//! `Logout`; a call answered with a fault gets ` fault=<Name>` appended.
 
 pub mod inventory;
 mod xml;
@@ -39,7 +52,9 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-pub use inventory::{Datacenter, DiskSpec, Inventory, SnapshotSpec, VmSpec};
+pub use inventory::{
+    Area, DEFAULT_PAGE_AREAS, Datacenter, DiskSpec, Inventory, SnapshotSpec, VmSpec,
+};
 use xml::{El, esc};
 
 /// Largest request body accepted.
@@ -105,6 +120,8 @@ struct State {
     objects: HashMap<String, Obj>,
     /// (vm moref, instance uuid, bios uuid, datacenter moref)
     vms: Vec<(String, String, String, String)>,
+    /// snapshot moref → (vm moref, the snapshot's disks)
+    snapshot_disks: HashMap<String, (String, Vec<DiskSpec>)>,
     sessions: HashMap<String, u64>,
     next_session: u64,
     pages: HashMap<String, Vec<String>>,
@@ -214,6 +231,7 @@ impl State {
     fn new(inv: Inventory, opts: &Options) -> std::io::Result<State> {
         let mut objects = HashMap::new();
         let mut vms = Vec::new();
+        let mut snapshot_disks = HashMap::new();
         let mut hosts: BTreeMap<String, String> = BTreeMap::new();
         let mut dc_morefs = Vec::new();
         for (i, dc) in inv.datacenters.iter().enumerate() {
@@ -295,6 +313,7 @@ impl State {
                 );
                 let mut stack: Vec<&SnapshotSpec> = vm.snapshots.iter().collect();
                 while let Some(s) = stack.pop() {
+                    snapshot_disks.insert(s.moref.clone(), (vm.moref.clone(), s.disks.clone()));
                     let mut props = BTreeMap::new();
                     props.insert("config.hardware.device".into(), devices_xml(&s.disks));
                     objects.insert(
@@ -347,6 +366,7 @@ impl State {
             inv,
             objects,
             vms,
+            snapshot_disks,
             sessions: HashMap::new(),
             next_session: 1,
             pages: HashMap::new(),
@@ -593,6 +613,96 @@ fn page(st: &mut State, mut objs: Vec<String>) -> String {
     s
 }
 
+/// Sort, clip to `[start, capacity)` and drop empty areas.
+fn areas_from(areas: &[Area], start: u64, capacity: u64) -> Vec<Area> {
+    let mut v: Vec<Area> = areas
+        .iter()
+        .filter_map(|a| {
+            let end = a.start.saturating_add(a.length).min(capacity);
+            let s = a.start.max(start);
+            (end > s).then(|| Area {
+                start: s,
+                length: end - s,
+            })
+        })
+        .collect();
+    v.sort_by_key(|a| a.start);
+    v
+}
+
+/// `VirtualMachine.QueryChangedDiskAreas`: one page of a `DiskChangeInfo`.
+fn query_changed_disk_areas(st: &State, req: &El) -> Result<String, Fault> {
+    let this = req
+        .child("_this")
+        .ok_or_else(|| invalid_argument("_this"))?;
+    let vm = this.text.trim().to_string();
+    if !st.vms.iter().any(|(m, ..)| *m == vm) {
+        return Err(not_found("VirtualMachine", &vm));
+    }
+    let snap = req
+        .text_of("snapshot")
+        .ok_or_else(|| invalid_argument("snapshot"))?;
+    let disks = match st.snapshot_disks.get(&snap) {
+        Some((owner, disks)) if *owner == vm => disks,
+        _ => return Err(not_found("VirtualMachineSnapshot", &snap)),
+    };
+    let key: i32 = req
+        .text_of("deviceKey")
+        .and_then(|k| k.parse().ok())
+        .ok_or_else(|| invalid_argument("deviceKey"))?;
+    let disk = disks
+        .iter()
+        .find(|d| d.key == key)
+        .ok_or_else(|| invalid_argument("deviceKey"))?;
+    let start: u64 = req
+        .text_of("startOffset")
+        .and_then(|k| k.parse().ok())
+        .filter(|s| *s <= disk.capacity_bytes)
+        .ok_or_else(|| invalid_argument("startOffset"))?;
+    let change_id = req
+        .text_of("changeId")
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| invalid_argument("changeId"))?;
+    let whole = [Area {
+        start: 0,
+        length: disk.capacity_bytes,
+    }];
+    let source: &[Area] = if change_id == "*" {
+        disk.allocated_areas.as_deref().unwrap_or(&whole)
+    } else if disk.previous_change_id.as_deref() == Some(change_id.as_str()) {
+        &disk.changed_areas
+    } else {
+        // What vCenter answers when CBT was reset or the change ID is from another epoch.
+        return Err(Fault(
+            "FileFault",
+            format!("Error caused by file {}", disk.file_name),
+            format!("<file>{}</file>", esc(&disk.file_name)),
+        ));
+    };
+    let (length, areas) = if st.inv.buggy_empty_pages && start > 0 {
+        (0, Vec::new())
+    } else {
+        let mut areas = areas_from(source, start, disk.capacity_bytes);
+        let max = st.inv.page_areas.unwrap_or(DEFAULT_PAGE_AREAS).max(1);
+        if areas.len() > max {
+            areas.truncate(max);
+            let last = areas[max - 1];
+            (last.start + last.length - start, areas)
+        } else {
+            (disk.capacity_bytes - start, areas)
+        }
+    };
+    let mut s = format!("<returnval><startOffset>{start}</startOffset><length>{length}</length>");
+    for a in areas {
+        s.push_str(&format!(
+            "<changedArea><start>{}</start><length>{}</length></changedArea>",
+            a.start, a.length
+        ));
+    }
+    s.push_str("</returnval>");
+    Ok(s)
+}
+
 fn handle_call(
     st: &mut State,
     method: &str,
@@ -727,6 +837,14 @@ fn describe(method: &str, req: &El) -> String {
             }
             format!("{method} obj={} props={}", objs.join(","), props.join(","))
         }
+        "QueryChangedDiskAreas" => format!(
+            "{method} vm={} snapshot={} key={} start={} changeId={}",
+            req.text_of("_this").unwrap_or_default(),
+            req.text_of("snapshot").unwrap_or_else(|| "-".into()),
+            req.text_of("deviceKey").unwrap_or_default(),
+            req.text_of("startOffset").unwrap_or_default(),
+            req.text_of("changeId").unwrap_or_default()
+        ),
         "ContinueRetrievePropertiesEx" => {
             format!(
                 "{method} token={}",
@@ -826,6 +944,9 @@ fn authenticated_call(st: &mut State, method: &str, req: &El, sid: &str) -> Resu
                 .ok_or_else(|| invalid_argument("token"))?;
             let inner = page(st, rest);
             Ok(ok(method, &inner))
+        }
+        "QueryChangedDiskAreas" => {
+            query_changed_disk_areas(st, req).map(|inner| ok(method, &inner))
         }
         _ => Err(Fault(
             "MethodNotFound",
@@ -1084,6 +1205,73 @@ mod tests {
             &format!("<Envelope><Body>{body}</Body></Envelope>"),
             cookie,
         )
+    }
+
+    #[test]
+    fn changed_disk_areas_paging() {
+        let mut inv: Inventory = serde_json::from_str(
+            r#"{"user":"u","password":"p","page_areas":2,"datacenters":[{"name":"dc1","vms":[
+              {"moref":"vm-1","name":"a","disks":[],
+               "snapshots":[{"moref":"snapshot-1","disks":[{"key":2000,"file_name":"[ds] a/a.vmdk",
+                 "capacity_bytes":1000,"previous_change_id":"c1",
+                 "changed_areas":[{"start":500,"length":10},{"start":0,"length":10},
+                                  {"start":100,"length":50},{"start":990,"length":20}],
+                 "allocated_areas":[{"start":0,"length":100}]}]}]}]}]}"#,
+        )
+        .unwrap();
+        let q = |st: &State, start: u64, cid: &str, key: i32, snap: &str| {
+            let req = xml::parse(&format!(
+                concat!(
+                    "<QueryChangedDiskAreas><_this type=\"VirtualMachine\">vm-1</_this>",
+                    "<snapshot type=\"VirtualMachineSnapshot\">{}</snapshot><deviceKey>{}</deviceKey>",
+                    "<startOffset>{}</startOffset><changeId>{}</changeId></QueryChangedDiskAreas>"
+                ),
+                snap, key, start, cid
+            ))
+            .unwrap();
+            query_changed_disk_areas(st, &req).map_err(|f| f.0)
+        };
+        let opts = Options {
+            quiet: true,
+            ..Default::default()
+        };
+        let st = State::new(inv.clone(), &opts).unwrap();
+        // Sorted, two per page; the last page runs to the disk end, clipped to capacity.
+        let p1 = q(&st, 0, "c1", 2000, "snapshot-1").unwrap();
+        assert!(p1.starts_with("<returnval><startOffset>0</startOffset><length>150</length><changedArea><start>0</start>"), "{p1}");
+        assert_eq!(p1.matches("<changedArea>").count(), 2);
+        let p2 = q(&st, 150, "c1", 2000, "snapshot-1").unwrap();
+        assert!(
+            p2.contains("<startOffset>150</startOffset><length>850</length>"),
+            "{p2}"
+        );
+        assert!(p2.contains("<start>990</start><length>10</length>"), "{p2}");
+        let all = q(&st, 0, "*", 2000, "snapshot-1").unwrap();
+        assert!(all.contains("<length>1000</length><changedArea><start>0</start><length>100</length></changedArea></returnval>"), "{all}");
+        assert_eq!(
+            q(&st, 0, "c0", 2000, "snapshot-1").unwrap_err(),
+            "FileFault"
+        );
+        assert_eq!(
+            q(&st, 0, "c1", 2001, "snapshot-1").unwrap_err(),
+            "InvalidArgument"
+        );
+        assert_eq!(
+            q(&st, 1001, "c1", 2000, "snapshot-1").unwrap_err(),
+            "InvalidArgument"
+        );
+        assert_eq!(
+            q(&st, 0, "c1", 2000, "snapshot-9").unwrap_err(),
+            "ManagedObjectNotFound"
+        );
+        // The F1 bug, on request only.
+        inv.buggy_empty_pages = true;
+        let st = State::new(inv, &opts).unwrap();
+        let p = q(&st, 150, "c1", 2000, "snapshot-1").unwrap();
+        assert_eq!(
+            p,
+            "<returnval><startOffset>150</startOffset><length>0</length></returnval>"
+        );
     }
 
     #[test]
