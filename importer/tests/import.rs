@@ -1064,32 +1064,121 @@ fn each_invalid_variable_is_named_before_any_connection() {
 }
 
 #[test]
-fn a_delta_checkpoint_is_refused_as_not_implemented() {
+fn warm_delta_rounds_copy_only_the_changed_areas() {
+    // Round 1 copies snapshot-7 whole; round 2 copies only what vCenter's
+    // QueryChangedDiskAreas says changed between snapshot-7 and snapshot-8 (previous
+    // checkpoint as a snapshot moref, then as a change ID): data rewritten, data zeroed,
+    // data written into a former hole. The result equals snapshot-8's disk each time.
+    const SIZE: u64 = 16 * MIB;
+    const CID7: &str = "52 aa bb cc dd ee ff 00-11 22 33 44 55 66 77 88/7";
+    const SNAP8: &str = "snapshot-8";
+    const SNAP8_DISK: &str = "[ds1] vm1/vm1-000002.vmdk";
     let dir = tempfile::tempdir().unwrap();
-    let vc = VCenter::start(&dir.path().join("vc"), &inventory(MIB));
-    let backing = format!(
-        "nbd+unix:///?socket={}",
-        dir.path().join("none.sock").display()
-    );
-    for previous in [CHANGE_ID, "snapshot-6"] {
-        let mut pod = Pod::vddk(&vc, &backing);
-        pod.set("IMPORTER_CURRENT_CHECKPOINT", SNAPSHOT)
-            .set("IMPORTER_PREVIOUS_CHECKPOINT", previous);
-        let r = pod.run();
-        let ctx = format!("previous checkpoint {previous:?}");
-        assert_pod_failure(
-            &pod,
-            &r,
-            &ctx,
-            &["IMPORTER_PREVIOUS_CHECKPOINT", "not implemented yet"],
-        );
-        assert!(
-            vc.calls().is_empty(),
-            "[{ctx}] the vCenter was contacted: {:?}",
-            vc.calls()
-        );
-        assert!(!pod.disk_img().exists(), "[{ctx}] nothing may be written");
+    let (a, b) = (dir.path().join("round1.raw"), dir.path().join("round2.raw"));
+    let mut img = vec![0u8; SIZE as usize];
+    for (i, x) in img[..4 * MIB as usize].iter_mut().enumerate() {
+        *x = (i % 251) as u8 + 1;
     }
+    for x in &mut img[8 * MIB as usize..10 * MIB as usize] {
+        *x = 0x5a;
+    }
+    std::fs::write(&a, &img).unwrap();
+    // snapshot-8: 1 MiB..1.5 MiB rewritten, 8..9 MiB zeroed, 12..12.25 MiB written.
+    img[MIB as usize..MIB as usize + 512 * 1024].fill(0xc3);
+    img[8 * MIB as usize..9 * MIB as usize].fill(0);
+    img[12 * MIB as usize..12 * MIB as usize + 256 * 1024].fill(0x77);
+    std::fs::write(&b, &img).unwrap();
+    // The zeroed area is a hole in snapshot-8 (unallocated), as a discard leaves it.
+    let st = std::process::Command::new("fallocate")
+        .args([
+            "--punch-hole",
+            "--offset",
+            &(8 * MIB).to_string(),
+            "--length",
+            &MIB.to_string(),
+        ])
+        .arg(&b)
+        .status()
+        .expect("fallocate");
+    assert!(st.success(), "fallocate --punch-hole failed");
+    let mut inv = inventory(SIZE);
+    inv["datacenters"][0]["vms"][0]["snapshots"][0]["disks"][0]["change_id"] = json!(CID7);
+    inv["datacenters"][0]["vms"][0]["snapshots"][0]["children"] = json!([{
+        "moref": SNAP8,
+        "name": "forklift-precopy-2",
+        "disks": [{"key": 2000, "file_name": SNAP8_DISK, "capacity_bytes": SIZE,
+                   "parents": [SNAPSHOT_DISK, DISK], "previous_change_id": CID7,
+                   "changed_areas": [
+                       {"start": MIB, "length": 512 * 1024},
+                       {"start": 8 * MIB, "length": MIB},
+                       {"start": 12 * MIB, "length": 256 * 1024}]}],
+        "children": []
+    }]);
+    let vc = VCenter::start(&dir.path().join("vc"), &inv);
+    let mut pod = Pod::vddk(&vc, a.to_str().unwrap());
+    pod.set("IMPORTER_CURRENT_CHECKPOINT", SNAPSHOT)
+        .set("FAKE_VDDK_SNAPSHOT", SNAPSHOT)
+        .set("FAKE_VDDK_DISK", SNAPSHOT_DISK);
+    assert_success(&pod.run(), "round 1 (full)");
+    assert_identical(&pod.disk_img(), &a, "round 1");
+    for previous in [SNAPSHOT, CID7] {
+        pod.set("FAKE_VDDK_BACKING", b.to_str().unwrap())
+            .set("IMPORTER_CURRENT_CHECKPOINT", SNAP8)
+            .set("IMPORTER_PREVIOUS_CHECKPOINT", previous)
+            .set("FAKE_VDDK_SNAPSHOT", SNAP8)
+            .set("FAKE_VDDK_DISK", SNAP8_DISK);
+        let r = pod.run();
+        let ctx = format!("delta from {previous:?}");
+        assert_success(&r, &ctx);
+        assert_identical(&pod.disk_img(), &b, &ctx);
+        // Only changed areas were read: [1 MiB, 1.5 MiB) and [12 MiB, 12.25 MiB) hold
+        // data in snapshot-8; [8, 9) MiB is a hole there and is zeroed, not read.
+        let calls = pod.vddk_calls();
+        let this_run = calls
+            .iter()
+            .rposition(|l| l.starts_with("InitEx"))
+            .unwrap_or(0);
+        let read: u64 = calls[this_run..]
+            .iter()
+            .filter_map(|l| l.strip_prefix("ReadAsync "))
+            .map(|l| {
+                let start: u64 = l
+                    .split("start=")
+                    .nth(1)
+                    .and_then(|x| x.split(' ').next())
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                let count: u64 = l.split("count=").nth(1).unwrap().trim().parse().unwrap();
+                assert!(
+                    (2048..3072).contains(&start) || (24576..25088).contains(&start),
+                    "[{ctx}] read outside the changed data: {l}"
+                );
+                count * 512
+            })
+            .sum();
+        assert_eq!(read, 512 * 1024 + 256 * 1024, "[{ctx}] bytes read");
+        assert!(
+            vc.calls()
+                .iter()
+                .any(|c| c.starts_with("QueryChangedDiskAreas")),
+            "[{ctx}] no CBT query"
+        );
+    }
+    // A change ID vCenter no longer knows (CBT reset): a full copy is needed.
+    pod.set("IMPORTER_PREVIOUS_CHECKPOINT", CHANGE_ID);
+    let r = pod.run();
+    assert_pod_failure(&pod, &r, "CBT reset", &["full copy"]);
+    // A target that does not match the disk's size any more: a full copy is needed.
+    pod.set("IMPORTER_PREVIOUS_CHECKPOINT", SNAPSHOT);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(pod.disk_img())
+        .unwrap()
+        .set_len(SIZE / 2)
+        .unwrap();
+    let r = pod.run();
+    assert_pod_failure(&pod, &r, "resized target", &["changed size", "full copy"]);
 }
 
 // ---------------------------------------------------------------------------------------

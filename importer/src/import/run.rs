@@ -4,6 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::config::{ImportConfig, SourceKind, Target, endpoint_host};
+use ferry_cbt::{Extent, ExtentKind, ExtentMap};
+
 use crate::copy::{CopyOptions, CopyStats};
 use crate::engine::IoEngine;
 use crate::error::Error;
@@ -63,6 +65,10 @@ pub struct VsphereDisk {
     pub snapshot: Option<String>,
     /// ESX host.
     pub host: Option<String>,
+    /// Disk capacity in bytes, as vSphere reports it.
+    pub capacity: u64,
+    /// For a delta: the change ID it starts from and the changed areas (Data extents).
+    pub changed: Option<(String, ExtentMap)>,
 }
 
 /// Find the VM and the disk in vSphere (instance UUID, then BIOS UUID; the backing file
@@ -89,11 +95,66 @@ pub async fn lookup(cfg: &ImportConfig) -> Result<VsphereDisk, Error> {
             None => (disk.file_name.clone(), None),
         };
         tracing::info!(disk = %file, snapshot = snapshot.as_deref().unwrap_or("-"), capacity = disk.capacity_bytes, "found the disk");
-        Ok::<_, ferry_vsphere::Error>(VsphereDisk { vm_moref: vm.moref, file, snapshot, host: vm.host })
+        let changed = match (&cfg.previous_checkpoint, &snapshot) {
+            (Some(prev), Some(snap)) => Some(changed_areas(&client, &vm, snap, &disk, prev).await?),
+            _ => None,
+        };
+        Ok::<_, ferry_vsphere::Error>(VsphereDisk {
+            vm_moref: vm.moref,
+            file,
+            snapshot,
+            host: vm.host,
+            capacity: disk.capacity_bytes,
+            changed,
+        })
     }
     .await;
     client.logout().await;
     found.map_err(Error::Vsphere)
+}
+
+/// The areas of `disk` in snapshot `snap` that changed since `prev` (a change ID, or a
+/// previous snapshot resolved to its change ID), page by page from vCenter, merged into
+/// one map of at most [`crate::delta::MAX_CHANGED_EXTENTS`] areas.
+async fn changed_areas(
+    client: &ferry_vsphere::Client,
+    vm: &ferry_vsphere::Vm,
+    snap: &str,
+    disk: &ferry_vsphere::Disk,
+    prev: &str,
+) -> Result<(String, ExtentMap), ferry_vsphere::Error> {
+    let change_id = if super::config::is_change_id(prev) {
+        prev.to_string()
+    } else {
+        client.snapshot_change_id(vm, prev, disk.key).await?
+    };
+    let mut map = ExtentMap::new();
+    let mut areas = 0usize;
+    let total = ferry_vsphere::for_each_changed_area_page(
+        client,
+        vm,
+        snap,
+        disk.key,
+        disk.capacity_bytes,
+        &change_id,
+        |page| {
+            for a in &page.areas {
+                areas += 1;
+                if areas > crate::delta::MAX_CHANGED_EXTENTS {
+                    return Err(ferry_vsphere::Error::Protocol(format!(
+                        "more than {} changed areas; a full copy is cheaper",
+                        crate::delta::MAX_CHANGED_EXTENTS
+                    )));
+                }
+                map.push(Extent::new(a.start, a.length, ExtentKind::Data))
+                    .map_err(|e| ferry_vsphere::Error::Protocol(format!("changed areas: {e}")))?;
+            }
+            Ok(())
+        },
+    )
+    .await?;
+    tracing::info!(change_id = %change_id, areas, changed_bytes = total, "changed areas since the previous checkpoint");
+    Ok((change_id, map))
 }
 
 /// The VDDK options for a found disk.
@@ -134,6 +195,34 @@ pub fn usable_bytes(dir: &std::path::Path, overhead: f64) -> Result<u64, Error> 
     Ok((total as f64 * (1.0 - overhead)) as u64)
 }
 
+/// A delta goes onto the target holding the previous round, at the disk's current size;
+/// anything else (a missing target, a disk that grew or shrank — vSphere resets CBT then)
+/// needs a full copy.
+fn check_delta_target(target: &std::path::Path, size: u64, change_id: &str) -> Result<(), Error> {
+    use std::os::unix::fs::FileTypeExt;
+    let full = format!("a full copy is needed (delta from change ID {change_id})");
+    let meta = std::fs::metadata(target).map_err(|e| {
+        Error::Target(format!(
+            "the previous round's target {} is not usable ({e}): {full}",
+            target.display()
+        ))
+    })?;
+    if meta.file_type().is_file() && meta.len() < size {
+        return Err(Error::Target(format!(
+            "{} is {} bytes but the disk is now {size}: the disk changed size since the previous round, {full}",
+            target.display(),
+            meta.len()
+        )));
+    }
+    if !meta.file_type().is_file() && !meta.file_type().is_block_device() {
+        return Err(Error::Target(format!(
+            "{} is not a file or block device: {full}",
+            target.display()
+        )));
+    }
+    Ok(())
+}
+
 /// The VDDK library's version from its file name (libvixDiskLib.so.8.0.3 → 8.0.3).
 pub fn vddk_version(path: &std::path::Path) -> String {
     let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
@@ -153,19 +242,20 @@ pub async fn run(
     engine: Arc<dyn IoEngine>,
     progress: Arc<Progress>,
 ) -> Result<Outcome, Error> {
-    if cfg.previous_checkpoint.is_some() {
+    if cfg.previous_checkpoint.is_some() && cfg.source != SourceKind::Vddk {
         return Err(Error::Usage(
-            "IMPORTER_PREVIOUS_CHECKPOINT: warm-migration delta copies are not implemented yet; this image copies whole snapshots"
-                .into(),
+            "IMPORTER_PREVIOUS_CHECKPOINT: delta copies need IMPORTER_SOURCE=vddk".into(),
         ));
     }
     progress.set_phase("connecting");
     let mut esx_host = None;
     let mut vddk_version_found = None;
+    let mut changed = None;
     let source: Arc<dyn Source> = match cfg.source {
         SourceKind::Vddk => {
             let disk = lookup(cfg).await?;
             esx_host = disk.host.clone();
+            changed = disk.changed.clone();
             let opts = vddk_options(cfg, &disk, t);
             let src = crate::source::VddkSource::open(&opts)
                 .await
@@ -198,6 +288,9 @@ pub async fn run(
         }
         usable = Some(u);
     }
+    if let Some((change_id, _)) = &changed {
+        check_delta_target(&target, size, change_id)?;
+    }
     let sink = Arc::new(Sink::open(&target, size, t.direct, engine)?);
     let preallocation_applied = if cfg.preallocation {
         sink.preallocate().await?
@@ -214,7 +307,9 @@ pub async fn run(
             let identity = crate::journal::JournalIdentity {
                 source: source.describe(),
                 size,
-                plan: "full".into(),
+                plan: changed
+                    .as_ref()
+                    .map_or_else(|| "full".to_string(), |(id, _)| format!("delta:{id}")),
                 target: target.display().to_string(),
             };
             let (j, start) = crate::journal::JournalFile::open(&p, identity);
@@ -226,7 +321,7 @@ pub async fn run(
         buf_count: t.buf_count as usize,
         use_extents: true,
         detect_zeroes: true,
-        changes: None,
+        changes: changed.map(|(_, m)| crate::copy::Changes::Map(Arc::new(m))),
         start_at,
         journal,
     };
