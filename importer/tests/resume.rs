@@ -171,3 +171,93 @@ fn a_journal_for_another_copy_is_discarded() {
     );
     assert!(!journal.exists());
 }
+
+#[test]
+fn kill_9_during_a_delta_then_resume_is_identical() {
+    if !require(&["nbdkit", "nbdcopy"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let reference = {
+        let fast = Server::nbdkit(dir.path(), &["pattern", &format!("size={SIZE}")]);
+        nbdcopy_reference(&fast.uri(), dir.path())
+    };
+    // The previous round: the target holds garbage in the changed areas only (as if the
+    // source had changed there), the right bytes everywhere else.
+    let target = dir.path().join("t.img");
+    std::fs::copy(&reference, &target).unwrap();
+    let areas: Vec<(u64, u64)> = (0..64).map(|i| (i * 4 * MIB, MIB)).collect();
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&target)
+            .unwrap();
+        for (o, l) in &areas {
+            f.write_all_at(&vec![0xee; *l as usize], *o).unwrap();
+        }
+    }
+    let list: Vec<String> = areas
+        .iter()
+        .map(|(o, l)| format!("{{\"offset\":{o},\"length\":{l}}}"))
+        .collect();
+    let extents = dir.path().join("changed.json");
+    std::fs::write(&extents, format!("[{}]", list.join(","))).unwrap();
+    let journal = dir.path().join("t.journal");
+    let (j, e) = (journal.to_str().unwrap(), extents.to_str().unwrap());
+    let sock = dir.path().join("disk.sock");
+    // 64 MiB of changes at 4 × 1 MiB per 150 ms: about 2.4 s.
+    let server = Nbdkit::start(
+        &sock,
+        &[
+            "--filter=delay",
+            "pattern",
+            &format!("size={SIZE}"),
+            "rdelay=150ms",
+        ],
+    );
+    let mut extra = vec![
+        "--io-engine",
+        "uring",
+        "--journal",
+        j,
+        "--changed-extents",
+        e,
+    ];
+    extra.extend(SLOW);
+    let running = spawn(copy_cmd(&server.uri(), &target, &extra));
+    std::thread::sleep(Duration::from_millis(1500));
+    running.signal("KILL");
+    let _ = running.wait(Duration::from_secs(10));
+    drop(server);
+    let mark = watermark(&journal);
+    assert!(
+        mark > 0 && mark < SIZE_BYTES,
+        "watermark {mark} after the kill"
+    );
+    let server = Nbdkit::start(&sock, &["pattern", &format!("size={SIZE}")]);
+    let r = copy(
+        &server.uri(),
+        &target,
+        "sync",
+        &["--journal", j, "--changed-extents", e],
+    );
+    let stats = r.success("delta resume");
+    assert!(
+        r.stderr.contains("resuming from the journal"),
+        "no resume line:\n{}",
+        r.stderr
+    );
+    let left: u64 = areas
+        .iter()
+        .filter(|(o, _)| *o >= mark)
+        .map(|(_, l)| l)
+        .sum();
+    assert_eq!(
+        num(&stats, "bytes_read"),
+        left,
+        "the restart reads only the changed areas past the watermark"
+    );
+    assert!(!journal.exists());
+    assert_identical(&target, &reference, "delta killed and resumed");
+}
