@@ -1165,6 +1165,47 @@ fn warm_delta_rounds_copy_only_the_changed_areas() {
             "[{ctx}] no CBT query"
         );
     }
+    // The same delta through `ferry copy --changed-since` (a vddk:// source; the changed
+    // areas come from vCenter's CBT), onto another copy of the previous round.
+    let copy_target = dir.path().join("copy.img");
+    std::fs::copy(&a, &copy_target).unwrap();
+    let pw = dir.path().join("password");
+    std::fs::write(&pw, PASSWORD).unwrap();
+    let uri = format!(
+        "vddk://{USER}@127.0.0.1:{}/?vm={VM_MOREF}&file={SNAP8_DISK}&thumbprint={}&snapshot={SNAP8}",
+        vc.port, vc.thumbprint
+    );
+    let out = Command::new(FERRY)
+        .args(["copy", &uri])
+        .arg(&copy_target)
+        .args([
+            "--vddk-libdir",
+            &pod.env["VDDK_LIBDIR"],
+            "--changed-since",
+            SNAPSHOT,
+            "--json",
+            "--no-progress",
+        ])
+        .arg("--password-file")
+        .arg(&pw)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(pod.env.iter().filter(|(k, _)| k.starts_with("FAKE_VDDK_")))
+        .output()
+        .expect("run ferry copy");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "ferry copy --changed-since failed:\n{stderr}"
+    );
+    let stats: Value = serde_json::from_slice(&out.stdout).expect("json summary");
+    assert_eq!(
+        stats["bytes_read"],
+        json!(512 * 1024 + 256 * 1024),
+        "copy --changed-since bytes read"
+    );
+    assert_identical(&copy_target, &b, "copy --changed-since");
+
     // A change ID vCenter no longer knows (CBT reset): a full copy is needed.
     pod.set("IMPORTER_PREVIOUS_CHECKPOINT", CHANGE_ID);
     let r = pod.run();

@@ -39,6 +39,10 @@ pub struct CopyArgs {
     /// onto the target holding the previous round.
     #[arg(long, value_name = "FILE")]
     pub changed_extents: Option<PathBuf>,
+    /// Delta (VDDK sources): copy only what vCenter's changed block tracking says changed
+    /// in --snapshot since CHANGE_ID (or since a previous snapshot's moref).
+    #[arg(long, value_name = "CHANGE_ID", conflicts_with_all = ["dirty_bitmap", "changed_extents"])]
+    pub changed_since: Option<String>,
     /// Resume journal: records durable progress; a restarted copy with the same journal
     /// resumes where it stopped. Removed when the copy completes.
     #[arg(long, value_name = "PATH")]
@@ -130,6 +134,54 @@ fn check_delta_target(dst: &std::path::Path, size: u64) -> Result<(), ferry::Err
     Ok(())
 }
 
+/// Ask vCenter which areas of the disk changed in `--snapshot` since `since` (a change
+/// ID, or a previous snapshot's moref), page by page.
+async fn vsphere_changes(
+    v: &ferry::source::VddkOptions,
+    since: &str,
+) -> Result<ferry_cbt::ExtentMap, ferry::Error> {
+    use ferry::import::config::{is_change_id, is_snapshot_moref};
+    if !is_change_id(since) && !is_snapshot_moref(since) {
+        return Err(ferry::Error::Usage(format!(
+            "--changed-since {since:?}: expected a change ID (\"52 de … 63/81\") or a snapshot moref (snapshot-7)"
+        )));
+    }
+    let snapshot = v.snapshot.as_deref().ok_or_else(|| {
+        ferry::Error::Usage("--changed-since needs --snapshot (the snapshot being copied)".into())
+    })?;
+    let host = if v.server.contains(':') {
+        format!("[{}]", v.server)
+    } else {
+        v.server.clone()
+    };
+    let endpoint = if v.port == 0 {
+        format!("https://{host}/sdk")
+    } else {
+        format!("https://{host}:{}/sdk", v.port)
+    };
+    let tls = ferry_vsphere::TlsPolicy {
+        thumbprint: Some(v.thumbprint.clone()),
+        ca_dir: None,
+        insecure: false,
+    };
+    let client = ferry_vsphere::Client::login(&endpoint, &v.user, v.password.expose(), &tls)
+        .await
+        .map_err(ferry::Error::Vsphere)?;
+    let vm = ferry_vsphere::Vm {
+        moref: v.vm_moref.trim_start_matches("moref=").to_string(),
+        name: String::new(),
+        power_state: String::new(),
+        host: None,
+    };
+    let found = async {
+        let disk = client.find_disk(&vm, &v.disk).await?;
+        ferry::import::run::changed_areas(&client, &vm, snapshot, &disk, since).await
+    }
+    .await;
+    client.logout().await;
+    found.map(|(_, map)| map).map_err(ferry::Error::Vsphere)
+}
+
 /// Bound on closing the source after a failed copy.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -152,13 +204,19 @@ pub async fn run(mut a: CopyArgs) -> anyhow::Result<()> {
     let progress = Arc::new(Progress::new());
     let bar =
         (!a.no_progress && std::io::stderr().is_terminal()).then(|| spawn_bar(progress.clone()));
-    let changes = match (&a.dirty_bitmap, &a.changed_extents) {
-        (Some(_), _) => Some(Changes::FromSource),
-        (None, Some(f)) => Some(Changes::Map(Arc::new(ferry::delta::load_extents_file(
+    let changes = match (&a.dirty_bitmap, &a.changed_extents, &a.changed_since) {
+        (Some(_), _, _) => Some(Changes::FromSource),
+        (None, Some(f), _) => Some(Changes::Map(Arc::new(ferry::delta::load_extents_file(
             f,
             src.size(),
         )?))),
-        (None, None) => None,
+        (None, None, Some(since)) => {
+            let v = vddk.as_ref().ok_or_else(|| {
+                ferry::Error::Usage("--changed-since needs a vddk:// source".into())
+            })?;
+            Some(Changes::Map(Arc::new(vsphere_changes(v, since).await?)))
+        }
+        (None, None, None) => None,
     };
     let r = copy_once(
         src,

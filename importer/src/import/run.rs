@@ -116,7 +116,7 @@ pub async fn lookup(cfg: &ImportConfig) -> Result<VsphereDisk, Error> {
 /// The areas of `disk` in snapshot `snap` that changed since `prev` (a change ID, or a
 /// previous snapshot resolved to its change ID), page by page from vCenter, merged into
 /// one map of at most [`crate::delta::MAX_CHANGED_EXTENTS`] areas.
-async fn changed_areas(
+pub async fn changed_areas(
     client: &ferry_vsphere::Client,
     vm: &ferry_vsphere::Vm,
     snap: &str,
