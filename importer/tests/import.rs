@@ -1121,7 +1121,12 @@ fn warm_delta_rounds_copy_only_the_changed_areas() {
         .set("FAKE_VDDK_DISK", SNAPSHOT_DISK);
     assert_success(&pod.run(), "round 1 (full)");
     assert_identical(&pod.disk_img(), &a, "round 1");
+    let round1_marker =
+        std::fs::read(pod.data.join("disk.img.ferry-round")).expect("round 1 marker");
     for previous in [SNAPSHOT, CID7] {
+        // Each form starts from round 1's target (a retried round 2).
+        std::fs::copy(&a, pod.disk_img()).unwrap();
+        std::fs::write(pod.data.join("disk.img.ferry-round"), &round1_marker).unwrap();
         pod.set("FAKE_VDDK_BACKING", b.to_str().unwrap())
             .set("IMPORTER_CURRENT_CHECKPOINT", SNAP8)
             .set("IMPORTER_PREVIOUS_CHECKPOINT", previous)
@@ -1205,6 +1210,22 @@ fn warm_delta_rounds_copy_only_the_changed_areas() {
         "copy --changed-since bytes read"
     );
     assert_identical(&copy_target, &b, "copy --changed-since");
+
+    // The round marker beside disk.img names snapshot-8 now: a delta that claims to start
+    // from snapshot-7 (which the target no longer holds) is refused.
+    let marker = pod.data.join("disk.img.ferry-round");
+    let round: Value =
+        serde_json::from_slice(&std::fs::read(&marker).expect("round marker")).unwrap();
+    assert_eq!(round["snapshot"], json!(SNAP8), "{round}");
+    pod.set("IMPORTER_PREVIOUS_CHECKPOINT", SNAPSHOT);
+    let r = pod.run();
+    assert_pod_failure(
+        &pod,
+        &r,
+        "delta from a checkpoint the target does not hold",
+        &["full copy"],
+    );
+    std::fs::write(&marker, serde_json::to_vec(&round).unwrap()).unwrap();
 
     // A change ID vCenter no longer knows (CBT reset): a full copy is needed.
     pod.set("IMPORTER_PREVIOUS_CHECKPOINT", CHANGE_ID);

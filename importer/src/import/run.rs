@@ -69,6 +69,8 @@ pub struct VsphereDisk {
     pub capacity: u64,
     /// For a delta: the change ID it starts from and the changed areas (Data extents).
     pub changed: Option<(String, ExtentMap)>,
+    /// The change ID of the disk in the snapshot being copied (this round), when known.
+    pub round_change_id: Option<String>,
 }
 
 /// Find the VM and the disk in vSphere (instance UUID, then BIOS UUID; the backing file
@@ -99,6 +101,10 @@ pub async fn lookup(cfg: &ImportConfig) -> Result<VsphereDisk, Error> {
             (Some(prev), Some(snap)) => Some(changed_areas(&client, &vm, snap, &disk, prev).await?),
             _ => None,
         };
+        let round_change_id = match &snapshot {
+            Some(snap) => client.snapshot_change_id(&vm, snap, disk.key).await.ok(),
+            None => disk.change_id.clone(),
+        };
         Ok::<_, ferry_vsphere::Error>(VsphereDisk {
             vm_moref: vm.moref,
             file,
@@ -106,6 +112,7 @@ pub async fn lookup(cfg: &ImportConfig) -> Result<VsphereDisk, Error> {
             host: vm.host,
             capacity: disk.capacity_bytes,
             changed,
+            round_change_id,
         })
     }
     .await;
@@ -195,6 +202,89 @@ pub fn usable_bytes(dir: &std::path::Path, overhead: f64) -> Result<u64, Error> 
     Ok((total as f64 * (1.0 - overhead)) as u64)
 }
 
+/// The round marker's name beside disk.img.
+pub const ROUND_MARKER_NAME: &str = "disk.img.ferry-round";
+/// Cap on a round marker's size.
+pub const MAX_ROUND_MARKER_BYTES: u64 = 16 * 1024;
+
+/// What the last completed round wrote onto this target: a delta must start from it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Round {
+    /// IMPORTER_BACKING_FILE of the disk.
+    pub backing_file: String,
+    /// The snapshot copied (None for a plain cold import).
+    pub snapshot: Option<String>,
+    /// The disk's change ID in that snapshot, when CBT was on.
+    pub change_id: Option<String>,
+    /// Disk size.
+    pub size: u64,
+}
+
+impl Round {
+    fn write(&self, path: &std::path::Path) -> Result<(), Error> {
+        let io = |e: std::io::Error| Error::Write {
+            op: "round marker",
+            offset: 0,
+            error: e,
+        };
+        let tmp = path.with_extension("tmp");
+        let text =
+            serde_json::to_vec(self).map_err(|e| Error::Usage(format!("round marker: {e}")))?;
+        let mut f = std::fs::File::create(&tmp).map_err(io)?;
+        std::io::Write::write_all(&mut f, &text).map_err(io)?;
+        f.sync_all().map_err(io)?;
+        std::fs::rename(&tmp, path).map_err(io)?;
+        let dir = path.parent().unwrap_or(std::path::Path::new("."));
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)
+    }
+}
+
+/// A delta must start from the round the target holds: the marker left by the last
+/// completed round must name the same disk and the previous checkpoint (snapshot or
+/// change ID). A missing marker (a previous round written by another importer) is only
+/// warned about; an unreadable or mismatching one needs a full copy.
+fn check_previous_round(
+    marker: &std::path::Path,
+    backing: &str,
+    prev: &str,
+    prev_change_id: &str,
+    size: u64,
+) -> Result<(), Error> {
+    let full = "a full copy is needed";
+    let bytes = match std::fs::metadata(marker) {
+        Err(_) => {
+            tracing::warn!(marker = %marker.display(), "no record of the previous round on this target; trusting it holds checkpoint {prev}");
+            return Ok(());
+        }
+        Ok(m) if m.len() > MAX_ROUND_MARKER_BYTES => {
+            return Err(Error::Target(format!(
+                "{} is not a round marker: {full}",
+                marker.display()
+            )));
+        }
+        Ok(_) => std::fs::read(marker)
+            .map_err(|e| Error::Target(format!("cannot read {}: {e}; {full}", marker.display())))?,
+    };
+    let r: Round = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::Target(format!("{} is corrupt ({e}): {full}", marker.display())))?;
+    let same_checkpoint =
+        r.snapshot.as_deref() == Some(prev) || r.change_id.as_deref() == Some(prev_change_id);
+    if r.backing_file != backing || r.size != size || !same_checkpoint {
+        return Err(Error::Target(format!(
+            "the target holds {} at {} ({} bytes), not the previous checkpoint {prev} of {backing}: {full}",
+            r.backing_file,
+            r.snapshot
+                .as_deref()
+                .or(r.change_id.as_deref())
+                .unwrap_or("a full copy"),
+            r.size
+        )));
+    }
+    Ok(())
+}
+
 /// A delta goes onto the target holding the previous round, at the disk's current size;
 /// anything else (a missing target, a disk that grew or shrank — vSphere resets CBT then)
 /// needs a full copy.
@@ -251,11 +341,18 @@ pub async fn run(
     let mut esx_host = None;
     let mut vddk_version_found = None;
     let mut changed = None;
+    let mut round = None;
     let source: Arc<dyn Source> = match cfg.source {
         SourceKind::Vddk => {
             let disk = lookup(cfg).await?;
             esx_host = disk.host.clone();
             changed = disk.changed.clone();
+            round = Some(Round {
+                backing_file: cfg.backing_file.clone().unwrap_or_default(),
+                snapshot: disk.snapshot.clone(),
+                change_id: disk.round_change_id.clone(),
+                size: 0,
+            });
             let opts = vddk_options(cfg, &disk, t);
             let src = crate::source::VddkSource::open(&opts)
                 .await
@@ -288,8 +385,44 @@ pub async fn run(
         }
         usable = Some(u);
     }
+    let marker = match &cfg.target {
+        Target::Filesystem { dir } => Some(dir.join(ROUND_MARKER_NAME)),
+        Target::Block(_) => cfg.journal.as_ref().map(|j| j.with_extension("round")),
+    };
     if let Some((change_id, _)) = &changed {
         check_delta_target(&target, size, change_id)?;
+        if let (Some(m), Some(prev)) = (&marker, &cfg.previous_checkpoint) {
+            check_previous_round(
+                m,
+                cfg.backing_file.as_deref().unwrap_or_default(),
+                prev,
+                change_id,
+                size,
+            )?;
+        }
+    }
+    if let Some(m) = &marker {
+        // The target is about to change: until this round completes it holds no round.
+        match std::fs::remove_file(m) {
+            Ok(()) => {
+                let dir = m.parent().unwrap_or(std::path::Path::new("."));
+                std::fs::File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(|e| Error::Write {
+                        op: "round marker",
+                        offset: 0,
+                        error: e,
+                    })?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(Error::Write {
+                    op: "round marker",
+                    offset: 0,
+                    error: e,
+                });
+            }
+        }
     }
     let sink = Arc::new(Sink::open(&target, size, t.direct, engine)?);
     let preallocation_applied = if cfg.preallocation {
@@ -345,6 +478,10 @@ pub async fn run(
             sink.extend(len, cfg.preallocation).await?;
             sink.flush().await?;
         }
+    }
+    if let (Some(m), Some(mut r)) = (&marker, round) {
+        r.size = size;
+        r.write(m)?;
     }
     if matches!(cfg.target, Target::Filesystem { .. }) {
         // As CDI leaves it: group-writable for the pod's fsGroup (the VM's virt-launcher).
