@@ -1210,6 +1210,37 @@ fn warm_delta_rounds_copy_only_the_changed_areas() {
         "copy --changed-since bytes read"
     );
     assert_identical(&copy_target, &b, "copy --changed-since");
+    // `*` asks for every allocated area: onto a zeroed target of the disk's size, the
+    // result is the whole snapshot.
+    let star_target = dir.path().join("star.img");
+    std::fs::File::create(&star_target)
+        .unwrap()
+        .set_len(SIZE)
+        .unwrap();
+    let out = Command::new(FERRY)
+        .args(["copy", &uri])
+        .arg(&star_target)
+        .args([
+            "--vddk-libdir",
+            &pod.env["VDDK_LIBDIR"],
+            "--changed-since",
+            "*",
+            "--json",
+            "--no-progress",
+        ])
+        .arg("--password-file")
+        .arg(&pw)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(pod.env.iter().filter(|(k, _)| k.starts_with("FAKE_VDDK_")))
+        .output()
+        .expect("run ferry copy");
+    assert!(
+        out.status.success(),
+        "ferry copy --changed-since '*' failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_identical(&star_target, &b, "copy --changed-since '*'");
 
     // The round marker beside disk.img names snapshot-8 now: a delta that claims to start
     // from snapshot-7 (which the target no longer holds) is refused.

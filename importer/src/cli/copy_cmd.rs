@@ -141,9 +141,9 @@ async fn vsphere_changes(
     since: &str,
 ) -> Result<ferry_cbt::ExtentMap, ferry::Error> {
     use ferry::import::config::{is_change_id, is_snapshot_moref};
-    if !is_change_id(since) && !is_snapshot_moref(since) {
+    if since != "*" && !is_change_id(since) && !is_snapshot_moref(since) {
         return Err(ferry::Error::Usage(format!(
-            "--changed-since {since:?}: expected a change ID (\"52 de … 63/81\") or a snapshot moref (snapshot-7)"
+            "--changed-since {since:?}: expected a change ID (\"52 de … 63/81\"), * (all allocated areas) or a snapshot moref (snapshot-7)"
         )));
     }
     let snapshot = v.snapshot.as_deref().ok_or_else(|| {

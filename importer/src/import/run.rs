@@ -130,7 +130,8 @@ pub async fn changed_areas(
     disk: &ferry_vsphere::Disk,
     prev: &str,
 ) -> Result<(String, ExtentMap), ferry_vsphere::Error> {
-    let change_id = if super::config::is_change_id(prev) {
+    // `*`: every allocated area (a first copy through CBT).
+    let change_id = if prev == "*" || super::config::is_change_id(prev) {
         prev.to_string()
     } else {
         client.snapshot_change_id(vm, prev, disk.key).await?
