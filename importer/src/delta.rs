@@ -112,6 +112,36 @@ pub fn load_extents_file(path: &Path, disk_size: u64) -> Result<ExtentMap, Error
     parse_extents(&text, disk_size).map_err(bad)
 }
 
+/// A delta goes onto the target that holds the previous round, at the source's size
+/// (`allow_larger`: a disk.img grown to the volume's requested size is fine); a missing
+/// target, a disk that changed size, or something that is not a file or block device
+/// needs a full copy. `what` names the delta's start in the messages.
+pub fn check_target(target: &Path, size: u64, allow_larger: bool, what: &str) -> Result<(), Error> {
+    use std::os::unix::fs::FileTypeExt;
+    let full = format!("a full copy is needed ({what})");
+    let meta = std::fs::metadata(target).map_err(|e| {
+        Error::Target(format!(
+            "delta copy: target {} is not usable ({e}); {full}",
+            target.display()
+        ))
+    })?;
+    let ft = meta.file_type();
+    if ft.is_file() && (meta.len() < size || (!allow_larger && meta.len() != size)) {
+        return Err(Error::Target(format!(
+            "delta copy: target {} is {} bytes but the source is {size}: the disk changed size since the previous round; {full}",
+            target.display(),
+            meta.len()
+        )));
+    }
+    if !ft.is_file() && !ft.is_block_device() {
+        return Err(Error::Target(format!(
+            "delta copy: target {} is not a file or block device; {full}",
+            target.display()
+        )));
+    }
+    Ok(())
+}
+
 /// What a delta does inside `changed` (Data extents = changed areas), given the source's
 /// allocation `alloc` over the same window: the allocation restricted to the changed
 /// areas, keeping its kinds (data is copied; zero and hole become zeroes on the target).

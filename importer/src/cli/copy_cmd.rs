@@ -66,7 +66,7 @@ pub async fn copy_once(
     journal: Option<&std::path::Path>,
 ) -> Result<CopyStats, ferry::Error> {
     if changes.is_some() {
-        check_delta_target(dst, src.size())?;
+        ferry::delta::check_target(dst, src.size(), false, "delta onto the previous round")?;
     }
     let sink = Arc::new(Sink::open(dst, src.size(), tuning.direct, engine)?);
     let (journal, start_at) = match journal {
@@ -105,33 +105,6 @@ pub async fn copy_once(
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, src.close()).await;
     }
     r
-}
-
-/// A delta goes onto the target that holds the previous round, at the source's size:
-/// anything else needs a full copy.
-fn check_delta_target(dst: &std::path::Path, size: u64) -> Result<(), ferry::Error> {
-    use std::os::unix::fs::FileTypeExt;
-    let full = "a full copy is needed";
-    let meta = std::fs::metadata(dst).map_err(|e| {
-        ferry::Error::Target(format!(
-            "delta copy: target {} is not usable ({e}); {full}",
-            dst.display()
-        ))
-    })?;
-    if meta.file_type().is_file() && meta.len() != size {
-        return Err(ferry::Error::Target(format!(
-            "delta copy: target {} is {} bytes but the source is {size}: the disk changed size since the previous round; {full}",
-            dst.display(),
-            meta.len()
-        )));
-    }
-    if !meta.file_type().is_file() && !meta.file_type().is_block_device() {
-        return Err(ferry::Error::Target(format!(
-            "delta copy: target {} is not a file or block device; {full}",
-            dst.display()
-        )));
-    }
-    Ok(())
 }
 
 /// Ask vCenter which areas of the disk changed in `--snapshot` since `since` (a change

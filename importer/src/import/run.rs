@@ -286,34 +286,6 @@ fn check_previous_round(
     Ok(())
 }
 
-/// A delta goes onto the target holding the previous round, at the disk's current size;
-/// anything else (a missing target, a disk that grew or shrank — vSphere resets CBT then)
-/// needs a full copy.
-fn check_delta_target(target: &std::path::Path, size: u64, change_id: &str) -> Result<(), Error> {
-    use std::os::unix::fs::FileTypeExt;
-    let full = format!("a full copy is needed (delta from change ID {change_id})");
-    let meta = std::fs::metadata(target).map_err(|e| {
-        Error::Target(format!(
-            "the previous round's target {} is not usable ({e}): {full}",
-            target.display()
-        ))
-    })?;
-    if meta.file_type().is_file() && meta.len() < size {
-        return Err(Error::Target(format!(
-            "{} is {} bytes but the disk is now {size}: the disk changed size since the previous round, {full}",
-            target.display(),
-            meta.len()
-        )));
-    }
-    if !meta.file_type().is_file() && !meta.file_type().is_block_device() {
-        return Err(Error::Target(format!(
-            "{} is not a file or block device: {full}",
-            target.display()
-        )));
-    }
-    Ok(())
-}
-
 /// The VDDK library's version from its file name (libvixDiskLib.so.8.0.3 → 8.0.3).
 pub fn vddk_version(path: &std::path::Path) -> String {
     let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
@@ -391,7 +363,12 @@ pub async fn run(
         Target::Block(_) => cfg.journal.as_ref().map(|j| j.with_extension("round")),
     };
     if let Some((change_id, _)) = &changed {
-        check_delta_target(&target, size, change_id)?;
+        crate::delta::check_target(
+            &target,
+            size,
+            true,
+            &format!("delta from change ID {change_id}"),
+        )?;
         if let (Some(m), Some(prev)) = (&marker, &cfg.previous_checkpoint) {
             check_previous_round(
                 m,
