@@ -72,6 +72,21 @@ impl JournalFile {
         )
     }
 
+    /// [`JournalFile::open`] when the copy has a journal path; `(None, 0)` otherwise. The
+    /// identity is only built when needed.
+    pub fn open_optional(
+        path: Option<&Path>,
+        identity: impl FnOnce() -> JournalIdentity,
+    ) -> (Option<std::sync::Arc<JournalFile>>, u64) {
+        match path {
+            None => (None, 0),
+            Some(p) => {
+                let (j, start) = JournalFile::open(p, identity());
+                (Some(std::sync::Arc::new(j)), start)
+            }
+        }
+    }
+
     /// The journal's path.
     pub fn path(&self) -> &Path {
         &self.path

@@ -69,26 +69,19 @@ pub async fn copy_once(
         ferry::delta::check_target(dst, src.size(), false, "delta onto the previous round")?;
     }
     let sink = Arc::new(Sink::open(dst, src.size(), tuning.direct, engine)?);
-    let (journal, start_at) = match journal {
-        None => (None, 0),
-        Some(p) => {
-            let plan = match &changes {
+    let (journal, start_at) =
+        ferry::journal::JournalFile::open_optional(journal, || ferry::journal::JournalIdentity {
+            source: src.describe(),
+            size: src.size(),
+            plan: match &changes {
                 None => "full".to_string(),
                 Some(Changes::FromSource) => "changes-from-source".to_string(),
                 Some(Changes::Map(m)) => {
                     format!("changed-extents:{}:{}", m.len(), m.covered_bytes())
                 }
-            };
-            let identity = ferry::journal::JournalIdentity {
-                source: src.describe(),
-                size: src.size(),
-                plan,
-                target: dst.display().to_string(),
-            };
-            let (j, start) = ferry::journal::JournalFile::open(p, identity);
-            (Some(Arc::new(j)), start)
-        }
-    };
+            },
+            target: dst.display().to_string(),
+        });
     let opts = CopyOptions {
         buf_size: tuning.buf_size(),
         buf_count: tuning.count() as usize,

@@ -107,13 +107,11 @@ impl Tuning {
 
     /// NBD source options.
     pub fn nbd(&self) -> NbdSourceOptions {
-        NbdSourceOptions {
-            connections: self.connections as usize,
-            connect_timeout: Duration::from_secs(self.timeout.min(30)),
-            request_timeout: Duration::from_secs(self.timeout),
-            extents: !self.no_extents,
-            dirty_bitmap: None,
-        }
+        NbdSourceOptions::new(
+            self.connections as usize,
+            Duration::from_secs(self.timeout),
+            !self.no_extents,
+        )
     }
 
     /// The flags that reproduce this tuning on another `ferry` command line.

@@ -334,13 +334,7 @@ pub async fn run(
             Arc::new(src)
         }
         SourceKind::Nbd => {
-            let nbd = NbdSourceOptions {
-                connections: t.connections as usize,
-                connect_timeout: t.timeout.min(Duration::from_secs(30)),
-                request_timeout: t.timeout,
-                extents: true,
-                dirty_bitmap: None,
-            };
+            let nbd = NbdSourceOptions::new(t.connections as usize, t.timeout, true);
             crate::source::open(&cfg.endpoint, &nbd, None, engine.clone()).await?
         }
     };
@@ -412,21 +406,17 @@ pub async fn run(
         Target::Filesystem { dir } => Some(dir.join(JOURNAL_NAME)),
         Target::Block(_) => None,
     });
-    let (journal, start_at) = match journal_path {
-        None => (None, 0),
-        Some(p) => {
-            let identity = crate::journal::JournalIdentity {
+    let (journal, start_at) =
+        crate::journal::JournalFile::open_optional(journal_path.as_deref(), || {
+            crate::journal::JournalIdentity {
                 source: source.describe(),
                 size,
                 plan: changed
                     .as_ref()
                     .map_or_else(|| "full".to_string(), |(id, _)| format!("delta:{id}")),
                 target: target.display().to_string(),
-            };
-            let (j, start) = crate::journal::JournalFile::open(&p, identity);
-            (Some(Arc::new(j)), start)
-        }
-    };
+            }
+        });
     let opts = CopyOptions {
         buf_size: (t.buf_size_in_64k * 64 * 1024) as usize,
         buf_count: t.buf_count as usize,

@@ -50,15 +50,26 @@ pub struct NbdSourceOptions {
     pub dirty_bitmap: Option<String>,
 }
 
-impl Default for NbdSourceOptions {
-    fn default() -> Self {
+/// Connecting and negotiating waits at most this long, even with a longer request timeout.
+pub const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl NbdSourceOptions {
+    /// Options with one bound for any request, connecting bounded by the smaller of it and
+    /// [`MAX_CONNECT_TIMEOUT`], and no dirty bitmap.
+    pub fn new(connections: usize, timeout: Duration, extents: bool) -> Self {
         NbdSourceOptions {
-            connections: 4,
-            connect_timeout: Duration::from_secs(30),
-            request_timeout: Duration::from_secs(120),
-            extents: true,
+            connections,
+            connect_timeout: timeout.min(MAX_CONNECT_TIMEOUT),
+            request_timeout: timeout,
+            extents,
             dirty_bitmap: None,
         }
+    }
+}
+
+impl Default for NbdSourceOptions {
+    fn default() -> Self {
+        NbdSourceOptions::new(4, Duration::from_secs(120), true)
     }
 }
 
