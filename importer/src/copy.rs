@@ -87,9 +87,11 @@ pub struct CopyOptions {
     pub detect_zeroes: bool,
     /// Copy only these changed areas onto a target that holds the previous round.
     pub changes: Option<Changes>,
-    /// Start here: everything below is already durably on the target (resume).
+    /// Start here: everything below is already durably on the target (resume; the
+    /// journal's samples are checked first, and a mismatch starts from zero).
     pub start_at: u64,
-    /// Record progress here, so a restarted copy resumes instead of starting over.
+    /// Record progress here, so a restarted copy resumes instead of starting over
+    /// (opened and begun by the caller: `JournalFile::open`, then `begin`).
     pub journal: Option<Arc<crate::journal::JournalFile>>,
 }
 
@@ -99,6 +101,11 @@ pub const JOURNAL_BYTES: u64 = 256 * 1024 * 1024;
 /// …or this much time passed, whichever comes first. A restart re-reads at most about
 /// JOURNAL_BYTES plus what was in flight.
 pub const JOURNAL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+/// The first progress record of a run lands sooner (this much data or
+/// [`JOURNAL_FIRST_INTERVAL`]), so a kill early in a long copy keeps what is durable.
+pub const JOURNAL_FIRST_BYTES: u64 = 32 * 1024 * 1024;
+/// See [`JOURNAL_FIRST_BYTES`].
+pub const JOURNAL_FIRST_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// The durable-prefix tracker: requests complete out of order; the watermark is the end
 /// of the longest prefix of dispatched requests that have all completed.
@@ -163,7 +170,12 @@ pub struct CopyStats {
 }
 
 enum Done {
-    Data { buf: Buf, len: u64, written: bool },
+    Data {
+        buf: Buf,
+        offset: u64,
+        len: u64,
+        written: bool,
+    },
     Zero { len: u64, outcome: ZeroOutcome },
 }
 
@@ -193,6 +205,17 @@ pub async fn copy(
         .collect();
     progress.set_total(size);
     progress.set_engine(sink.engine_name());
+    // A resume is trusted only once the journal's samples read back the same from the
+    // target and the source.
+    let mut start_at = opts.start_at.min(size);
+    if let (Some(j), true) = (&opts.journal, start_at > 0) {
+        let buf = free.pop().unwrap_or_else(|| Buf::new(buf_size));
+        let (buf, trusted) = j.verify(source.as_ref(), &sink, buf).await?;
+        free.push(buf);
+        if !trusted {
+            start_at = 0;
+        }
+    }
 
     // Allocation windows, fetched ahead of the copy by their own task.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<ExtentMap, Error>>(2);
@@ -204,7 +227,6 @@ pub async fn copy(
         // A delta's progress counts changed bytes, not the whole disk.
         progress.set_total(changed_bytes(&source, c, size, window).await?);
     }
-    let start_at = opts.start_at.min(size);
     if start_at > 0 {
         tracing::info!(
             start_at,
@@ -254,8 +276,10 @@ pub async fn copy(
     let mut plan_done = false;
     let mut in_flight = FuturesUnordered::new();
     let mut zeros_in_flight = 0usize;
-    let mut marks = Watermark::new(opts.start_at);
-    let mut recorded = opts.start_at;
+    let mut marks = Watermark::new(start_at);
+    let mut recorded = start_at;
+    // Samples cover the first bytes of a written request (at least one aligned block).
+    let sample_len = crate::journal::SAMPLE_BYTES.max(align);
     let mut last_record = Instant::now();
 
     loop {
@@ -278,7 +302,7 @@ pub async fn copy(
                 },
                 Some((idx, d)) = in_flight.next(), if !in_flight.is_empty() => {
                     marks.complete(idx);
-                    finish(d?, &mut free, &mut zeros_in_flight, &mut stats, &progress);
+                    finish(d?, &mut free, &mut zeros_in_flight, &mut stats, &progress, opts.journal.as_deref(), sample_len);
                 }
             }
         };
@@ -297,7 +321,15 @@ pub async fn copy(
                 .await
                 .ok_or_else(|| Error::Source("copy pipeline stalled".into()))?;
             marks.complete(idx);
-            finish(d?, &mut free, &mut zeros_in_flight, &mut stats, &progress);
+            finish(
+                d?,
+                &mut free,
+                &mut zeros_in_flight,
+                &mut stats,
+                &progress,
+                opts.journal.as_deref(),
+                sample_len,
+            );
         }
         let idx = marks.dispatch(item.offset + item.length);
         let work: std::pin::Pin<Box<dyn std::future::Future<Output = Result<Done, Error>> + Send>> =
@@ -317,6 +349,7 @@ pub async fn copy(
                         if detect && buf.is_zero() {
                             return Ok(Done::Data {
                                 buf,
+                                offset: item.offset,
                                 len: item.length,
                                 written: false,
                             });
@@ -325,6 +358,7 @@ pub async fn copy(
                         r?;
                         Ok(Done::Data {
                             buf,
+                            offset: item.offset,
                             len: item.length,
                             written: true,
                         })
@@ -343,9 +377,14 @@ pub async fn copy(
                 }
             };
         in_flight.push(Box::pin(async move { (idx, work.await) }));
+        let (due_bytes, due_time) = if recorded == start_at {
+            (JOURNAL_FIRST_BYTES, JOURNAL_FIRST_INTERVAL)
+        } else {
+            (JOURNAL_BYTES, JOURNAL_INTERVAL)
+        };
         if let Some(j) = &opts.journal
             && marks.mark > recorded
-            && (marks.mark - recorded >= JOURNAL_BYTES || last_record.elapsed() >= JOURNAL_INTERVAL)
+            && (marks.mark - recorded >= due_bytes || last_record.elapsed() >= due_time)
         {
             // Data before journal: the target is flushed, then the watermark recorded.
             let mark = marks.mark;
@@ -358,7 +397,15 @@ pub async fn copy(
     }
     while let Some((idx, d)) = in_flight.next().await {
         marks.complete(idx);
-        finish(d?, &mut free, &mut zeros_in_flight, &mut stats, &progress);
+        finish(
+            d?,
+            &mut free,
+            &mut zeros_in_flight,
+            &mut stats,
+            &progress,
+            opts.journal.as_deref(),
+            sample_len,
+        );
         progress.set_in_flight(in_flight.len() as u64);
     }
     progress.set_phase("flushing");
@@ -378,9 +425,20 @@ fn finish(
     zeros: &mut usize,
     stats: &mut CopyStats,
     progress: &Progress,
+    journal: Option<&crate::journal::JournalFile>,
+    sample_len: u64,
 ) {
     match d {
-        Done::Data { buf, len, written } => {
+        Done::Data {
+            buf,
+            offset,
+            len,
+            written,
+        } => {
+            if let (Some(j), true) = (journal, written) {
+                // What was written here is a sample the journal may carry as proof.
+                j.offer(offset, &buf.as_slice()[..sample_len.min(len) as usize]);
+            }
             free.push(buf);
             stats.bytes_read += len;
             if written {

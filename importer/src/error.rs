@@ -35,6 +35,15 @@ pub enum Error {
         /// The OS error (shown in the message, so not also a `source`).
         error: std::io::Error,
     },
+    /// The resume journal cannot be used: its path is refused (it is the source, the
+    /// target, or a file that is not a journal) or reading or writing it failed.
+    #[error("resume journal {}: {message}", path.display())]
+    Journal {
+        /// The journal's path.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        message: String,
+    },
     /// VDDK failure (library, authentication, thumbprint, not found, NFC memory…).
     #[error(transparent)]
     Vddk(crate::source::vddk::VddkError),

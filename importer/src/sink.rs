@@ -78,6 +78,67 @@ pub struct Sink {
     size: u64,
     engine: Arc<dyn IoEngine>,
     zero_strategy: AtomicU8,
+    /// The target's identity as found before this copy touched it (None: created now).
+    found_id: Option<String>,
+    /// The target's identity as this copy leaves it.
+    id: String,
+}
+
+/// Cap on one sysfs attribute read for a block device's identity.
+pub const MAX_SYSFS_ATTR: usize = 256;
+
+/// A file's identity: device, inode and birth time (a file recreated under the same
+/// name, even on a reused inode, has another), and its length.
+fn file_id(m: &std::fs::Metadata, len: u64) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let btime = m
+        .created()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or_else(
+            || "unknown".to_string(),
+            |d| format!("{}.{:09}", d.as_secs(), d.subsec_nanos()),
+        );
+    format!("file dev={} ino={} btime={btime} len={len}", m.dev(), m.ino())
+}
+
+/// A block device's identity: its number and size, and what sysfs says of the device
+/// behind it (WWID and serial of a disk, a device-mapper UUID, a loop device's backing
+/// file), where present.
+fn block_id(rdev: u64, len: u64) -> String {
+    let (major, minor) = (libc::major(rdev), libc::minor(rdev));
+    let mut id = format!("block rdev={major}:{minor} len={len}");
+    let base = PathBuf::from(format!("/sys/dev/block/{major}:{minor}"));
+    for (key, attr) in [
+        ("wwid", "device/wwid"),
+        ("wwid", "wwid"),
+        ("serial", "device/serial"),
+        ("serial", "serial"),
+        ("dm", "dm/uuid"),
+        ("loop", "loop/backing_file"),
+    ] {
+        if let Some(v) = sysfs_attr(&base.join(attr)) {
+            id.push_str(&format!(" {key}={v}"));
+        }
+    }
+    id
+}
+
+/// One sysfs attribute, at most [`MAX_SYSFS_ATTR`] bytes, as one printable word.
+fn sysfs_attr(p: &Path) -> Option<String> {
+    use std::io::Read;
+    let mut b = Vec::new();
+    File::open(p)
+        .ok()?
+        .take(MAX_SYSFS_ATTR as u64)
+        .read_to_end(&mut b)
+        .ok()?;
+    let v: String = String::from_utf8_lossy(&b)
+        .trim()
+        .chars()
+        .map(|c| if c.is_ascii_graphic() { c } else { '_' })
+        .collect();
+    (!v.is_empty()).then_some(v)
 }
 
 fn target_err(path: &Path, what: &str, e: &io::Error) -> Error {
@@ -115,6 +176,8 @@ impl Sink {
                 size,
                 engine,
                 zero_strategy: AtomicU8::new(Z_PUNCH),
+                found_id: None,
+                id: "null".into(),
             });
         }
         let meta = match std::fs::symlink_metadata(path) {
@@ -136,7 +199,8 @@ impl Sink {
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => return Err(target_err(path, "inspect", &e)),
         };
-        let (kind, buffered) = match &meta {
+        let stat = |f: &File| f.metadata().map_err(|e| target_err(path, "inspect", &e));
+        let (kind, buffered, found_id, id) = match &meta {
             None => {
                 let f = OpenOptions::new()
                     .read(true)
@@ -146,7 +210,8 @@ impl Sink {
                     .open(path)
                     .map_err(|e| target_err(path, "create", &e))?;
                 f.set_len(size).map_err(|e| target_err(path, "size", &e))?;
-                (TargetKind::NewFile, f)
+                let id = file_id(&stat(&f)?, size);
+                (TargetKind::NewFile, f, None, id)
             }
             Some(m) if m.file_type().is_block_device() => {
                 let mut f = OpenOptions::new()
@@ -164,7 +229,9 @@ impl Sink {
                         path.display()
                     )));
                 }
-                (TargetKind::BlockDevice, f)
+                use std::os::unix::fs::MetadataExt;
+                let id = block_id(stat(&f)?.rdev(), dev);
+                (TargetKind::BlockDevice, f, Some(id.clone()), id)
             }
             Some(m) if m.file_type().is_file() => {
                 let f = OpenOptions::new()
@@ -173,12 +240,15 @@ impl Sink {
                     .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
                     .open(path)
                     .map_err(|e| target_err(path, "open", &e))?;
-                if m.len() != size {
+                let found = stat(&f)?;
+                let found_id = file_id(&found, found.len());
+                if found.len() != size {
                     tracing::info!(path = %path.display(), from = m.len(), to = size, "resizing existing target file to the source size");
                     f.set_len(size)
                         .map_err(|e| target_err(path, "resize", &e))?;
                 }
-                (TargetKind::ExistingFile, f)
+                let id = file_id(&found, size);
+                (TargetKind::ExistingFile, f, Some(found_id), id)
             }
             Some(m) => {
                 return Err(Error::Target(format!(
@@ -213,7 +283,28 @@ impl Sink {
             size,
             engine,
             zero_strategy: AtomicU8::new(Z_PUNCH),
+            found_id,
+            id,
         })
+    }
+
+    /// The target's identity as this copy leaves it (for the resume journal).
+    pub fn target_id(&self) -> &str {
+        &self.id
+    }
+
+    /// The target's identity as it was found before this copy opened it; `None` when
+    /// this copy created it (or for `null:`).
+    pub fn found_target_id(&self) -> Option<&str> {
+        self.found_id.as_deref()
+    }
+
+    /// Read `len` bytes at `offset` back from the target (plain reads; a few small ones
+    /// to check a resume journal's samples, never on the copy's path).
+    pub fn read_at(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let mut b = vec![0; len];
+        std::os::unix::fs::FileExt::read_exact_at(&*self.buffered, &mut b, offset)?;
+        Ok(b)
     }
 
     /// The target kind.

@@ -68,20 +68,33 @@ pub async fn copy_once(
     if changes.is_some() {
         ferry::delta::check_target(dst, src.size(), false, "delta onto the previous round")?;
     }
+    // The journal path is checked before the target is touched: it may be neither the
+    // target nor the source, nor any file that is not a Ferry journal.
+    let mut protected = vec![(dst, "the target")];
+    if let Some(p) = src.local_path() {
+        protected.push((p, "the source"));
+    }
+    let journal = ferry::journal::JournalFile::open_optional(journal, &protected)?;
     let sink = Arc::new(Sink::open(dst, src.size(), tuning.direct, engine)?);
-    let (journal, start_at) =
-        ferry::journal::JournalFile::open_optional(journal, || ferry::journal::JournalIdentity {
-            source: src.describe(),
-            size: src.size(),
-            plan: match &changes {
-                None => "full".to_string(),
-                Some(Changes::FromSource) => "changes-from-source".to_string(),
-                Some(Changes::Map(m)) => {
-                    format!("changed-extents:{}:{}", m.len(), m.covered_bytes())
-                }
+    let start_at = match &journal {
+        None => 0,
+        Some(j) => j.begin(
+            ferry::journal::JournalIdentity {
+                source: src.describe(),
+                size: src.size(),
+                plan: match &changes {
+                    None => "full".to_string(),
+                    Some(Changes::FromSource) => "changes-from-source".to_string(),
+                    Some(Changes::Map(m)) => {
+                        format!("changed-extents:{}:{}", m.len(), m.covered_bytes())
+                    }
+                },
+                target: dst.display().to_string(),
+                target_id: sink.target_id().to_string(),
             },
-            target: dst.display().to_string(),
-        });
+            &sink,
+        )?,
+    };
     let opts = CopyOptions {
         buf_size: tuning.buf_size(),
         buf_count: tuning.count() as usize,

@@ -223,22 +223,11 @@ pub struct Round {
 
 impl Round {
     fn write(&self, path: &std::path::Path) -> Result<(), Error> {
-        let io = |e: std::io::Error| Error::Write {
-            op: "round marker",
-            offset: 0,
-            error: e,
-        };
-        let tmp = path.with_extension("tmp");
         let text =
             serde_json::to_vec(self).map_err(|e| Error::Usage(format!("round marker: {e}")))?;
-        let mut f = std::fs::File::create(&tmp).map_err(io)?;
-        std::io::Write::write_all(&mut f, &text).map_err(io)?;
-        f.sync_all().map_err(io)?;
-        std::fs::rename(&tmp, path).map_err(io)?;
-        let dir = path.parent().unwrap_or(std::path::Path::new("."));
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io)
+        crate::journal::atomic_replace(path, &text)
+            .map(|_| ())
+            .map_err(|e| Error::Target(format!("round marker {}: {e}", path.display())))
     }
 }
 
@@ -354,7 +343,12 @@ pub async fn run(
     }
     let marker = match &cfg.target {
         Target::Filesystem { dir } => Some(dir.join(ROUND_MARKER_NAME)),
-        Target::Block(_) => cfg.journal.as_ref().map(|j| j.with_extension("round")),
+        // Beside the journal, its name extended (never an extension replaced).
+        Target::Block(_) => cfg.journal.as_ref().map(|j| {
+            let mut name = j.clone().into_os_string();
+            name.push(".round");
+            std::path::PathBuf::from(name)
+        }),
     };
     if let Some((change_id, _)) = &changed {
         crate::delta::check_target(
@@ -396,18 +390,25 @@ pub async fn run(
             }
         }
     }
+    let journal_path = cfg.journal.clone().or_else(|| match &cfg.target {
+        Target::Filesystem { dir } => Some(dir.join(JOURNAL_NAME)),
+        Target::Block(_) => None,
+    });
+    // Checked before the target is touched (see `JournalFile::open`).
+    let mut protected = vec![(target.as_path(), "the target")];
+    if let Some(m) = &marker {
+        protected.push((m.as_path(), "the round marker"));
+    }
+    let journal = crate::journal::JournalFile::open_optional(journal_path.as_deref(), &protected)?;
     let sink = Arc::new(Sink::open(&target, size, t.direct, engine)?);
     let preallocation_applied = if cfg.preallocation {
         sink.preallocate().await?
     } else {
         false
     };
-    let journal_path = cfg.journal.clone().or_else(|| match &cfg.target {
-        Target::Filesystem { dir } => Some(dir.join(JOURNAL_NAME)),
-        Target::Block(_) => None,
-    });
-    let (journal, start_at) =
-        crate::journal::JournalFile::open_optional(journal_path.as_deref(), || {
+    let start_at = match &journal {
+        None => 0,
+        Some(j) => j.begin(
             crate::journal::JournalIdentity {
                 source: source.describe(),
                 size,
@@ -415,8 +416,11 @@ pub async fn run(
                     .as_ref()
                     .map_or_else(|| "full".to_string(), |(id, _)| format!("delta:{id}")),
                 target: target.display().to_string(),
-            }
-        });
+                target_id: sink.target_id().to_string(),
+            },
+            &sink,
+        )?,
+    };
     let opts = CopyOptions {
         buf_size: (t.buf_size_in_64k * 64 * 1024) as usize,
         buf_count: t.buf_count as usize,

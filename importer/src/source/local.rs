@@ -99,6 +99,10 @@ impl Source for LocalSource {
         self.path.display().to_string()
     }
 
+    fn local_path(&self) -> Option<&std::path::Path> {
+        Some(&self.path)
+    }
+
     fn size(&self) -> u64 {
         self.size
     }

@@ -53,6 +53,11 @@ pub trait Source: Send + Sync + std::fmt::Debug {
     }
     /// Fill `buf` (its current length) from `offset`.
     fn read(&self, offset: u64, buf: Buf) -> BoxFuture<'static, Result<Buf, Error>>;
+    /// The local file or device this source reads, if it is one (so no other file of
+    /// the copy, e.g. its journal, can be it).
+    fn local_path(&self) -> Option<&std::path::Path> {
+        None
+    }
     /// Release connections; called once after the copy.
     fn close(&self) -> BoxFuture<'_, ()>;
 }
