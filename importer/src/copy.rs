@@ -176,7 +176,10 @@ enum Done {
         len: u64,
         written: bool,
     },
-    Zero { len: u64, outcome: ZeroOutcome },
+    Zero {
+        len: u64,
+        outcome: ZeroOutcome,
+    },
 }
 
 /// Copy the whole source onto the sink.

@@ -67,3 +67,12 @@ pub fn changed_extents(data: &[u8]) {
         assert!(map.end().is_none_or(|e| e <= DISK));
     }
 }
+
+/// A resume journal found on a volume (written by an earlier run, or by anything else):
+/// never panics, and whatever decodes encodes back to a journal that decodes the same.
+pub fn journal(data: &[u8]) {
+    if let Ok(j) = ferry_cbt::journal::decode(data) {
+        let again = ferry_cbt::journal::encode(&j).expect("a decoded journal must encode");
+        assert_eq!(ferry_cbt::journal::decode(&again).as_ref(), Ok(&j));
+    }
+}

@@ -220,7 +220,10 @@ impl JournalFile {
                 return Err(refuse("is a symbolic link".into()));
             }
             Ok(m) if !m.file_type().is_file() => {
-                return Err(refuse(format!("exists and is not a regular file ({:?})", m.file_type())));
+                return Err(refuse(format!(
+                    "exists and is not a regular file ({:?})",
+                    m.file_type()
+                )));
             }
             Ok(m) if m.len() > ferry_cbt::journal::MAX_JOURNAL_BYTES as u64 => {
                 return Err(refuse(format!(
@@ -299,7 +302,8 @@ impl JournalFile {
                 None => Some(j),
             }
         });
-        let (watermark, samples) = found.map_or((0, Vec::new()), |j| (j.watermark, j.samples.clone()));
+        let (watermark, samples) =
+            found.map_or((0, Vec::new()), |j| (j.watermark, j.samples.clone()));
         {
             let mut st = self.state();
             st.identity = Some(identity);
@@ -328,7 +332,10 @@ impl JournalFile {
         for s in &samples {
             let len = s.len as usize;
             if len > buf.capacity() {
-                mismatch = Some(format!("the sample at {} is larger than a buffer", s.offset));
+                mismatch = Some(format!(
+                    "the sample at {} is larger than a buffer",
+                    s.offset
+                ));
                 break;
             }
             let on_target = sink.read_at(s.offset, len).map_err(|e| {
@@ -701,6 +708,10 @@ mod tests {
         let (s, jf, start) = begin();
         assert_eq!(start, 65536);
         assert!(!verify(&s, &jf));
-        assert!(std::fs::read_to_string(&j).expect("journal").contains("watermark 0\n"));
+        assert!(
+            std::fs::read_to_string(&j)
+                .expect("journal")
+                .contains("watermark 0\n")
+        );
     }
 }

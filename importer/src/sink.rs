@@ -99,7 +99,11 @@ fn file_id(m: &std::fs::Metadata, len: u64) -> String {
             || "unknown".to_string(),
             |d| format!("{}.{:09}", d.as_secs(), d.subsec_nanos()),
         );
-    format!("file dev={} ino={} btime={btime} len={len}", m.dev(), m.ino())
+    format!(
+        "file dev={} ino={} btime={btime} len={len}",
+        m.dev(),
+        m.ino()
+    )
 }
 
 /// A block device's identity: its number and size, and what sysfs says of the device

@@ -51,3 +51,11 @@ fn changed_extents_corpus_replays_without_panic() {
         ferry::fuzzing::changed_extents(&b);
     }
 }
+
+#[test]
+fn journal_corpus_replays_without_panic() {
+    for (p, b) in corpus("journal") {
+        eprintln!("{}", p.display());
+        ferry::fuzzing::journal(&b);
+    }
+}

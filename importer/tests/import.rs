@@ -1581,3 +1581,127 @@ fn nbd_source_into_filesystem_mode() {
         "VDDK was loaded for an NBD source"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Resume journals under `ferry import` (issue 8)
+
+/// Start the pod, wait until its journal records at least `min` durable bytes, kill -9.
+fn kill_import_after_progress(pod: &Pod, journal: &Path, min: u64) -> u64 {
+    let wm = || {
+        std::fs::read_to_string(journal).ok().and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("watermark "))
+                .and_then(|w| w.parse::<u64>().ok())
+        })
+    };
+    let mut running = spawn(pod.command());
+    let t0 = Instant::now();
+    while wm().is_none_or(|w| w < min)
+        && t0.elapsed() < Duration::from_secs(20)
+        && !running.has_exited()
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    running.signal("KILL");
+    let r = running.wait(Duration::from_secs(10));
+    assert!(!r.status.success(), "the import finished before the kill");
+    wm().unwrap_or(0)
+}
+
+#[test]
+fn a_restarted_import_never_resumes_onto_a_replaced_disk_img() {
+    if !require(&["nbdkit", "nbdcopy", "cmp"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("disk.sock");
+    let reference = {
+        let fast = Nbdkit::start(&sock, &["pattern", "256M"]);
+        nbdcopy_reference(&fast.uri(), dir.path())
+    };
+    // 32 reads of 1 MiB in flight, 200 ms each: about 1.6 s for the whole disk.
+    let slow = ["--filter=delay", "pattern", "256M", "rdelay=200ms"];
+    let mut pod = Pod::bare();
+    let uri = format!("nbd+unix:///?socket={}", sock.display());
+    pod.set("IMPORTER_SOURCE", "nbd")
+        .set("IMPORTER_ENDPOINT", &uri)
+        .set("OWNER_UID", OWNER_UID)
+        .set("PREALLOCATION", "false");
+    // 1. The default journal beside disk.img; disk.img deleted between the runs (a
+    //    volume wiped and handed back): a full copy, identical.
+    let beside = pod.data.join("disk.img.ferry-journal");
+    let server = Nbdkit::start(&sock, &slow);
+    let mark = kill_import_after_progress(&pod, &beside, 40 * MIB);
+    drop(server);
+    assert!(mark > 0);
+    std::fs::remove_file(pod.disk_img()).unwrap();
+    let server = Nbdkit::start(&sock, &["pattern", "256M"]);
+    let r = pod.run();
+    assert_success(&r, "disk.img deleted");
+    assert!(
+        r.stderr.contains("discarding the resume journal"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        !r.stderr.contains("resuming from the journal"),
+        "{}",
+        r.stderr
+    );
+    assert_identical(&pod.disk_img(), &reference, "disk.img deleted");
+    assert!(!beside.exists());
+    drop(server);
+
+    // 2. FERRY_JOURNAL outside the volume; disk.img replaced by another file of the
+    //    same size under the same name: a full copy, identical.
+    let outside = pod.dir.path().join("journals/disk.journal");
+    std::fs::create_dir_all(outside.parent().unwrap()).unwrap();
+    pod.set("FERRY_JOURNAL", outside.to_str().unwrap());
+    std::fs::remove_file(pod.disk_img()).unwrap();
+    let server = Nbdkit::start(&sock, &slow);
+    kill_import_after_progress(&pod, &outside, 40 * MIB);
+    drop(server);
+    std::fs::remove_file(pod.disk_img()).unwrap();
+    fill(&pod.disk_img(), 0, 256 * MIB);
+    let server = Nbdkit::start(&sock, &["pattern", "256M"]);
+    let r = pod.run();
+    assert_success(&r, "disk.img replaced");
+    assert!(
+        !r.stderr.contains("resuming from the journal"),
+        "{}",
+        r.stderr
+    );
+    assert_identical(&pod.disk_img(), &reference, "disk.img replaced");
+    drop(server);
+
+    // 3. The same disk.img kept: the restart resumes, identical.
+    let server = Nbdkit::start(&sock, &slow);
+    std::fs::remove_file(pod.disk_img()).unwrap();
+    kill_import_after_progress(&pod, &outside, 40 * MIB);
+    drop(server);
+    let server = Nbdkit::start(&sock, &["pattern", "256M"]);
+    let r = pod.run();
+    assert_success(&r, "disk.img kept");
+    assert!(
+        r.stderr.contains("resuming from the journal"),
+        "{}",
+        r.stderr
+    );
+    assert_identical(&pod.disk_img(), &reference, "disk.img kept");
+    assert!(!outside.exists());
+
+    // 4. FERRY_JOURNAL naming disk.img itself is refused before anything is written.
+    std::fs::remove_file(pod.disk_img()).unwrap();
+    fill(&pod.disk_img(), 0x11, MIB);
+    pod.set("FERRY_JOURNAL", pod.disk_img().to_str().unwrap());
+    let r = pod.run();
+    assert_pod_failure(
+        &pod,
+        &r,
+        "journal = disk.img",
+        &["resume journal", "is the target"],
+    );
+    assert_eq!(file_size(&pod.disk_img()), MIB, "disk.img was touched");
+    assert_filled(&pod.disk_img(), 0, MIB, 0x11, "disk.img was touched");
+    drop(server);
+}

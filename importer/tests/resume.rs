@@ -16,43 +16,6 @@ const SIZE: &str = "256M";
 const SIZE_BYTES: u64 = 256 * MIB;
 const SLOW: [&str; 2] = ["--buf-count", "4"];
 
-/// nbdkit on a fixed socket, so a restarted server has the same URI (as a restarted
-/// pod sees the same endpoint). Killed on drop.
-struct Nbdkit(std::process::Child, std::path::PathBuf);
-
-impl Nbdkit {
-    fn start(sock: &Path, args: &[&str]) -> Nbdkit {
-        let _ = std::fs::remove_file(sock);
-        let mut child = std::process::Command::new("nbdkit")
-            .args(["-f", "--exit-with-parent", "-U"])
-            .arg(sock)
-            .args(args)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start nbdkit");
-        for _ in 0..100 {
-            if sock.exists() {
-                return Nbdkit(child, sock.to_owned());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("nbdkit did not create {}", sock.display());
-    }
-    fn uri(&self) -> String {
-        format!("nbd+unix:///?socket={}", self.1.display())
-    }
-}
-
-impl Drop for Nbdkit {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn slow_server(sock: &Path) -> Nbdkit {
     Nbdkit::start(
         sock,

@@ -521,6 +521,45 @@ impl Drop for Server {
     }
 }
 
+/// nbdkit on a fixed socket, so a restarted server has the same URI (as a restarted
+/// pod sees the same endpoint). Killed on drop.
+#[derive(Debug)]
+pub struct Nbdkit(Child, PathBuf);
+
+impl Nbdkit {
+    pub fn start(sock: &Path, args: &[&str]) -> Nbdkit {
+        let _ = std::fs::remove_file(sock);
+        let mut child = Command::new("nbdkit")
+            .args(["-f", "--exit-with-parent", "-U"])
+            .arg(sock)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nbdkit");
+        for _ in 0..100 {
+            if sock.exists() {
+                return Nbdkit(child, sock.to_owned());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("nbdkit did not create {}", sock.display());
+    }
+
+    pub fn uri(&self) -> String {
+        format!("nbd+unix:///?socket={}", self.1.display())
+    }
+}
+
+impl Drop for Nbdkit {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Copy the export with nbdcopy into `dir/ref-N.img`: the independent reference.
 pub fn nbdcopy_reference(uri: &str, dir: &Path) -> PathBuf {
     let out = dir.join(format!("ref-{}.img", next_id()));
