@@ -7,8 +7,19 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let args = match cli::Cli::try_parse() {
-        Ok(a) => a,
+    // CDI's controller starts the importer image with klog's `-v=N` appended.
+    let (argv, klog) = match cli::take_klog_verbosity(std::env::args_os()) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("ferry: error: {e} (see ferry --help)");
+            return ExitCode::from(2);
+        }
+    };
+    let args = match cli::Cli::try_parse_from(argv) {
+        Ok(mut a) => {
+            a.verbose = a.verbose.max(klog.unwrap_or(0));
+            a
+        }
         Err(e) if !e.use_stderr() => e.exit(), // --help, --version
         Err(e) => {
             // One line, like every other failure; `ferry COMMAND --help` has the rest.

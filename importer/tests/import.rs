@@ -312,14 +312,16 @@ impl Pod {
         self.data.join("disk.img")
     }
 
-    /// `ferry import` with a cleared environment: PATH and this pod's variables only.
+    /// `ferry import -v=1` — the image's entrypoint with the argument CDI's controller
+    /// always appends (`"-v="+verbosity`, default 1) — with a cleared environment: PATH
+    /// and this pod's variables only.
     /// The termination message and the fake VDDK's call log of an earlier run are
     /// removed first.
     fn command(&self) -> Command {
         let _ = std::fs::remove_file(&self.term);
         let _ = std::fs::remove_file(&self.vddk_log);
         let mut c = Command::new(FERRY);
-        c.arg("import")
+        c.args(["import", "-v=1"])
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .envs(&self.env);

@@ -51,6 +51,60 @@ pub enum Command {
     Measure(bench::MeasureArgs),
 }
 
+/// Largest klog verbosity accepted (`-v=N`); klog itself takes any int32, and nothing
+/// past trace level adds output here.
+pub const MAX_KLOG_VERBOSITY: u32 = 1000;
+
+/// Take the klog verbosity forms CDI's controller and other Kubernetes launchers append
+/// (`-v=N`, `--v=N`, `-v N`, `--v N`, N a non-negative integer) out of the command line,
+/// wherever they stand, leaving Ferry's own `-v`/`-vv` counts as they are. Returns the
+/// remaining arguments and the highest N seen, mapped to Ferry's levels: klog's default
+/// levels 0–2 (CDI passes 1) are info, 3–4 debug, 5 and up trace.
+pub fn take_klog_verbosity(
+    args: impl IntoIterator<Item = std::ffi::OsString>,
+) -> Result<(Vec<std::ffi::OsString>, Option<u8>), String> {
+    let level = |v: &str| -> Result<u8, String> {
+        let n: u32 = v
+            .parse()
+            .ok()
+            .filter(|n| *n <= MAX_KLOG_VERBOSITY)
+            .ok_or_else(|| {
+                format!(
+                    "invalid klog verbosity -v={v:?}: expected an integer from 0 to {MAX_KLOG_VERBOSITY}"
+                )
+            })?;
+        Ok(match n {
+            0..=2 => 0,
+            3 | 4 => 1,
+            _ => 2,
+        })
+    };
+    let is_number = |v: &str| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit());
+    let mut out = Vec::new();
+    let mut found: Option<u8> = None;
+    let mut it = args.into_iter().peekable();
+    while let Some(a) = it.next() {
+        let text = a.to_str().unwrap_or_default();
+        let value = if let Some(v) = text
+            .strip_prefix("-v=")
+            .or_else(|| text.strip_prefix("--v="))
+        {
+            Some(v.to_string())
+        } else if (text == "-v" || text == "--v")
+            && it.peek().and_then(|n| n.to_str()).is_some_and(is_number)
+        {
+            it.next().and_then(|n| n.into_string().ok())
+        } else {
+            None
+        };
+        match value {
+            Some(v) => found = Some(found.unwrap_or(0).max(level(&v)?)),
+            None => out.push(a),
+        }
+    }
+    Ok((out, found))
+}
+
 /// Tuning shared by copy and bench.
 #[derive(Debug, Clone, Args)]
 pub struct Tuning {
@@ -255,5 +309,85 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         r = work => r,
         _ = tokio::signal::ctrl_c() => Err(ferry::Error::Cancelled("SIGINT").into()),
         _ = term.recv() => Err(ferry::Error::Cancelled("SIGTERM").into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn take(args: &[&str]) -> Result<(Vec<String>, Option<u8>), String> {
+        take_klog_verbosity(args.iter().map(std::ffi::OsString::from)).map(|(a, v)| {
+            (
+                a.into_iter()
+                    .map(|s| s.into_string().expect("utf-8"))
+                    .collect(),
+                v,
+            )
+        })
+    }
+
+    #[test]
+    fn klog_verbosity_forms_are_taken_out_wherever_they_stand() {
+        for (args, left, level) in [
+            (
+                &["ferry", "import", "-v=1"][..],
+                &["ferry", "import"][..],
+                Some(0),
+            ),
+            (&["ferry", "import", "--v=3"], &["ferry", "import"], Some(1)),
+            (
+                &["ferry", "-v", "5", "import"],
+                &["ferry", "import"],
+                Some(2),
+            ),
+            (
+                &["ferry", "import", "--v", "0"],
+                &["ferry", "import"],
+                Some(0),
+            ),
+            (
+                &["ferry", "-v=2", "import", "-v=4"],
+                &["ferry", "import"],
+                Some(1),
+            ),
+        ] {
+            assert_eq!(
+                take(args).expect("accepted"),
+                (left.iter().map(|s| s.to_string()).collect(), level),
+                "{args:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn ferrys_own_count_flags_are_left_alone() {
+        for args in [
+            &["ferry", "-v", "copy", "a", "b"][..],
+            &["ferry", "-vv", "import"],
+            &["ferry", "copy", "-v", "nbd://h/x", "t.img"],
+        ] {
+            let (left, level) = take(args).expect("accepted");
+            assert_eq!(left, args.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+            assert_eq!(level, None);
+        }
+        let cli = Cli::try_parse_from(["ferry", "-vv", "bench"]).expect("parse");
+        assert_eq!(cli.verbose, 2);
+    }
+
+    #[test]
+    fn a_bad_klog_verbosity_is_one_clear_error() {
+        for bad in ["-v=", "-v=x", "--v=-1", "-v=1001", "-v=99999999999"] {
+            let e = take(&["ferry", "import", bad]).expect_err(bad);
+            assert!(e.contains("invalid klog verbosity"), "{e}");
+        }
+    }
+
+    #[test]
+    fn cdis_command_line_parses() {
+        let (argv, level) = take(&["ferry", "import", "-v=1"]).expect("accepted");
+        let cli = Cli::try_parse_from(argv).expect("CDI's args parse");
+        assert!(matches!(cli.command, Command::Import(_)));
+        assert_eq!(level, Some(0));
     }
 }
