@@ -93,8 +93,9 @@ pub struct ImportArgs {
     /// The filesystem-mode volume (the image is DIR/disk.img).
     #[arg(long, env = "FERRY_DATA_DIR", default_value = config::DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
-    /// Address of the HTTPS metrics endpoint ("off" to disable).
-    #[arg(long, env = "FERRY_METRICS_ADDR", default_value = "0.0.0.0:8443")]
+    /// Address of the HTTPS metrics endpoint ("off" to disable); the default takes IPv6
+    /// and IPv4 (IPv4 only on a host without IPv6), like CDI's importer on ":8443".
+    #[arg(long, env = "FERRY_METRICS_ADDR", default_value = "[::]:8443")]
     pub metrics_addr: String,
     /// Buffer size in 64 KiB units (also VDDK's NFC AIO buffer size) [default: the VDDK
     /// config file's vixDiskLib.nfcAio.Session.BufSizeIn64KB, else 16].

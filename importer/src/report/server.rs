@@ -64,15 +64,59 @@ pub struct MetricsServer {
     task: Option<JoinHandle<()>>,
 }
 
-/// Serve `metrics` over HTTPS on `addr` (in a pod `0.0.0.0:8443`, or `[::]:8443` for
-/// dual-stack) with a certificate generated now. Needs a Tokio runtime.
+/// Backlog of the metrics listener.
+pub const LISTEN_BACKLOG: i32 = 128;
+
+/// Listen on `addr`. The IPv6 wildcard (`[::]:PORT`, the pod default, as CDI's Go
+/// listener on `:8443`) takes IPv4 too (IPV6_V6ONLY off, whatever the host's default);
+/// on a host without IPv6 it falls back to `0.0.0.0:PORT` and says so.
+fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use nix::sys::socket::{
+        AddressFamily, Backlog, SockFlag, SockType, SockaddrIn6, bind, listen, setsockopt,
+        socket, sockopt,
+    };
+    let SocketAddr::V6(v6) = addr else {
+        return std::net::TcpListener::bind(addr);
+    };
+    if !v6.ip().is_unspecified() {
+        return std::net::TcpListener::bind(addr);
+    }
+    let dual = (|| -> nix::Result<std::net::TcpListener> {
+        let fd = socket(
+            AddressFamily::Inet6,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )?;
+        setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+        setsockopt(&fd, sockopt::Ipv6V6Only, &false)?;
+        bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn6::from(v6))?;
+        listen(&fd, Backlog::new(LISTEN_BACKLOG)?)?;
+        Ok(std::net::TcpListener::from(fd))
+    })();
+    match dual {
+        Ok(l) => Ok(l),
+        Err(e @ (nix::Error::EAFNOSUPPORT | nix::Error::EADDRNOTAVAIL)) => {
+            let v4 = SocketAddr::from(([0, 0, 0, 0], v6.port()));
+            tracing::info!(error = %e, "no IPv6 on this host; serving metrics on IPv4 only ({v4})");
+            std::net::TcpListener::bind(v4)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Serve `metrics` over HTTPS on `addr` (in a pod `[::]:8443`: IPv6 and IPv4) with a
+/// certificate generated now. Needs a Tokio runtime.
 pub async fn serve_metrics(
     addr: SocketAddr,
     metrics: Metrics,
 ) -> Result<MetricsServer, ReportError> {
     let (config, certificate) = tls_config()?;
-    let listener = TcpListener::bind(addr)
-        .await
+    let listener = listen(addr)
+        .and_then(|l| {
+            l.set_nonblocking(true)?;
+            TcpListener::from_std(l)
+        })
         .map_err(|error| ReportError::Bind { addr, error })?;
     let local_addr = listener
         .local_addr()
@@ -494,6 +538,24 @@ mod tests {
         }
         assert!(ok);
         assert_eq!(client.request(addr, "GET", "/metrics").await.0, 200);
+        server.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn the_ipv6_wildcard_serves_ipv6_and_ipv4() {
+        let server = serve_metrics("[::]:0".parse().unwrap(), Metrics::new("u"))
+            .await
+            .unwrap();
+        let port = server.local_addr().port();
+        let client = Client::new();
+        for addr in [
+            SocketAddr::from(([0, 0, 0, 0, 0, 0, 0, 1], port)),
+            SocketAddr::from(([127, 0, 0, 1], port)),
+        ] {
+            let (status, _, body) = client.request(addr, "GET", "/metrics").await;
+            assert_eq!(status, 200, "{addr}");
+            assert!(body.contains("kubevirt_cdi_import_progress_total"), "{addr}: {body}");
+        }
         server.shutdown().await;
     }
 
