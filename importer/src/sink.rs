@@ -159,12 +159,26 @@ fn target_err(path: &Path, what: &str, e: &io::Error) -> Error {
 }
 
 impl Sink {
-    /// Open (or create, sparse, at `size`) the target at `path`.
+    /// Open (or create, sparse, at `size`) the target at `path`. An existing file is
+    /// resized to `size`.
     pub fn open(
         path: &Path,
         size: u64,
         direct: DirectMode,
         engine: Arc<dyn IoEngine>,
+    ) -> Result<Sink, Error> {
+        Sink::open_with(path, size, direct, engine, false)
+    }
+
+    /// [`Sink::open`]; with `keep_larger`, an existing file longer than `size` keeps its
+    /// length (a delta round onto an image an earlier round grew to the volume's size:
+    /// only `[0, size)` is written).
+    pub fn open_with(
+        path: &Path,
+        size: u64,
+        direct: DirectMode,
+        engine: Arc<dyn IoEngine>,
+        keep_larger: bool,
     ) -> Result<Sink, Error> {
         if path.as_os_str() == NULL_TARGET {
             let f = OpenOptions::new()
@@ -246,12 +260,16 @@ impl Sink {
                     .map_err(|e| target_err(path, "open", &e))?;
                 let found = stat(&f)?;
                 let found_id = file_id(&found, found.len());
-                if found.len() != size {
-                    tracing::info!(path = %path.display(), from = m.len(), to = size, "resizing existing target file to the source size");
-                    f.set_len(size)
-                        .map_err(|e| target_err(path, "resize", &e))?;
+                let len = if keep_larger {
+                    found.len().max(size)
+                } else {
+                    size
+                };
+                if found.len() != len {
+                    tracing::info!(path = %path.display(), from = m.len(), to = len, "resizing existing target file to the source size");
+                    f.set_len(len).map_err(|e| target_err(path, "resize", &e))?;
                 }
-                let id = file_id(&found, size);
+                let id = file_id(&found, len);
                 (TargetKind::ExistingFile, f, Some(found_id), id)
             }
             Some(m) => {

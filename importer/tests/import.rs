@@ -835,7 +835,12 @@ fn a_volume_too_small_for_the_disk_is_refused() {
     let pod = Pod::vddk(&vc, &src.uri());
     let mnt = Mount::tmpfs(&pod.data, "size=64M");
     let r = pod.run();
-    assert_pod_failure(&pod, &r, "volume too small", &["too small"]);
+    assert_pod_failure(
+        &pod,
+        &r,
+        "volume too small",
+        &["is larger than the reported available storage"],
+    );
     assert!(
         !pod.disk_img().exists(),
         "nothing may be written to a volume that cannot hold the disk"
@@ -857,7 +862,12 @@ fn filesystem_overhead_counts_against_the_volume() {
     let mnt = Mount::tmpfs(&pod.data, "size=64M");
     pod.set("FILESYSTEM_OVERHEAD", "0.055");
     let r = pod.run();
-    assert_pod_failure(&pod, &r, "overhead 0.055", &["too small"]);
+    assert_pod_failure(
+        &pod,
+        &r,
+        "overhead 0.055",
+        &["is larger than the reported available storage"],
+    );
     pod.set("FILESYSTEM_OVERHEAD", "0");
     let r = pod.run();
     assert_success(&r, "overhead 0");
@@ -1706,4 +1716,140 @@ fn a_restarted_import_never_resumes_onto_a_replaced_disk_img() {
     assert_eq!(file_size(&pod.disk_img()), MIB, "disk.img was touched");
     assert_filled(&pod.disk_img(), 0, MIB, 0x11, "disk.img was touched");
     drop(server);
+}
+
+// ---------------------------------------------------------------------------------------
+// CDI's filesystem arithmetic and blank images (issue 9)
+
+/// The PVC size CDI asks for a disk of `size` bytes on a filesystem volume with
+/// `overhead` (`InflateSizeWithOverhead`: ceil(size × (1 + overhead))), which it also
+/// passes as IMPORTER_IMAGE_SIZE.
+fn inflated(size: u64, overhead: f64) -> u64 {
+    (size as f64 * (1.0 + overhead)).ceil() as u64
+}
+
+#[test]
+fn a_volume_exactly_as_large_as_cdis_inflated_request_fits() {
+    if !require_root(&["nbdkit", "nbdcopy", "cmp"], false) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let size = 100 * MIB;
+    let request = inflated(size, 0.055);
+    assert_eq!(request % 4096, 0, "tmpfs rounds sizes to pages");
+    let src = sparse_random(dir.path(), "100M", 10, 31);
+    let mut pod = Pod::bare();
+    pod.set("IMPORTER_SOURCE", "nbd")
+        .set("IMPORTER_ENDPOINT", &src.uri())
+        .set("OWNER_UID", OWNER_UID)
+        .set("FILESYSTEM_OVERHEAD", "0.055")
+        .set("IMPORTER_IMAGE_SIZE", &request.to_string());
+    let mnt = Mount::tmpfs(&pod.data, &format!("size={request}"));
+    let r = pod.run();
+    assert_success(&r, "exact-size volume");
+    let reference = nbdcopy_reference(&src.uri(), dir.path());
+    // usable = round_down(ceil(request / 1.055), 1 MiB) = the disk: no growth.
+    assert_identical(&pod.disk_img(), &reference, "exact-size volume");
+    drop(mnt);
+}
+
+#[test]
+fn disk_img_grows_to_cdis_usable_size_not_the_request() {
+    if !require_root(&["nbdkit", "nbdcopy", "cmp"], false) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = sparse_random(dir.path(), "40M", 10, 32);
+    let mut pod = Pod::bare();
+    // A 64 MiB disk requested (inflated by CDI) on a volume of exactly that size.
+    let request = inflated(64 * MIB, 0.055);
+    pod.set("IMPORTER_SOURCE", "nbd")
+        .set("IMPORTER_ENDPOINT", &src.uri())
+        .set("OWNER_UID", OWNER_UID)
+        .set("FILESYSTEM_OVERHEAD", "0.055")
+        .set("IMPORTER_IMAGE_SIZE", &request.to_string());
+    let mnt = Mount::tmpfs(&pod.data, &format!("size={request}"));
+    let r = pod.run();
+    assert_success(&r, "growth");
+    let want = ((request as f64 / 1.055).ceil() as u64) / MIB * MIB;
+    assert_eq!(want, 64 * MIB);
+    assert_eq!(file_size(&pod.disk_img()), want, "grown to the usable size");
+    let reference = nbdcopy_reference(&src.uri(), dir.path());
+    assert_prefix_identical(&pod.disk_img(), &reference, 40 * MIB, "growth");
+    assert_zero_tail(&pod.disk_img(), 40 * MIB, "growth");
+    drop(mnt);
+}
+
+#[test]
+fn a_blank_filesystem_image_is_sparse_at_cdis_usable_size() {
+    if !require_root(&[], false) {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let request = inflated(256 * MIB, 0.055);
+    for prealloc in [false, true] {
+        let mut pod = Pod::bare();
+        pod.set("IMPORTER_SOURCE", "none")
+            .set("IMPORTER_ENDPOINT", "")
+            .set("OWNER_UID", OWNER_UID)
+            .set("FILESYSTEM_OVERHEAD", "0.055")
+            .set("IMPORTER_IMAGE_SIZE", &request.to_string())
+            .set("PREALLOCATION", if prealloc { "true" } else { "false" });
+        let mnt = Mount::tmpfs(&pod.data, &format!("size={request}"));
+        // An earlier attempt's disk.img is replaced.
+        fill(&pod.disk_img(), 0x3c, MIB);
+        let r = pod.run();
+        assert_success(&r, "blank");
+        let img = pod.disk_img();
+        assert_eq!(file_size(&img), 256 * MIB);
+        let used = allocated(&img);
+        if prealloc {
+            assert!(used >= 256 * MIB, "preallocated: {used} bytes allocated");
+        } else {
+            assert_eq!(used, 0, "blank image is sparse");
+        }
+        assert_zero_tail(&img, 0, "blank");
+        let mode = std::fs::metadata(&img).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o660);
+        assert_termination_json(
+            &pod,
+            &json!({
+                "scratchSpaceRequired": false,
+                "preallocationApplied": prealloc,
+                "message": "Import Complete"
+            }),
+            "blank",
+        );
+        drop(mnt);
+    }
+}
+
+#[test]
+fn a_blank_block_volume_is_left_as_it_is_unless_preallocated() {
+    if !require_root(&["cmp"], true) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let dev = Loop::with_garbage(dir.path(), 32 * MIB, 0xA5, false);
+    let mut pod = Pod::bare();
+    pod.set("IMPORTER_SOURCE", "none")
+        .set("OWNER_UID", OWNER_UID)
+        .set("FERRY_BLOCK_DEVICE", dev.dev.to_str().unwrap());
+    let r = pod.run();
+    assert_success(&r, "blank block");
+    assert_filled(&dev.dev, 0, 32 * MIB, 0xA5, "blank block left as it is");
+    assert!(!pod.disk_img().exists());
+    pod.set("PREALLOCATION", "true");
+    let r = pod.run();
+    assert_success(&r, "blank block preallocated");
+    assert_filled(&dev.dev, 0, 32 * MIB, 0, "blank block zeroed");
+    assert_termination_json(
+        &pod,
+        &json!({
+            "scratchSpaceRequired": false,
+            "preallocationApplied": true,
+            "message": "Import Complete"
+        }),
+        "blank block",
+    );
 }

@@ -209,7 +209,7 @@ impl ImportArgs {
     pub fn buf_count_for(&self, source: SourceKind) -> u64 {
         self.buf_count.unwrap_or(match source {
             SourceKind::Vddk => DEFAULT_VDDK_BUF_COUNT,
-            SourceKind::Nbd => DEFAULT_BUF_COUNT,
+            SourceKind::Nbd | SourceKind::Blank => DEFAULT_BUF_COUNT,
         })
     }
 

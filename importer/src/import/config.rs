@@ -39,6 +39,8 @@ pub enum SourceKind {
     Vddk,
     /// Any NBD server (`IMPORTER_ENDPOINT` is an NBD URI).
     Nbd,
+    /// A blank image (`none`): Forklift's disks that virt-v2v fills afterwards.
+    Blank,
 }
 
 /// Where to write.
@@ -258,24 +260,26 @@ pub fn validate(
     let source = match inputs.get("IMPORTER_SOURCE").unwrap_or("vddk") {
         "vddk" => SourceKind::Vddk,
         "nbd" => SourceKind::Nbd,
+        "none" => SourceKind::Blank,
         other => {
             return Err(err(
                 inputs,
                 "IMPORTER_SOURCE",
-                format!("unsupported source {other:?}: use vddk or nbd"),
+                format!("unsupported source {other:?}: use vddk, nbd or none (a blank image)"),
             ));
         }
     };
-    let endpoint = inputs
-        .get("IMPORTER_ENDPOINT")
-        .ok_or_else(|| {
-            err(
+    let endpoint = match (source, inputs.get("IMPORTER_ENDPOINT")) {
+        (SourceKind::Blank, e) => e.unwrap_or_default().to_string(),
+        (_, Some(e)) => e.to_string(),
+        (_, None) => {
+            return Err(err(
                 inputs,
                 "IMPORTER_ENDPOINT",
                 "required (the vCenter/ESXi URL, or an NBD URI)",
-            )
-        })?
-        .to_string();
+            ));
+        }
+    };
     let boolean = |var: &str, default: bool| -> Result<bool, ConfigError> {
         match inputs.get(var) {
             None => Ok(default),
@@ -383,7 +387,7 @@ pub fn validate(
                 return Err(err(inputs, var, "required for IMPORTER_SOURCE=vddk"));
             }
         }
-    } else if !ferry_nbd::Uri::is_nbd_uri(&endpoint) {
+    } else if source == SourceKind::Nbd && !ferry_nbd::Uri::is_nbd_uri(&endpoint) {
         return Err(err(
             inputs,
             "IMPORTER_ENDPOINT",

@@ -3,4 +3,5 @@
 //! progress metric and termination message.
 
 pub mod config;
+pub mod messages;
 pub mod run;

@@ -191,16 +191,128 @@ pub fn vddk_options(cfg: &ImportConfig, disk: &VsphereDisk, t: &ImportTuning) ->
     }
 }
 
-/// Usable bytes of a filesystem volume after the filesystem overhead.
-pub fn usable_bytes(dir: &std::path::Path, overhead: f64) -> Result<u64, Error> {
+/// CDI aligns a filesystem volume's usable size down to this.
+pub const USABLE_ALIGN: u64 = 1024 * 1024;
+
+/// Free bytes of the volume at `dir` for an unprivileged writer, as CDI's
+/// `GetAvailableSpace` counts them: f_bavail × f_bsize.
+pub fn available_bytes(dir: &std::path::Path) -> Result<u64, Error> {
     let st = nix::sys::statvfs::statvfs(dir).map_err(|e| {
         Error::Target(format!(
             "cannot inspect the volume at {}: {e}",
             dir.display()
         ))
     })?;
-    let total = st.blocks() as u64 * st.fragment_size() as u64;
-    Ok((total as f64 * (1.0 - overhead)) as u64)
+    Ok((st.blocks_available() as u64).saturating_mul(st.block_size() as u64))
+}
+
+/// CDI's usable size of a filesystem volume: the target is the smaller of the available
+/// space and the requested image size (when given), then the filesystem overhead is
+/// taken off as CDI inflated the request with it — ceil(target ÷ (1 + overhead)) —
+/// rounded down to 1 MiB (`pkg/util/util.go` `GetUsableSpace`,
+/// `pkg/importer/data-processor.go` `calculateTargetSize`).
+pub fn usable_space(available: u64, image_size: Option<u64>, overhead: f64) -> u64 {
+    let target = image_size.map_or(available, |r| r.min(available));
+    let usable = (target as f64 / (1.0 + overhead)).ceil() as u64;
+    usable / USABLE_ALIGN * USABLE_ALIGN
+}
+
+/// Bytes the existing file at `p` holds on its volume (0 if none): a full copy
+/// overwrites a disk.img left by an earlier attempt, so its blocks count as free.
+fn allocated_bytes(p: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(p)
+        .ok()
+        .filter(|m| m.file_type().is_file())
+        .map_or(0, |m| m.blocks() * 512)
+}
+
+/// The volume's usable size for a new image at `image` in `dir`.
+fn usable_for(
+    dir: &std::path::Path,
+    image: &std::path::Path,
+    cfg: &ImportConfig,
+) -> Result<u64, Error> {
+    let available = available_bytes(dir)?.saturating_add(allocated_bytes(image));
+    Ok(usable_space(
+        available,
+        cfg.image_size,
+        cfg.filesystem_overhead,
+    ))
+}
+
+/// `IMPORTER_SOURCE=none`: a blank image for a tool that fills it later (virt-v2v under
+/// Forklift). Filesystem mode: a new sparse disk.img of the volume's usable size (an
+/// earlier attempt's is replaced), allocated when PREALLOCATION, mode 0660. Block mode:
+/// the device is left as it is, or zeroed whole when PREALLOCATION.
+async fn blank(
+    cfg: &ImportConfig,
+    engine: Arc<dyn IoEngine>,
+    progress: Arc<Progress>,
+) -> Result<Outcome, Error> {
+    progress.set_phase("creating a blank image");
+    let path = cfg.target.path();
+    let (size, preallocation_applied) = match &cfg.target {
+        Target::Filesystem { dir } => {
+            let size = usable_for(dir, &path, cfg)?;
+            if size == 0 {
+                return Err(Error::Target(format!(
+                    "{} ({} has no usable space)",
+                    super::messages::too_small(cfg.image_size.unwrap_or(0), 0),
+                    dir.display()
+                )));
+            }
+            match std::fs::symlink_metadata(&path) {
+                Ok(m) if m.file_type().is_file() => {
+                    std::fs::remove_file(&path).map_err(|e| {
+                        Error::Target(format!("cannot replace {}: {e}", path.display()))
+                    })?;
+                }
+                _ => {}
+            }
+            let sink = Sink::open(&path, size, DirectMode::Off, engine)?;
+            let applied = cfg.preallocation && sink.preallocate().await?;
+            sink.flush().await?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(DISK_IMG_MODE))
+                .map_err(|e| {
+                    Error::Target(format!("cannot set the mode of {}: {e}", path.display()))
+                })?;
+            tracing::info!(path = %path.display(), size, preallocated = applied, "created a blank image");
+            (size, applied)
+        }
+        Target::Block(dev) => {
+            let size = device_size(dev)?;
+            if cfg.preallocation {
+                let sink = Sink::open(dev, size, DirectMode::Off, engine)?;
+                sink.preallocate().await?;
+                progress.set_total(size);
+                sink.zero(0, size).await?;
+                progress.add_zero(size);
+                sink.flush().await?;
+            }
+            tracing::info!(device = %dev.display(), size, zeroed = cfg.preallocation, "blank block volume");
+            (size, cfg.preallocation)
+        }
+    };
+    progress.set_phase("done");
+    Ok(Outcome {
+        stats: CopyStats {
+            size,
+            ..Default::default()
+        },
+        preallocation_applied,
+        vddk_version: None,
+        esx_host: None,
+    })
+}
+
+/// A block device's size in bytes.
+fn device_size(dev: &std::path::Path) -> Result<u64, Error> {
+    use std::io::Seek;
+    std::fs::File::open(dev)
+        .and_then(|mut f| f.seek(std::io::SeekFrom::End(0)))
+        .map_err(|e| Error::Target(format!("cannot open target {}: {e}", dev.display())))
 }
 
 /// The round marker's name beside disk.img.
@@ -299,6 +411,9 @@ pub async fn run(
             "IMPORTER_PREVIOUS_CHECKPOINT: delta copies need IMPORTER_SOURCE=vddk".into(),
         ));
     }
+    if cfg.source == SourceKind::Blank {
+        return blank(cfg, engine, progress).await;
+    }
     progress.set_phase("connecting");
     let mut esx_host = None;
     let mut vddk_version_found = None;
@@ -326,15 +441,19 @@ pub async fn run(
             let nbd = NbdSourceOptions::new(t.connections as usize, t.timeout, true);
             crate::source::open(&cfg.endpoint, &nbd, None, engine.clone()).await?
         }
+        SourceKind::Blank => unreachable!("handled above"),
     };
     let size = source.size();
     let target = cfg.target.path();
     let mut usable = None;
-    if let Target::Filesystem { dir } = &cfg.target {
-        let u = usable_bytes(dir, cfg.filesystem_overhead)?;
+    // A delta round writes onto the image the previous round left: no size check and no
+    // resize (CDI never resizes a delta round).
+    if let (Target::Filesystem { dir }, None) = (&cfg.target, &changed) {
+        let u = usable_for(dir, &target, cfg)?;
         if size > u {
             return Err(Error::Target(format!(
-                "target too small: the disk is {size} bytes but {} has {u} usable bytes (FILESYSTEM_OVERHEAD={})",
+                "{} ({} after FILESYSTEM_OVERHEAD={})",
+                super::messages::too_small(size, u),
                 dir.display(),
                 cfg.filesystem_overhead
             )));
@@ -400,7 +519,14 @@ pub async fn run(
         protected.push((m.as_path(), "the round marker"));
     }
     let journal = crate::journal::JournalFile::open_optional(journal_path.as_deref(), &protected)?;
-    let sink = Arc::new(Sink::open(&target, size, t.direct, engine)?);
+    // A delta leaves a disk.img grown by an earlier round at its size.
+    let sink = Arc::new(Sink::open_with(
+        &target,
+        size,
+        t.direct,
+        engine,
+        changed.is_some(),
+    )?);
     let preallocation_applied = if cfg.preallocation {
         sink.preallocate().await?
     } else {
@@ -439,17 +565,18 @@ pub async fn run(
             return Err(e);
         }
     };
-    if let (Some(want), Some(u)) = (cfg.image_size, usable) {
-        let len = want.min(u);
-        if len > size {
-            tracing::info!(
-                from = size,
-                to = len,
-                "growing disk.img to the volume's requested size"
-            );
-            sink.extend(len, cfg.preallocation).await?;
-            sink.flush().await?;
-        }
+    // As CDI's ResizeImage: grown to the usable size only when that is larger (usable
+    // is already bounded by the requested size).
+    if let (Some(_), Some(u)) = (cfg.image_size, usable)
+        && u > size
+    {
+        tracing::info!(
+            from = size,
+            to = u,
+            "growing disk.img to the volume's usable size"
+        );
+        sink.extend(u, cfg.preallocation).await?;
+        sink.flush().await?;
     }
     if let (Some(m), Some(mut r)) = (&marker, round) {
         r.size = size;

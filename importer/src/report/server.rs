@@ -72,8 +72,8 @@ pub const LISTEN_BACKLOG: i32 = 128;
 /// on a host without IPv6 it falls back to `0.0.0.0:PORT` and says so.
 fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     use nix::sys::socket::{
-        AddressFamily, Backlog, SockFlag, SockType, SockaddrIn6, bind, listen, setsockopt,
-        socket, sockopt,
+        AddressFamily, Backlog, SockFlag, SockType, SockaddrIn6, bind, listen, setsockopt, socket,
+        sockopt,
     };
     let SocketAddr::V6(v6) = addr else {
         return std::net::TcpListener::bind(addr);
@@ -554,7 +554,10 @@ mod tests {
         ] {
             let (status, _, body) = client.request(addr, "GET", "/metrics").await;
             assert_eq!(status, 200, "{addr}");
-            assert!(body.contains("kubevirt_cdi_import_progress_total"), "{addr}: {body}");
+            assert!(
+                body.contains("kubevirt_cdi_import_progress_total"),
+                "{addr}: {body}"
+            );
         }
         server.shutdown().await;
     }
