@@ -686,6 +686,39 @@ fn current_checkpoint_reads_the_snapshot_disk() {
         "{calls:?}"
     );
     assert_vddk_closed(&pod, "checkpoint");
+
+    // By name, as govmomi's FindSnapshot (CDI) resolves it.
+    pod.set("IMPORTER_CURRENT_CHECKPOINT", "forklift-precopy");
+    let r = pod.run();
+    assert_success(&r, "checkpoint by name");
+    assert_identical(&pod.disk_img(), &reference, "checkpoint by name");
+    assert!(
+        pod.vddk_calls()
+            .iter()
+            .any(|l| l.starts_with("ConnectEx ") && l.contains(&format!("snapshot={SNAPSHOT}"))),
+        "{:?}",
+        pod.vddk_calls()
+    );
+
+    // Two snapshots of that name: an error naming both.
+    let mut inv = warm_inventory(32 * MIB);
+    inv["datacenters"][0]["vms"][0]["snapshots"][0]["children"] = json!([{
+        "moref": "snapshot-8",
+        "name": "forklift-precopy",
+        "disks": [{"key": 2000, "file_name": SNAPSHOT_DISK, "capacity_bytes": 32 * MIB,
+                   "parents": [DISK]}],
+        "children": []
+    }]);
+    let vc2 = VCenter::start(&dir.path().join("vc2"), &inv);
+    let mut pod = Pod::vddk(&vc2, &src.uri());
+    pod.set("IMPORTER_CURRENT_CHECKPOINT", "forklift-precopy");
+    let r = pod.run();
+    assert_pod_failure(
+        &pod,
+        &r,
+        "ambiguous snapshot name",
+        &["ambiguous", SNAPSHOT, "snapshot-8"],
+    );
 }
 
 #[test]
@@ -1033,9 +1066,9 @@ fn each_invalid_variable_is_named_before_any_connection() {
             &["IMPORTER_ENDPOINT"],
         ),
         (
-            "IMPORTER_CURRENT_CHECKPOINT not a snapshot",
-            &[("IMPORTER_CURRENT_CHECKPOINT", Some("yesterday"))],
-            &["IMPORTER_CURRENT_CHECKPOINT", "yesterday"],
+            "IMPORTER_CURRENT_CHECKPOINT not a snapshot reference",
+            &[("IMPORTER_CURRENT_CHECKPOINT", Some("warm\n1"))],
+            &["IMPORTER_CURRENT_CHECKPOINT", "warm\\n1"],
         ),
         (
             "INSECURE_TLS=maybe",

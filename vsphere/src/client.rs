@@ -371,6 +371,7 @@ impl Client {
             _ => Err(Error::Ambiguous {
                 what: format!("BIOS UUID {uuid}"),
                 candidates: matches.into_iter().collect(),
+                hint: "use the instance UUID or the moref",
             }),
         }
     }
@@ -502,6 +503,20 @@ impl Client {
         })
     }
 
+    /// The moref of the snapshot of `vm` that `reference` names, as govmomi's
+    /// `VirtualMachine.FindSnapshot` (which CDI uses for IMPORTER_CURRENT_CHECKPOINT)
+    /// resolves it: a moref, a name, or a path of names from a root (`base/warm-2`).
+    /// None → [`Error::NotFound`]; several → [`Error::Ambiguous`] naming them.
+    pub async fn find_snapshot(&self, vm: &Vm, reference: &str) -> Result<String, Error> {
+        let mo = MoRef::new("VirtualMachine", &vm.moref);
+        let o = self.props(&mo, &["snapshot"]).await?;
+        let snaps = match o.prop("snapshot") {
+            Some(v) => soap::parse_snapshot_tree(v).map_err(Error::Protocol)?,
+            None => Vec::new(),
+        };
+        resolve_snapshot(&snaps, reference, &vm.moref)
+    }
+
     /// The same disk (same device key) as it is in snapshot `snapshot_moref` of `vm`,
     /// with that snapshot's file (e.g. `[ds] vm/vm-000001.vmdk`) and change ID. A snapshot
     /// that is not in the VM's tree, or a disk not in the snapshot → [`Error::NotFound`].
@@ -619,6 +634,42 @@ impl Client {
     }
 }
 
+/// [`Client::find_snapshot`]'s matching, on a tree flattened depth-first with depths
+/// (`soap::parse_snapshot_tree`): every snapshot whose moref, name or path of names from
+/// its root equals `reference`, counted once each.
+pub fn resolve_snapshot(
+    snaps: &[soap::SnapshotNode],
+    reference: &str,
+    vm: &str,
+) -> Result<String, Error> {
+    let mut path: Vec<&str> = Vec::new();
+    let mut found: Vec<String> = Vec::new();
+    for s in snaps {
+        path.truncate(s.depth);
+        path.push(&s.name);
+        let matches = s.moref == reference
+            || s.name == reference
+            || (s.depth > 0 && path.join("/") == reference);
+        if matches && !found.contains(&s.moref) {
+            found.push(s.moref.clone());
+        }
+    }
+    match found.len() {
+        0 if snaps.is_empty() => Err(Error::NotFound {
+            what: format!("snapshot {reference:?}: VM {vm} has no snapshots"),
+        }),
+        0 => Err(Error::NotFound {
+            what: format!("snapshot {reference:?} of VM {vm}"),
+        }),
+        1 => Ok(found.remove(0)),
+        _ => Err(Error::Ambiguous {
+            what: format!("snapshot name {reference:?} of VM {vm}"),
+            candidates: found,
+            hint: "give the snapshot's moref or its path from the root (parent/name)",
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -670,5 +721,54 @@ mod tests {
             "{e:?}"
         );
         assert!(map(fault("NotAuthenticated", "x")).is_not_authenticated());
+    }
+
+    fn node(moref: &str, name: &str, depth: usize) -> soap::SnapshotNode {
+        soap::SnapshotNode {
+            moref: moref.into(),
+            name: name.into(),
+            depth,
+        }
+    }
+
+    #[test]
+    fn snapshots_resolve_by_moref_name_or_path_like_govmomi() {
+        // base ─┬─ warm-1 ── warm-2
+        //       └─ warm-2 (a second snapshot of the same name)
+        let tree = [
+            node("snapshot-1", "base", 0),
+            node("snapshot-2", "warm-1", 1),
+            node("snapshot-3", "warm-2", 2),
+            node("snapshot-4", "warm-2", 1),
+        ];
+        for (reference, want) in [
+            ("snapshot-3", "snapshot-3"),
+            ("base", "snapshot-1"),
+            ("warm-1", "snapshot-2"),
+            ("base/warm-1/warm-2", "snapshot-3"),
+            ("base/warm-2", "snapshot-4"),
+        ] {
+            assert_eq!(
+                resolve_snapshot(&tree, reference, "vm-1").unwrap(),
+                want,
+                "{reference}"
+            );
+        }
+        match resolve_snapshot(&tree, "warm-2", "vm-1") {
+            Err(e @ Error::Ambiguous { .. }) => {
+                let text = e.to_string();
+                assert!(
+                    text.contains("snapshot-3") && text.contains("snapshot-4"),
+                    "{text}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            resolve_snapshot(&tree, "nope", "vm-1"),
+            Err(Error::NotFound { .. })
+        ));
+        let e = resolve_snapshot(&[], "base", "vm-1").unwrap_err();
+        assert!(e.to_string().contains("has no snapshots"), "{e}");
     }
 }

@@ -57,12 +57,14 @@ pub enum Error {
         what: String,
     },
     /// More than one object matches, so picking one could pick the wrong VM (F9).
-    #[error("ambiguous: {what} matches {candidates:?}; use the instance UUID or the moref")]
+    #[error("ambiguous: {what} matches {candidates:?}; {hint}")]
     Ambiguous {
         /// What was looked for.
         what: String,
         /// The morefs that match.
         candidates: Vec<String>,
+        /// What to give instead.
+        hint: &'static str,
     },
     /// vCenter refused a CBT change ID for `QueryChangedDiskAreas` (`FileFault`, or
     /// `InvalidArgument` about `changeId`): CBT was reset, or the change ID belongs to

@@ -326,13 +326,17 @@ pub fn validate(
     let previous_checkpoint = inputs
         .get("IMPORTER_PREVIOUS_CHECKPOINT")
         .map(str::to_string);
+    // A snapshot moref, name or path of names, resolved in the VM's snapshot tree as
+    // govmomi's FindSnapshot does (CDI): only what cannot name a snapshot is refused.
     if let Some(c) = &current_checkpoint
-        && !is_snapshot_moref(c)
+        && (c.trim() != c || c.chars().any(char::is_control))
     {
         return Err(err(
             inputs,
             "IMPORTER_CURRENT_CHECKPOINT",
-            format!("invalid snapshot reference {c:?}: expected snapshot-<n>"),
+            format!(
+                "invalid snapshot reference {c:?}: expected a snapshot moref (snapshot-7), name or path"
+            ),
         ));
     }
     if let Some(p) = &previous_checkpoint {

@@ -93,7 +93,13 @@ pub async fn lookup(cfg: &ImportConfig) -> Result<VsphereDisk, Error> {
         let backing = cfg.backing_file.as_deref().unwrap_or_default();
         let disk = client.find_disk(&vm, backing).await?;
         let (file, snapshot) = match &cfg.current_checkpoint {
-            Some(s) => (client.snapshot_disk(&vm, s, &disk).await?.file_name, Some(s.clone())),
+            Some(reference) => {
+                let s = client.find_snapshot(&vm, reference).await?;
+                if &s != reference {
+                    tracing::info!(checkpoint = %reference, snapshot = %s, "resolved the checkpoint's snapshot by name");
+                }
+                (client.snapshot_disk(&vm, &s, &disk).await?.file_name, Some(s))
+            }
             None => (disk.file_name.clone(), None),
         };
         tracing::info!(disk = %file, snapshot = snapshot.as_deref().unwrap_or("-"), capacity = disk.capacity_bytes, "found the disk");
