@@ -353,7 +353,13 @@ impl Client {
         let mut matches: BTreeSet<String> = BTreeSet::new();
         for dc in &dcs {
             let body = soap::find_by_uuid(&self.content.search_index, Some(dc), uuid, false, true);
-            let resp = self.invoke("FindAllByUuid", &body).await?;
+            let resp = match self.invoke("FindAllByUuid", &body).await {
+                Ok(r) => r,
+                Err(Error::Fault { name, .. }) if name == "MethodNotFound" => {
+                    return self.find_vm_moref_by_bios_uuid_one(&dcs, uuid).await;
+                }
+                Err(e) => return Err(e),
+            };
             matches.extend(soap::parse_morefs(&resp).into_iter().map(|m| m.value));
             if matches.len() > MAX_DATACENTERS {
                 break;
@@ -368,6 +374,38 @@ impl Client {
                 tracing::debug!(uuid, vm = %v, "found VM by BIOS UUID");
                 Ok(MoRef::new("VirtualMachine", v))
             }
+            _ => Err(Error::Ambiguous {
+                what: format!("BIOS UUID {uuid}"),
+                candidates: matches.into_iter().collect(),
+                hint: "use the instance UUID or the moref",
+            }),
+        }
+    }
+
+    /// Older vCenter and ESXi have no `FindAllByUuid`: `FindByUuid` with
+    /// `instanceUuid=false` answers one VM per datacenter, so a BIOS UUID shared by VMs
+    /// in one datacenter cannot be detected there (across datacenters it still is).
+    async fn find_vm_moref_by_bios_uuid_one(
+        &self,
+        dcs: &[MoRef],
+        uuid: &str,
+    ) -> Result<MoRef, Error> {
+        tracing::warn!(
+            uuid,
+            "this server has no FindAllByUuid (older vCenter/ESXi); looking the BIOS UUID up with FindByUuid, which cannot tell whether several VMs in one datacenter share it"
+        );
+        let mut matches: BTreeSet<String> = BTreeSet::new();
+        for dc in dcs {
+            let body = soap::find_by_uuid(&self.content.search_index, Some(dc), uuid, false, false);
+            let resp = self.invoke("FindByUuid", &body).await?;
+            matches.extend(soap::parse_morefs(&resp).into_iter().map(|m| m.value));
+        }
+        let mut it = matches.iter();
+        match (it.next(), it.next()) {
+            (None, _) => Err(Error::NotFound {
+                what: format!("VM with UUID {uuid}"),
+            }),
+            (Some(v), None) => Ok(MoRef::new("VirtualMachine", v)),
             _ => Err(Error::Ambiguous {
                 what: format!("BIOS UUID {uuid}"),
                 candidates: matches.into_iter().collect(),

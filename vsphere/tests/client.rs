@@ -713,3 +713,39 @@ async fn refused_port_is_connect_error() {
         .unwrap_err();
     assert!(matches!(err, Error::Config(_)), "{err:?}");
 }
+
+#[tokio::test]
+async fn a_server_without_find_all_by_uuid_falls_back_to_find_by_uuid() {
+    // Older vCenter/ESXi answer MethodNotFound for FindAllByUuid.
+    let mut inv = inventory();
+    inv.missing_methods = vec!["FindAllByUuid".into()];
+    let fake = start(inv).await;
+    let c = login(&fake).await;
+    let vm = c
+        .find_vm("4212bbbb-0000-0000-0000-000000000001")
+        .await
+        .unwrap();
+    assert_eq!(vm.moref, "vm-123");
+    let calls = fake.calls();
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.starts_with("FindAllByUuid") && c.contains("fault=MethodNotFound")),
+        "{calls:#?}"
+    );
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.starts_with("FindByUuid") && c.contains("instance=false")),
+        "{calls:#?}"
+    );
+    // A BIOS UUID found in two datacenters is still ambiguous.
+    let err = c
+        .find_vm("4212dddd-0000-0000-0000-00000000dupe")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Ambiguous { candidates, .. } if candidates.len() == 2),
+        "{err:?}"
+    );
+}

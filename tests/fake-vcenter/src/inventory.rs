@@ -31,6 +31,10 @@ pub struct Inventory {
     /// non-zero `startOffset` answers an empty page of length 0 that does not advance.
     #[serde(default)]
     pub buggy_empty_pages: bool,
+    /// Methods this server does not have (as older vCenter/ESXi lack `FindAllByUuid`):
+    /// each call answers the `MethodNotFound` fault.
+    #[serde(default)]
+    pub missing_methods: Vec<String>,
 }
 
 /// Changed areas per `QueryChangedDiskAreas` page when `page_areas` is not set.

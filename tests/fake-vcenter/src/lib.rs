@@ -856,6 +856,13 @@ fn describe(method: &str, req: &El) -> String {
 }
 
 fn authenticated_call(st: &mut State, method: &str, req: &El, sid: &str) -> Result<Reply, Fault> {
+    if st.inv.missing_methods.iter().any(|m| m == method) {
+        return Err(Fault(
+            "MethodNotFound",
+            format!("Method {method} not found"),
+            format!("<method>{method}</method>"),
+        ));
+    }
     match method {
         "Logout" => {
             this_ok(req, "SessionManager")?;
