@@ -10,7 +10,11 @@ pub fn vddk_config(data: &[u8]) {
         return;
     };
     if let Ok(settings) = config::parse(text) {
-        let rendered = config::render(&settings, 16, 4);
+        let nfc = config::NfcAio {
+            buf_size_in_64k: Some(16),
+            buf_count: Some(4),
+        };
+        let rendered = config::render(&settings, nfc);
         let again = config::parse(&rendered.text).expect("rendered config must parse");
         assert!(again.len() <= settings.len() + 2);
     }

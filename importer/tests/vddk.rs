@@ -653,15 +653,20 @@ fn reads_only_allocated_chunks_each_after_its_query() {
 // ---------------------------------------------------------------------------------------
 // 3. The call log of a successful run
 
-/// InitEx first, then the config, then ConnectEx → Open → GetInfo → QueryAllocatedBlocks
-/// → ReadAsync… → Wait → Close → Disconnect → Exit last.
+/// InitEx first, then the config (when Ferry's file has settings), then ConnectEx → Open
+/// → GetInfo → QueryAllocatedBlocks → ReadAsync… → Wait → Close → Disconnect → Exit last.
 fn assert_session_order(lines: &[String], ctx: &str) {
     let log = show_log(lines);
     let at =
         |name: &str| first(lines, name).unwrap_or_else(|| panic!("[{ctx}] no {name} line:\n{log}"));
+    if let Some(c) = first(lines, "Config") {
+        assert!(
+            c > at("InitEx") && c < at("ConnectEx"),
+            "[{ctx}] config out of order:\n{log}"
+        );
+    }
     let order = [
         at("InitEx"),
-        at("Config"),
         at("ConnectEx"),
         at("Open"),
         at("GetInfo"),
@@ -709,15 +714,20 @@ fn call_log_of_a_default_copy() {
     let log = show_log(&lines);
     assert_torn_down(&lines, &r.stderr, Reached::Opened, "default");
     assert_session_order(&lines, "default");
-    assert_eq!(
-        config_values(&lines, "vixDiskLib.nfcAio.Session.BufSizeIn64KB"),
-        ["16"],
+    // No flag and no config file: VDDK keeps its own NFC defaults (as under Forklift
+    // without UseVddkAioOptimization); Ferry's pool is its own.
+    assert!(
+        config_values(&lines, "vixDiskLib.nfcAio.Session.BufSizeIn64KB").is_empty(),
         "{log}"
     );
-    assert_eq!(
-        config_values(&lines, "vixDiskLib.nfcAio.Session.BufCount"),
-        ["4"],
+    assert!(
+        config_values(&lines, "vixDiskLib.nfcAio.Session.BufCount").is_empty(),
         "{log}"
+    );
+    assert!(
+        r.stderr.contains("nfc_aio_buf_count=VDDK's default"),
+        "the log must say which NFC settings VDDK was given:\n{}",
+        r.stderr
     );
     let connect = &lines[first(&lines, "ConnectEx").unwrap()];
     assert_eq!(word(connect, "readOnly"), Some("1"), "{connect}");
@@ -858,6 +868,8 @@ fn operator_config_misspelled_key_warns_and_everything_passes_through() {
         &[
             "--io-engine",
             "uring",
+            "--buf-count",
+            "4",
             "--vddk-config",
             conf.to_str().unwrap(),
         ],
@@ -891,7 +903,8 @@ fn operator_config_misspelled_key_warns_and_everything_passes_through() {
     let lines = fake.lines();
     let log = show_log(&lines);
     assert_torn_down(&lines, &r.stderr, Reached::Opened, "operator config");
-    // Unknown and misspelled keys are passed through; the AIO keys are ferry's.
+    // Unknown and misspelled keys are passed through; a flag wins over the file's AIO
+    // key, and an AIO key neither sets is left to VDDK.
     assert_eq!(
         config_values(&lines, "vixDiskLib.nfcAio.Session.BufSizeIn64K"),
         ["16"],
@@ -912,10 +925,25 @@ fn operator_config_misspelled_key_warns_and_everything_passes_through() {
         ["4"],
         "{log}"
     );
-    assert_eq!(
-        config_values(&lines, "vixDiskLib.nfcAio.Session.BufSizeIn64KB"),
-        ["16"],
+    assert!(
+        config_values(&lines, "vixDiskLib.nfcAio.Session.BufSizeIn64KB").is_empty(),
         "{log}"
+    );
+
+    // Without the flag the operator's BufCount reaches VDDK as written.
+    std::fs::remove_file(&fake.log).unwrap();
+    let r = fake.copy(
+        &target,
+        &["--vddk-config", conf.to_str().unwrap(), "--buf-count", "0"],
+    );
+    r.success("operator config, no flag");
+    assert_identical(&target, &reference, "operator config, no flag");
+    let lines = fake.lines();
+    assert_eq!(
+        config_values(&lines, "vixDiskLib.nfcAio.Session.BufCount"),
+        ["8"],
+        "{}",
+        show_log(&lines)
     );
 }
 

@@ -15,10 +15,7 @@ use ferry::report::termination::{self, TerminationMessage, VddkInfo};
 use ferry::sink::DirectMode;
 use ferry::source::vddk::options::Compression;
 
-use super::{DEFAULT_BUF_COUNT, DEFAULT_VDDK_BUF_COUNT};
-
-/// Buffer size in 64 KiB units when neither a flag nor the VDDK config file says.
-pub const DEFAULT_BUF_SIZE_IN_64K: u64 = 16;
+use super::{DEFAULT_BUF_COUNT, DEFAULT_BUF_SIZE_IN_64K, DEFAULT_VDDK_BUF_COUNT};
 
 /// Arguments of `ferry import` (every one also read from its environment variable).
 #[derive(Debug, Clone, Args)]
@@ -97,14 +94,18 @@ pub struct ImportArgs {
     /// and IPv4 (IPv4 only on a host without IPv6), like CDI's importer on ":8443".
     #[arg(long, env = "FERRY_METRICS_ADDR", default_value = "[::]:8443")]
     pub metrics_addr: String,
-    /// Buffer size in 64 KiB units (also VDDK's NFC AIO buffer size) [default: the VDDK
-    /// config file's vixDiskLib.nfcAio.Session.BufSizeIn64KB, else 16].
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=super::MAX_BUF_SIZE_IN_64K))]
+    /// Buffer size in 64 KiB units; also VDDK's NFC AIO buffer size when given (0: not
+    /// set) [default: the VDDK config file's vixDiskLib.nfcAio.Session.BufSizeIn64KB,
+    /// else 16].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=super::MAX_BUF_SIZE_IN_64K))]
     pub buf_size_in_64k: Option<u64>,
-    /// Buffers in flight [default: the VDDK config file's …BufCount, else 4 for vddk; 32
-    /// for nbd].
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=super::MAX_BUF_COUNT))]
+    /// Buffers in flight; also VDDK's NFC AIO buffer count when given (0: not set)
+    /// [default: the VDDK config file's …BufCount, else 4 for vddk; 32 for nbd].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=super::MAX_BUF_COUNT))]
     pub buf_count: Option<u64>,
+    /// The NFC AIO settings VDDK is given by the flags (set by `prepare`).
+    #[arg(skip)]
+    pub nfc: ferry::source::vddk::config::NfcAio,
     /// I/O engine for the target.
     #[arg(long, value_enum, default_value_t = ferry::engine::EngineChoice::Auto)]
     pub io_engine: ferry::engine::EngineChoice,
@@ -218,6 +219,15 @@ impl ImportArgs {
         self.buf_size_in_64k.unwrap_or(DEFAULT_BUF_SIZE_IN_64K)
     }
 
+    /// 0 is "not set" (VDDK's default), as in Forklift's provider settings. What the
+    /// flags set is what VDDK is told, whatever the pool adopts from the config file.
+    pub fn take_nfc_flags(&mut self) {
+        self.buf_size_in_64k = self.buf_size_in_64k.filter(|n| *n > 0);
+        self.buf_count = self.buf_count.filter(|n| *n > 0);
+        self.nfc =
+            ferry::source::vddk::config::NfcAio::from_flags(self.buf_size_in_64k, self.buf_count);
+    }
+
     /// In a CDI pod the NFC AIO sizes come from the operator's VDDK config file (Forklift
     /// writes them there): adopt them for both VDDK and Ferry's pool unless flags say
     /// otherwise.
@@ -255,6 +265,7 @@ impl ImportArgs {
         ImportTuning {
             buf_size_in_64k: self.buf_size(),
             buf_count: self.buf_count_for(cfg.source),
+            nfc: self.nfc,
             direct: self.direct,
             connections: self.connections,
             timeout: Duration::from_secs(self.timeout),

@@ -14,6 +14,8 @@ use ferry::source::NbdSourceOptions;
 
 /// Largest `--buf-size-in-64k` (64 MiB buffers: the largest NBD request nbdkit takes).
 pub const MAX_BUF_SIZE_IN_64K: u64 = 1024;
+/// `--buf-size-in-64k` when neither a flag nor the VDDK config file says (1 MiB buffers).
+pub const DEFAULT_BUF_SIZE_IN_64K: u64 = 16;
 /// Largest `--buf-count`.
 pub const MAX_BUF_COUNT: u64 = 1024;
 /// Largest pool (`buf-size × buf-count`).
@@ -108,12 +110,13 @@ pub fn take_klog_verbosity(
 /// Tuning shared by copy and bench.
 #[derive(Debug, Clone, Args)]
 pub struct Tuning {
-    /// Pool buffer size in units of 64 KiB (also the largest request).
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=MAX_BUF_SIZE_IN_64K))]
-    pub buf_size_in_64k: u64,
-    /// Number of pool buffers (= requests in flight) [default: 32; 4 for VDDK sources,
-    /// where it is also the NFC AIO buffer count].
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=MAX_BUF_COUNT))]
+    /// Pool buffer size in units of 64 KiB (also the largest request); for VDDK sources
+    /// also the NFC AIO buffer size when given (0: not set, VDDK's default) [default: 16].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=MAX_BUF_SIZE_IN_64K))]
+    pub buf_size_in_64k: Option<u64>,
+    /// Number of pool buffers (= requests in flight); for VDDK sources also the NFC AIO
+    /// buffer count when given (0: not set) [default: 32; 4 for VDDK sources].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=MAX_BUF_COUNT))]
     pub buf_count: Option<u64>,
     /// I/O engine for the target.
     #[arg(long, value_enum, default_value_t = EngineChoice::Auto)]
@@ -138,17 +141,26 @@ pub struct Tuning {
 impl Tuning {
     /// Pool buffer count (the NBD/local default unless set).
     pub fn count(&self) -> u64 {
-        self.buf_count.unwrap_or(DEFAULT_BUF_COUNT)
+        self.buf_count
+            .filter(|n| *n > 0)
+            .unwrap_or(DEFAULT_BUF_COUNT)
+    }
+
+    /// Pool buffer size in 64 KiB units (16 unless set).
+    pub fn size_in_64k(&self) -> u64 {
+        self.buf_size_in_64k
+            .filter(|n| *n > 0)
+            .unwrap_or(DEFAULT_BUF_SIZE_IN_64K)
     }
 
     /// Pool buffer size in bytes.
     pub fn buf_size(&self) -> usize {
-        (self.buf_size_in_64k * 64 * 1024) as usize
+        (self.size_in_64k() * 64 * 1024) as usize
     }
 
     /// Check the pool bound.
     pub fn validate(&self) -> Result<(), ferry::Error> {
-        let pool = self.buf_size_in_64k * 64 * 1024 * self.count();
+        let pool = self.size_in_64k() * 64 * 1024 * self.count();
         if pool > MAX_POOL_BYTES {
             return Err(ferry::Error::Usage(format!(
                 "buffer pool of {} MiB (--buf-size-in-64k × 64 KiB × --buf-count) exceeds the {} MiB limit",
@@ -171,7 +183,7 @@ impl Tuning {
     /// The flags that reproduce this tuning on another `ferry` command line.
     pub fn to_args(&self) -> Vec<String> {
         let mut v = vec![
-            format!("--buf-size-in-64k={}", self.buf_size_in_64k),
+            format!("--buf-size-in-64k={}", self.size_in_64k()),
             format!("--buf-count={}", self.count()),
             format!("--connections={}", self.connections),
             format!("--timeout={}", self.timeout),
@@ -217,18 +229,14 @@ pub fn prepare(cli: &mut Cli) -> anyhow::Result<()> {
         .resolve(&a.src, &mut a.tuning)
         .map_err(ferry::Error::Vddk)?;
     reexec_with_library_path(&opts.libdir);
-    ferry::source::vddk::init(
-        &opts.libdir,
-        opts.buf_size_in_64k,
-        opts.buf_count,
-        opts.config_file.as_deref(),
-    )
-    .map_err(ferry::Error::Vddk)?;
+    ferry::source::vddk::init(&opts.libdir, opts.nfc, opts.config_file.as_deref())
+        .map_err(ferry::Error::Vddk)?;
     a.vddk_resolved = Some(opts);
     Ok(())
 }
 
 fn prepare_import(a: &mut import_cmd::ImportArgs) -> anyhow::Result<()> {
+    a.take_nfc_flags();
     let cfg = match a.config() {
         Ok(c) => c,
         Err(e) => {
@@ -239,10 +247,7 @@ fn prepare_import(a: &mut import_cmd::ImportArgs) -> anyhow::Result<()> {
     if cfg.source == ferry::import::config::SourceKind::Vddk {
         reexec_with_library_path(&cfg.libdir);
         a.adopt_vddk_config(&cfg);
-        let count = a.buf_count_for(cfg.source);
-        if let Err(e) =
-            ferry::source::vddk::init(&cfg.libdir, a.buf_size(), count, cfg.vddk_config.as_deref())
-        {
+        if let Err(e) = ferry::source::vddk::init(&cfg.libdir, a.nfc, cfg.vddk_config.as_deref()) {
             import_cmd::fail(&cfg.termination_log, &e.to_string());
             return Err(ferry::Error::Vddk(e).into());
         }

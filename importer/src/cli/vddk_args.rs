@@ -84,7 +84,16 @@ impl VddkArgs {
                 "invalid --transports {transports:?}: use a ':' list of file, san, hotadd, nbdssl, nbd"
             )));
         }
-        let buf_count = *tuning.buf_count.get_or_insert(DEFAULT_VDDK_BUF_COUNT);
+        // What the flags set is what VDDK is told (0 or absent: the config file's value,
+        // or VDDK's default); the pool has its own defaults either way.
+        let nfc = ferry::source::vddk::config::NfcAio::from_flags(
+            tuning.buf_size_in_64k,
+            tuning.buf_count,
+        );
+        let buf_count = match tuning.buf_count {
+            Some(n) if n > 0 => n,
+            _ => *tuning.buf_count.insert(DEFAULT_VDDK_BUF_COUNT),
+        };
         Ok(VddkOptions {
             libdir: self
                 .vddk_libdir
@@ -103,8 +112,9 @@ impl VddkArgs {
             unbuffered: self.unbuffered,
             compression: self.compression,
             config_file: self.vddk_config.clone(),
-            buf_size_in_64k: tuning.buf_size_in_64k,
+            buf_size_in_64k: tuning.size_in_64k(),
             buf_count,
+            nfc,
             read_timeout: Duration::from_secs(tuning.timeout),
         })
     }

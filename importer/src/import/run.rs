@@ -27,6 +27,9 @@ pub struct ImportTuning {
     pub buf_size_in_64k: u64,
     /// Buffers in flight (also VDDK's NFC AIO buffer count).
     pub buf_count: u64,
+    /// What VDDK is told for its NFC AIO buffers (flags only; the operator's file has
+    /// the rest).
+    pub nfc: crate::source::vddk::config::NfcAio,
     /// O_DIRECT policy.
     pub direct: DirectMode,
     /// NBD connections (multi-conn servers).
@@ -193,6 +196,7 @@ pub fn vddk_options(cfg: &ImportConfig, disk: &VsphereDisk, t: &ImportTuning) ->
         config_file: cfg.vddk_config.clone(),
         buf_size_in_64k: t.buf_size_in_64k,
         buf_count: t.buf_count,
+        nfc: t.nfc,
         read_timeout: t.timeout,
     }
 }

@@ -150,29 +150,66 @@ pub struct Rendered {
     pub text: String,
     /// One line per problem found in the operator's file.
     pub warnings: Vec<String>,
+    /// The NFC AIO settings the file gives VDDK.
+    pub nfc: NfcAio,
 }
 
-/// Merge the operator's settings with Ferry's AIO buffer settings (Ferry's win: the
-/// same two numbers size Ferry's pool).
-pub fn render(operator: &[Setting], buf_size_in_64k: u64, buf_count: u64) -> Rendered {
+/// The NFC AIO session settings VDDK is given: `None` leaves a key to the operator's
+/// file, or (when that does not set it either) to VDDK's own default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NfcAio {
+    /// `vixDiskLib.nfcAio.Session.BufSizeIn64KB`.
+    pub buf_size_in_64k: Option<u64>,
+    /// `vixDiskLib.nfcAio.Session.BufCount`.
+    pub buf_count: Option<u64>,
+}
+
+impl NfcAio {
+    /// From flags where 0 means "not set" (VDDK's default), as in Forklift's provider
+    /// settings.
+    pub fn from_flags(buf_size_in_64k: Option<u64>, buf_count: Option<u64>) -> NfcAio {
+        NfcAio {
+            buf_size_in_64k: buf_size_in_64k.filter(|n| *n > 0),
+            buf_count: buf_count.filter(|n| *n > 0),
+        }
+    }
+}
+
+/// Merge the operator's settings with the NFC AIO settings given by flags (`nfc`; a
+/// flag wins over the file). The operator's AIO keys are kept when no flag sets them,
+/// and dropped when their value is 0 ("VDDK's default"). `rendered.nfc` says what VDDK
+/// is finally given.
+pub fn render(operator: &[Setting], nfc: NfcAio) -> Rendered {
     let mut warnings = Vec::new();
+    let mut given = NfcAio::default();
     let mut lines = vec!["# Written by ferry for VixDiskLib_InitEx".to_string()];
     for s in operator {
         let known = KNOWN_KEYS.iter().find(|k| k.eq_ignore_ascii_case(&s.key));
         match known {
             Some(&KEY_BUF_SIZE) | Some(&KEY_BUF_COUNT) => {
-                let ours = if known == Some(&KEY_BUF_SIZE) {
-                    buf_size_in_64k
+                let size = known == Some(&KEY_BUF_SIZE);
+                let (flag, slot) = if size {
+                    (nfc.buf_size_in_64k, &mut given.buf_size_in_64k)
                 } else {
-                    buf_count
+                    (nfc.buf_count, &mut given.buf_count)
                 };
-                if s.value.trim() != ours.to_string() {
-                    warnings.push(format!(
-                        "VDDK config sets {} = {}; using {ours} from --buf-size-in-64k/--buf-count, which also size Ferry's buffers",
-                        s.key, s.value
-                    ));
+                if let Some(ours) = flag {
+                    if s.value.trim() != ours.to_string() {
+                        warnings.push(format!(
+                            "VDDK config sets {} = {}; using {ours} from --buf-size-in-64k/--buf-count",
+                            s.key, s.value
+                        ));
+                    }
+                    continue;
                 }
-                continue;
+                match s.value.trim().parse::<u64>() {
+                    Ok(0) => continue, // 0: VDDK's default, so the key is left out
+                    Ok(n) => *slot = Some(n),
+                    Err(_) => warnings.push(format!(
+                        "VDDK config sets {} = {:?}, which is not a number (passed to VDDK unchanged)",
+                        s.key, s.value
+                    )),
+                }
             }
             Some(_) => {}
             None => warnings.push(match suggest(&s.key) {
@@ -188,11 +225,18 @@ pub fn render(operator: &[Setting], buf_size_in_64k: u64, buf_count: u64) -> Ren
         }
         lines.push(format!("{} = \"{}\"", s.key, s.value));
     }
-    lines.push(format!("{KEY_BUF_SIZE} = \"{buf_size_in_64k}\""));
-    lines.push(format!("{KEY_BUF_COUNT} = \"{buf_count}\""));
+    if let Some(n) = nfc.buf_size_in_64k {
+        lines.push(format!("{KEY_BUF_SIZE} = \"{n}\""));
+        given.buf_size_in_64k = Some(n);
+    }
+    if let Some(n) = nfc.buf_count {
+        lines.push(format!("{KEY_BUF_COUNT} = \"{n}\""));
+        given.buf_count = Some(n);
+    }
     Rendered {
         text: lines.join("\n") + "\n",
         warnings,
+        nfc: given,
     }
 }
 
@@ -244,7 +288,7 @@ mod tests {
     #[test]
     fn render_overrides_aio_keys_and_warns_on_unknown() {
         let op = parse("VixDiskLib.nfcAio.Session.BufCount = 8\nvixDiskLib.nfcAio.Session.BufSizeIn64K = 16\nvixDiskLib.nfc.ReadTimeoutMs = 60000\n").expect("parse");
-        let r = render(&op, 16, 4);
+        let r = render(&op, NfcAio::from_flags(Some(16), Some(4)));
         assert!(
             r.text
                 .contains("vixDiskLib.nfcAio.Session.BufSizeIn64KB = \"16\""),
@@ -271,5 +315,44 @@ mod tests {
             "{:?}",
             r.warnings
         );
+    }
+
+    #[test]
+    fn without_flags_the_operators_aio_keys_pass_and_zero_means_vddks_default() {
+        // Forklift with UseVddkAioOptimization: the file sets both.
+        let op = parse(
+            "vixDiskLib.nfcAio.Session.BufSizeIn64KB=128\nvixDiskLib.nfcAio.Session.BufCount=8\n",
+        )
+        .expect("parse");
+        let r = render(&op, NfcAio::default());
+        assert!(r.text.contains("BufSizeIn64KB = \"128\""), "{}", r.text);
+        assert!(r.text.contains("BufCount = \"8\""), "{}", r.text);
+        assert_eq!(r.nfc, NfcAio::from_flags(Some(128), Some(8)));
+        // Without it (or with 0): no AIO key at all, VDDK's own defaults apply.
+        for text in [
+            "vixDiskLib.nfc.ReadTimeoutMs=1000\n",
+            "vixDiskLib.nfcAio.Session.BufSizeIn64KB=0\nvixDiskLib.nfcAio.Session.BufCount=0\n",
+        ] {
+            let r = render(&parse(text).expect("parse"), NfcAio::default());
+            assert!(!r.text.contains("nfcAio"), "{}", r.text);
+            assert_eq!(r.nfc, NfcAio::default());
+            assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+        }
+        // A flag of 0 is "not set" too.
+        assert_eq!(NfcAio::from_flags(Some(0), Some(0)), NfcAio::default());
+        // Every row of the migration guide's tuning table.
+        for (size, count) in [(64, 4), (128, 8), (256, 16), (512, 32)] {
+            let r = render(&[], NfcAio::from_flags(Some(size), Some(count)));
+            assert!(
+                r.text.contains(&format!("BufSizeIn64KB = \"{size}\"")),
+                "{}",
+                r.text
+            );
+            assert!(
+                r.text.contains(&format!("BufCount = \"{count}\"")),
+                "{}",
+                r.text
+            );
+        }
     }
 }

@@ -88,13 +88,12 @@ fn log_sink(level: LogLevel, line: &str) {
     }
 }
 
-/// Load the library from `libdir`, write the InitEx config file (NFC AIO buffers from
-/// the two numbers, merged with the operator's file) and call InitEx — once per
-/// process; later calls return the same runtime.
+/// Load the library from `libdir`, write the InitEx config file (the operator's file,
+/// with the NFC AIO buffer keys `nfc` sets) and call InitEx — once per process; later
+/// calls return the same runtime.
 pub fn init(
     libdir: &Path,
-    buf_size_in_64k: u64,
-    buf_count: u64,
+    nfc: config::NfcAio,
     operator_config: Option<&Path>,
 ) -> Result<Arc<VddkRuntime>, VddkError> {
     let mut slot = RUNTIME.lock().unwrap_or_else(|p| p.into_inner());
@@ -123,7 +122,7 @@ pub fn init(
             config::parse(&text).map_err(|e| VddkError::Usage(format!("{}: {e}", p.display())))?
         }
     };
-    let rendered = config::render(&operator, buf_size_in_64k, buf_count);
+    let rendered = config::render(&operator, nfc);
     for w in &rendered.warnings {
         tracing::warn!("{w}");
     }
@@ -149,7 +148,8 @@ pub fn init(
     tracing::info!(
         library = %lib.path().display(), major = lib.major(), transports = %lib.list_transport_modes(),
         async_reads = lib.has_async(), allocated_blocks = lib.has_query_allocated_blocks(),
-        nfc_aio_buf_size_in_64k = buf_size_in_64k, nfc_aio_buf_count = buf_count,
+        nfc_aio_buf_size_in_64k = %rendered.nfc.buf_size_in_64k.map_or("VDDK's default".into(), |n| n.to_string()),
+        nfc_aio_buf_count = %rendered.nfc.buf_count.map_or("VDDK's default".into(), |n| n.to_string()),
         "VDDK initialised"
     );
     let rt = Arc::new(VddkRuntime {
@@ -220,12 +220,7 @@ pub struct VddkSource {
 impl VddkSource {
     /// Initialise VDDK if needed, connect and open the disk read-only.
     pub async fn open(opts: &VddkOptions) -> Result<VddkSource, VddkError> {
-        let rt = init(
-            &opts.libdir,
-            opts.buf_size_in_64k,
-            opts.buf_count,
-            opts.config_file.as_deref(),
-        )?;
+        let rt = init(&opts.libdir, opts.nfc, opts.config_file.as_deref())?;
         let ctx = CallContext {
             user: opts.user.clone(),
             server: opts.server.clone(),

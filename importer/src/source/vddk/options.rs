@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use percent_encoding::percent_decode_str;
 
+use super::config;
 use super::error::VddkError;
 
 /// Where CDI and Forklift mount the VDDK distribution.
@@ -89,10 +90,12 @@ pub struct VddkOptions {
     pub compression: Compression,
     /// Operator's extra VDDK config file.
     pub config_file: Option<PathBuf>,
-    /// NFC AIO buffer size (64 KiB units) — also Ferry's buffer size.
+    /// Ferry's pool buffer size (64 KiB units; also the largest read).
     pub buf_size_in_64k: u64,
-    /// NFC AIO buffer count — also Ferry's buffer count.
+    /// Ferry's pool buffer count (reads in flight).
     pub buf_count: u64,
+    /// What VDDK is told for its NFC AIO session buffers.
+    pub nfc: config::NfcAio,
     /// Bound on any one read.
     pub read_timeout: Duration,
 }
