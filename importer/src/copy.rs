@@ -93,6 +93,9 @@ pub struct CopyOptions {
     /// Record progress here, so a restarted copy resumes instead of starting over
     /// (opened and begun by the caller: `JournalFile::open`, then `begin`).
     pub journal: Option<Arc<crate::journal::JournalFile>>,
+    /// How a failed read is retried in place (a lost connection is the caller's:
+    /// [`crate::retry::copy_retrying`]).
+    pub retry: crate::retry::RetryPolicy,
 }
 
 /// The journal is brought up to date (the target flushed first) whenever the durable
@@ -167,6 +170,8 @@ pub struct CopyStats {
     pub buf_size: usize,
     /// Pool buffer count.
     pub buf_count: usize,
+    /// Reads read again and reconnects, over every attempt.
+    pub retries: u64,
 }
 
 enum Done {
@@ -236,96 +241,189 @@ pub async fn copy(
             size,
             "resuming: everything below start_at is already on the target"
         );
-        if changes.is_none() {
-            progress.add_zero(start_at);
+        // What is already there counts as done (once: a retry in this process has
+        // counted it already).
+        if changes.is_none() && progress.done() < start_at {
+            progress.add_zero(start_at - progress.done());
         }
     }
-    let planner = tokio::spawn(async move {
-        let mut at = start_at;
-        while at < size {
-            let len = window.min(size - at);
-            let alloc = if use_extents {
-                src.extents(at, len)
-                    .await
-                    .map(|m| m.fill_gaps(at, at + len, ExtentKind::Data))
-            } else {
-                Ok(ExtentMap::single(at, len, ExtentKind::Data))
-            };
-            let map = match (&changes, alloc) {
-                (None, alloc) => alloc,
-                (Some(_), Err(e)) => Err(e),
-                (Some(c), Ok(alloc)) => window_changes(&src, c, at, len)
-                    .await
-                    .map(|changed| crate::delta::plan_window(&alloc, &changed)),
-            };
-            let failed = map.is_err();
-            if tx.send(map).await.is_err() || failed {
-                return;
-            }
-            at += len;
-        }
-    });
-    let _abort_planner = AbortOnDrop(planner);
-
-    let mut stats = CopyStats {
-        size,
-        engine: sink.engine_name().into(),
-        direct: sink.is_direct(),
-        buf_size,
-        buf_count: free.len(),
-        ..Default::default()
-    };
-    let mut plan: VecDeque<Extent> = VecDeque::new();
-    let mut plan_done = false;
-    let mut in_flight = FuturesUnordered::new();
-    let mut zeros_in_flight = 0usize;
+    progress.set_durable(start_at);
     let mut marks = Watermark::new(start_at);
-    let mut recorded = start_at;
-    // Samples cover the first bytes of a written request (at least one aligned block).
-    let sample_len = crate::journal::SAMPLE_BYTES.max(align);
-    let mut last_record = Instant::now();
-
-    loop {
-        // Next piece of work, refilling the plan while completions keep being handled.
-        let item = loop {
-            if let Some(e) = plan.pop_front() {
-                break Some(e);
-            }
-            if plan_done {
-                break None;
-            }
-            tokio::select! {
-                w = rx.recv() => match w {
-                    Some(Ok(map)) => {
-                        let map = map.align_data(align, size);
-                        plan.extend(map.split(buf_size as u64, MAX_ZERO_REQUEST));
-                    }
-                    Some(Err(e)) => return Err(e),
-                    None => plan_done = true,
-                },
-                Some((idx, d)) = in_flight.next(), if !in_flight.is_empty() => {
-                    marks.complete(idx);
-                    finish(d?, &mut free, &mut zeros_in_flight, &mut stats, &progress, opts.journal.as_deref(), sample_len);
+    let attempt: Result<CopyStats, Error> = async {
+        let planner = tokio::spawn(async move {
+            let mut at = start_at;
+            while at < size {
+                let len = window.min(size - at);
+                let alloc = if use_extents {
+                    src.extents(at, len)
+                        .await
+                        .map(|m| m.fill_gaps(at, at + len, ExtentKind::Data))
+                } else {
+                    Ok(ExtentMap::single(at, len, ExtentKind::Data))
+                };
+                let map = match (&changes, alloc) {
+                    (None, alloc) => alloc,
+                    (Some(_), Err(e)) => Err(e),
+                    (Some(c), Ok(alloc)) => window_changes(&src, c, at, len)
+                        .await
+                        .map(|changed| crate::delta::plan_window(&alloc, &changed)),
+                };
+                let failed = map.is_err();
+                if tx.send(map).await.is_err() || failed {
+                    return;
                 }
+                at += len;
             }
+        });
+        let _abort_planner = AbortOnDrop(planner);
+
+        let mut stats = CopyStats {
+            size,
+            engine: sink.engine_name().into(),
+            direct: sink.is_direct(),
+            buf_size,
+            buf_count: free.len(),
+            ..Default::default()
         };
-        let Some(item) = item else { break };
-        // Wait for capacity for this item.
+        let mut plan: VecDeque<Extent> = VecDeque::new();
+        let mut plan_done = false;
+        let mut in_flight = FuturesUnordered::new();
+        let mut zeros_in_flight = 0usize;
+        let mut recorded = start_at;
+        // Samples cover the first bytes of a written request (at least one aligned block).
+        let sample_len = crate::journal::SAMPLE_BYTES.max(align);
+        let mut last_record = Instant::now();
+
         loop {
-            let ready = match item.kind {
-                ExtentKind::Data => !free.is_empty(),
-                _ => zeros_in_flight < MAX_ZERO_IN_FLIGHT,
+            // Next piece of work, refilling the plan while completions keep being handled.
+            let item = loop {
+                if let Some(e) = plan.pop_front() {
+                    break Some(e);
+                }
+                if plan_done {
+                    break None;
+                }
+                tokio::select! {
+                    w = rx.recv() => match w {
+                        Some(Ok(map)) => {
+                            let map = map.align_data(align, size);
+                            plan.extend(map.split(buf_size as u64, MAX_ZERO_REQUEST));
+                        }
+                        Some(Err(e)) => return Err(e),
+                        None => plan_done = true,
+                    },
+                    Some((idx, d)) = in_flight.next(), if !in_flight.is_empty() => {
+                        // Only a request that succeeded joins the durable prefix.
+                        let d = d?;
+                        marks.complete(idx);
+                        finish(d, &mut free, &mut zeros_in_flight, &mut stats, &progress, opts.journal.as_deref(), sample_len);
+                    }
+                }
             };
-            if ready {
-                break;
+            let Some(item) = item else { break };
+            // Wait for capacity for this item.
+            loop {
+                let ready = match item.kind {
+                    ExtentKind::Data => !free.is_empty(),
+                    _ => zeros_in_flight < MAX_ZERO_IN_FLIGHT,
+                };
+                if ready {
+                    break;
+                }
+                let (idx, d) = in_flight
+                    .next()
+                    .await
+                    .ok_or_else(|| Error::Source("copy pipeline stalled".into()))?;
+                let d = d?;
+                marks.complete(idx);
+                finish(
+                    d,
+                    &mut free,
+                    &mut zeros_in_flight,
+                    &mut stats,
+                    &progress,
+                    opts.journal.as_deref(),
+                    sample_len,
+                );
             }
-            let (idx, d) = in_flight
-                .next()
-                .await
-                .ok_or_else(|| Error::Source("copy pipeline stalled".into()))?;
+            let idx = marks.dispatch(item.offset + item.length);
+            let work: std::pin::Pin<Box<dyn std::future::Future<Output = Result<Done, Error>> + Send>> =
+                match item.kind {
+                    ExtentKind::Data => {
+                        let Some(mut buf) = free.pop() else {
+                            unreachable!("capacity checked above")
+                        };
+                        buf.set_len(item.length as usize);
+                        let (src, snk) = (source.clone(), sink.clone());
+                        let detect = opts.detect_zeroes && sink.kind() == TargetKind::NewFile;
+                        let (retry, progress) = (opts.retry, progress.clone());
+                        Box::pin(async move {
+                            let buf = crate::retry::read(
+                                src.as_ref(),
+                                item.offset,
+                                buf,
+                                retry,
+                                &progress,
+                            )
+                            .await?;
+                            // A new file already reads as zeroes: an all-zero buffer (allocated
+                            // but zero on the source, common on thick disks) needs no write.
+                            // The scan stops at the first non-zero byte, so data costs ~nothing.
+                            if detect && buf.is_zero() {
+                                return Ok(Done::Data {
+                                    buf,
+                                    offset: item.offset,
+                                    len: item.length,
+                                    written: false,
+                                });
+                            }
+                            let (buf, r) = snk.write(buf, item.offset).await;
+                            r?;
+                            Ok(Done::Data {
+                                buf,
+                                offset: item.offset,
+                                len: item.length,
+                                written: true,
+                            })
+                        })
+                    }
+                    _ => {
+                        zeros_in_flight += 1;
+                        let snk = sink.clone();
+                        Box::pin(async move {
+                            let outcome = snk.zero(item.offset, item.length).await?;
+                            Ok(Done::Zero {
+                                len: item.length,
+                                outcome,
+                            })
+                        })
+                    }
+                };
+            in_flight.push(Box::pin(async move { (idx, work.await) }));
+            let (due_bytes, due_time) = if recorded == start_at {
+                (JOURNAL_FIRST_BYTES, JOURNAL_FIRST_INTERVAL)
+            } else {
+                (JOURNAL_BYTES, JOURNAL_INTERVAL)
+            };
+            if let Some(j) = &opts.journal
+                && marks.mark > recorded
+                && (marks.mark - recorded >= due_bytes || last_record.elapsed() >= due_time)
+            {
+                // Data before journal: the target is flushed, then the watermark recorded.
+                let mark = marks.mark;
+                sink.flush().await?;
+                j.record(mark)?;
+                progress.set_durable(mark);
+                recorded = mark;
+                last_record = Instant::now();
+            }
+            progress.set_in_flight(in_flight.len() as u64);
+        }
+        while let Some((idx, d)) = in_flight.next().await {
+            let d = d?;
             marks.complete(idx);
             finish(
-                d?,
+                d,
                 &mut free,
                 &mut zeros_in_flight,
                 &mut stats,
@@ -333,93 +431,35 @@ pub async fn copy(
                 opts.journal.as_deref(),
                 sample_len,
             );
+            progress.set_in_flight(in_flight.len() as u64);
         }
-        let idx = marks.dispatch(item.offset + item.length);
-        let work: std::pin::Pin<Box<dyn std::future::Future<Output = Result<Done, Error>> + Send>> =
-            match item.kind {
-                ExtentKind::Data => {
-                    let Some(mut buf) = free.pop() else {
-                        unreachable!("capacity checked above")
-                    };
-                    buf.set_len(item.length as usize);
-                    let (src, snk) = (source.clone(), sink.clone());
-                    let detect = opts.detect_zeroes && sink.kind() == TargetKind::NewFile;
-                    Box::pin(async move {
-                        let buf = src.read(item.offset, buf).await?;
-                        // A new file already reads as zeroes: an all-zero buffer (allocated
-                        // but zero on the source, common on thick disks) needs no write.
-                        // The scan stops at the first non-zero byte, so data costs ~nothing.
-                        if detect && buf.is_zero() {
-                            return Ok(Done::Data {
-                                buf,
-                                offset: item.offset,
-                                len: item.length,
-                                written: false,
-                            });
-                        }
-                        let (buf, r) = snk.write(buf, item.offset).await;
-                        r?;
-                        Ok(Done::Data {
-                            buf,
-                            offset: item.offset,
-                            len: item.length,
-                            written: true,
-                        })
-                    })
-                }
-                _ => {
-                    zeros_in_flight += 1;
-                    let snk = sink.clone();
-                    Box::pin(async move {
-                        let outcome = snk.zero(item.offset, item.length).await?;
-                        Ok(Done::Zero {
-                            len: item.length,
-                            outcome,
-                        })
-                    })
-                }
-            };
-        in_flight.push(Box::pin(async move { (idx, work.await) }));
-        let (due_bytes, due_time) = if recorded == start_at {
-            (JOURNAL_FIRST_BYTES, JOURNAL_FIRST_INTERVAL)
-        } else {
-            (JOURNAL_BYTES, JOURNAL_INTERVAL)
-        };
-        if let Some(j) = &opts.journal
-            && marks.mark > recorded
-            && (marks.mark - recorded >= due_bytes || last_record.elapsed() >= due_time)
-        {
-            // Data before journal: the target is flushed, then the watermark recorded.
-            let mark = marks.mark;
-            sink.flush().await?;
-            j.record(mark)?;
-            recorded = mark;
-            last_record = Instant::now();
+        progress.set_phase("flushing");
+        sink.flush().await?;
+        if let Some(j) = &opts.journal {
+            j.finish()?;
         }
-        progress.set_in_flight(in_flight.len() as u64);
+        source.close().await;
+        stats.seconds = start.elapsed().as_secs_f64();
+        progress.set_phase("done");
+        Ok(stats)
     }
-    while let Some((idx, d)) = in_flight.next().await {
-        marks.complete(idx);
-        finish(
-            d?,
-            &mut free,
-            &mut zeros_in_flight,
-            &mut stats,
-            &progress,
-            opts.journal.as_deref(),
-            sample_len,
-        );
-        progress.set_in_flight(in_flight.len() as u64);
+    .await;
+    if attempt.is_err() && marks.mark > start_at {
+        // Keep what is done: flush, and the completed prefix is durable for a retry in
+        // this process (and, recorded in the journal, for a restarted one).
+        if sink.flush().await.is_ok() {
+            progress.set_durable(marks.mark);
+            if let Some(j) = &opts.journal
+                && let Err(e) = j.record(marks.mark)
+            {
+                tracing::warn!(error = %e, "cannot record the durable watermark after the failure");
+            }
+        }
     }
-    progress.set_phase("flushing");
-    sink.flush().await?;
-    if let Some(j) = &opts.journal {
-        j.finish()?;
+    if attempt.is_ok() {
+        progress.set_durable(size);
     }
-    source.close().await;
-    stats.seconds = start.elapsed().as_secs_f64();
-    progress.set_phase("done");
-    Ok(stats)
+    attempt
 }
 
 fn finish(

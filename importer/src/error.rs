@@ -21,6 +21,9 @@ pub enum Error {
         offset: u64,
         /// Why.
         message: String,
+        /// Whether another read may succeed ([`Retry::Read`]), only on a new connection
+        /// ([`Retry::Reconnect`]), or not at all.
+        retry: Retry,
     },
     /// The target cannot be used (missing, wrong type, too small, not writable).
     #[error("{0}")]
@@ -56,4 +59,48 @@ pub enum Error {
     /// The copy was cancelled by a signal.
     #[error("cancelled by {0}; the target is incomplete")]
     Cancelled(&'static str),
+}
+
+/// How an NBD failure may be retried: an error reply leaves the connection usable; a
+/// dropped, refused, stuck or broken connection needs a new one; a protocol violation
+/// or a refused option is the server's answer, not a hiccup.
+pub fn nbd_retry(e: &ferry_nbd::Error) -> Retry {
+    match e {
+        ferry_nbd::Error::Request { .. } => Retry::Read,
+        ferry_nbd::Error::Connect { .. }
+        | ferry_nbd::Error::Disconnected(_)
+        | ferry_nbd::Error::Timeout { .. }
+        | ferry_nbd::Error::Io { .. } => Retry::Reconnect,
+        _ => Retry::Never,
+    }
+}
+
+/// What a failure allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// The read failed but the connection is fine: read again.
+    Read,
+    /// The connection is gone or stuck: open the source again and go on from the
+    /// durable watermark.
+    Reconnect,
+    /// Retrying cannot help (authentication, thumbprint, not found, too small, usage,
+    /// the target, a protocol violation): fail now.
+    Never,
+}
+
+impl Error {
+    /// Whether and how this failure may be retried.
+    pub fn retry(&self) -> Retry {
+        use crate::source::vddk::VddkError as V;
+        match self {
+            Error::Read { retry, .. } => *retry,
+            Error::Nbd(e) => nbd_retry(e),
+            Error::Vddk(e) => match e {
+                V::Call { .. } => Retry::Read,
+                V::ConnectionLost { .. } | V::Timeout { .. } | V::WorkerGone => Retry::Reconnect,
+                _ => Retry::Never,
+            },
+            _ => Retry::Never,
+        }
+    }
 }

@@ -18,6 +18,7 @@ pub mod import;
 pub mod journal;
 pub mod progress;
 pub mod report;
+pub mod retry;
 pub mod sink;
 pub mod source;
 

@@ -14,6 +14,8 @@ pub struct Progress {
     zeroed: AtomicU64,
     skipped: AtomicU64,
     in_flight: AtomicU64,
+    retries: AtomicU64,
+    durable: AtomicU64,
     phase: Mutex<&'static str>,
     engine: Mutex<&'static str>,
 }
@@ -36,6 +38,8 @@ pub struct ProgressSnapshot {
     pub skipped: u64,
     /// Requests (reads+writes and zeroings) in flight.
     pub in_flight: u64,
+    /// Retries so far (reads read again, connections opened again).
+    pub retries: u64,
     /// Current phase name.
     pub phase: &'static str,
     /// I/O engine writing the target (`uring`, `sync`; empty until known).
@@ -56,6 +60,23 @@ impl Progress {
             phase: Mutex::new("copying"),
             ..Default::default()
         }
+    }
+    /// Count one retry (a read again, or a reconnect).
+    pub fn add_retry(&self) {
+        self.retries.fetch_add(1, Ordering::Relaxed);
+    }
+    /// Retries so far.
+    pub fn retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
+    }
+    /// Everything below this offset is durably on the target (set by the copy after a
+    /// flush: at journal records and when an attempt fails).
+    pub fn set_durable(&self, n: u64) {
+        self.durable.store(n, Ordering::Relaxed);
+    }
+    /// See [`Progress::set_durable`].
+    pub fn durable(&self) -> u64 {
+        self.durable.load(Ordering::Relaxed)
     }
     /// Set the total bytes to cover.
     pub fn set_total(&self, n: u64) {
@@ -127,6 +148,7 @@ impl Progress {
             zeroed: self.zeroed(),
             skipped: self.skipped(),
             in_flight: self.in_flight(),
+            retries: self.retries(),
             phase: self.phase(),
             engine: self.engine(),
         }

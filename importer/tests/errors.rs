@@ -312,7 +312,17 @@ fn server_killed_mid_copy_fails_promptly() {
         let c = copy_cmd(
             &server.uri(),
             &target,
-            &["--io-engine", engine, "--buf-size-in-64k", "4"],
+            // Retries off: this is about the failure being prompt and clean; with
+            // retries the same failure comes after a bounded backoff
+            // (transient_failures_are_retried_and_bounded).
+            &[
+                "--io-engine",
+                engine,
+                "--buf-size-in-64k",
+                "4",
+                "--retries",
+                "0",
+            ],
         );
         let mut ferry = spawn(c);
         std::thread::sleep(Duration::from_secs(1));
@@ -354,7 +364,8 @@ fn every_read_failing_fails_the_copy() {
 #[test]
 fn occasional_read_errors_never_end_in_success() {
     // CVE-2022-0485 shape (nbdcopy ignored async read errors). 1024 reads at 10 %:
-    // some read fails, and that must fail the whole copy.
+    // with retries off, some read fails, and that must fail the whole copy. (With
+    // retries on, each failed read is read again: read_errors_are_read_again.)
     if !require(&["nbdkit"]) {
         return;
     }
@@ -371,9 +382,47 @@ fn occasional_read_errors_never_end_in_success() {
                 ],
             );
             let target = dir.path().join(format!("t-{engine}-{seed_run}.img"));
-            copy(&server.uri(), &target, engine, &["--buf-size-in-64k", "1"])
-                .failure(engine, &["reading the source", "EIO"]);
+            copy(
+                &server.uri(),
+                &target,
+                engine,
+                &["--buf-size-in-64k", "1", "--retries", "0"],
+            )
+            .failure(engine, &["reading the source", "EIO"]);
         }
+    });
+}
+
+#[test]
+fn read_errors_are_read_again_and_the_copy_is_identical() {
+    // nbdkit's error filter fails 2 % of reads (EIO replies, the connection stays):
+    // each is read again in place, the copy ends identical and says how many retries.
+    if !require(&["nbdkit", "nbdcopy", "cmp"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let clean = Server::nbdkit(dir.path(), &["pattern", "size=64M"]);
+    let reference = nbdcopy_reference(&clean.uri(), dir.path());
+    for_each_engine(|engine| {
+        let server = Server::nbdkit(
+            dir.path(),
+            &[
+                "--filter=error",
+                "pattern",
+                "size=64M",
+                "error-pread-rate=2%",
+            ],
+        );
+        let target = dir.path().join(format!("t-{engine}.img"));
+        let r = copy(&server.uri(), &target, engine, &["--buf-size-in-64k", "1"]);
+        let v = r.success(engine);
+        assert!(num(&v, "retries") > 0, "[{engine}] no retry counted: {v}");
+        assert!(
+            r.stderr.contains("read failed; reading again"),
+            "{}",
+            r.stderr
+        );
+        assert_identical(&target, &reference, engine);
     });
 }
 
@@ -419,7 +468,7 @@ fn stalled_reads_time_out() {
         let c = copy_cmd(
             &server.uri(),
             &target,
-            &["--io-engine", engine, "--timeout", "2"],
+            &["--io-engine", engine, "--timeout", "2", "--retries", "0"],
         );
         run(c, Duration::from_secs(10)).failure(engine, &["timed out"]);
     });
@@ -443,7 +492,7 @@ fn stalled_block_status_times_out() {
     let c = copy_cmd(
         &server.uri(),
         &dir.path().join("t.img"),
-        &["--io-engine", "sync", "--timeout", "2"],
+        &["--io-engine", "sync", "--timeout", "2", "--retries", "0"],
     );
     run(c, Duration::from_secs(10)).failure("delay-extents=30", &["timed out"]);
 }
@@ -486,14 +535,30 @@ fn assert_usage_error(extra: &[&str], phrase: &str) {
 }
 
 #[test]
-fn zero_buffer_size_is_a_usage_error() {
-    assert_usage_error(&["--buf-size-in-64k", "0"], "invalid value");
+fn zero_tuning_values_mean_the_defaults() {
+    // As in Forklift's provider settings, 0 is "not set".
+    if !require(&["nbdkit"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::nbdkit(dir.path(), &["pattern", "size=8M"]);
+    let target = dir.path().join("t.img");
+    let r = copy(
+        &server.uri(),
+        &target,
+        "sync",
+        &["--buf-size-in-64k", "0", "--buf-count", "0"],
+    );
+    let v = r.success("zero tuning");
+    assert_eq!(num(&v, "buf_size"), 1 << 20);
+    assert_eq!(num(&v, "buf_count"), 32);
 }
 
 #[test]
 fn out_of_range_tuning_values_are_usage_errors() {
     assert_usage_error(&["--buf-size-in-64k", "1025"], "invalid value");
-    assert_usage_error(&["--buf-count", "0"], "invalid value");
+    assert_usage_error(&["--buf-count", "1025"], "invalid value");
+    assert_usage_error(&["--retries", "101"], "invalid value");
     assert_usage_error(&["--connections", "17"], "invalid value");
     assert_usage_error(&["--timeout", "0"], "invalid value");
     assert_usage_error(&["--io-engine", "aio"], "invalid value");

@@ -224,3 +224,68 @@ fn kill_9_during_a_delta_then_resume_is_identical() {
     assert!(!journal.exists());
     assert_identical(&target, &reference, "delta killed and resumed");
 }
+
+#[test]
+fn a_dropped_connection_is_opened_again_and_the_copy_goes_on() {
+    // The NBD server dies mid-copy and comes back on the same socket (a restarted
+    // nbdkit in front of VDDK): no container restart, the copy reconnects, goes on from
+    // the durable watermark and ends identical.
+    if !require(&["nbdkit", "nbdcopy", "cmp"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let reference = {
+        let fast = Server::nbdkit(dir.path(), &["pattern", &format!("size={SIZE}")]);
+        nbdcopy_reference(&fast.uri(), dir.path())
+    };
+    for engine in ["uring", "sync"] {
+        let sock = dir.path().join(format!("drop-{engine}.sock"));
+        let target = dir.path().join(format!("t-{engine}.img"));
+        let server = slow_server(&sock);
+        let mut extra = vec!["--io-engine", engine];
+        extra.extend(SLOW);
+        let running = spawn(copy_cmd(&server.uri(), &target, &extra));
+        std::thread::sleep(Duration::from_millis(1200));
+        drop(server);
+        std::thread::sleep(Duration::from_millis(300));
+        let _back = Nbdkit::start(&sock, &["pattern", &format!("size={SIZE}")]);
+        let r = running.wait(Duration::from_secs(60));
+        let v = r.success(&format!("{engine}: dropped connection"));
+        assert!(
+            r.stderr
+                .contains("opening it again and going on from the durable watermark"),
+            "{}",
+            r.stderr
+        );
+        assert!(num(&v, "retries") >= 1, "{v}");
+        assert!(
+            num(&v, "bytes_read") < 2 * SIZE_BYTES,
+            "went on from the watermark rather than from zero: {v}"
+        );
+        assert_identical(
+            &target,
+            &reference,
+            &format!("{engine}: dropped connection"),
+        );
+    }
+}
+
+#[test]
+fn a_source_that_stays_away_fails_after_bounded_retries() {
+    if !require(&["nbdkit"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("gone.sock");
+    let target = dir.path().join("t.img");
+    let server = slow_server(&sock);
+    let mut extra = vec!["--retries", "2"];
+    extra.extend(SLOW);
+    let running = spawn(copy_cmd(&server.uri(), &target, &extra));
+    std::thread::sleep(Duration::from_millis(800));
+    drop(server);
+    let r = running.wait(Duration::from_secs(30));
+    r.failure("source gone", &["NBD"]);
+    let retries = r.stderr.matches("opening it again").count();
+    assert_eq!(retries, 2, "exactly --retries attempts:\n{}", r.stderr);
+}

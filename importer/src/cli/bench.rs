@@ -164,8 +164,7 @@ async fn synthetic(a: &BenchArgs) -> anyhow::Result<()> {
             &a.tuning,
             engine.clone(),
             Arc::new(Progress::new()),
-            None,
-            None,
+            Default::default(),
         )
         .await?;
         let seconds = t.elapsed().as_secs_f64();

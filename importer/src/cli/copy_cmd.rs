@@ -55,6 +55,18 @@ pub struct CopyArgs {
     pub no_progress: bool,
 }
 
+/// What a copy does beyond a plain full copy.
+#[derive(Default)]
+pub struct CopyExtras<'a> {
+    /// Copy only these changed areas (a delta).
+    pub changes: Option<Changes>,
+    /// Resume journal.
+    pub journal: Option<&'a std::path::Path>,
+    /// Opens the source again after a lost connection (none: such a failure ends the
+    /// copy).
+    pub reopen: Option<ferry::retry::Reopen<'a>>,
+}
+
 /// Open the sink and copy; on failure the source is closed too.
 pub async fn copy_once(
     src: Arc<dyn Source>,
@@ -62,9 +74,13 @@ pub async fn copy_once(
     tuning: &Tuning,
     engine: Arc<dyn ferry::engine::IoEngine>,
     progress: Arc<Progress>,
-    changes: Option<Changes>,
-    journal: Option<&std::path::Path>,
+    extras: CopyExtras<'_>,
 ) -> Result<CopyStats, ferry::Error> {
+    let CopyExtras {
+        changes,
+        journal,
+        reopen,
+    } = extras;
     if changes.is_some() {
         ferry::delta::check_target(dst, src.size(), false, "delta onto the previous round")?;
     }
@@ -103,14 +119,20 @@ pub async fn copy_once(
         changes,
         start_at,
         journal,
+        retry: tuning.retry(),
     };
-    let r = ferry::copy::copy(src.clone(), sink, &opts, progress).await;
-    if r.is_err() {
-        // Say goodbye (NBD_CMD_DISC) so the server is not left with a half-open client;
-        // bounded, since the server may be the thing that failed.
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, src.close()).await;
-    }
-    r
+    let reopen = reopen.unwrap_or_else(|| {
+        Box::new(|| {
+            Box::pin(async {
+                Err(ferry::Error::Source(
+                    "this source cannot be opened again".into(),
+                ))
+            })
+        })
+    });
+    // A failed attempt's source is closed there (NBD_CMD_DISC, bounded), so the server
+    // is not left with a half-open client.
+    ferry::retry::copy_retrying(src, reopen, sink, &opts, progress).await
 }
 
 /// Ask vCenter which areas of the disk changed in `--snapshot` since `since` (a change
@@ -161,9 +183,6 @@ async fn vsphere_changes(
     found.map(|(_, map)| map).map_err(ferry::Error::Vsphere)
 }
 
-/// Bound on closing the source after a failed copy.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// Run `ferry copy`.
 pub async fn run(mut a: CopyArgs) -> anyhow::Result<()> {
     let vddk = match a.vddk_resolved.take() {
@@ -197,14 +216,27 @@ pub async fn run(mut a: CopyArgs) -> anyhow::Result<()> {
         }
         (None, None, None) => None,
     };
+    // A lost connection opens the same source again.
+    let (spec, nbd_opts, vddk_opts, again) = (&a.src, &nbd, vddk.as_ref(), engine.clone());
+    let reopen: ferry::retry::Reopen<'_> = Box::new(move || {
+        Box::pin(ferry::source::open(
+            spec,
+            nbd_opts,
+            vddk_opts,
+            again.clone(),
+        ))
+    });
     let r = copy_once(
         src,
         &a.dst,
         &a.tuning,
         engine,
         progress,
-        changes,
-        a.journal.as_deref(),
+        CopyExtras {
+            changes,
+            journal: a.journal.as_deref(),
+            reopen: Some(reopen),
+        },
     )
     .await;
     if let Some(b) = bar {

@@ -118,6 +118,10 @@ pub struct ImportArgs {
     /// Seconds to wait for any one read.
     #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub timeout: u64,
+    /// Transient source failures retried in a row without progress (reads read again,
+    /// a lost connection opened again from the durable watermark); 0 turns them off.
+    #[arg(long, env = "FERRY_RETRIES", default_value_t = ferry::retry::DEFAULT_RETRIES, value_parser = clap::value_parser!(u32).range(0..=ferry::retry::MAX_RETRIES as i64))]
+    pub retries: u32,
     /// VDDK transports [default: file:nbdssl:nbd].
     #[arg(long)]
     pub transports: Option<String>,
@@ -266,6 +270,10 @@ impl ImportArgs {
             buf_size_in_64k: self.buf_size(),
             buf_count: self.buf_count_for(cfg.source),
             nfc: self.nfc,
+            retry: ferry::retry::RetryPolicy {
+                retries: self.retries,
+                ..Default::default()
+            },
             direct: self.direct,
             connections: self.connections,
             timeout: Duration::from_secs(self.timeout),

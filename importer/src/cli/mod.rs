@@ -136,6 +136,11 @@ pub struct Tuning {
     /// Seconds to wait for any one NBD reply (and for connect + handshake).
     #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub timeout: u64,
+    /// Transient source failures retried in a row without progress before giving up
+    /// (a read read again; a lost connection opened again, going on from the durable
+    /// watermark); 0 turns retries off.
+    #[arg(long, default_value_t = ferry::retry::DEFAULT_RETRIES, value_parser = clap::value_parser!(u32).range(0..=ferry::retry::MAX_RETRIES as i64))]
+    pub retries: u32,
 }
 
 impl Tuning {
@@ -171,6 +176,14 @@ impl Tuning {
         Ok(())
     }
 
+    /// The retry policy.
+    pub fn retry(&self) -> ferry::retry::RetryPolicy {
+        ferry::retry::RetryPolicy {
+            retries: self.retries,
+            ..Default::default()
+        }
+    }
+
     /// NBD source options.
     pub fn nbd(&self) -> NbdSourceOptions {
         NbdSourceOptions::new(
@@ -187,6 +200,7 @@ impl Tuning {
             format!("--buf-count={}", self.count()),
             format!("--connections={}", self.connections),
             format!("--timeout={}", self.timeout),
+            format!("--retries={}", self.retries),
             format!(
                 "--io-engine={}",
                 clap::ValueEnum::to_possible_value(&self.io_engine)

@@ -42,6 +42,8 @@ pub struct ImportTuning {
     pub unbuffered: bool,
     /// VDDK wire compression.
     pub compression: Compression,
+    /// How transient source failures are retried.
+    pub retry: crate::retry::RetryPolicy,
 }
 
 /// What the import did, for the termination message.
@@ -429,6 +431,8 @@ pub async fn run(
     let mut vddk_version_found = None;
     let mut changed = None;
     let mut round = None;
+    let mut vddk_opts = None;
+    let nbd = NbdSourceOptions::new(t.connections as usize, t.timeout, true);
     let source: Arc<dyn Source> = match cfg.source {
         SourceKind::Vddk => {
             let disk = lookup(cfg).await?;
@@ -445,12 +449,10 @@ pub async fn run(
                 .await
                 .map_err(Error::Vddk)?;
             vddk_version_found = Some(vddk_version(src.library_path()));
+            vddk_opts = Some(opts);
             Arc::new(src)
         }
-        SourceKind::Nbd => {
-            let nbd = NbdSourceOptions::new(t.connections as usize, t.timeout, true);
-            crate::source::open(&cfg.endpoint, &nbd, None, engine.clone()).await?
-        }
+        SourceKind::Nbd => crate::source::open(&cfg.endpoint, &nbd, None, engine.clone()).await?,
         SourceKind::Blank => unreachable!("handled above"),
     };
     let size = source.size();
@@ -534,7 +536,7 @@ pub async fn run(
         &target,
         size,
         t.direct,
-        engine,
+        engine.clone(),
         changed.is_some(),
     )?);
     let preallocation_applied = if cfg.preallocation {
@@ -565,16 +567,34 @@ pub async fn run(
         changes: changed.map(|(_, m)| crate::copy::Changes::Map(Arc::new(m))),
         start_at,
         journal,
+        retry: t.retry,
     };
     progress.set_phase("copying");
-    let stats = crate::copy::copy(source.clone(), sink.clone(), &opts, progress.clone()).await;
-    let stats = match stats {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = tokio::time::timeout(Duration::from_secs(5), source.close()).await;
-            return Err(e);
-        }
+    // A lost connection opens the same disk again (no new vSphere lookup: the snapshot
+    // and file are fixed for this round).
+    let reopen: crate::retry::Reopen<'_> = {
+        let (vddk_opts, nbd, engine) = (vddk_opts.clone(), nbd.clone(), engine.clone());
+        Box::new(move || {
+            let (vddk_opts, nbd, engine) = (vddk_opts.clone(), nbd.clone(), engine.clone());
+            Box::pin(async move {
+                match &vddk_opts {
+                    Some(o) => crate::source::VddkSource::open(o)
+                        .await
+                        .map(|s| Arc::new(s) as Arc<dyn Source>)
+                        .map_err(Error::Vddk),
+                    None => crate::source::open(&cfg.endpoint, &nbd, None, engine).await,
+                }
+            })
+        })
     };
+    let stats = crate::retry::copy_retrying(
+        source.clone(),
+        reopen,
+        sink.clone(),
+        &opts,
+        progress.clone(),
+    )
+    .await?;
     // As CDI's ResizeImage: grown to the usable size only when that is larger (usable
     // is already bounded by the requested size).
     if let (Some(_), Some(u)) = (cfg.image_size, usable)

@@ -59,6 +59,7 @@ struct Inner {
     zeroed: Counter,
     skipped: Counter,
     covered: Counter,
+    retries: Counter,
     size: Gauge,
     throughput: Gauge<f64, AtomicU64>,
     in_flight: Gauge,
@@ -131,6 +132,11 @@ impl Metrics {
             "ferry_import_covered_bytes",
             "Bytes of the disk covered so far (data and zero ranges)",
         );
+        let retries = counter(
+            &mut registry,
+            "ferry_import_retries",
+            "Transient source failures retried (reads read again, connections opened again)",
+        );
         let size = Gauge::default();
         registry.register(
             "ferry_import_size_bytes",
@@ -172,6 +178,7 @@ impl Metrics {
             zeroed,
             skipped,
             covered,
+            retries,
             size,
             throughput,
             in_flight,
@@ -192,6 +199,7 @@ impl Metrics {
         advance(&self.0.zeroed, s.zeroed);
         advance(&self.0.skipped, s.skipped);
         advance(&self.0.covered, s.done());
+        advance(&self.0.retries, s.retries);
         self.0.size.set(i64::try_from(s.total).unwrap_or(i64::MAX));
         self.0
             .in_flight
@@ -213,6 +221,7 @@ impl Metrics {
         advance(&self.0.zeroed, stats.bytes_zeroed);
         advance(&self.0.skipped, stats.bytes_skipped);
         advance(&self.0.covered, stats.size);
+        advance(&self.0.retries, stats.retries);
         self.0.in_flight.set(0);
         if !stats.engine.is_empty() {
             self.set_engine(&stats.engine);
@@ -415,6 +424,7 @@ mod tests {
             zeroed: 4096,
             skipped: 4096,
             in_flight: 7,
+            retries: 3,
             phase: "copying",
             engine: "uring",
         });
@@ -426,6 +436,7 @@ mod tests {
             "ferry_import_zeroed_bytes_total 4096\n",
             "ferry_import_skipped_bytes_total 4096\n",
             "ferry_import_covered_bytes_total 12288\n",
+            "ferry_import_retries_total 3\n",
             "ferry_import_size_bytes 1048576\n",
             "ferry_import_requests_in_flight 7\n",
             "ferry_import_throughput_bytes_per_second 1234.5\n",

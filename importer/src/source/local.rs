@@ -132,6 +132,8 @@ impl Source for LocalSource {
             r.map(|()| buf).map_err(|e| Error::Read {
                 offset,
                 message: e.to_string(),
+                // A local disk's EIO may be a passing path failure; read it again.
+                retry: crate::error::Retry::Read,
             })
         })
     }

@@ -259,6 +259,7 @@ impl Source for NbdSource {
             c.read(offset, buf).await.map_err(|e| Error::Read {
                 offset,
                 message: e.to_string(),
+                retry: crate::error::nbd_retry(&e),
             })
         })
     }

@@ -315,6 +315,7 @@ impl Run {
             "direct",
             "buf_size",
             "buf_count",
+            "retries",
         ] {
             assert!(v.get(key).is_some(), "summary lacks {key}\n{c}");
         }
