@@ -1886,3 +1886,81 @@ fn a_blank_block_volume_is_left_as_it_is_unless_preallocated() {
         "blank block",
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Transient source failures inside the pod (issue 9)
+
+#[test]
+fn transient_vddk_failures_are_retried_inside_the_pod() {
+    if !require(&["nbdkit", "nbdcopy", "cmp"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = sparse_random(dir.path(), "64M", 40, 41);
+    let reference = nbdcopy_reference(&src.uri(), dir.path());
+    let vc = VCenter::start(&dir.path().join("vc"), &inventory(64 * MIB));
+    // (what, dial) — reads 3 and 4 fail with VIX_E_FAIL and then reads succeed again;
+    // read 5 loses the TCP connection (VIX_E_HOST_TCP_CONN_LOST) once.
+    for (what, code, count, phrase) in [
+        ("failing reads", "1", "2", "read failed; reading again"),
+        ("dropped connection", "14011", "1", "opening it again"),
+    ] {
+        let mut pod = Pod::vddk(&vc, &src.uri());
+        pod.set("FAKE_VDDK_FAIL_READ", "3")
+            .set("FAKE_VDDK_FAIL_COUNT", count)
+            .set("FAKE_VDDK_FAIL_CODE", code)
+            .set("FAKE_VDDK_SYNC_COMPLETE_PERCENT", "0");
+        let r = pod.run();
+        assert_success(&r, what);
+        assert!(r.stderr.contains(phrase), "[{what}] {}", r.stderr);
+        assert_identical(&pod.disk_img(), &reference, what);
+        assert_termination_json(&pod, &vddk_complete(false), what);
+        let calls = pod.vddk_calls();
+        let opens = calls.iter().filter(|l| l.starts_with("Open ")).count();
+        let want = if code == "1" { 1 } else { 2 };
+        assert_eq!(opens, want, "[{what}] disk opens:\n{}", calls.join("\n"));
+        assert_vddk_closed(&pod, what);
+        let _ = std::fs::remove_file(pod.disk_img());
+    }
+    // Retries off: the same fault fails the pod, as before.
+    let mut pod = Pod::vddk(&vc, &src.uri());
+    pod.set("FAKE_VDDK_FAIL_READ", "3")
+        .set("FAKE_VDDK_FAIL_CODE", "14011")
+        .set("FERRY_RETRIES", "0");
+    let r = pod.run();
+    assert_pod_failure(&pod, &r, "retries off", &["connection"]);
+}
+
+#[test]
+fn block_mode_keeps_its_journal_in_the_vddk_emptydir_and_resumes() {
+    if !require_root(&["nbdkit", "nbdcopy", "cmp"], true) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let size = 256 * MIB;
+    let src = Server::nbdkit(dir.path(), &["pattern", "size=256M"]);
+    let reference = nbdcopy_reference(&src.uri(), dir.path());
+    let vc = VCenter::start(&dir.path().join("vc"), &inventory(size));
+    let dev = Loop::with_garbage(dir.path(), size, 0xA5, false);
+    let mut pod = Pod::vddk(&vc, &src.uri());
+    pod.set("FERRY_BLOCK_DEVICE", dev.dev.to_str().unwrap())
+        .set("FAKE_VDDK_LATENCY_MS", "40");
+    // VDDK_LIBDIR is <pod>/vddk, so CDI's emptyDir stand-in is <pod>.
+    let journal = pod.dir.path().join("ferry-state/block.ferry-journal");
+    let mark = kill_import_after_progress(&pod, &journal, 20 * MIB);
+    assert!(mark > 0);
+    pod.unset("FAKE_VDDK_LATENCY_MS");
+    let r = pod.run();
+    assert_success(&r, "block resume");
+    assert!(
+        r.stderr.contains("resuming from the journal"),
+        "{}",
+        r.stderr
+    );
+    assert_prefix_identical(&dev.dev, &reference, size, "block resume");
+    assert!(!journal.exists(), "a finished copy removes its journal");
+    assert!(
+        journal.with_file_name("block.ferry-journal.round").exists(),
+        "the round marker sits beside the journal"
+    );
+}

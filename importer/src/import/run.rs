@@ -327,6 +327,25 @@ fn device_size(dev: &std::path::Path) -> Result<u64, Error> {
         .map_err(|e| Error::Target(format!("cannot open target {}: {e}", dev.display())))
 }
 
+/// Directory for block mode's journal inside the VDDK library's parent directory (CDI's
+/// emptyDir at /opt).
+pub const BLOCK_STATE_DIR: &str = "ferry-state";
+/// Block mode's journal name there.
+pub const BLOCK_JOURNAL_NAME: &str = "block.ferry-journal";
+
+/// Block mode's default journal: `<libdir's parent>/ferry-state/block.ferry-journal`,
+/// when that directory can be made (`None`, logged, when it cannot).
+fn block_state_journal(libdir: &std::path::Path) -> Option<std::path::PathBuf> {
+    let dir = libdir.parent()?.join(BLOCK_STATE_DIR);
+    match std::fs::create_dir_all(&dir) {
+        Ok(()) => Some(dir.join(BLOCK_JOURNAL_NAME)),
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "no writable space for block mode's journal");
+            None
+        }
+    }
+}
+
 /// The round marker's name beside disk.img.
 pub const ROUND_MARKER_NAME: &str = "disk.img.ferry-round";
 /// Cap on a round marker's size.
@@ -472,10 +491,31 @@ pub async fn run(
         }
         usable = Some(u);
     }
+    // Block mode keeps its journal (and the round marker beside it) where the pod has
+    // writable space that outlives a container restart: FERRY_JOURNAL, or else the
+    // emptyDir CDI mounts over the VDDK library's parent (/opt) for the VDDK init
+    // container. Never on the device.
+    let block_journal = match (&cfg.target, &cfg.journal, cfg.source) {
+        (Target::Block(_), None, SourceKind::Vddk) => block_state_journal(&cfg.libdir),
+        _ => None,
+    };
+    let journal_path = cfg
+        .journal
+        .clone()
+        .or(block_journal)
+        .or_else(|| match &cfg.target {
+            Target::Filesystem { dir } => Some(dir.join(JOURNAL_NAME)),
+            Target::Block(_) => None,
+        });
+    if journal_path.is_none() {
+        tracing::warn!(
+            "block mode without writable space beside the device (no FERRY_JOURNAL, no VDDK emptyDir): a restarted container copies from the start, and a delta cannot check which round the device holds"
+        );
+    }
     let marker = match &cfg.target {
         Target::Filesystem { dir } => Some(dir.join(ROUND_MARKER_NAME)),
         // Beside the journal, its name extended (never an extension replaced).
-        Target::Block(_) => cfg.journal.as_ref().map(|j| {
+        Target::Block(_) => journal_path.as_ref().map(|j| {
             let mut name = j.clone().into_os_string();
             name.push(".round");
             std::path::PathBuf::from(name)
@@ -521,10 +561,6 @@ pub async fn run(
             }
         }
     }
-    let journal_path = cfg.journal.clone().or_else(|| match &cfg.target {
-        Target::Filesystem { dir } => Some(dir.join(JOURNAL_NAME)),
-        Target::Block(_) => None,
-    });
     // Checked before the target is touched (see `JournalFile::open`).
     let mut protected = vec![(target.as_path(), "the target")];
     if let Some(m) = &marker {

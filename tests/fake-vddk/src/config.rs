@@ -20,6 +20,9 @@ pub(crate) struct Config {
     pub bandwidth: Option<u64>,
     pub max_in_flight: Option<u64>,
     pub fail_read: Option<u64>,
+    /// Reads failed from `fail_read` on (FAKE_VDDK_FAIL_COUNT, default 1): a passing
+    /// fault that then recovers.
+    pub fail_count: u64,
     pub fail_code: u64,
     pub hang_read: Option<u64>,
     pub hang: Duration,
@@ -38,6 +41,12 @@ const DEFAULT_WORKERS: usize = 4;
 const MAX_WORKERS: usize = 64;
 
 impl Config {
+    /// Whether read number `n` (1-based, per process) is one the fail dial fails.
+    pub fn fails(&self, n: u64) -> bool {
+        self.fail_read
+            .is_some_and(|first| n >= first && n - first < self.fail_count)
+    }
+
     /// Read the process environment.
     pub fn from_env() -> Result<Config, String> {
         Self::from_lookup(|k| std::env::var(k).ok())
@@ -97,6 +106,7 @@ impl Config {
             bandwidth,
             max_in_flight,
             fail_read: num("FAKE_VDDK_FAIL_READ")?,
+            fail_count: num("FAKE_VDDK_FAIL_COUNT")?.unwrap_or(1),
             fail_code,
             hang_read: num("FAKE_VDDK_HANG_READ")?,
             hang: Duration::from_millis(num("FAKE_VDDK_HANG_MS")?.unwrap_or(DEFAULT_HANG_MS)),

@@ -730,7 +730,7 @@ pub unsafe extern "C" fn VixDiskLib_Read(
         disk.check_range(&lib.log, "Read", startSector, numSectors)?;
         let len = numSectors * SECTOR;
         let n = lib.next_read();
-        if lib.cfg.fail_read == Some(n) {
+        if lib.cfg.fails(n) {
             return Err(lib.cfg.fail_code);
         }
         let mut at = lib.deadline(len);
@@ -780,7 +780,7 @@ pub unsafe extern "C" fn VixDiskLib_ReadAsync(
         let len = numSectors * SECTOR;
         disk.op_start(lib.cfg.max_in_flight);
         let n = lib.next_read();
-        let forced = (lib.cfg.fail_read == Some(n)).then_some(lib.cfg.fail_code);
+        let forced = lib.cfg.fails(n).then_some(lib.cfg.fail_code);
         let hang = lib.cfg.hang_read == Some(n);
         let mut at = lib.deadline(len);
         if hang {

@@ -149,12 +149,12 @@ pub fn classify(call: &'static str, code: u64, text: String, ctx: &CallContext) 
         },
         // A thumbprint mismatch surfaces as VIX_E_FAIL ("Unknown error") at connect or
         // open; say so when a thumbprint was given and the call was a connect/open.
+        // On any other call (a read) it is just a failure, and may pass.
         vix::E_FAIL
             if ctx.thumbprint.is_some()
-                && (lower.contains("thumbprint")
-                    || lower.contains("ssl")
-                    || call == "ConnectEx"
-                    || call == "Open") =>
+                && (call == "ConnectEx"
+                    || call == "Open"
+                    || (lower.contains("thumbprint") && !call.starts_with("Read"))) =>
         {
             VddkError::Thumbprint {
                 call,
