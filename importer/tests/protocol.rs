@@ -14,7 +14,8 @@ const SIZE: u64 = 4 * 1024 * 1024;
 const LIMIT: Duration = Duration::from_secs(10);
 
 /// Copy from a fake server with `fault`, with each engine; check the error contract
-/// and return the error lines.
+/// and return the error lines. Retries are off (each case is one faulty exchange; the
+/// fake answers every connection with the same fault), unless `extra` sets them.
 fn copy_from_faulty_server(fault: Fault, extra: &[&str], phrases: &[&str]) -> Vec<String> {
     let dir = tempfile::tempdir().unwrap();
     let fake = FakeNbd::start(dir.path(), SIZE, fault);
@@ -26,6 +27,9 @@ fn copy_from_faulty_server(fault: Fault, extra: &[&str], phrases: &[&str]) -> Ve
             &target,
             &["--io-engine", engine, "--timeout", "2"],
         );
+        if !extra.contains(&"--retries") {
+            c.args(["--retries", "0"]);
+        }
         c.args(extra);
         let ctx = format!("{fault:?}, engine {engine}");
         lines.push(run(c, LIMIT).failure(&ctx, phrases));
@@ -88,6 +92,23 @@ fn read_reply_for_an_unknown_cookie_fails_the_copy() {
 #[test]
 fn read_error_reply_fails_the_copy() {
     copy_from_faulty_server(Fault::ReadReplyEio, &[], &["reading the source", "EIO"]);
+}
+
+#[test]
+fn a_server_that_keeps_failing_reads_fails_after_the_retries() {
+    // Retries on: every read again gets EIO; after --retries attempts the copy ends in
+    // the same error contract, within the bound.
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeNbd::start(dir.path(), SIZE, Fault::ReadReplyEio);
+    let target = dir.path().join("t.img");
+    let c = copy_cmd(&fake.uri(), &target, &["--timeout", "2", "--retries", "2"]);
+    let r = run(c, LIMIT);
+    r.failure("EIO with retries", &["reading the source", "EIO"]);
+    assert!(
+        r.stderr.contains("read failed; reading again"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
