@@ -1938,7 +1938,10 @@ fn block_mode_keeps_its_journal_in_the_vddk_emptydir_and_resumes() {
     }
     let dir = tempfile::tempdir().unwrap();
     let size = 256 * MIB;
-    let src = Server::nbdkit(dir.path(), &["pattern", "size=256M"]);
+    // A fixed socket: nbdkit 1.32 may abort when its client is killed mid-reply, so it
+    // is started afresh for the second run.
+    let sock = dir.path().join("backing.sock");
+    let src = Nbdkit::start(&sock, &["pattern", "size=256M"]);
     let reference = nbdcopy_reference(&src.uri(), dir.path());
     let vc = VCenter::start(&dir.path().join("vc"), &inventory(size));
     let dev = Loop::with_garbage(dir.path(), size, 0xA5, false);
@@ -1949,6 +1952,8 @@ fn block_mode_keeps_its_journal_in_the_vddk_emptydir_and_resumes() {
     let journal = pod.dir.path().join("ferry-state/block.ferry-journal");
     let mark = kill_import_after_progress(&pod, &journal, 20 * MIB);
     assert!(mark > 0);
+    drop(src);
+    let _src = Nbdkit::start(&sock, &["pattern", "size=256M"]);
     pod.unset("FAKE_VDDK_LATENCY_MS");
     let r = pod.run();
     assert_success(&r, "block resume");
