@@ -292,6 +292,11 @@ pub async fn copy(
         let mut recorded = start_at;
         // Samples cover the first bytes of a written request (at least one aligned block).
         let sample_len = crate::journal::SAMPLE_BYTES.max(align);
+    let ctx = Settle {
+        progress: &progress,
+        journal: opts.journal.as_deref(),
+        sample_len,
+    };
         let mut last_record = Instant::now();
 
         loop {
@@ -313,10 +318,7 @@ pub async fn copy(
                         None => plan_done = true,
                     },
                     Some((idx, d)) = in_flight.next(), if !in_flight.is_empty() => {
-                        // Only a request that succeeded joins the durable prefix.
-                        let d = d?;
-                        marks.complete(idx);
-                        finish(d, &mut free, &mut zeros_in_flight, &mut stats, &progress, opts.journal.as_deref(), sample_len);
+                        settle(d, idx, &mut marks, &mut free, &mut zeros_in_flight, &mut stats, &ctx)?;
                     }
                 }
             };
@@ -334,17 +336,15 @@ pub async fn copy(
                     .next()
                     .await
                     .ok_or_else(|| Error::Source("copy pipeline stalled".into()))?;
-                let d = d?;
-                marks.complete(idx);
-                finish(
+                settle(
                     d,
+                    idx,
+                    &mut marks,
                     &mut free,
                     &mut zeros_in_flight,
                     &mut stats,
-                    &progress,
-                    opts.journal.as_deref(),
-                    sample_len,
-                );
+                    &ctx,
+                )?;
             }
             let idx = marks.dispatch(item.offset + item.length);
             let work: std::pin::Pin<Box<dyn std::future::Future<Output = Result<Done, Error>> + Send>> =
@@ -420,17 +420,15 @@ pub async fn copy(
             progress.set_in_flight(in_flight.len() as u64);
         }
         while let Some((idx, d)) = in_flight.next().await {
-            let d = d?;
-            marks.complete(idx);
-            finish(
+            settle(
                 d,
+                idx,
+                &mut marks,
                 &mut free,
                 &mut zeros_in_flight,
                 &mut stats,
-                &progress,
-                opts.journal.as_deref(),
-                sample_len,
-            );
+                &ctx,
+            )?;
             progress.set_in_flight(in_flight.len() as u64);
         }
         progress.set_phase("flushing");
@@ -462,15 +460,28 @@ pub async fn copy(
     attempt
 }
 
-fn finish(
-    d: Done,
+/// What settling a completion needs besides the copy's books.
+struct Settle<'a> {
+    progress: &'a Progress,
+    journal: Option<&'a crate::journal::JournalFile>,
+    /// Bytes of a written request a journal sample covers.
+    sample_len: u64,
+}
+
+/// A request completed: a failure ends the attempt (and never joins the durable
+/// prefix); a success joins it, returns its buffer and is counted.
+fn settle(
+    r: Result<Done, Error>,
+    idx: u64,
+    marks: &mut Watermark,
     free: &mut Vec<Buf>,
     zeros: &mut usize,
     stats: &mut CopyStats,
-    progress: &Progress,
-    journal: Option<&crate::journal::JournalFile>,
-    sample_len: u64,
-) {
+    ctx: &Settle<'_>,
+) -> Result<(), Error> {
+    let d = r?;
+    marks.complete(idx);
+    let (progress, journal, sample_len) = (ctx.progress, ctx.journal, ctx.sample_len);
     match d {
         Done::Data {
             buf,
@@ -508,6 +519,7 @@ fn finish(
             progress.add_zero(len);
         }
     }
+    Ok(())
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

@@ -464,24 +464,12 @@ fn journal_error(path: &Path, message: impl std::fmt::Display) -> Error {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
 
     use super::*;
-    use crate::engine::{IoEngine, SyncEngine};
     use crate::sink::DirectMode;
+    use crate::test_support::{engine, rt};
 
     const SIZE: u64 = 1 << 20;
-
-    fn rt() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime")
-    }
-
-    fn engine() -> Arc<dyn IoEngine> {
-        Arc::new(SyncEngine::new())
-    }
 
     fn sink(p: &Path) -> Sink {
         Sink::open(p, SIZE, DirectMode::Off, engine()).expect("sink")

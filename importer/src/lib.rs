@@ -21,5 +21,7 @@ pub mod report;
 pub mod retry;
 pub mod sink;
 pub mod source;
+#[cfg(test)]
+mod test_support;
 
 pub use error::Error;

@@ -566,18 +566,7 @@ mod tests {
     use std::os::unix::fs::MetadataExt;
 
     use super::*;
-    use crate::engine::SyncEngine;
-
-    fn rt() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime")
-    }
-
-    fn engine() -> Arc<dyn IoEngine> {
-        Arc::new(SyncEngine::new())
-    }
+    use crate::test_support::{engine, rt};
 
     fn garbage_file(dir: &Path, len: usize) -> PathBuf {
         let p = dir.join("old.img");

@@ -139,6 +139,7 @@ mod tests {
     use std::os::unix::fs::MetadataExt;
 
     use super::*;
+    use crate::test_support::rt;
 
     /// Both engines, or only sync where io_uring is refused (printed, and recorded in
     /// FERRY_SKIP_LOG so the test script counts it).
@@ -159,13 +160,6 @@ mod tests {
             }
         }
         v
-    }
-
-    fn rt() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime")
     }
 
     fn pattern(len: usize, seed: u8) -> Buf {
