@@ -172,6 +172,8 @@ pub struct CopyStats {
     pub buf_count: usize,
     /// Reads read again and reconnects, over every attempt.
     pub retries: u64,
+    /// A delta: only changed areas were copied.
+    pub delta: bool,
 }
 
 enum Done {
@@ -232,7 +234,9 @@ pub async fn copy(
     let window = source.extent_window().max(align);
     let changes = opts.changes.clone();
     if let Some(c) = &changes {
-        // A delta's progress counts changed bytes, not the whole disk.
+        // A delta's progress counts changed bytes, not the whole disk (CDI's percentage
+        // still divides by the whole disk).
+        progress.set_whole(size);
         progress.set_total(changed_bytes(&source, c, size, window).await?);
     }
     if start_at > 0 {
@@ -279,6 +283,7 @@ pub async fn copy(
 
         let mut stats = CopyStats {
             size,
+            delta: opts.changes.is_some(),
             engine: sink.engine_name().into(),
             direct: sink.is_direct(),
             buf_size,

@@ -16,6 +16,7 @@ pub struct Progress {
     in_flight: AtomicU64,
     retries: AtomicU64,
     durable: AtomicU64,
+    whole: AtomicU64,
     phase: Mutex<&'static str>,
     engine: Mutex<&'static str>,
 }
@@ -40,6 +41,9 @@ pub struct ProgressSnapshot {
     pub in_flight: u64,
     /// Retries so far (reads read again, connections opened again).
     pub retries: u64,
+    /// The disk's size when `total` counts only the changed bytes of a delta; 0
+    /// otherwise.
+    pub whole: u64,
     /// Current phase name.
     pub phase: &'static str,
     /// I/O engine writing the target (`uring`, `sync`; empty until known).
@@ -47,6 +51,17 @@ pub struct ProgressSnapshot {
 }
 
 impl ProgressSnapshot {
+    /// What CDI's progress percentage divides by: the whole disk, also on a delta
+    /// round (CDI's VDDK source: 100 × bytes written ÷ disk size, so a delta never
+    /// reaches 100; Forklift multiplies it by the disk's capacity).
+    pub fn cdi_denominator(&self) -> u64 {
+        if self.whole > 0 {
+            self.whole
+        } else {
+            self.total
+        }
+    }
+
     /// Bytes covered so far (data + zero).
     pub fn done(&self) -> u64 {
         self.data + self.zero
@@ -60,6 +75,10 @@ impl Progress {
             phase: Mutex::new("copying"),
             ..Default::default()
         }
+    }
+    /// A delta round: `total` is the changed bytes, `n` the whole disk.
+    pub fn set_whole(&self, n: u64) {
+        self.whole.store(n, Ordering::Relaxed);
     }
     /// Count one retry (a read again, or a reconnect).
     pub fn add_retry(&self) {
@@ -149,6 +168,7 @@ impl Progress {
             skipped: self.skipped(),
             in_flight: self.in_flight(),
             retries: self.retries(),
+            whole: self.whole.load(Ordering::Relaxed),
             phase: self.phase(),
             engine: self.engine(),
         }

@@ -204,7 +204,7 @@ impl Metrics {
         self.0
             .in_flight
             .set(i64::try_from(s.in_flight).unwrap_or(i64::MAX));
-        if let Some(p) = percent(s.done(), s.total) {
+        if let Some(p) = percent(s.done(), s.cdi_denominator()) {
             self.set_progress_percent(p);
         }
         self.set_phase(s.phase);
@@ -226,7 +226,14 @@ impl Metrics {
         if !stats.engine.is_empty() {
             self.set_engine(&stats.engine);
         }
-        self.set_progress_percent(100);
+        // CDI's delta rounds end at the changed share of the disk, not 100.
+        let covered = stats.bytes_read + stats.bytes_zeroed + stats.bytes_skipped;
+        let pct = if stats.delta {
+            percent(covered, stats.size).unwrap_or(100)
+        } else {
+            100
+        };
+        self.set_progress_percent(pct);
         self.set_phase("done");
     }
 
@@ -365,6 +372,42 @@ mod tests {
     }
 
     #[test]
+    fn a_delta_rounds_cdi_progress_divides_by_the_whole_disk() {
+        // 8 MiB changed of a 100 MiB disk, all copied: CDI's series says 8, Ferry's own
+        // series count the changed bytes.
+        let m = Metrics::new("u");
+        let mib = 1 << 20;
+        m.update(&ProgressSnapshot {
+            total: 8 * mib,
+            data: 6 * mib,
+            zero: 2 * mib,
+            whole: 100 * mib,
+            phase: "copying",
+            ..Default::default()
+        });
+        assert_eq!(m.progress_percent(), 8);
+        assert!(
+            m.encode()
+                .contains("ferry_import_covered_bytes_total 8388608\n")
+        );
+        m.finish(&CopyStats {
+            size: 100 * mib,
+            bytes_read: 6 * mib,
+            bytes_zeroed: 2 * mib,
+            delta: true,
+            ..Default::default()
+        });
+        assert_eq!(m.progress_percent(), 8, "a delta does not end at 100");
+        let full = Metrics::new("u");
+        full.finish(&CopyStats {
+            size: 100 * mib,
+            bytes_read: 100 * mib,
+            ..Default::default()
+        });
+        assert_eq!(full.progress_percent(), 100);
+    }
+
+    #[test]
     fn percent_floors_and_caps() {
         assert_eq!(percent(0, 0), None);
         assert_eq!(percent(0, 10), Some(0));
@@ -425,6 +468,7 @@ mod tests {
             skipped: 4096,
             in_flight: 7,
             retries: 3,
+            whole: 0,
             phase: "copying",
             engine: "uring",
         });
