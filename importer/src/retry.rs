@@ -130,35 +130,31 @@ pub async fn copy_retrying(
     let policy = opts.retry;
     let started = Instant::now();
     let mut opts = opts.clone();
-    let mut source = Some(first);
+    let mut source = first;
     let mut attempts = 1u32;
     let mut in_a_row = 0u32;
     let mut last_durable = opts.start_at;
     loop {
-        let err = match source.take() {
-            Some(src) => {
-                match crate::copy::copy(src.clone(), sink.clone(), &opts, progress.clone()).await {
-                    Ok(mut stats) => {
-                        if attempts > 1 {
-                            // The counters ran on over every attempt (each byte as often
-                            // as it was read or written).
-                            stats.bytes_read = progress.data();
-                            stats.bytes_written = progress.written();
-                            stats.bytes_zeroed = progress.zeroed();
-                            stats.bytes_skipped = progress.skipped();
-                        }
-                        stats.retries = progress.retries();
-                        stats.seconds = started.elapsed().as_secs_f64();
-                        return Ok(stats);
+        let err =
+            match crate::copy::copy(source.clone(), sink.clone(), &opts, progress.clone()).await {
+                Ok(mut stats) => {
+                    if attempts > 1 {
+                        // The counters ran on over every attempt (each byte as often as it
+                        // was read or written).
+                        stats.bytes_read = progress.data();
+                        stats.bytes_written = progress.written();
+                        stats.bytes_zeroed = progress.zeroed();
+                        stats.bytes_skipped = progress.skipped();
                     }
-                    Err(e) => {
-                        let _ = tokio::time::timeout(CLOSE_TIMEOUT, src.close()).await;
-                        e
-                    }
+                    stats.retries = progress.retries();
+                    stats.seconds = started.elapsed().as_secs_f64();
+                    return Ok(stats);
                 }
-            }
-            None => unreachable!("a source is open at the top of each attempt"),
-        };
+                Err(e) => {
+                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, source.close()).await;
+                    e
+                }
+            };
         let durable = progress.durable();
         if durable > last_durable {
             in_a_row = 0;
@@ -178,7 +174,7 @@ pub async fn copy_retrying(
             tokio::time::sleep(wait).await;
             match reopen().await {
                 Ok(s) => {
-                    source = Some(s);
+                    source = s;
                     break;
                 }
                 Err(e)
