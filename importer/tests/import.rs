@@ -1632,25 +1632,7 @@ fn nbd_source_into_filesystem_mode() {
 
 /// Start the pod, wait until its journal records at least `min` durable bytes, kill -9.
 fn kill_import_after_progress(pod: &Pod, journal: &Path, min: u64) -> u64 {
-    let wm = || {
-        std::fs::read_to_string(journal).ok().and_then(|t| {
-            t.lines()
-                .find_map(|l| l.strip_prefix("watermark "))
-                .and_then(|w| w.parse::<u64>().ok())
-        })
-    };
-    let mut running = spawn(pod.command());
-    let t0 = Instant::now();
-    while wm().is_none_or(|w| w < min)
-        && t0.elapsed() < Duration::from_secs(20)
-        && !running.has_exited()
-    {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    running.signal("KILL");
-    let r = running.wait(Duration::from_secs(10));
-    assert!(!r.status.success(), "the import finished before the kill");
-    wm().unwrap_or(0)
+    kill_after_progress(pod.command(), journal, min, Duration::from_secs(20))
 }
 
 #[test]

@@ -21,31 +21,6 @@ fn journal_text(j: &Path) -> Option<String> {
     std::fs::read_to_string(j).ok()
 }
 
-fn watermark(j: &Path) -> Option<u64> {
-    journal_text(j)?
-        .lines()
-        .find_map(|l| l.strip_prefix("watermark "))
-        .and_then(|w| w.parse().ok())
-}
-
-/// Start `cmd`, wait until the journal records a durable prefix of at least `min`
-/// bytes (or `limit` passes), then kill -9 it. Returns the watermark seen.
-fn kill_after_progress(cmd: std::process::Command, j: &Path, min: u64, limit: Duration) -> u64 {
-    let mut running = spawn(cmd);
-    let t0 = Instant::now();
-    while watermark(j).is_none_or(|w| w < min) && t0.elapsed() < limit && !running.has_exited() {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    running.signal("KILL");
-    let r = running.wait(Duration::from_secs(10));
-    assert!(
-        !r.status.success(),
-        "the copy finished before it could be killed:\n{}",
-        r.stderr
-    );
-    watermark(j).unwrap_or(0)
-}
-
 fn sha(p: &Path) -> String {
     let o = std::process::Command::new("sha256sum")
         .arg(p)
@@ -469,7 +444,7 @@ fn the_first_record_lands_within_the_first_32_mib() {
     let mut first_zero = false;
     let mut first = None;
     while first.is_none() && t0.elapsed() < Duration::from_secs(30) && !running.has_exited() {
-        match watermark(&j) {
+        match journal_watermark(&j) {
             Some(0) => first_zero = true,
             Some(w) => first = Some(w),
             None => {}

@@ -29,12 +29,12 @@ fn slow_server(sock: &Path) -> Nbdkit {
 }
 
 fn watermark(journal: &Path) -> u64 {
-    let text =
-        std::fs::read_to_string(journal).unwrap_or_else(|e| panic!("journal after kill -9: {e}"));
-    text.lines()
-        .find_map(|l| l.strip_prefix("watermark "))
-        .and_then(|w| w.parse().ok())
-        .unwrap_or_else(|| panic!("no watermark in the journal:\n{text}"))
+    journal_watermark(journal).unwrap_or_else(|| {
+        panic!(
+            "no watermark in the journal after kill -9:\n{:?}",
+            std::fs::read_to_string(journal)
+        )
+    })
 }
 
 /// Kill a slow copy after `after`, then restart it with the same journal.

@@ -561,6 +561,37 @@ impl Drop for Nbdkit {
     }
 }
 
+/// The `watermark` a resume journal records, if it is there and has one.
+pub fn journal_watermark(journal: &Path) -> Option<u64> {
+    std::fs::read_to_string(journal)
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("watermark "))
+        .and_then(|w| w.parse().ok())
+}
+
+/// Start `cmd`, wait until its journal records a durable prefix of at least `min`
+/// bytes (or `limit` passes, or it exits), then kill -9 it; it must not have finished.
+/// Returns the watermark left.
+pub fn kill_after_progress(cmd: Command, journal: &Path, min: u64, limit: Duration) -> u64 {
+    let mut running = spawn(cmd);
+    let t0 = Instant::now();
+    while journal_watermark(journal).is_none_or(|w| w < min)
+        && t0.elapsed() < limit
+        && !running.has_exited()
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    running.signal("KILL");
+    let r = running.wait(Duration::from_secs(10));
+    assert!(
+        !r.status.success(),
+        "finished before it could be killed:\n{}",
+        r.stderr
+    );
+    journal_watermark(journal).unwrap_or(0)
+}
+
 /// Copy the export with nbdcopy into `dir/ref-N.img`: the independent reference.
 pub fn nbdcopy_reference(uri: &str, dir: &Path) -> PathBuf {
     let out = dir.join(format!("ref-{}.img", next_id()));
