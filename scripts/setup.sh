@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what Ferry's example, tests and benchmarks need on a fresh Debian machine:
-# the real NBD peers (nbdkit, nbdcopy/nbdinfo, qemu-img/qemu-nbd/qemu-io) and fio.
+# the real NBD peers (nbdkit, nbdcopy/nbdinfo, qemu-img/qemu-nbd/qemu-io), fio, and the
+# proxy and TLS peers (tinyproxy, socat, openssl).
 # Idempotent: does nothing when everything is already there.
 set -euo pipefail
 
@@ -11,6 +12,11 @@ command -v qemu-nbd >/dev/null || need+=(qemu-utils)
 command -v fio >/dev/null || need+=(fio)
 command -v losetup >/dev/null || need+=(mount)
 command -v python3 >/dev/null || need+=(python3)
+# Independent TLS and proxy peers for the vSphere client's tests: tinyproxy (CONNECT),
+# socat's OpenSSL listener (an https:// proxy in front of it), openssl s_server.
+command -v tinyproxy >/dev/null || need+=(tinyproxy)
+command -v socat >/dev/null || need+=(socat)
+command -v openssl >/dev/null || need+=(openssl)
 
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""

@@ -80,3 +80,34 @@ pub fn journal(data: &[u8]) {
         assert_eq!(ferry_cbt::journal::decode(&again).as_ref(), Ok(&j));
     }
 }
+
+/// Proxy variables from the pod's environment (lines `NAME=value`) and a target host
+/// (the last line): never panics, and a chosen proxy always has a host and a port.
+pub fn proxy_env(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let mut lines: Vec<&str> = text.split('\n').collect();
+    let host = lines.pop().unwrap_or_default();
+    let vars: Vec<(&str, &str)> = lines.iter().filter_map(|l| l.split_once('=')).collect();
+    let cfg = ferry_vsphere::ProxyConfig::from_lookup(|name| {
+        vars.iter()
+            .rev()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_string())
+    });
+    for scheme in ["https", "http"] {
+        if let Ok(Some(p)) = cfg.proxy_for(scheme, host, 443) {
+            assert!(!p.host.is_empty() && p.port != 0, "{p:?}");
+        }
+    }
+}
+
+/// A server certificate as a TLS handshake delivers it: reading its key type never
+/// panics.
+pub fn cert_key(data: &[u8]) {
+    if let Some(key) = ferry_vsphere::tls::describe_key(data) {
+        let _ = key.supported();
+        let _ = ferry_vsphere::tls::key_problem(data);
+    }
+}

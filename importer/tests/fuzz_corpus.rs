@@ -59,3 +59,28 @@ fn journal_corpus_replays_without_panic() {
         ferry::fuzzing::journal(&b);
     }
 }
+
+#[test]
+fn proxy_env_corpus_replays_without_panic() {
+    for (p, b) in corpus("proxy_env") {
+        eprintln!("{}", p.display());
+        ferry::fuzzing::proxy_env(&b);
+    }
+}
+
+#[test]
+fn cert_key_corpus_replays_without_panic() {
+    let mut read = 0;
+    for (p, b) in corpus("cert_key") {
+        eprintln!("{}", p.display());
+        ferry::fuzzing::cert_key(&b);
+        read += usize::from(ferry_vsphere::tls::describe_key(&b).is_some());
+        for n in (0..b.len()).step_by(7) {
+            ferry::fuzzing::cert_key(&b[..n]);
+        }
+    }
+    assert_eq!(
+        read, 4,
+        "every seed is a real certificate whose key is read"
+    );
+}

@@ -46,13 +46,16 @@
 //!
 //! See [`TlsPolicy`]: a pinned SHA-1 thumbprint, or a CA directory with host name
 //! verification, or an explicitly insecure mode that logs a warning; otherwise the client
-//! refuses to connect. The ring provider is the only crypto provider. An `http://` proxy
-//! from `https_proxy` (honouring `no_proxy`) is used through an HTTP `CONNECT` tunnel;
-//! other proxy schemes are refused.
+//! refuses to connect. The ring provider is the only crypto provider. The proxy is chosen
+//! from the environment as Go's `http.ProxyFromEnvironment` chooses it (see [`proxy`]) and
+//! used through an HTTP `CONNECT` tunnel, over TLS for an `https://` proxy (trusting the
+//! system roots and [`ClientOptions::proxy_ca_dirs`]). A server certificate whose key the
+//! TLS stack cannot use is named by key type and size (see [`tls`]).
 
 pub mod cbt;
 pub mod client;
 pub mod error;
+pub mod proxy;
 pub mod soap;
 pub mod tls;
 pub mod transport;
@@ -63,8 +66,9 @@ pub use cbt::{
 };
 pub use client::{Client, Disk, Vm};
 pub use error::Error;
+pub use proxy::{Proxy, ProxyConfig, ProxyScheme};
 pub use tls::{TlsPolicy, normalize_thumbprint, thumbprint_of};
-pub use transport::{CALL_TIMEOUT, CONNECT_TIMEOUT, ClientOptions, Endpoint, ProxyConfig};
+pub use transport::{CALL_TIMEOUT, CONNECT_TIMEOUT, ClientOptions, Endpoint};
 
 /// Largest SOAP response body accepted.
 pub const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;

@@ -1,7 +1,9 @@
-//! HTTPS POST of SOAP envelopes: endpoint parsing, optional HTTP CONNECT proxy, rustls,
+//! HTTPS POST of SOAP envelopes: endpoint parsing, an optional `CONNECT` tunnel through an
+//! `http://` or `https://` proxy, rustls,
 //! one kept-alive hyper HTTP/1.1 connection, timeouts and a response size cap.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +17,12 @@ use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::proxy::{ProxyConfig, ProxyScheme};
 use crate::{Error, MAX_RESPONSE_BYTES};
+
+/// What the TLS session to the server runs over: TCP, or TLS to an `https://` proxy.
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
 
 /// Time allowed to open a connection: DNS, TCP, proxy tunnel, TLS handshake.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -91,136 +98,6 @@ impl Endpoint {
     }
 }
 
-/// An HTTP proxy reached with `CONNECT` (only `http://` proxies).
-#[derive(Clone, PartialEq, Eq)]
-pub struct Proxy {
-    /// Proxy host.
-    pub host: String,
-    /// Proxy port (80 when not given, as curl does for `http://`).
-    pub port: u16,
-    /// `user:password` for `Proxy-Authorization: Basic` (as written in the URL).
-    pub credentials: Option<String>,
-}
-
-impl fmt::Debug for Proxy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Proxy")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field(
-                "credentials",
-                &self.credentials.as_ref().map(|_| "<redacted>"),
-            )
-            .finish()
-    }
-}
-
-/// Proxy settings: `https_proxy` and `no_proxy` as curl and Go read them.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct ProxyConfig {
-    /// `https_proxy`, e.g. `http://user:pw@proxy:3128` or `proxy:3128`.
-    pub https_proxy: Option<String>,
-    /// `no_proxy`: comma-separated host names, domain suffixes (`.example.com` or
-    /// `example.com`), IP addresses, or `*`.
-    pub no_proxy: Option<String>,
-}
-
-impl fmt::Debug for ProxyConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let redacted = self.https_proxy.as_ref().map(|p| match p.rsplit_once('@') {
-            Some((_, host)) => format!("<redacted>@{host}"),
-            None => p.clone(),
-        });
-        f.debug_struct("ProxyConfig")
-            .field("https_proxy", &redacted)
-            .field("no_proxy", &self.no_proxy)
-            .finish()
-    }
-}
-
-impl ProxyConfig {
-    /// Read `https_proxy`/`HTTPS_PROXY` and `no_proxy`/`NO_PROXY` (lower case first).
-    pub fn from_env() -> ProxyConfig {
-        let get = |a: &str, b: &str| {
-            std::env::var(a)
-                .ok()
-                .or_else(|| std::env::var(b).ok())
-                .filter(|v| !v.is_empty())
-        };
-        ProxyConfig {
-            https_proxy: get("https_proxy", "HTTPS_PROXY"),
-            no_proxy: get("no_proxy", "NO_PROXY"),
-        }
-    }
-
-    /// The proxy to use for `host`, if any.
-    pub fn proxy_for(&self, host: &str) -> Result<Option<Proxy>, Error> {
-        let Some(url) = &self.https_proxy else {
-            return Ok(None);
-        };
-        if let Some(list) = &self.no_proxy
-            && no_proxy_matches(list, host)
-        {
-            return Ok(None);
-        }
-        let rest = if let Some(r) = url.strip_prefix("http://") {
-            r
-        } else if url.contains("://") {
-            return Err(Error::Config(
-                "https_proxy: only http:// proxies (CONNECT tunnels) are supported".into(),
-            ));
-        } else {
-            url.as_str()
-        };
-        let authority = rest.split('/').next().unwrap_or_default();
-        let (credentials, hostport) = match authority.rsplit_once('@') {
-            Some((c, h)) => (Some(c.to_string()), h),
-            None => (None, authority),
-        };
-        let ep = Endpoint::parse(hostport).map_err(|_| {
-            Error::Config("https_proxy: cannot parse the proxy host and port".into())
-        })?;
-        let port = if hostport
-            .trim_end_matches('/')
-            .ends_with(&format!(":{}", ep.port))
-        {
-            ep.port
-        } else {
-            80
-        };
-        Ok(Some(Proxy {
-            host: ep.host,
-            port,
-            credentials,
-        }))
-    }
-}
-
-fn no_proxy_matches(list: &str, host: &str) -> bool {
-    let host = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_ascii_lowercase();
-    list.split(',')
-        .map(|e| e.trim().to_ascii_lowercase())
-        .filter(|e| !e.is_empty())
-        .any(|e| {
-            if e == "*" {
-                return true;
-            }
-            // Entries may carry a port; this client matches on the host only.
-            let e = match e.rsplit_once(':') {
-                Some((h, p)) if !h.contains(':') && p.chars().all(|c| c.is_ascii_digit()) => {
-                    h.to_string()
-                }
-                _ => e,
-            };
-            let e = e.trim_start_matches('[').trim_end_matches(']');
-            let suffix = e.trim_start_matches('.');
-            host == suffix || host.ends_with(&format!(".{suffix}"))
-        })
-}
-
 fn base64(input: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
@@ -258,6 +135,9 @@ pub struct ClientOptions {
     pub max_response_bytes: usize,
     /// Proxy settings (none by default; [`ClientOptions::from_env`] reads the environment).
     pub proxy: ProxyConfig,
+    /// Directories of PEM certificates trusted, beside the system roots, for the TLS
+    /// connection to an `https://` proxy (CDI's `/proxycerts/` and `/certs`).
+    pub proxy_ca_dirs: Vec<PathBuf>,
 }
 
 impl Default for ClientOptions {
@@ -267,12 +147,13 @@ impl Default for ClientOptions {
             call_timeout: CALL_TIMEOUT,
             max_response_bytes: MAX_RESPONSE_BYTES,
             proxy: ProxyConfig::default(),
+            proxy_ca_dirs: Vec::new(),
         }
     }
 }
 
 impl ClientOptions {
-    /// The defaults, with the proxy taken from `https_proxy` / `no_proxy`.
+    /// The defaults, with the proxy taken from the environment as Go reads it.
     pub fn from_env() -> Self {
         ClientOptions {
             proxy: ProxyConfig::from_env(),
@@ -311,7 +192,10 @@ fn tls_error(e: &std::io::Error) -> Option<String> {
     let inner = e.get_ref()?.downcast_ref::<rustls::Error>()?;
     Some(match inner {
         rustls::Error::General(m) => m.clone(),
-        other => other.to_string(),
+        other => match crate::tls::handshake_failure_hint(other) {
+            Some(hint) => hint,
+            None => other.to_string(),
+        },
     })
 }
 
@@ -325,75 +209,91 @@ impl Transport {
         }
     }
 
-    async fn open_tcp(&self) -> Result<TcpStream, Error> {
+    /// A byte stream to the vSphere endpoint: direct TCP, or a `CONNECT` tunnel through
+    /// the proxy [`ProxyConfig::proxy_for`] picks (over TLS for an `https://` proxy).
+    async fn open_stream(&self) -> Result<Box<dyn Stream>, Error> {
         let target = self.endpoint.authority();
-        let connect_err = |address: String, e: std::io::Error| Error::Connect {
-            address,
-            message: e.to_string(),
+        let proxy = self
+            .opts
+            .proxy
+            .proxy_for("https", &self.endpoint.host, self.endpoint.port)?;
+        let Some(p) = proxy else {
+            let s = TcpStream::connect((self.endpoint.host.as_str(), self.endpoint.port))
+                .await
+                .map_err(|e| Error::Connect {
+                    address: target.clone(),
+                    message: e.to_string(),
+                })?;
+            let _ = s.set_nodelay(true);
+            return Ok(Box::new(s));
         };
-        match self.opts.proxy.proxy_for(&self.endpoint.host)? {
-            None => {
-                let s = TcpStream::connect((self.endpoint.host.as_str(), self.endpoint.port))
+        let paddr = format!("proxy {}", p.authority());
+        let connect_err = |message: String| Error::Connect {
+            address: paddr.clone(),
+            message,
+        };
+        tracing::debug!(proxy = %p.authority(), scheme = ?p.scheme, %target, "connecting through a proxy");
+        let tcp = TcpStream::connect((p.host.as_str(), p.port))
+            .await
+            .map_err(|e| connect_err(e.to_string()))?;
+        let _ = tcp.set_nodelay(true);
+        let mut s: Box<dyn Stream> = match p.scheme {
+            ProxyScheme::Http => Box::new(tcp),
+            ProxyScheme::Https => {
+                let config = crate::tls::proxy_client_config(&self.opts.proxy_ca_dirs)?;
+                let name = ServerName::try_from(p.host.clone())
+                    .map_err(|e| Error::Config(format!("proxy host {:?}: {e}", p.host)))?;
+                let tls = tokio_rustls::TlsConnector::from(config)
+                    .connect(name, tcp)
                     .await
-                    .map_err(|e| connect_err(target.clone(), e))?;
-                let _ = s.set_nodelay(true);
-                Ok(s)
+                    .map_err(|e| {
+                        connect_err(match tls_error(&e) {
+                            Some(m) => format!("TLS to the proxy: {m}"),
+                            None => format!("TLS to the proxy: {e}"),
+                        })
+                    })?;
+                Box::new(tls)
             }
-            Some(p) => {
-                let paddr = Endpoint {
-                    host: p.host.clone(),
-                    port: p.port,
-                }
-                .authority();
-                let mut s = TcpStream::connect((p.host.as_str(), p.port))
-                    .await
-                    .map_err(|e| connect_err(format!("proxy {paddr}"), e))?;
-                let mut req = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n");
-                if let Some(c) = &p.credentials {
-                    req.push_str(&format!(
-                        "Proxy-Authorization: Basic {}\r\n",
-                        base64(c.as_bytes())
-                    ));
-                }
-                req.push_str("\r\n");
-                s.write_all(req.as_bytes())
-                    .await
-                    .map_err(|e| connect_err(format!("proxy {paddr}"), e))?;
-                // Read the reply byte by byte so no tunnelled byte is consumed.
-                let mut reply = Vec::new();
-                while !reply.ends_with(b"\r\n\r\n") {
-                    if reply.len() >= MAX_PROXY_REPLY {
-                        return Err(Error::Connect {
-                            address: format!("proxy {paddr}"),
-                            message: "CONNECT reply too long".into(),
-                        });
-                    }
-                    let b = s
-                        .read_u8()
-                        .await
-                        .map_err(|e| connect_err(format!("proxy {paddr}"), e))?;
-                    reply.push(b);
-                }
-                let text = String::from_utf8_lossy(&reply);
-                let status = text.lines().next().unwrap_or_default();
-                let code = status.split_whitespace().nth(1).unwrap_or_default();
-                if code != "200" {
-                    return Err(Error::Connect {
-                        address: format!("proxy {paddr}"),
-                        message: format!("CONNECT {target} refused: {status}"),
-                    });
-                }
-                Ok(s)
-            }
+        };
+        let mut req = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n");
+        if let Some(c) = &p.credentials {
+            req.push_str(&format!(
+                "Proxy-Authorization: Basic {}\r\n",
+                base64(c.as_bytes())
+            ));
         }
+        req.push_str("\r\n");
+        s.write_all(req.as_bytes())
+            .await
+            .map_err(|e| connect_err(e.to_string()))?;
+        s.flush().await.map_err(|e| connect_err(e.to_string()))?;
+        // Read the reply byte by byte so no tunnelled byte is consumed.
+        let mut reply = Vec::new();
+        while !reply.ends_with(b"\r\n\r\n") {
+            if reply.len() >= MAX_PROXY_REPLY {
+                return Err(connect_err("CONNECT reply too long".into()));
+            }
+            let b = s
+                .read_u8()
+                .await
+                .map_err(|e| connect_err(format!("reading the CONNECT reply: {e}")))?;
+            reply.push(b);
+        }
+        let text = String::from_utf8_lossy(&reply);
+        let status = text.lines().next().unwrap_or_default();
+        let code = status.split_whitespace().nth(1).unwrap_or_default();
+        if code != "200" {
+            return Err(connect_err(format!("CONNECT {target} refused: {status}")));
+        }
+        Ok(s)
     }
 
     async fn connect_inner(&self) -> Result<Sender, Error> {
-        let tcp = self.open_tcp().await?;
+        let stream = self.open_stream().await?;
         let name = ServerName::try_from(self.endpoint.host.clone())
             .map_err(|e| Error::Config(format!("host {:?}: {e}", self.endpoint.host)))?;
         let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
-            .connect(name, tcp)
+            .connect(name, stream)
             .await
             .map_err(|e| match tls_error(&e) {
                 Some(message) => Error::Tls { message },
@@ -569,44 +469,6 @@ mod tests {
         assert!(Endpoint::parse("https://").is_err());
         assert!(Endpoint::parse("vc:0").is_err());
         assert!(Endpoint::parse("vc:99999").is_err());
-    }
-
-    #[test]
-    fn no_proxy_rules() {
-        assert!(no_proxy_matches("*", "vc"));
-        assert!(no_proxy_matches("example.com", "vc.example.com"));
-        assert!(no_proxy_matches(".example.com", "vc.example.com"));
-        assert!(no_proxy_matches(
-            "localhost, vc.example.com:443",
-            "vc.example.com"
-        ));
-        assert!(!no_proxy_matches("example.com", "vcexample.com"));
-        assert!(no_proxy_matches("10.0.0.1", "10.0.0.1"));
-        assert!(no_proxy_matches("::1", "::1"));
-        assert!(!no_proxy_matches("", "vc"));
-    }
-
-    #[test]
-    fn proxy_urls_parse_and_debug_redacts() {
-        let c = ProxyConfig {
-            https_proxy: Some("http://u:secret@proxy.local:3128/".into()),
-            no_proxy: Some("internal".into()),
-        };
-        let p = c.proxy_for("vc.example").unwrap().unwrap();
-        assert_eq!((p.host.as_str(), p.port), ("proxy.local", 3128));
-        assert_eq!(p.credentials.as_deref(), Some("u:secret"));
-        assert!(!format!("{c:?} {p:?}").contains("secret"));
-        assert!(c.proxy_for("vc.internal").unwrap().is_none());
-        let c = ProxyConfig {
-            https_proxy: Some("proxy.local".into()),
-            no_proxy: None,
-        };
-        assert_eq!(c.proxy_for("vc").unwrap().unwrap().port, 80);
-        let c = ProxyConfig {
-            https_proxy: Some("socks5://p:1080".into()),
-            no_proxy: None,
-        };
-        assert!(c.proxy_for("vc").is_err());
     }
 
     #[test]

@@ -4,7 +4,6 @@ use std::time::{Duration, Instant};
 
 use fake_vcenter::{Behavior, FakeVcenter, Inventory, Options};
 use ferry_vsphere::{Client, ClientOptions, Disk, Error, ProxyConfig, TlsPolicy};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const BASE: &str = "[ds1] vm1/vm1.vmdk";
 
@@ -609,86 +608,6 @@ async fn paged_results_and_nested_datacenters() {
         "{:#?}",
         fake.calls()
     );
-}
-
-/// A minimal HTTP CONNECT proxy that records the request lines it saw.
-async fn connect_proxy() -> (u16, tokio::sync::mpsc::UnboundedReceiver<String>) {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = l.local_addr().unwrap().port();
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        loop {
-            let (mut s, _) = l.accept().await.unwrap();
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                while !head.ends_with(b"\r\n\r\n") {
-                    head.push(s.read_u8().await.unwrap());
-                }
-                let head = String::from_utf8(head).unwrap();
-                let target = head.split_whitespace().nth(1).unwrap().to_string();
-                tx.send(head).unwrap();
-                let mut up = tokio::net::TcpStream::connect(target).await.unwrap();
-                s.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
-                    .await
-                    .unwrap();
-                let _ = tokio::io::copy_bidirectional(&mut s, &mut up).await;
-            });
-        }
-    });
-    (port, rx)
-}
-
-#[tokio::test]
-async fn https_proxy_is_used_through_connect() {
-    let fake = start(inventory()).await;
-    let (port, mut seen) = connect_proxy().await;
-    let inv = inventory();
-    let o = ClientOptions {
-        proxy: ProxyConfig {
-            https_proxy: Some(format!("http://pu:pp@127.0.0.1:{port}")),
-            no_proxy: None,
-        },
-        ..opts()
-    };
-    let c = Client::login_with_options(
-        &fake.endpoint(),
-        &inv.user,
-        &inv.password,
-        &pinned(&fake),
-        o,
-    )
-    .await
-    .unwrap();
-    c.logout().await;
-    let head = seen.recv().await.unwrap();
-    assert!(
-        head.starts_with(&format!("CONNECT {} HTTP/1.1", fake.endpoint())),
-        "{head}"
-    );
-    assert!(
-        head.contains("Proxy-Authorization: Basic cHU6cHA="),
-        "{head}"
-    );
-    // no_proxy bypasses it.
-    let o = ClientOptions {
-        proxy: ProxyConfig {
-            https_proxy: Some(format!("http://127.0.0.1:{port}")),
-            no_proxy: Some("127.0.0.1".into()),
-        },
-        ..opts()
-    };
-    let c = Client::login_with_options(
-        &fake.endpoint(),
-        &inv.user,
-        &inv.password,
-        &pinned(&fake),
-        o,
-    )
-    .await
-    .unwrap();
-    c.logout().await;
-    assert!(seen.try_recv().is_err());
 }
 
 #[tokio::test]

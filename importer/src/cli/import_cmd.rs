@@ -71,6 +71,9 @@ pub struct ImportArgs {
     /// Directory of CA certificates for the vSphere API.
     #[arg(long, env = "IMPORTER_CERT_DIR")]
     pub cert_dir: Option<String>,
+    /// Directory of CA certificates for an https:// proxy [default: /proxycerts/].
+    #[arg(long, env = "IMPORTER_PROXY_CERT_DIR")]
+    pub proxy_cert_dir: Option<String>,
     /// The VDDK distribution directory.
     #[arg(long, env = "VDDK_LIBDIR")]
     pub vddk_libdir: Option<String>,
@@ -177,6 +180,11 @@ impl ImportArgs {
         put("IMPORTER_IMAGE_SIZE", "image-size", &self.image_size);
         put("INSECURE_TLS", "insecure-tls", &self.insecure_tls);
         put("IMPORTER_CERT_DIR", "cert-dir", &self.cert_dir);
+        put(
+            "IMPORTER_PROXY_CERT_DIR",
+            "proxy-cert-dir",
+            &self.proxy_cert_dir,
+        );
         put("VDDK_LIBDIR", "vddk-libdir", &self.vddk_libdir);
         put("VDDK_CONFIG_FILE", "vddk-config", &self.vddk_config);
         put("TERMINATION_LOG", "termination-log", &self.termination_log);

@@ -17,6 +17,9 @@ pub const DISK_IMG: &str = "disk.img";
 pub const DEFAULT_VDDK_CONFIG: &str = "/vddk-args/vddk-config-file";
 /// Where the kubelet reads the termination message.
 pub const DEFAULT_TERMINATION_LOG: &str = "/dev/termination-log";
+/// Where CDI mounts the proxy's CA ConfigMap (`common.ImporterProxyCertDir`; CDI's own
+/// importer reads this path and never the `IMPORTER_PROXY_CERT_DIR` it sets to it).
+pub const DEFAULT_PROXY_CERT_DIR: &str = "/proxycerts/";
 /// Cap on any one variable's value.
 pub const MAX_VALUE_LEN: usize = 8192;
 /// Cap on a Kubernetes quantity's digits.
@@ -130,6 +133,8 @@ pub struct ImportConfig {
     pub insecure_tls: bool,
     /// CA certificates for the vSphere API.
     pub cert_dir: Option<PathBuf>,
+    /// CA certificates for an `https://` proxy (CDI mounts them at `/proxycerts/`).
+    pub proxy_cert_dir: PathBuf,
     /// Where the target is.
     pub target: Target,
     /// The VDDK distribution.
@@ -430,6 +435,11 @@ pub fn validate(
         image_size,
         insecure_tls,
         cert_dir: inputs.get("IMPORTER_CERT_DIR").map(PathBuf::from),
+        proxy_cert_dir: PathBuf::from(
+            inputs
+                .get("IMPORTER_PROXY_CERT_DIR")
+                .unwrap_or(DEFAULT_PROXY_CERT_DIR),
+        ),
         target,
         libdir: inputs.get("VDDK_LIBDIR").map_or_else(
             || PathBuf::from(crate::source::vddk::options::DEFAULT_LIBDIR),

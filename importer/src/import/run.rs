@@ -88,9 +88,14 @@ pub async fn lookup(cfg: &ImportConfig) -> Result<VsphereDisk, Error> {
     };
     let user = cfg.user.as_deref().unwrap_or_default();
     let password = cfg.password.as_ref().map_or("", |p| p.expose());
-    let client = ferry_vsphere::Client::login(&cfg.endpoint, user, password, &tls)
-        .await
-        .map_err(Error::Vsphere)?;
+    let mut options = ferry_vsphere::ClientOptions::from_env();
+    options.proxy_ca_dirs = std::iter::once(cfg.proxy_cert_dir.clone())
+        .chain(cfg.cert_dir.clone())
+        .collect();
+    let client =
+        ferry_vsphere::Client::login_with_options(&cfg.endpoint, user, password, &tls, options)
+            .await
+            .map_err(Error::Vsphere)?;
     let found = async {
         let uuid = cfg.uuid.as_deref().unwrap_or_default();
         let vm = client.find_vm(uuid).await?;

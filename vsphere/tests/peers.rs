@@ -1,0 +1,485 @@
+//! ferry-vsphere against independent peers: tinyproxy as the `CONNECT` proxy, socat's
+//! OpenSSL listener in front of it as an `https://` proxy, and `openssl s_server` holding
+//! the weak certificate keys old ESXi hosts still have.
+//!
+//! The proxied endpoint is the machine's own host name: Go (and so CDI and Ferry) never
+//! proxies `localhost` or a loopback address literal, but a name is proxied whatever it
+//! resolves to.
+
+use std::net::{IpAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fake_vcenter::{FakeVcenter, Inventory, Options};
+use ferry_vsphere::tls::{KeyKind, describe_key};
+use ferry_vsphere::{Client, ClientOptions, Error, ProxyConfig, TlsPolicy};
+
+fn inventory() -> Inventory {
+    serde_json::from_value(serde_json::json!({
+        "user": "administrator@vsphere.local",
+        "password": "pw",
+        "datacenters": [{"name": "dc1", "vms": [
+            {"moref": "vm-1", "name": "vm1",
+             "instance_uuid": "5012aaaa-0000-0000-0000-000000000001",
+             "bios_uuid": "4212bbbb-0000-0000-0000-000000000001",
+             "disks": [{"key": 2000, "file_name": "[ds1] vm1/vm1.vmdk", "capacity_bytes": 1048576}]}
+        ]}]
+    }))
+    .unwrap()
+}
+
+/// This machine's host name and the address it resolves to.
+fn machine_host() -> (String, IpAddr) {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .expect("read the host name")
+        .trim()
+        .to_string();
+    let addr = (name.as_str(), 0)
+        .to_socket_addrs()
+        .unwrap_or_else(|e| panic!("host name {name:?} does not resolve: {e}"))
+        .map(|a| a.ip())
+        .min_by_key(|ip| ip.is_ipv6())
+        .unwrap_or_else(|| panic!("host name {name:?} resolves to nothing"));
+    (name, addr)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_for_port(port: u16, child: &mut Child, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("{what} exited early: {status}");
+        }
+        assert!(Instant::now() < deadline, "{what} did not listen on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A child process killed on drop.
+struct Peer(Child);
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// tinyproxy on a loopback port; `extra` lines are appended to its configuration.
+fn tinyproxy(dir: &Path, extra: &str) -> (Peer, u16) {
+    let port = free_port();
+    let conf = dir.join("tinyproxy.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "Port {port}\nListen 127.0.0.1\nTimeout 30\nMaxClients 20\nAllow 127.0.0.1\n\
+             LogLevel Info\nLogFile \"{}\"\nPidFile \"{}\"\n{extra}\n",
+            dir.join("tinyproxy.log").display(),
+            dir.join("tinyproxy.pid").display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new("tinyproxy")
+        .arg("-d")
+        .arg("-c")
+        .arg(&conf)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("tinyproxy.stderr")).unwrap())
+        .spawn()
+        .expect("start tinyproxy (scripts/setup.sh installs it)");
+    wait_for_port(port, &mut child, "tinyproxy");
+    (Peer(child), port)
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA and a server certificate for `127.0.0.1` signed by it, made by openssl.
+fn ca_and_server_cert(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-subj",
+            "/CN=ferry proxy test CA",
+            "-days",
+            "2",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "proxy.key",
+            "-out",
+            "proxy.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    );
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "proxy.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "proxy.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ],
+    );
+    (
+        dir.join("ca.crt"),
+        dir.join("proxy.crt"),
+        dir.join("proxy.key"),
+    )
+}
+
+/// socat terminating TLS on a loopback port and passing the bytes to `upstream`: with
+/// tinyproxy behind it, an `https://` proxy.
+fn socat_tls(dir: &Path, cert: &Path, key: &Path, upstream: u16) -> (Peer, u16) {
+    let port = free_port();
+    let mut child = Command::new("socat")
+        .arg(format!(
+            "OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,cert={},key={},verify=0",
+            cert.display(),
+            key.display()
+        ))
+        .arg(format!("TCP:127.0.0.1:{upstream}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("socat.stderr")).unwrap())
+        .spawn()
+        .expect("start socat (scripts/setup.sh installs it)");
+    wait_for_port(port, &mut child, "socat");
+    (Peer(child), port)
+}
+
+fn proxies(https_proxy: &str, no_proxy: &str) -> ClientOptions {
+    ClientOptions {
+        proxy: ProxyConfig {
+            http_proxy: None,
+            https_proxy: Some(https_proxy.to_string()),
+            no_proxy: (!no_proxy.is_empty()).then(|| no_proxy.to_string()),
+        },
+        ..Default::default()
+    }
+}
+
+/// The fake vCenter on the address the host name resolves to, and `name:port`.
+async fn vcenter() -> (FakeVcenter, String) {
+    let (name, ip) = machine_host();
+    let opts = Options {
+        quiet: true,
+        ..Default::default()
+    };
+    let listen = std::net::SocketAddr::new(ip, 0).to_string();
+    let fake = FakeVcenter::start(inventory(), &listen, opts)
+        .await
+        .unwrap();
+    let endpoint = format!("{name}:{}", fake.port());
+    (fake, endpoint)
+}
+
+fn pinned(fake: &FakeVcenter) -> TlsPolicy {
+    TlsPolicy {
+        thumbprint: Some(fake.thumbprint().to_string()),
+        ..Default::default()
+    }
+}
+
+async fn login(endpoint: &str, tls: &TlsPolicy, o: ClientOptions) -> Result<Client, Error> {
+    let inv = inventory();
+    Client::login_with_options(endpoint, &inv.user, &inv.password, tls, o).await
+}
+
+fn connects_logged(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("tinyproxy.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("Request (") && l.contains(" CONNECT "))
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test]
+async fn http_proxy_tinyproxy_tunnels_and_checks_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fake, endpoint) = vcenter().await;
+    let (_proxy, port) = tinyproxy(dir.path(), "BasicAuth ferry s3cret");
+    // Percent-encoded credentials, as in a URL; tinyproxy compares the decoded ones.
+    let c = login(
+        &endpoint,
+        &pinned(&fake),
+        proxies(&format!("http://f%65rry:s3cr%65t@127.0.0.1:{port}"), ""),
+    )
+    .await
+    .unwrap();
+    let vm = c.find_vm("5012aaaa-0000-0000-0000-000000000001").await;
+    c.logout().await;
+    assert_eq!(vm.unwrap().moref, "vm-1");
+    let seen = connects_logged(dir.path());
+    assert!(
+        seen.iter().any(|l| l.contains(&endpoint)),
+        "tinyproxy saw no CONNECT {endpoint}: {seen:#?}"
+    );
+    // Without credentials tinyproxy answers 407, and the error says so.
+    let err = login(
+        &endpoint,
+        &pinned(&fake),
+        proxies(&format!("127.0.0.1:{port}"), ""),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, Error::Connect { .. }), "{err:?}");
+    assert!(err.to_string().contains("407"), "{err}");
+    assert!(
+        err.to_string().contains(&format!("proxy 127.0.0.1:{port}")),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn no_proxy_and_loopback_bypass_the_proxy() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fake, endpoint) = vcenter().await;
+    let (name, _) = machine_host();
+    // A proxy that refuses everything: only a bypass can log in.
+    let (_proxy, port) = tinyproxy(dir.path(), "ConnectPort 1");
+    let https_proxy = format!("http://127.0.0.1:{port}");
+    let err = login(&endpoint, &pinned(&fake), proxies(&https_proxy, ""))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("CONNECT"), "{err}");
+    for no_proxy in [name.clone(), format!("{name}:{}", fake.port()), "*".into()] {
+        let c = login(&endpoint, &pinned(&fake), proxies(&https_proxy, &no_proxy))
+            .await
+            .unwrap_or_else(|e| panic!("no_proxy={no_proxy}: {e}"));
+        c.logout().await;
+    }
+    // A no_proxy entry for another port does not bypass.
+    let err = login(
+        &endpoint,
+        &pinned(&fake),
+        proxies(&https_proxy, &format!("{name}:1")),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("CONNECT"), "{err}");
+    // A loopback literal is never proxied (the fake listens where the name resolves).
+    let (_, ip) = machine_host();
+    if ip.is_loopback() {
+        let c = login(&fake.endpoint(), &pinned(&fake), proxies(&https_proxy, ""))
+            .await
+            .unwrap();
+        c.logout().await;
+    }
+    let before = connects_logged(dir.path()).len();
+    assert_eq!(before, 2, "{:#?}", connects_logged(dir.path()));
+}
+
+#[tokio::test]
+async fn https_proxy_is_verified_with_the_proxy_ca_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fake, endpoint) = vcenter().await;
+    let (_proxy, upstream) = tinyproxy(dir.path(), "");
+    let (ca, cert, key) = ca_and_server_cert(dir.path());
+    let (_tls, port) = socat_tls(dir.path(), &cert, &key, upstream);
+    let cas = dir.path().join("proxycerts");
+    std::fs::create_dir(&cas).unwrap();
+    std::fs::copy(&ca, cas.join("ca.crt")).unwrap();
+    let mut o = proxies(&format!("https://127.0.0.1:{port}"), "");
+    o.proxy_ca_dirs = vec![dir.path().join("missing"), cas.clone()];
+    let c = login(&endpoint, &pinned(&fake), o).await.unwrap();
+    c.logout().await;
+    assert!(
+        connects_logged(dir.path())
+            .iter()
+            .any(|l| l.contains(&endpoint)),
+        "{:#?}",
+        connects_logged(dir.path())
+    );
+    // Without the proxy's CA, the proxy's certificate is refused, naming the proxy.
+    let err = login(
+        &endpoint,
+        &pinned(&fake),
+        proxies(&format!("https://127.0.0.1:{port}"), ""),
+    )
+    .await
+    .unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, Error::Connect { .. }), "{err:?}");
+    assert!(msg.contains(&format!("proxy 127.0.0.1:{port}")), "{msg}");
+    assert!(msg.contains("TLS to the proxy"), "{msg}");
+}
+
+/// `openssl s_server` with a certificate made by `keygen` (openssl req arguments).
+fn s_server(dir: &Path, keygen: &[&str]) -> (Peer, u16, String) {
+    let mut args = vec![
+        "req", "-x509", "-nodes", "-keyout", "esx.key", "-out", "esx.crt",
+    ];
+    args.extend_from_slice(keygen);
+    args.extend_from_slice(&["-subj", "/CN=esx.example", "-days", "2"]);
+    openssl(dir, &args);
+    let fp = Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha1", "-in", "esx.crt"])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    let fp = String::from_utf8(fp.stdout).unwrap();
+    let thumbprint = fp.trim().rsplit('=').next().unwrap().to_string();
+    let port = free_port();
+    let mut child = Command::new("openssl")
+        .args([
+            "s_server", "-quiet", "-www", "-cert", "esx.crt", "-key", "esx.key",
+        ])
+        .args(["-cipher", "DEFAULT:@SECLEVEL=0", "-accept"])
+        .arg(format!("127.0.0.1:{port}"))
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("s_server.stderr")).unwrap())
+        .spawn()
+        .expect("start openssl s_server");
+    wait_for_port(port, &mut child, "openssl s_server");
+    (Peer(child), port, thumbprint)
+}
+
+#[tokio::test]
+async fn a_1024_bit_rsa_certificate_is_named_not_called_a_bad_signature() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, port, thumbprint) = s_server(dir.path(), &["-newkey", "rsa:1024"]);
+    let der = pem_to_der(&dir.path().join("esx.crt"));
+    assert_eq!(describe_key(&der), Some(KeyKind::Rsa { bits: 1024 }));
+    let tls = TlsPolicy {
+        thumbprint: Some(thumbprint),
+        ..Default::default()
+    };
+    let err = login(&format!("127.0.0.1:{port}"), &tls, ClientOptions::default())
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, Error::Tls { .. }), "{err:?}");
+    assert!(msg.contains("RSA 1024-bit key"), "{msg}");
+    assert!(msg.contains("2048 to 8192"), "{msg}");
+    assert!(!msg.contains("BadSignature"), "{msg}");
+}
+
+#[tokio::test]
+async fn a_p521_certificate_gets_the_key_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, port, thumbprint) = s_server(
+        dir.path(),
+        &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:secp521r1"],
+    );
+    let der = pem_to_der(&dir.path().join("esx.crt"));
+    let key = describe_key(&der).unwrap();
+    assert_eq!(
+        key,
+        KeyKind::Ec {
+            curve: "P-521".into()
+        }
+    );
+    assert!(!key.supported());
+    let tls = TlsPolicy {
+        thumbprint: Some(thumbprint),
+        ..Default::default()
+    };
+    let err = login(&format!("127.0.0.1:{port}"), &tls, ClientOptions::default())
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, Error::Tls { .. }), "{err:?}");
+    assert!(msg.contains("ECDSA P-256 or P-384"), "{msg}");
+}
+
+#[test]
+fn supported_keys_made_by_openssl_are_read() {
+    let dir = tempfile::tempdir().unwrap();
+    for (args, want) in [
+        (vec!["-newkey", "rsa:3072"], KeyKind::Rsa { bits: 3072 }),
+        (
+            vec!["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"],
+            KeyKind::Ec {
+                curve: "P-256".into(),
+            },
+        ),
+        (
+            vec!["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:secp384r1"],
+            KeyKind::Ec {
+                curve: "P-384".into(),
+            },
+        ),
+        (vec!["-newkey", "ed25519"], KeyKind::Ed25519),
+    ] {
+        let mut a = vec![
+            "req", "-x509", "-nodes", "-keyout", "k.pem", "-out", "c.pem",
+        ];
+        a.extend_from_slice(&args);
+        a.extend_from_slice(&["-subj", "/CN=x", "-days", "1"]);
+        openssl(dir.path(), &a);
+        let got = describe_key(&pem_to_der(&dir.path().join("c.pem")));
+        assert_eq!(got.as_ref(), Some(&want), "{args:?}");
+        assert!(want.supported(), "{want}");
+    }
+    // Truncations of a real certificate never panic and never claim a key.
+    let der = pem_to_der(&dir.path().join("c.pem"));
+    for n in 0..der.len() {
+        let _ = describe_key(&der[..n]);
+    }
+}
+
+fn pem_to_der(p: &Path) -> Vec<u8> {
+    let out = Command::new("openssl")
+        .args(["x509", "-outform", "DER", "-in"])
+        .arg(p)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    out.stdout
+}
