@@ -56,7 +56,10 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let line = format!("{e:#}").replace('\n', " ");
+            // Go's wording of ENOSPC/EDQUOT, as in the termination message (CDI's
+            // controller and UIs key on it).
+            let line =
+                ferry::import::messages::with_go_errno_text(&format!("{e:#}").replace('\n', " "));
             eprintln!("ferry: error: {line}");
             // 128 + signal number, as a shell reports a process ended by that signal.
             let code = match e.downcast_ref::<ferry::Error>() {

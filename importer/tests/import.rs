@@ -18,6 +18,8 @@
 //! `cargo build -p fake-vddk -p fake-vcenter` (`scripts/test.sh` does it).
 
 mod common;
+#[path = "../../vsphere/tests/support/proxy_peers.rs"]
+mod proxy_peers;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -131,6 +133,8 @@ fn warm_inventory(capacity: u64) -> Value {
 /// A running `fake-vcenter`; killed on drop.
 struct VCenter {
     child: Option<Child>,
+    /// The host name or address clients use.
+    host: String,
     port: u16,
     thumbprint: String,
     call_log: PathBuf,
@@ -138,8 +142,14 @@ struct VCenter {
 }
 
 impl VCenter {
-    /// Start it in `dir` (inventory, ready file, certificate, call log go there).
+    /// Start it on 127.0.0.1 in `dir` (inventory, ready file, certificate, call log go
+    /// there).
     fn start(dir: &Path, inv: &Value) -> VCenter {
+        VCenter::start_on(dir, inv, "127.0.0.1", "127.0.0.1")
+    }
+
+    /// Start it listening on `ip`, reached by clients as `host`.
+    fn start_on(dir: &Path, inv: &Value, host: &str, ip: &str) -> VCenter {
         std::fs::create_dir_all(dir).expect("mkdir vcenter dir");
         let inv_path = dir.join("inventory.json");
         std::fs::write(&inv_path, inv.to_string()).expect("write inventory");
@@ -149,7 +159,9 @@ impl VCenter {
         let child = Command::new(built("fake-vcenter"))
             .arg("--inventory")
             .arg(&inv_path)
-            .args(["--listen", "127.0.0.1:0", "--ready-file"])
+            .arg("--listen")
+            .arg(std::net::SocketAddr::new(ip.parse().expect("an IP"), 0).to_string())
+            .arg("--ready-file")
             .arg(&ready)
             .arg("--call-log")
             .arg(&call_log)
@@ -161,6 +173,7 @@ impl VCenter {
             .expect("start fake-vcenter");
         let mut vc = VCenter {
             child: Some(child),
+            host: host.to_string(),
             port: 0,
             thumbprint: String::new(),
             call_log,
@@ -189,7 +202,7 @@ impl VCenter {
     }
 
     fn endpoint(&self) -> String {
-        format!("https://127.0.0.1:{}/sdk", self.port)
+        format!("https://{}:{}/sdk", self.host, self.port)
     }
 
     /// The calls it answered so far, one per line.
@@ -1873,38 +1886,15 @@ fn a_blank_block_volume_is_left_as_it_is_unless_preallocated() {
 // Transient source failures inside the pod (issue 9)
 
 #[test]
-fn transient_vddk_failures_are_retried_inside_the_pod() {
-    if !require(&["nbdkit", "nbdcopy", "cmp"]) {
+fn with_retries_off_a_dropped_connection_fails_the_pod() {
+    // The retried cases run in the CDI form below
+    // (`cdi_pod_transient_failures_end_identical_with_the_retries_counted`).
+    if !require(&["nbdkit"]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let src = sparse_random(dir.path(), "64M", 40, 41);
-    let reference = nbdcopy_reference(&src.uri(), dir.path());
     let vc = VCenter::start(&dir.path().join("vc"), &inventory(64 * MIB));
-    // (what, dial) — reads 3 and 4 fail with VIX_E_FAIL and then reads succeed again;
-    // read 5 loses the TCP connection (VIX_E_HOST_TCP_CONN_LOST) once.
-    for (what, code, count, phrase) in [
-        ("failing reads", "1", "2", "read failed; reading again"),
-        ("dropped connection", "14011", "1", "opening it again"),
-    ] {
-        let mut pod = Pod::vddk(&vc, &src.uri());
-        pod.set("FAKE_VDDK_FAIL_READ", "3")
-            .set("FAKE_VDDK_FAIL_COUNT", count)
-            .set("FAKE_VDDK_FAIL_CODE", code)
-            .set("FAKE_VDDK_SYNC_COMPLETE_PERCENT", "0");
-        let r = pod.run();
-        assert_success(&r, what);
-        assert!(r.stderr.contains(phrase), "[{what}] {}", r.stderr);
-        assert_identical(&pod.disk_img(), &reference, what);
-        assert_termination_json(&pod, &vddk_complete(false), what);
-        let calls = pod.vddk_calls();
-        let opens = calls.iter().filter(|l| l.starts_with("Open ")).count();
-        let want = if code == "1" { 1 } else { 2 };
-        assert_eq!(opens, want, "[{what}] disk opens:\n{}", calls.join("\n"));
-        assert_vddk_closed(&pod, what);
-        let _ = std::fs::remove_file(pod.disk_img());
-    }
-    // Retries off: the same fault fails the pod, as before.
     let mut pod = Pod::vddk(&vc, &src.uri());
     pod.set("FAKE_VDDK_FAIL_READ", "3")
         .set("FAKE_VDDK_FAIL_CODE", "14011")
@@ -1950,4 +1940,636 @@ fn block_mode_keeps_its_journal_in_the_vddk_emptydir_and_resumes() {
         journal.with_file_name("block.ferry-journal.round").exists(),
         "the round marker sits beside the journal"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// The importer container exactly as CDI's controller builds it (issue 9, item 12)
+
+/// What CDI's controller knows about one importer pod: the PVC's annotations and the
+/// CDIConfig values that `createImportEnvVar` reads (pkg/controller/import-controller.go,
+/// CDI c07cdb6), for the two sources Forklift uses, `vddk` and `none`.
+struct CdiPvc<'a> {
+    /// `vddk` or `none` (annotation `storage.import.source`).
+    source: &'a str,
+    /// The vCenter (annotations endpoint, thumbprint, secret name); `None` for `none`.
+    vc: Option<&'a VCenter>,
+    /// The PVC's storage request: `IMPORTER_IMAGE_SIZE` is its `Quantity.String()`.
+    request: u64,
+    /// Block mode: the PVC is this device, attached as `/dev/cdi-block-volume`.
+    block: Option<&'a Path>,
+    /// CDIConfig `status.filesystemOverhead` for the storage class (filesystem mode;
+    /// `GetFilesystemOverhead` gives "0" in block mode).
+    overhead: &'a str,
+    /// Annotations `storage.checkpoint.current`, `.previous`, `.final`.
+    checkpoints: (&'a str, &'a str, &'a str),
+    /// Annotation `AnnPreallocationRequested`.
+    preallocation: bool,
+    /// CDIConfig `status.importProxy`: HTTPProxy, HTTPSProxy, NoProxy.
+    proxy: (&'a str, &'a str, &'a str),
+    /// CDIConfig `importProxy.trustedCAProxy`'s `ca.crt`, mounted at `/proxycerts/`.
+    proxy_ca: Option<&'a str>,
+}
+
+impl Default for CdiPvc<'_> {
+    fn default() -> Self {
+        CdiPvc {
+            source: "vddk",
+            vc: None,
+            request: 0,
+            block: None,
+            overhead: CDI_DEFAULT_OVERHEAD,
+            checkpoints: ("", "", ""),
+            preallocation: false,
+            proxy: ("", "", ""),
+            proxy_ca: None,
+        }
+    }
+}
+
+/// CDI's global default filesystem overhead (`common.DefaultGlobalOverhead`).
+const CDI_DEFAULT_OVERHEAD: &str = "0.06";
+
+/// A byte count as Kubernetes prints a binary-suffix `Quantity` (`10Gi`, `142270792`).
+fn quantity(bytes: u64) -> String {
+    for (unit, suffix) in [
+        (1u64 << 40, "Ti"),
+        (1 << 30, "Gi"),
+        (1 << 20, "Mi"),
+        (1 << 10, "Ki"),
+    ] {
+        if bytes >= unit && bytes.is_multiple_of(unit) {
+            return format!("{}{suffix}", bytes / unit);
+        }
+    }
+    bytes.to_string()
+}
+
+/// The PVC request CDI makes for a disk of `size` on a filesystem volume
+/// (`GetRequiredSpace`: round up to 1 MiB, then × (1 + overhead), rounded up).
+fn cdi_request(size: u64, overhead: f64) -> u64 {
+    let aligned = size.div_ceil(MIB) * MIB;
+    (aligned as f64 * (1.0 + overhead)).ceil() as u64
+}
+
+impl Pod {
+    /// The importer container as `makeImporterPodSpec` builds it: no command (the
+    /// image's entrypoint), args `["-v=1"]` (`Pod::command`), the environment of
+    /// `makeImportEnv` with every variable present (empty when unset) and CDI's
+    /// conditional ones, and the mounts relocated under the pod's temp dir. The only
+    /// Ferry variables are the ones that relocate a path CDI hard-codes:
+    ///
+    /// | CDI | here | relocated by |
+    /// |---|---|---|
+    /// | `/data` (filesystem PVC) | `<pod>/data` | `FERRY_DATA_DIR` |
+    /// | `/dev/cdi-block-volume` (block PVC, volumeDevice) | a loop device | `FERRY_BLOCK_DEVICE` |
+    /// | `/opt` emptyDir, filled by the `vddk-side-car` init container | `<pod>/opt` | `VDDK_LIBDIR=<pod>/opt/vmware-vix-disklib-distrib` |
+    /// | `/vddk-args` ConfigMap | not mounted (no extra-args annotation) | — |
+    /// | `/proxycerts/` ConfigMap | `<pod>/proxycerts/` | `IMPORTER_PROXY_CERT_DIR` (CDI sets it too) |
+    /// | `/dev/termination-log` | `<pod>/termination-log` | `TERMINATION_LOG` |
+    /// | port 8443, all addresses | `[::]:<free port>` | `FERRY_METRICS_ADDR` |
+    fn cdi(pvc: &CdiPvc) -> Pod {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).expect("mkdir data");
+        let opt = dir.path().join("opt");
+        let libdir = opt.join("vmware-vix-disklib-distrib");
+        if pvc.source == "vddk" {
+            install_fake_vddk(&libdir);
+        }
+        let term = dir.path().join("termination-log");
+        let vddk_log = dir.path().join("vddk-calls.log");
+        let port = free_port();
+        let mut p = Pod {
+            data,
+            term,
+            vddk_log,
+            metrics_addr: format!("[::1]:{port}"),
+            env: BTreeMap::new(),
+            dir,
+        };
+        let path = |x: &Path| x.display().to_string();
+        let block = pvc
+            .block
+            .map_or_else(|| path(&p.dir.path().join("no-block-device")), path);
+        let (data, term, vlog) = (path(&p.data), path(&p.term), path(&p.vddk_log));
+        let fs_mode = pvc.block.is_none();
+        let vddk = pvc.source == "vddk";
+        let vc = pvc.vc.filter(|_| vddk);
+        let or_empty = |v: &str| if vddk { v.to_string() } else { String::new() };
+        let (current, previous, final_) = pvc.checkpoints;
+        p.set("FERRY_DATA_DIR", &data)
+            .set("FERRY_BLOCK_DEVICE", &block)
+            .set("FERRY_METRICS_ADDR", &format!("[::]:{port}"))
+            .set("TERMINATION_LOG", &term)
+            .set("VDDK_LIBDIR", &path(&libdir));
+        // makeImportEnv, in its order.
+        p.set("IMPORTER_SOURCE", pvc.source)
+            .set(
+                "IMPORTER_ENDPOINT",
+                &vc.map(VCenter::endpoint).unwrap_or_default(),
+            )
+            .set("IMPORTER_CONTENTTYPE", "kubevirt")
+            .set("IMPORTER_IMAGE_SIZE", &quantity(pvc.request))
+            .set("OWNER_UID", OWNER_UID)
+            .set(
+                "FILESYSTEM_OVERHEAD",
+                if fs_mode { pvc.overhead } else { "0" },
+            )
+            .set("INSECURE_TLS", "false")
+            .set("IMPORTER_DISK_ID", "")
+            .set("IMPORTER_UUID", &or_empty(VM_UUID))
+            .set("IMPORTER_PULL_METHOD", "")
+            .set("IMPORTER_READY_FILE", "")
+            .set("IMPORTER_DONE_FILE", "")
+            .set("IMPORTER_BACKING_FILE", &or_empty(DISK))
+            .set(
+                "IMPORTER_THUMBPRINT",
+                &vc.map(|v| v.thumbprint.clone()).unwrap_or_default(),
+            )
+            .set("http_proxy", &or_empty(pvc.proxy.0))
+            .set("https_proxy", &or_empty(pvc.proxy.1))
+            .set("no_proxy", &or_empty(pvc.proxy.2))
+            .set("IMPORTER_CURRENT_CHECKPOINT", &or_empty(current))
+            .set("IMPORTER_PREVIOUS_CHECKPOINT", &or_empty(previous))
+            .set("IMPORTER_FINAL_CHECKPOINT", &or_empty(final_))
+            .set(
+                "PREALLOCATION",
+                if pvc.preallocation { "true" } else { "false" },
+            )
+            .set("CACHE_MODE", "")
+            .set("IMPORTER_REGISTRY_IMAGE_ARCHITECTURE", "")
+            .set("IMPORTER_CHECKSUM", "");
+        // The conditional ones: the secret (Forklift always names one for VDDK) and the
+        // proxy CA ConfigMap.
+        if vc.is_some() {
+            p.set("IMPORTER_ACCESS_KEY_ID", USER)
+                .set("IMPORTER_SECRET_KEY", PASSWORD);
+        }
+        if let (Some(pem), true) = (pvc.proxy_ca, vddk) {
+            let certs = p.dir.path().join("proxycerts");
+            std::fs::create_dir_all(&certs).unwrap();
+            std::fs::write(certs.join("ca.crt"), pem).unwrap();
+            let dir = format!("{}/", path(&certs));
+            p.set("IMPORTER_PROXY_CERT_DIR", &dir);
+        }
+        if let Some(vc) = vc {
+            // The fake VDDK's own dials: what it insists on being asked for.
+            p.set("FAKE_VDDK_LOG", &vlog)
+                .set("FAKE_VDDK_THUMBPRINT", &vc.thumbprint)
+                .set("FAKE_VDDK_SERVER", "127.0.0.1")
+                .set("FAKE_VDDK_USER", USER)
+                .set("FAKE_VDDK_PASSWORD", PASSWORD)
+                .set("FAKE_VDDK_VM", &format!("moref={VM_MOREF}"))
+                .set("FAKE_VDDK_DISK", DISK);
+        }
+        p
+    }
+
+    /// Run while scraping `/metrics` as CDI's controller does (HTTPS, certificate not
+    /// verified, 2 s timeout) every 100 ms; the bodies seen while it ran.
+    fn run_scraping(&self) -> (Run, Vec<String>) {
+        let url = format!("https://{}/metrics", self.metrics_addr);
+        let mut ferry = spawn(self.command());
+        let mut bodies = Vec::new();
+        let t0 = Instant::now();
+        while !ferry.has_exited() && t0.elapsed() < RUN_LIMIT {
+            let o = Command::new("curl")
+                .args(["-sk", "--max-time", "2", &url])
+                .output()
+                .expect("run curl");
+            if o.status.success() {
+                bodies.push(String::from_utf8_lossy(&o.stdout).into_owned());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        (ferry.wait(RUN_LIMIT), bodies)
+    }
+}
+
+/// The `retries` field of the final "Import Complete" log line.
+fn retries_logged(r: &Run) -> u64 {
+    r.stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["message"] == "Import Complete")
+        .and_then(|v| v["retries"].as_u64())
+        .unwrap_or_else(|| panic!("no Import Complete line with retries:\n{}", r.stderr))
+}
+
+/// The progress values of CDI's series in scraped bodies.
+fn progress_values(bodies: &[String]) -> Vec<f64> {
+    let re = regex::Regex::new(CDI_PROGRESS_RE).unwrap();
+    bodies
+        .iter()
+        .filter_map(|b| re.captures(b).map(|c| c[2].parse::<f64>().unwrap()))
+        .collect()
+}
+
+#[test]
+fn cdi_pod_cold_vddk_to_an_exact_size_filesystem_volume_scraped_over_ipv6() {
+    if !require_root(&["nbdkit", "nbdcopy", "cmp", "curl"], false) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let size = 128 * MIB;
+    let src = sparse_random(dir.path(), "128M", 15, 51);
+    let reference = nbdcopy_reference(&src.uri(), dir.path());
+    let vc = VCenter::start(&dir.path().join("vc"), &inventory(size));
+    let request = cdi_request(size, 0.06);
+    let mut pod = Pod::cdi(&CdiPvc {
+        vc: Some(&vc),
+        request,
+        ..Default::default()
+    });
+    pod.set("FAKE_VDDK_BACKING", &src.uri())
+        .set("FAKE_VDDK_LATENCY_MS", "10");
+    // The volume is exactly CDI's inflated request (tmpfs rounds it up to a page).
+    let mnt = Mount::tmpfs(&pod.data, &format!("size={request}"));
+    let (r, bodies) = pod.run_scraping();
+    assert_success(&r, "cdi pod, filesystem");
+    assert_identical(&pod.disk_img(), &reference, "cdi pod, filesystem");
+    assert_termination_json(&pod, &vddk_complete(false), "cdi pod, filesystem");
+    let values = progress_values(&bodies);
+    assert!(
+        values.iter().any(|v| *v > 0.0 && *v < 100.0),
+        "no scrape over [::1] saw the copy in progress: {values:?} ({} bodies)",
+        bodies.len()
+    );
+    assert!(values.windows(2).all(|w| w[0] <= w[1]), "{values:?}");
+    assert!(
+        bodies
+            .iter()
+            .any(|b| b.contains("ferry_import_retries_total 0")),
+        "Ferry's retry counter is served"
+    );
+    assert_vddk_closed(&pod, "cdi pod, filesystem");
+    drop(mnt);
+}
+
+#[test]
+fn cdi_pod_cold_vddk_to_a_block_volume() {
+    if !require_root(&["nbdkit", "nbdcopy", "cmp"], true) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let size = 64 * MIB;
+    let src = sparse_random(dir.path(), "64M", 20, 52);
+    let reference = nbdcopy_reference(&src.uri(), dir.path());
+    let vc = VCenter::start(&dir.path().join("vc"), &inventory(size));
+    let dev = Loop::with_garbage(dir.path(), size, 0xA5, false);
+    let mut pod = Pod::cdi(&CdiPvc {
+        vc: Some(&vc),
+        request: size,
+        block: Some(&dev.dev),
+        ..Default::default()
+    });
+    pod.set("FAKE_VDDK_BACKING", &src.uri());
+    let r = pod.run();
+    assert_success(&r, "cdi pod, block");
+    assert_prefix_identical(&dev.dev, &reference, size, "cdi pod, block");
+    assert_termination_json(&pod, &vddk_complete(false), "cdi pod, block");
+    // The journal lived in the /opt emptyDir and is gone; the round marker stays there.
+    let state = pod.dir.path().join("opt/ferry-state");
+    assert!(!state.join("block.ferry-journal").exists());
+    assert!(state.join("block.ferry-journal.round").exists());
+    assert!(
+        !pod.disk_img().exists(),
+        "nothing written to /data in block mode"
+    );
+}
+
+/// Three images of a 16 MiB disk: each stage rewrites, zeroes and adds some areas.
+/// Returns the files and, for stages 2 and 3, the areas that changed.
+fn three_stages(dir: &Path) -> (Vec<PathBuf>, Vec<Vec<(u64, u64)>>) {
+    const SIZE: usize = 16 * MIB as usize;
+    let mut img = vec![0u8; SIZE];
+    for (i, x) in img[..6 * MIB as usize].iter_mut().enumerate() {
+        *x = (i % 253) as u8 + 1;
+    }
+    let mut files = Vec::new();
+    let mut changes = Vec::new();
+    let stages: [&[(u64, u64, u8)]; 3] = [
+        &[],
+        &[
+            (MIB, 512 * 1024, 0xc3),
+            (4 * MIB, MIB, 0),
+            (10 * MIB, 256 * 1024, 0x77),
+        ],
+        &[
+            (2 * MIB, 64 * 1024, 0x19),
+            (10 * MIB, 128 * 1024, 0),
+            (15 * MIB, MIB, 0xee),
+        ],
+    ];
+    for (n, edits) in stages.iter().enumerate() {
+        for (start, len, byte) in edits.iter() {
+            img[*start as usize..(*start + *len) as usize].fill(*byte);
+        }
+        let f = dir.join(format!("stage{}.raw", n + 1));
+        std::fs::write(&f, &img).unwrap();
+        files.push(f);
+        if n > 0 {
+            changes.push(edits.iter().map(|(s, l, _)| (*s, *l)).collect());
+        }
+    }
+    (files, changes)
+}
+
+#[test]
+fn cdi_pod_warm_migration_in_three_stages() {
+    // Forklift's warm plan: stage 1 copies snapshot-7 whole (no previous checkpoint);
+    // stage 2 copies what changed between snapshot-7 and snapshot-8; the final stage,
+    // at cutover, what changed between snapshot-8 and snapshot-9. Each stage is a new
+    // pod on the same PVC, built as CDI builds it.
+    if !require(&["cmp"]) {
+        return;
+    }
+    const SIZE: u64 = 16 * MIB;
+    let dir = tempfile::tempdir().unwrap();
+    let (files, changes) = three_stages(dir.path());
+    let cid = |n: u32| format!("52 aa bb cc dd ee ff 00-11 22 33 44 55 66 77 88/{n}");
+    let areas = |c: &[(u64, u64)]| {
+        c.iter()
+            .map(|(s, l)| json!({"start": s, "length": l}))
+            .collect::<Vec<_>>()
+    };
+    let snap_disk = |n: u32| format!("[ds1] vm1/vm1-00000{n}.vmdk");
+    let mut inv = inventory(SIZE);
+    inv["datacenters"][0]["vms"][0]["snapshots"] = json!([{
+        "moref": "snapshot-7", "name": "forklift-precopy-1",
+        "disks": [{"key": 2000, "file_name": snap_disk(1), "capacity_bytes": SIZE,
+                   "parents": [DISK], "change_id": cid(7)}],
+        "children": [{
+            "moref": "snapshot-8", "name": "forklift-precopy-2",
+            "disks": [{"key": 2000, "file_name": snap_disk(2), "capacity_bytes": SIZE,
+                       "parents": [snap_disk(1), DISK], "change_id": cid(8),
+                       "previous_change_id": cid(7), "changed_areas": areas(&changes[0])}],
+            "children": [{
+                "moref": "snapshot-9", "name": "forklift-cutover",
+                "disks": [{"key": 2000, "file_name": snap_disk(3), "capacity_bytes": SIZE,
+                           "parents": [snap_disk(2), snap_disk(1), DISK],
+                           "previous_change_id": cid(8), "changed_areas": areas(&changes[1])}],
+                "children": []
+            }]
+        }]
+    }]);
+    let vc = VCenter::start(&dir.path().join("vc"), &inv);
+    let request = cdi_request(SIZE, 0.06);
+    let stages = [
+        ("snapshot-7", "", "false"),
+        ("snapshot-8", "snapshot-7", "false"),
+        ("snapshot-9", "snapshot-8", "true"),
+    ];
+    // One PVC: the data directory outlives each stage's pod.
+    let data = tempfile::tempdir().unwrap();
+    for (n, (current, previous, final_)) in stages.into_iter().enumerate() {
+        let ctx = format!("stage {} ({current})", n + 1);
+        let mut pod = Pod::cdi(&CdiPvc {
+            vc: Some(&vc),
+            request,
+            checkpoints: (current, previous, final_),
+            ..Default::default()
+        });
+        pod.data = data.path().to_path_buf();
+        pod.set("FERRY_DATA_DIR", data.path().to_str().unwrap())
+            .set("FAKE_VDDK_BACKING", files[n].to_str().unwrap())
+            .set("FAKE_VDDK_SNAPSHOT", current)
+            .set("FAKE_VDDK_DISK", &snap_disk(n as u32 + 1));
+        let r = pod.run();
+        assert_success(&r, &ctx);
+        assert_identical(&pod.disk_img(), &files[n], &ctx);
+        // A delta reads only inside the changed areas.
+        let calls = pod.vddk_calls();
+        let read: u64 = calls
+            .iter()
+            .filter_map(|l| l.strip_prefix("ReadAsync "))
+            .filter_map(|l| {
+                l.split("count=")
+                    .nth(1)?
+                    .split(' ')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum::<u64>()
+            * 512;
+        if n == 0 {
+            assert!(read > 0, "[{ctx}] the full stage read the disk");
+        } else {
+            let changed: u64 = changes[n - 1].iter().map(|(_, l)| l).sum();
+            assert!(
+                read <= changed,
+                "[{ctx}] read {read} bytes, more than the {changed} changed\n{}",
+                calls.join("\n")
+            );
+        }
+        // Same messages as CDI: a delta reports no preallocation.
+        assert_termination_json(&pod, &vddk_complete(false), &ctx);
+        assert_vddk_closed(&pod, &ctx);
+    }
+}
+
+#[test]
+fn cdi_pod_blank_images_in_both_modes() {
+    if !require_root(&["cmp"], true) {
+        return;
+    }
+    let size = 48 * MIB;
+    let request = cdi_request(size, 0.06);
+    let mut pod = Pod::cdi(&CdiPvc {
+        source: "none",
+        request,
+        ..Default::default()
+    });
+    let mnt = Mount::tmpfs(&pod.data, &format!("size={request}"));
+    let r = pod.run();
+    assert_success(&r, "cdi blank, filesystem");
+    assert_eq!(file_size(&pod.disk_img()), size, "CDI's usable size");
+    assert_eq!(allocated(&pod.disk_img()), 0, "sparse");
+    assert_termination_json(
+        &pod,
+        &json!({"scratchSpaceRequired": false, "preallocationApplied": false,
+                "message": "Import Complete"}),
+        "cdi blank, filesystem",
+    );
+    drop(mnt);
+    let dir = tempfile::tempdir().unwrap();
+    let dev = Loop::with_garbage(dir.path(), size, 0x5A, false);
+    for prealloc in [false, true] {
+        pod = Pod::cdi(&CdiPvc {
+            source: "none",
+            request: size,
+            block: Some(&dev.dev),
+            preallocation: prealloc,
+            ..Default::default()
+        });
+        let r = pod.run();
+        assert_success(&r, "cdi blank, block");
+        let byte = if prealloc { 0 } else { 0x5A };
+        assert_filled(&dev.dev, 0, size, byte, "cdi blank, block");
+        // CDI writes no termination message for a blank block volume without
+        // preallocation; Ferry writes "Import Complete" (a deliberate difference: the
+        // controller reads it only on exit 0 and takes either as success).
+        assert_termination_json(
+            &pod,
+            &json!({"scratchSpaceRequired": false, "preallocationApplied": prealloc,
+                    "message": "Import Complete"}),
+            "cdi blank, block",
+        );
+    }
+}
+
+#[test]
+fn cdi_pod_transient_failures_end_identical_with_the_retries_counted() {
+    if !require(&["nbdkit", "nbdcopy", "cmp"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let size = 64 * MIB;
+    let vc = VCenter::start(&dir.path().join("vc"), &inventory(size));
+    let new_pod = |backing: &str| {
+        let mut pod = Pod::cdi(&CdiPvc {
+            vc: Some(&vc),
+            request: cdi_request(size, 0.06),
+            ..Default::default()
+        });
+        pod.set("FAKE_VDDK_BACKING", backing);
+        pod
+    };
+    // nbdkit's error filter fails 2% of the reads the fake VDDK makes of its backing:
+    // each is a VIX error on a good connection, read again in place.
+    let sock = dir.path().join("flaky.sock");
+    let args = [
+        "sparse-random",
+        "size=64M",
+        "percent=30",
+        "seed=53",
+        "runlength=50000",
+    ];
+    let clean = Nbdkit::start(&dir.path().join("clean.sock"), &args);
+    let reference = nbdcopy_reference(&clean.uri(), dir.path());
+    let mut flaky_args = vec!["--filter=error"];
+    flaky_args.extend_from_slice(&args);
+    flaky_args.extend_from_slice(&["error=EIO", "error-pread-rate=2%"]);
+    let flaky = Nbdkit::start(&sock, &flaky_args);
+    let pod = new_pod(&flaky.uri());
+    let r = pod.run();
+    assert_success(&r, "nbdkit error filter");
+    assert_identical(&pod.disk_img(), &reference, "nbdkit error filter");
+    let retried = r.stderr.matches("read failed; reading again").count() as u64;
+    assert!(
+        retried > 0,
+        "2% of reads failed, none retried?\n{}",
+        r.stderr
+    );
+    assert_eq!(retries_logged(&r), retried, "every retry is counted");
+    assert_termination_json(&pod, &vddk_complete(false), "nbdkit error filter");
+    // The fake VDDK fails reads 3 and 4, then drops the connection once at read 5.
+    for (what, code, read, count, phrase) in [
+        ("failing reads", "1", "3", "2", "read failed; reading again"),
+        ("dropped connection", "14011", "5", "1", "opening it again"),
+    ] {
+        let mut pod = new_pod(&clean.uri());
+        pod.set("FAKE_VDDK_FAIL_READ", read)
+            .set("FAKE_VDDK_FAIL_COUNT", count)
+            .set("FAKE_VDDK_FAIL_CODE", code);
+        let r = pod.run();
+        assert_success(&r, what);
+        assert!(r.stderr.contains(phrase), "[{what}] {}", r.stderr);
+        assert_identical(&pod.disk_img(), &reference, what);
+        assert_eq!(
+            retries_logged(&r),
+            count.parse::<u64>().unwrap(),
+            "[{what}]"
+        );
+        assert_termination_json(&pod, &vddk_complete(false), what);
+        assert_vddk_closed(&pod, what);
+    }
+}
+
+#[test]
+fn cdi_pod_out_of_space_reads_as_datavolume_too_small() {
+    // A volume that runs out of space (here: of inodes, a real ENOSPC from the kernel)
+    // fails with Go's wording of the error, which CDI's controller rewrites to
+    // "DataVolume too small to contain image".
+    if !require_root(&["nbdkit"], false) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let size = 16 * MIB;
+    let src = sparse_random(dir.path(), "16M", 20, 54);
+    let vc = VCenter::start(&dir.path().join("vc"), &inventory(size));
+    let request = cdi_request(size, 0.06);
+    let mut pod = Pod::cdi(&CdiPvc {
+        vc: Some(&vc),
+        request,
+        ..Default::default()
+    });
+    pod.set("FAKE_VDDK_BACKING", &src.uri());
+    let mnt = Mount::tmpfs(&pod.data, &format!("size={request},nr_inodes=2"));
+    let r = pod.run();
+    let msg = assert_pod_failure(&pod, &r, "out of space", &["no space left on device"]);
+    assert!(
+        ferry::import::messages::cdi_simplifies_to_too_small(&msg),
+        "CDI would not rewrite {msg:?}"
+    );
+    drop(mnt);
+}
+
+#[test]
+fn cdi_pod_reaches_vcenter_through_an_https_proxy() {
+    // CDIConfig's importProxy as the controller passes it: lower-case https_proxy and
+    // no_proxy, and the trusted CA mounted at /proxycerts/. The proxy is tinyproxy
+    // behind socat's TLS listener. The vCenter is reached by this machine's host name
+    // (a loopback address would never be proxied, in Go or in Ferry).
+    if !require(&["nbdkit", "nbdcopy", "cmp", "tinyproxy", "socat", "openssl"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let size = 32 * MIB;
+    let src = sparse_random(dir.path(), "32M", 20, 55);
+    let reference = nbdcopy_reference(&src.uri(), dir.path());
+    let (host, ip) = proxy_peers::machine_host();
+    let vc = VCenter::start_on(
+        &dir.path().join("vc"),
+        &inventory(size),
+        &host,
+        &ip.to_string(),
+    );
+    let pdir = dir.path().join("proxy");
+    std::fs::create_dir_all(&pdir).unwrap();
+    let (_tinyproxy, upstream) = proxy_peers::tinyproxy(&pdir, "");
+    let (ca, cert, key) = proxy_peers::ca_and_server_cert(&pdir);
+    let (_tls, port) = proxy_peers::socat_tls(&pdir, &cert, &key, upstream);
+    let ca_pem = std::fs::read_to_string(&ca).unwrap();
+    let https_proxy = format!("https://127.0.0.1:{port}");
+    let mut pod = Pod::cdi(&CdiPvc {
+        vc: Some(&vc),
+        request: cdi_request(size, 0.06),
+        proxy: ("", &https_proxy, "example.com,.svc"),
+        proxy_ca: Some(&ca_pem),
+        ..Default::default()
+    });
+    pod.set("FAKE_VDDK_BACKING", &src.uri())
+        .set("FAKE_VDDK_SERVER", &host);
+    let r = pod.run();
+    assert_success(&r, "through the proxy");
+    assert_identical(&pod.disk_img(), &reference, "through the proxy");
+    let seen = proxy_peers::connects_logged(&pdir);
+    let target = format!("{host}:{}", vc.port);
+    assert!(
+        seen.iter().any(|l| l.contains(&target)),
+        "tinyproxy saw no CONNECT {target}: {seen:#?}"
+    );
+    // Without the proxy's CA the pod fails, naming the proxy, before any VDDK call.
+    pod.unset("IMPORTER_PROXY_CERT_DIR");
+    let _ = std::fs::remove_file(pod.disk_img());
+    let r = pod.run();
+    assert_pod_failure(
+        &pod,
+        &r,
+        "untrusted proxy",
+        &["TLS to the proxy", &https_proxy[8..]],
+    );
+    assert!(!pod.vddk_calls().iter().any(|l| l.starts_with("ConnectEx")));
 }

@@ -294,9 +294,13 @@ impl ImportArgs {
 
 /// Write the failure message for the kubelet (plain text, first line).
 pub fn fail(termination_log: &std::path::Path, error: &str) {
-    if let Err(e) =
-        termination::write_failure(termination_log, &format!("Unable to process data: {error}"))
-    {
+    if let Err(e) = termination::write_failure(
+        termination_log,
+        &format!(
+            "Unable to process data: {}",
+            ferry::import::messages::with_go_errno_text(error)
+        ),
+    ) {
         tracing::warn!(path = %termination_log.display(), error = %e, "cannot write the termination message");
     }
 }
@@ -359,7 +363,8 @@ pub async fn run(a: ImportArgs, cfg: ImportConfig) -> anyhow::Result<()> {
             tracing::info!(
                 size = o.stats.size, bytes_read = o.stats.bytes_read, bytes_written = o.stats.bytes_written,
                 bytes_zeroed = o.stats.bytes_zeroed, bytes_skipped = o.stats.bytes_skipped,
-                seconds = o.stats.seconds, engine = %o.stats.engine, "Import Complete"
+                retries = o.stats.retries, seconds = o.stats.seconds, engine = %o.stats.engine,
+                "Import Complete"
             );
             Ok(())
         }

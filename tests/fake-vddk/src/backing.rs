@@ -124,9 +124,15 @@ impl Backing {
                     let n = step.min(data.len() - done);
                     let c = client.clone();
                     let off = offset + done as u64;
+                    // An error reply (nbdkit's error filter, a failing disk) is a
+                    // failed read on a good connection, as VDDK reports a failed NFC
+                    // read; anything else is the connection gone.
                     let got = on_runtime(rt, async move { c.read(off, vec![0u8; n]).await })
                         .ok_or(VIX_E_HOST_CONNECTION_LOST)?
-                        .map_err(|_| VIX_E_HOST_CONNECTION_LOST)?;
+                        .map_err(|e| match e {
+                            ferry_nbd::Error::Request { .. } => VIX_E_FAIL,
+                            _ => VIX_E_HOST_CONNECTION_LOST,
+                        })?;
                     data[done..done + n].copy_from_slice(&got);
                     done += n;
                 }
