@@ -40,11 +40,8 @@ fn main() -> ExitCode {
     };
     // The import pod logs JSON lines when not on a terminal (as CDI's controller and log
     // collectors expect); copy and bench keep human-readable lines.
-    let json = if matches!(args.command, cli::Command::Import(_)) {
-        None
-    } else {
-        Some(false)
-    };
+    let import = matches!(args.command, cli::Command::Import(_));
+    let json = if import { None } else { Some(false) };
     if let Err(e) = ferry::report::logging::init(args.verbose, json) {
         eprintln!("ferry: warning: {e}");
     }
@@ -56,10 +53,12 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // Go's wording of ENOSPC/EDQUOT, as in the termination message (CDI's
-            // controller and UIs key on it).
-            let line =
-                ferry::import::messages::with_go_errno_text(&format!("{e:#}").replace('\n', " "));
+            let mut line = format!("{e:#}").replace('\n', " ");
+            if import {
+                // Go's wording of ENOSPC/EDQUOT, as in the termination message (CDI's
+                // controller and UIs key on it).
+                line = ferry::import::messages::with_go_errno_text(&line);
+            }
             eprintln!("ferry: error: {line}");
             // 128 + signal number, as a shell reports a process ended by that signal.
             let code = match e.downcast_ref::<ferry::Error>() {

@@ -1023,6 +1023,19 @@ fn each_invalid_variable_is_named_before_any_connection() {
     );
     let cases: &[Case] = &[
         (
+            "archive content type",
+            &[("IMPORTER_CONTENTTYPE", Some("archive"))],
+            &["IMPORTER_CONTENTTYPE", "archive", "not supported"],
+        ),
+        (
+            "blank archive",
+            &[
+                ("IMPORTER_SOURCE", Some("none")),
+                ("IMPORTER_CONTENTTYPE", Some("archive")),
+            ],
+            &["Cannot create empty disk with content type archive"],
+        ),
+        (
             "PREALLOCATION=maybe",
             &[("PREALLOCATION", Some("maybe"))],
             &["PREALLOCATION", "maybe"],
@@ -2278,7 +2291,7 @@ fn three_stages(dir: &Path) -> (Vec<PathBuf>, Vec<Vec<(u64, u64)>>) {
 #[test]
 fn cdi_pod_warm_migration_in_three_stages() {
     // Forklift's warm plan: stage 1 copies snapshot-7 whole (no previous checkpoint);
-    // stage 2 copies what changed between snapshot-7 and snapshot-8; the final stage,
+    // stage 2 copies what changed since snapshot-7's change ID; the final stage,
     // at cutover, what changed between snapshot-8 and snapshot-9. Each stage is a new
     // pod on the same PVC, built as CDI builds it.
     if !require(&["cmp"]) {
@@ -2315,10 +2328,13 @@ fn cdi_pod_warm_migration_in_three_stages() {
     }]);
     let vc = VCenter::start(&dir.path().join("vc"), &inv);
     let request = cdi_request(SIZE, 0.06);
+    // Forklift's checkpoints: the current precopy's snapshot moref, and the previous
+    // precopy's change ID (fk: adapter/vsphere/client.go).
+    let (cid7, cid8) = (cid(7), cid(8));
     let stages = [
         ("snapshot-7", "", "false"),
-        ("snapshot-8", "snapshot-7", "false"),
-        ("snapshot-9", "snapshot-8", "true"),
+        ("snapshot-8", cid7.as_str(), "false"),
+        ("snapshot-9", cid8.as_str(), "true"),
     ];
     // One PVC: the data directory outlives each stage's pod.
     let data = tempfile::tempdir().unwrap();

@@ -68,6 +68,9 @@ pub struct ImportArgs {
     /// Accept a vSphere API certificate without verification when no CA applies.
     #[arg(long, env = "INSECURE_TLS")]
     pub insecure_tls: Option<String>,
+    /// What the volume holds: `kubevirt` (a disk image; the only kind Ferry writes).
+    #[arg(long, env = "IMPORTER_CONTENTTYPE")]
+    pub content_type: Option<String>,
     /// Directory of CA certificates for the vSphere API.
     #[arg(long, env = "IMPORTER_CERT_DIR")]
     pub cert_dir: Option<String>,
@@ -179,6 +182,7 @@ impl ImportArgs {
         );
         put("IMPORTER_IMAGE_SIZE", "image-size", &self.image_size);
         put("INSECURE_TLS", "insecure-tls", &self.insecure_tls);
+        put("IMPORTER_CONTENTTYPE", "content-type", &self.content_type);
         put("IMPORTER_CERT_DIR", "cert-dir", &self.cert_dir);
         put(
             "IMPORTER_PROXY_CERT_DIR",

@@ -274,6 +274,27 @@ pub fn validate(
             ));
         }
     };
+    // CDI's `archive` content type unpacks a tar into the volume; Ferry writes disk
+    // images only. CDI's own words for the blank case.
+    match (source, inputs.get("IMPORTER_CONTENTTYPE")) {
+        (_, None | Some("kubevirt")) => {}
+        (SourceKind::Blank, Some(other)) => {
+            return Err(err(
+                inputs,
+                "IMPORTER_CONTENTTYPE",
+                format!("Cannot create empty disk with content type {other}"),
+            ));
+        }
+        (_, Some(other)) => {
+            return Err(err(
+                inputs,
+                "IMPORTER_CONTENTTYPE",
+                format!(
+                    "content type {other:?} is not supported: Ferry writes disk images (kubevirt)"
+                ),
+            ));
+        }
+    }
     let endpoint = match (source, inputs.get("IMPORTER_ENDPOINT")) {
         (SourceKind::Blank, e) => e.unwrap_or_default().to_string(),
         (_, Some(e)) => e.to_string(),
