@@ -212,12 +212,12 @@ fn s_server(dir: &Path, keygen: &[&str]) -> (Peer, u16, String) {
     (Peer(child), port, thumbprint)
 }
 
-#[tokio::test]
-async fn a_1024_bit_rsa_certificate_is_named_not_called_a_bad_signature() {
+/// Log in to `openssl s_server` holding a certificate made by `keygen`, its thumbprint
+/// pinned: the key as read from the certificate, and the TLS error's message.
+async fn refused_key(keygen: &[&str]) -> (KeyKind, String) {
     let dir = tempfile::tempdir().unwrap();
-    let (_server, port, thumbprint) = s_server(dir.path(), &["-newkey", "rsa:1024"]);
-    let der = pem_to_der(&dir.path().join("esx.crt"));
-    assert_eq!(describe_key(&der), Some(KeyKind::Rsa { bits: 1024 }));
+    let (_server, port, thumbprint) = s_server(dir.path(), keygen);
+    let key = describe_key(&pem_to_der(&dir.path().join("esx.crt"))).expect("key read");
     let tls = TlsPolicy {
         thumbprint: Some(thumbprint),
         ..Default::default()
@@ -225,8 +225,15 @@ async fn a_1024_bit_rsa_certificate_is_named_not_called_a_bad_signature() {
     let err = login(&format!("127.0.0.1:{port}"), &tls, ClientOptions::default())
         .await
         .unwrap_err();
-    let msg = err.to_string();
     assert!(matches!(err, Error::Tls { .. }), "{err:?}");
+    assert!(!key.supported(), "{key}");
+    (key, err.to_string())
+}
+
+#[tokio::test]
+async fn a_1024_bit_rsa_certificate_is_named_not_called_a_bad_signature() {
+    let (key, msg) = refused_key(&["-newkey", "rsa:1024"]).await;
+    assert_eq!(key, KeyKind::Rsa { bits: 1024 });
     assert!(msg.contains("RSA 1024-bit key"), "{msg}");
     assert!(msg.contains("2048 to 8192"), "{msg}");
     assert!(!msg.contains("BadSignature"), "{msg}");
@@ -234,29 +241,12 @@ async fn a_1024_bit_rsa_certificate_is_named_not_called_a_bad_signature() {
 
 #[tokio::test]
 async fn a_p521_certificate_gets_the_key_hint() {
-    let dir = tempfile::tempdir().unwrap();
-    let (_server, port, thumbprint) = s_server(
-        dir.path(),
-        &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:secp521r1"],
-    );
-    let der = pem_to_der(&dir.path().join("esx.crt"));
-    let key = describe_key(&der).unwrap();
-    assert_eq!(
-        key,
-        KeyKind::Ec {
-            curve: "P-521".into()
-        }
-    );
-    assert!(!key.supported());
-    let tls = TlsPolicy {
-        thumbprint: Some(thumbprint),
-        ..Default::default()
+    let (key, msg) =
+        refused_key(&["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:secp521r1"]).await;
+    let p521 = KeyKind::Ec {
+        curve: "P-521".into(),
     };
-    let err = login(&format!("127.0.0.1:{port}"), &tls, ClientOptions::default())
-        .await
-        .unwrap_err();
-    let msg = err.to_string();
-    assert!(matches!(err, Error::Tls { .. }), "{err:?}");
+    assert_eq!(key, p521);
     assert!(msg.contains("ECDSA P-256 or P-384"), "{msg}");
 }
 
