@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install what Ferry's example, tests and benchmarks need on a fresh Debian machine:
 # the real NBD peers (nbdkit, nbdcopy/nbdinfo, qemu-img/qemu-nbd/qemu-io), fio, and the
-# proxy and TLS peers (tinyproxy, socat, openssl).
+# proxy and TLS peers (tinyproxy, socat, openssl), and govmomi's vCenter simulator.
 # Idempotent: does nothing when everything is already there.
 set -euo pipefail
 
@@ -17,6 +17,10 @@ command -v python3 >/dev/null || need+=(python3)
 command -v tinyproxy >/dev/null || need+=(tinyproxy)
 command -v socat >/dev/null || need+=(socat)
 command -v openssl >/dev/null || need+=(openssl)
+# govmomi's vCenter simulator, an independent vCenter: tests/vcsim/main.go is built
+# against Debian's govmomi source (GOPATH mode, offline) by the tests that use it.
+command -v go >/dev/null || need+=(golang-go)
+[ -d /usr/share/gocode/src/github.com/vmware/govmomi/simulator ] || need+=(golang-github-vmware-govmomi-dev)
 
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""

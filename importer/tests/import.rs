@@ -20,6 +20,8 @@
 mod common;
 #[path = "../../vsphere/tests/support/proxy_peers.rs"]
 mod proxy_peers;
+#[path = "../../vsphere/tests/support/vcsim.rs"]
+mod vcsim;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -2588,4 +2590,73 @@ fn cdi_pod_reaches_vcenter_through_an_https_proxy() {
         &["TLS to the proxy", &https_proxy[8..]],
     );
     assert!(!pod.vddk_calls().iter().any(|l| l.starts_with("ConnectEx")));
+}
+
+#[test]
+fn cdi_pod_against_govmomis_vcenter_simulator() {
+    // The vCenter is govmomi's simulator (vcsim 0.24, from Debian), not our fake: the
+    // lookups CDI's VDDK source makes (FindByUuid, the disk by backing file, the
+    // checkpoint by name as FindSnapshot resolves it) run against an implementation
+    // nobody here wrote. The disk's bytes still come from the fake VDDK.
+    if !require(&["nbdkit", "nbdcopy", "cmp"]) || !vcsim::available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sim = vcsim::Vcsim::start(dir.path(), false);
+    let size = sim.info["capacity"].as_u64().unwrap();
+    assert_eq!(size, 32 * MIB);
+    let src = sparse_random(dir.path(), "32M", 25, 56);
+    let reference = nbdcopy_reference(&src.uri(), dir.path());
+    let (user, password) = ("administrator@vsphere.local", "s3cr&t<pw>");
+    for (what, uuid, checkpoint) in [
+        (
+            "cold, instance UUID",
+            sim.get("instance_uuid"),
+            String::new(),
+        ),
+        ("cold, BIOS UUID", sim.get("bios_uuid"), String::new()),
+        (
+            "checkpoint by name",
+            sim.get("instance_uuid"),
+            sim.get("snapshot_name"),
+        ),
+    ] {
+        let final_ = if checkpoint.is_empty() { "" } else { "false" };
+        let mut pod = Pod::cdi(&CdiPvc {
+            request: cdi_request(size, 0.06),
+            checkpoints: (&checkpoint, "", final_),
+            ..Default::default()
+        });
+        let (disk, snapshot) = if checkpoint.is_empty() {
+            (sim.get("disk"), None)
+        } else {
+            (sim.get("snapshot_disk"), Some(sim.get("snapshot")))
+        };
+        let thumbprint = sim.get("thumbprint");
+        let vlog = pod.vddk_log.display().to_string();
+        pod.set("IMPORTER_ENDPOINT", &sim.get("url"))
+            .set("IMPORTER_UUID", &uuid)
+            .set("IMPORTER_BACKING_FILE", &sim.get("disk"))
+            .set("IMPORTER_THUMBPRINT", &thumbprint)
+            .set("IMPORTER_ACCESS_KEY_ID", user)
+            .set("IMPORTER_SECRET_KEY", password)
+            .set("FAKE_VDDK_LOG", &vlog)
+            .set("FAKE_VDDK_BACKING", &src.uri())
+            .set("FAKE_VDDK_THUMBPRINT", &thumbprint)
+            .set("FAKE_VDDK_SERVER", "127.0.0.1")
+            .set("FAKE_VDDK_USER", user)
+            .set("FAKE_VDDK_PASSWORD", password)
+            .set("FAKE_VDDK_VM", &format!("moref={}", sim.get("vm")))
+            .set("FAKE_VDDK_DISK", &disk);
+        if let Some(s) = &snapshot {
+            pod.set("FAKE_VDDK_SNAPSHOT", s);
+        }
+        let r = pod.run();
+        assert_success(&r, what);
+        assert_identical(&pod.disk_img(), &reference, what);
+        let mut want = vddk_complete(false);
+        want["vddkInfo"]["Host"] = json!(sim.get("host"));
+        assert_termination_json(&pod, &want, what);
+        assert_vddk_closed(&pod, what);
+    }
 }

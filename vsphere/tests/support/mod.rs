@@ -1,1 +1,2 @@
 pub mod proxy_peers;
+pub mod vcsim;
