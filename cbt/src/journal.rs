@@ -64,10 +64,12 @@ pub struct Sample {
 impl Sample {
     /// The sample of `bytes` at `offset` (at most [`MAX_SAMPLE_BYTES`] of them count).
     pub fn of(offset: u64, bytes: &[u8]) -> Sample {
-        let n = bytes.len().min(MAX_SAMPLE_BYTES as usize);
+        let len = u32::try_from(bytes.len()).map_or(MAX_SAMPLE_BYTES, |n| n.min(MAX_SAMPLE_BYTES));
+        // `len` ≤ MAX_SAMPLE_BYTES ≤ bytes.len(), so it indexes `bytes`.
+        let n = bytes.len().min(len as usize);
         Sample {
             offset,
-            len: n as u32,
+            len,
             crc: crc32fast::hash(&bytes[..n]),
         }
     }

@@ -18,6 +18,10 @@
 //! at `u64::MAX`. The crate does no I/O.
 
 #![forbid(unsafe_code)]
+// Every narrowing or sign-dropping `as` in library code is a finding; unit tests build
+// their fixtures with plain casts.
+#![warn(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+#![cfg_attr(test, allow(clippy::cast_possible_truncation, clippy::cast_sign_loss))]
 
 pub mod journal;
 

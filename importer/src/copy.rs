@@ -29,8 +29,6 @@ use crate::progress::Progress;
 use crate::sink::{Sink, TargetKind, ZeroOutcome};
 use crate::source::Source;
 
-/// Size of the windows the allocation is queried in.
-pub const EXTENT_WINDOW: u64 = 1 << 30;
 /// Largest single zeroing request.
 pub const MAX_ZERO_REQUEST: u64 = 1 << 30;
 /// Zeroing requests in flight at once (they hold no buffer).
@@ -134,7 +132,7 @@ impl Watermark {
     fn complete(&mut self, idx: u64) {
         if let Some(slot) = idx
             .checked_sub(self.base)
-            .and_then(|i| self.order.get_mut(i as usize))
+            .and_then(|i| self.order.get_mut(crate::num::usize_of(i)))
         {
             slot.1 = true;
         }
@@ -209,7 +207,7 @@ pub async fn copy(
         )));
     }
     let max_read = source.max_read().max(align);
-    let buf_size = (opts.buf_size as u64).min(max_read / align * align) as usize;
+    let buf_size = crate::num::usize_of((opts.buf_size as u64).min(max_read / align * align));
     let mut free: Vec<Buf> = (0..opts.buf_count.max(1))
         .map(|_| Buf::new(buf_size))
         .collect();
@@ -358,7 +356,7 @@ pub async fn copy(
                         let Some(mut buf) = free.pop() else {
                             unreachable!("capacity checked above")
                         };
-                        buf.set_len(item.length as usize);
+                        buf.set_len(crate::num::usize_of(item.length));
                         let (src, snk) = (source.clone(), sink.clone());
                         let detect = opts.detect_zeroes && sink.kind() == TargetKind::NewFile;
                         let (retry, progress) = (opts.retry, progress.clone());
@@ -496,7 +494,10 @@ fn settle(
         } => {
             if let (Some(j), true) = (journal, written) {
                 // What was written here is a sample the journal may carry as proof.
-                j.offer(offset, &buf.as_slice()[..sample_len.min(len) as usize]);
+                j.offer(
+                    offset,
+                    &buf.as_slice()[..crate::num::usize_of(sample_len.min(len))],
+                );
             }
             free.push(buf);
             stats.bytes_read += len;

@@ -17,15 +17,6 @@ pub const MAX_EXTENTS_FILE_BYTES: u64 = 256 * 1024 * 1024;
 /// Cap on the number of areas in a changed-extents file.
 pub const MAX_CHANGED_EXTENTS: usize = 4 * 1024 * 1024;
 
-/// Where the changed areas come from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ChangeSource {
-    /// The NBD source's `qemu:dirty-bitmap:<name>` meta context.
-    DirtyBitmap(String),
-    /// A JSON file of areas.
-    ExtentsFile(std::path::PathBuf),
-}
-
 #[derive(serde::Deserialize)]
 struct Area {
     offset: u64,

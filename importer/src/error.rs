@@ -53,6 +53,10 @@ pub enum Error {
     /// vSphere API failure (login, TLS, VM or disk lookup).
     #[error(transparent)]
     Vsphere(ferry_vsphere::Error),
+    /// An extent map could not hold what a source reported (overlap, overflow, or more
+    /// than [`ferry_cbt::MAX_EXTENTS`] areas): the copy stops rather than skip data.
+    #[error("source extents: {0}")]
+    Extents(#[from] ferry_cbt::ExtentError),
     /// No usable I/O engine.
     #[error(transparent)]
     Engine(#[from] crate::engine::EngineError),

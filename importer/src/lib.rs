@@ -5,6 +5,10 @@
 //! and a [`sink::Sink`] writes them with an [`engine::IoEngine`] (io_uring or plain
 //! syscalls). Unsafe code lives only in the io_uring engine.
 #![deny(unsafe_code)]
+// Every narrowing or sign-dropping `as` in library code is a finding; unit tests build
+// their fixtures with plain casts.
+#![warn(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+#![cfg_attr(test, allow(clippy::cast_possible_truncation, clippy::cast_sign_loss))]
 
 pub mod buf;
 pub mod copy;
@@ -16,6 +20,7 @@ pub mod error;
 pub mod fuzzing;
 pub mod import;
 pub mod journal;
+pub mod num;
 pub mod progress;
 pub mod report;
 pub mod retry;

@@ -1,5 +1,7 @@
 //! The `ferry` binary: argument parsing, logging, signals, and the one-line error edge.
 
+#![forbid(unsafe_code)]
+
 mod cli;
 
 use std::process::ExitCode;

@@ -96,7 +96,7 @@ pub async fn read(
             {
                 n += 1;
                 let wait = policy.backoff(n);
-                tracing::warn!(offset, attempt = n, of = policy.retries, error = %e, wait_ms = wait.as_millis() as u64, "read failed; reading again");
+                tracing::warn!(offset, attempt = n, of = policy.retries, error = %e, wait_ms = crate::num::u64_saturating(wait.as_millis()), "read failed; reading again");
                 progress.add_retry();
                 tokio::time::sleep(wait).await;
                 buf = Buf::new(capacity);
@@ -169,7 +169,7 @@ pub async fn copy_retrying(
         loop {
             in_a_row += 1;
             let wait = policy.backoff(in_a_row);
-            tracing::warn!(attempt = in_a_row, of = policy.retries, error = %err, resume_at = durable, wait_ms = wait.as_millis() as u64, "the source connection failed; opening it again and going on from the durable watermark");
+            tracing::warn!(attempt = in_a_row, of = policy.retries, error = %err, resume_at = durable, wait_ms = crate::num::u64_saturating(wait.as_millis()), "the source connection failed; opening it again and going on from the durable watermark");
             progress.add_retry();
             tokio::time::sleep(wait).await;
             match reopen().await {

@@ -425,9 +425,9 @@ impl Sink {
     async fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), Error> {
         let mut at = offset;
         let end = offset + len;
-        let mut buf = Buf::new(ZERO_WRITE_CHUNK.min(len as usize));
+        let mut buf = Buf::new(ZERO_WRITE_CHUNK.min(crate::num::usize_of(len)));
         while at < end {
-            let n = ((end - at) as usize).min(buf.capacity());
+            let n = crate::num::usize_of(end - at).min(buf.capacity());
             buf.set_len(n);
             let (b, r) = self.write(buf, at).await;
             r?;

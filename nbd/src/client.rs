@@ -935,7 +935,7 @@ async fn read_payload(rd: &mut BufReader<BoxRead>, length: u64) -> Result<Vec<u8
         }
         .into());
     }
-    let mut v = vec![0u8; length as usize];
+    let mut v = vec![0u8; index(length)?];
     rd.read_exact(&mut v).await?;
     Ok(v)
 }
@@ -1006,7 +1006,7 @@ async fn chunk_reply<B: ReadBuf>(
                 ))
             })?;
             cover(got, *len, rel, n)?;
-            let (s, e) = (rel as usize, (rel + n) as usize);
+            let (s, e) = (index(rel)?, index(rel + n)?);
             rd.read_exact(&mut buf.as_mut_bytes()[s..e]).await?;
         }
         chunk::OFFSET_HOLE => {
@@ -1035,7 +1035,7 @@ async fn chunk_reply<B: ReadBuf>(
                 ))
             })?;
             cover(got, *len, rel, n)?;
-            buf.as_mut_bytes()[rel as usize..(rel + n) as usize].fill(0);
+            buf.as_mut_bytes()[index(rel)?..index(rel + n)?].fill(0);
         }
         chunk::NONE => {
             if length != 0 {
@@ -1121,4 +1121,10 @@ fn complete<B>(p: Pending<B>) {
             let _ = tx.send(error.map_or(Ok(()), Err));
         }
     }
+}
+
+/// An offset or length inside a request's buffer (already checked against it) as an
+/// index.
+fn index(n: u64) -> Result<usize, ProtocolError> {
+    usize::try_from(n).map_err(|_| ProtocolError::Invalid(format!("{n} does not fit in memory")))
 }

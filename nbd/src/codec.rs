@@ -267,13 +267,29 @@ pub fn encode_option(option: u32, data: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(data);
 }
 
+/// A length as the protocol's big-endian u32, or [`ProtocolError::TooLong`].
+fn be_u32_len(what: &'static str, n: usize) -> Result<[u8; 4], ProtocolError> {
+    u32::try_from(n)
+        .map(u32::to_be_bytes)
+        .map_err(|_| ProtocolError::TooLong {
+            what,
+            len: n as u64,
+            max: u64::from(u32::MAX),
+        })
+}
+
 /// Payload of NBD_OPT_GO / NBD_OPT_INFO: the export name and the info types asked for.
 pub fn go_payload(export: &str, infos: &[u16]) -> Result<Vec<u8>, ProtocolError> {
     check_name(export)?;
     let mut d = Vec::with_capacity(6 + export.len() + 2 * infos.len());
-    d.extend_from_slice(&(export.len() as u32).to_be_bytes());
+    d.extend_from_slice(&be_u32_len("name", export.len())?);
     d.extend_from_slice(export.as_bytes());
-    d.extend_from_slice(&(infos.len() as u16).to_be_bytes());
+    let n = u16::try_from(infos.len()).map_err(|_| ProtocolError::TooLong {
+        what: "info requests",
+        len: infos.len() as u64,
+        max: u64::from(u16::MAX),
+    })?;
+    d.extend_from_slice(&n.to_be_bytes());
     for i in infos {
         d.extend_from_slice(&i.to_be_bytes());
     }
@@ -284,12 +300,12 @@ pub fn go_payload(export: &str, infos: &[u16]) -> Result<Vec<u8>, ProtocolError>
 pub fn meta_context_payload(export: &str, queries: &[&str]) -> Result<Vec<u8>, ProtocolError> {
     check_name(export)?;
     let mut d = Vec::new();
-    d.extend_from_slice(&(export.len() as u32).to_be_bytes());
+    d.extend_from_slice(&be_u32_len("name", export.len())?);
     d.extend_from_slice(export.as_bytes());
-    d.extend_from_slice(&(queries.len() as u32).to_be_bytes());
+    d.extend_from_slice(&be_u32_len("meta context queries", queries.len())?);
     for q in queries {
         check_name(q)?;
-        d.extend_from_slice(&(q.len() as u32).to_be_bytes());
+        d.extend_from_slice(&be_u32_len("meta context query", q.len())?);
         d.extend_from_slice(q.as_bytes());
     }
     Ok(d)

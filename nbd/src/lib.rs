@@ -5,6 +5,10 @@
 //! driver that keeps many requests in flight on one connection, matched by cookie.
 //! [`uri`] parses NBD URIs. The crate knows nothing of files, VDDK or Kubernetes.
 #![forbid(unsafe_code)]
+// Every narrowing or sign-dropping `as` in library code is a finding; unit tests build
+// their fixtures with plain casts.
+#![warn(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+#![cfg_attr(test, allow(clippy::cast_possible_truncation, clippy::cast_sign_loss))]
 
 pub mod client;
 pub mod codec;

@@ -15,6 +15,10 @@
 //! project's VDDK `unsafe` lives in this crate.
 
 #![allow(unsafe_code)]
+// Every narrowing or sign-dropping `as` in library code is a finding; unit tests build
+// their fixtures with plain casts.
+#![warn(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+#![cfg_attr(test, allow(clippy::cast_possible_truncation, clippy::cast_sign_loss))]
 
 #[allow(
     non_camel_case_types,

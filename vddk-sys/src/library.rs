@@ -46,10 +46,10 @@ unsafe fn forward(level: LogLevel, fmt: *const c_char, args: *mut __va_list_tag)
     // SAFETY: buf is writable for its whole length and vsnprintf NUL-terminates within
     // it; fmt/args are the library's printf pair (caller's contract).
     let n = unsafe { vsnprintf(buf.as_mut_ptr().cast(), buf.len(), fmt, args) };
-    if n < 0 {
-        return;
-    }
-    let len = (n as usize).min(buf.len() - 1);
+    let Ok(n) = usize::try_from(n) else {
+        return; // negative: an encoding error
+    };
+    let len = n.min(buf.len() - 1);
     let line = String::from_utf8_lossy(&buf[..len]);
     if let Some(sink) = LOG_SINK.get() {
         sink(level, line.trim_end());

@@ -52,6 +52,12 @@
 //! system roots and [`ClientOptions::proxy_ca_dirs`]). A server certificate whose key the
 //! TLS stack cannot use is named by key type and size (see [`tls`]).
 
+#![forbid(unsafe_code)]
+// Every narrowing or sign-dropping `as` in library code is a finding; unit tests build
+// their fixtures with plain casts.
+#![warn(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+#![cfg_attr(test, allow(clippy::cast_possible_truncation, clippy::cast_sign_loss))]
+
 pub mod cbt;
 pub mod client;
 pub mod error;

@@ -260,7 +260,7 @@ async fn data_bytes(src: &str, tuning: &Tuning) -> anyhow::Result<(u64, u64)> {
     let mut data = 0;
     let mut at = 0;
     while at < size {
-        let len = ferry::copy::EXTENT_WINDOW.min(size - at);
+        let len = ferry::source::EXTENT_WINDOW.min(size - at);
         data += s.extents(at, len).await?.bytes(ferry_cbt::ExtentKind::Data);
         at += len;
     }

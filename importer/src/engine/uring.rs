@@ -318,7 +318,8 @@ fn complete(slab: &mut Slab, slot: usize, res: i32) -> Option<usize> {
                 let _ = b.tx.send((b.buf, Err(e)));
                 return None;
             }
-            b.done += res as usize;
+            // A negative result was an error above; this one is a byte count.
+            b.done += usize::try_from(res).unwrap_or(0);
             if b.done < b.buf.len() {
                 return Some(slab.insert(Op::Buf(b)));
             }
@@ -412,7 +413,7 @@ fn ring_thread(
                 wake_armed = false;
                 continue;
             }
-            if let Some(again) = complete(&mut slab, ud as usize, res) {
+            if let Some(again) = complete(&mut slab, crate::num::usize_of(ud), res) {
                 pending.push_back(again);
             }
         }

@@ -196,10 +196,11 @@ pub fn parse_quantity(s: &str) -> Option<u64> {
     let int: u64 = if int.is_empty() { 0 } else { int.parse().ok()? };
     let mut bytes = int.checked_mul(mult)?;
     if !frac.is_empty() {
-        let digits = frac.len().min(18) as u32;
-        let f: u64 = frac[..digits as usize].parse().ok()?;
-        let scale = 10u64.pow(digits);
-        bytes = bytes.checked_add((u128::from(f) * u128::from(mult) / u128::from(scale)) as u64)?;
+        let digits = frac.len().min(18);
+        let f: u64 = frac[..digits].parse().ok()?;
+        let scale = 10u64.pow(u32::try_from(digits).ok()?);
+        let part = u64::try_from(u128::from(f) * u128::from(mult) / u128::from(scale)).ok()?;
+        bytes = bytes.checked_add(part)?;
     }
     Some(bytes)
 }

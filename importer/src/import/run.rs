@@ -230,7 +230,7 @@ pub fn available_bytes(dir: &std::path::Path) -> Result<u64, Error> {
 /// `pkg/importer/data-processor.go` `calculateTargetSize`).
 pub fn usable_space(available: u64, image_size: Option<u64>, overhead: f64) -> u64 {
     let target = image_size.map_or(available, |r| r.min(available));
-    let usable = (target as f64 / (1.0 + overhead)).ceil() as u64;
+    let usable = crate::num::u64_ceil(target as f64 / (1.0 + overhead));
     usable / USABLE_ALIGN * USABLE_ALIGN
 }
 
@@ -456,7 +456,7 @@ pub async fn run(
     let mut changed = None;
     let mut round = None;
     let mut vddk_opts = None;
-    let nbd = NbdSourceOptions::new(t.connections as usize, t.timeout, true);
+    let nbd = NbdSourceOptions::new(crate::num::usize_of(t.connections), t.timeout, true);
     let source: Arc<dyn Source> = match cfg.source {
         SourceKind::Vddk => {
             let disk = lookup(cfg).await?;
@@ -601,8 +601,8 @@ pub async fn run(
         )?,
     };
     let opts = CopyOptions {
-        buf_size: (t.buf_size_in_64k * 64 * 1024) as usize,
-        buf_count: t.buf_count as usize,
+        buf_size: crate::num::usize_of(t.buf_size_in_64k * 64 * 1024),
+        buf_count: crate::num::usize_of(t.buf_count),
         use_extents: true,
         detect_zeroes: true,
         changes: changed.map(|(_, m)| crate::copy::Changes::Map(Arc::new(m))),

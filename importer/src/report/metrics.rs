@@ -88,7 +88,7 @@ pub fn percent(done: u64, total: u64) -> Option<u64> {
     if total == 0 {
         return None;
     }
-    Some(((done as u128 * 100 / total as u128) as u64).min(100))
+    Some(crate::num::u64_saturating(u128::from(done) * 100 / u128::from(total)).min(100))
 }
 
 impl Metrics {

@@ -64,7 +64,7 @@ pub struct PercentTracker {
 
 fn rate(bytes: u64, from: Instant, to: Instant) -> Option<u64> {
     let secs = to.checked_duration_since(from)?.as_secs_f64();
-    (secs > 0.0).then(|| (bytes as f64 / secs) as u64)
+    (secs > 0.0).then(|| crate::num::u64_floor(bytes as f64 / secs))
 }
 
 impl PercentTracker {

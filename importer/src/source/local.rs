@@ -67,27 +67,27 @@ impl LocalSource {
         while at < end {
             let pos = i64::try_from(at).map_err(|_| Error::Source("offset beyond 2^63".into()))?;
             let data = match lseek(&*self.file, pos, Whence::SeekData) {
-                Ok(d) => d as u64,
+                Ok(d) => u64::try_from(d).map_err(|_| io(Errno::EINVAL))?,
                 Err(Errno::ENXIO) => end, // no data after `at`
                 Err(Errno::EINVAL | Errno::EOPNOTSUPP) => {
-                    let _ = map.push(Extent::new(at, end - at, ExtentKind::Data));
+                    map.push(Extent::new(at, end - at, ExtentKind::Data))?;
                     return Ok(map);
                 }
                 Err(e) => return Err(io(e)),
             };
             let data = data.min(end);
             if data > at {
-                let _ = map.push(Extent::new(at, data - at, ExtentKind::Hole));
+                map.push(Extent::new(at, data - at, ExtentKind::Hole))?;
             }
             if data >= end {
                 break;
             }
             let hole = match lseek(&*self.file, data as i64, Whence::SeekHole) {
-                Ok(h) => (h as u64).min(end),
+                Ok(h) => u64::try_from(h).map_err(|_| io(Errno::EINVAL))?.min(end),
                 Err(e) => return Err(io(e)),
             };
             let hole = hole.max(data + 1);
-            let _ = map.push(Extent::new(data, hole - data, ExtentKind::Data));
+            map.push(Extent::new(data, hole - data, ExtentKind::Data))?;
             at = hole;
         }
         Ok(map)

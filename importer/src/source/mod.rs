@@ -22,6 +22,10 @@ use crate::buf::Buf;
 use crate::engine::BoxFuture;
 use crate::error::Error;
 
+/// Size of the windows the allocation is queried in, unless a source says otherwise
+/// ([`Source::extent_window`]).
+pub const EXTENT_WINDOW: u64 = 1 << 30;
+
 /// A disk to copy from.
 pub trait Source: Send + Sync + std::fmt::Debug {
     /// For logs and errors.
@@ -35,7 +39,7 @@ pub trait Source: Send + Sync + std::fmt::Debug {
     /// How much of the disk to ask `extents` about at once (sources whose allocation
     /// queries are slow answer large windows).
     fn extent_window(&self) -> u64 {
-        crate::copy::EXTENT_WINDOW
+        EXTENT_WINDOW
     }
     /// Allocation of `[offset, offset+len)`: the returned map covers exactly that range.
     /// Sources that cannot tell return one Data extent.

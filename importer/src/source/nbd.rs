@@ -20,10 +20,11 @@ const BASE_ALLOCATION: &str = "base:allocation";
 const DIRTY_BITMAP_PREFIX: &str = "qemu:dirty-bitmap:";
 
 /// `base:allocation` flags → extent kind. HOLE without ZERO reads as undefined: copy it.
-fn allocation_kind(flags: u32) -> Option<ExtentKind> {
-    Some(if flags & STATE_ZERO != 0 && flags & STATE_HOLE != 0 {
+fn allocation_kind(flags: u64) -> Option<ExtentKind> {
+    let (zero, hole) = (u64::from(STATE_ZERO), u64::from(STATE_HOLE));
+    Some(if flags & zero != 0 && flags & hole != 0 {
         ExtentKind::Hole
-    } else if flags & STATE_ZERO != 0 {
+    } else if flags & zero != 0 {
         ExtentKind::Zero
     } else {
         ExtentKind::Data
@@ -31,8 +32,8 @@ fn allocation_kind(flags: u32) -> Option<ExtentKind> {
 }
 
 /// `qemu:dirty-bitmap:` flags → Data for dirty (changed) ranges, nothing otherwise.
-fn dirty_kind(flags: u32) -> Option<ExtentKind> {
-    (flags & STATE_DIRTY != 0).then_some(ExtentKind::Data)
+fn dirty_kind(flags: u64) -> Option<ExtentKind> {
+    (flags & u64::from(STATE_DIRTY) != 0).then_some(ExtentKind::Data)
 }
 
 /// How to connect to an NBD source.
@@ -162,7 +163,7 @@ impl NbdSource {
         offset: u64,
         len: u64,
         ctx: u32,
-        kind: fn(u32) -> Option<ExtentKind>,
+        kind: fn(u64) -> Option<ExtentKind>,
     ) -> Result<ExtentMap, ferry_nbd::Error> {
         let end = offset + len;
         let mut map = ExtentMap::new();
@@ -181,9 +182,14 @@ impl NbdSource {
             let before = at;
             for d in descs {
                 let n = d.length.min(end - at);
-                // Extents are consecutive from `at`, so push never overlaps.
-                if let Some(k) = kind(d.flags as u32) {
-                    let _ = map.push(Extent::new(at, n, k));
+                // Extents are consecutive from `at`, so push never overlaps; a server
+                // that describes more areas than a map holds is refused, not truncated.
+                if let Some(k) = kind(d.flags) {
+                    map.push(Extent::new(at, n, k)).map_err(|e| {
+                        ferry_nbd::Error::Protocol(ferry_nbd::ProtocolError::Invalid(format!(
+                            "block status: {e}"
+                        )))
+                    })?;
                 }
                 at += n;
                 if at >= end {

@@ -55,7 +55,7 @@ impl SyntheticSource {
         while !rest.is_empty() {
             let block = at / SYNTHETIC_BLOCK;
             let block_end = (block + 1) * SYNTHETIC_BLOCK;
-            let n = ((block_end - at) as usize).min(rest.len());
+            let n = crate::num::usize_of(block_end - at).min(rest.len());
             let (here, tail) = rest.split_at_mut(n);
             if self.block_is_data(block) {
                 fill_data(self.spec.seed, at, here);
@@ -75,7 +75,7 @@ fn fill_data(seed: u64, offset: u64, out: &mut [u8]) {
     while i < out.len() {
         let word = at & !7;
         let v = mix(word ^ seed).to_le_bytes();
-        let from = (at - word) as usize;
+        let from = crate::num::usize_of(at - word);
         let n = (8 - from).min(out.len() - i);
         out[i..i + n].copy_from_slice(&v[from..from + n]);
         i += n;
@@ -116,7 +116,7 @@ impl Source for SyntheticSource {
                 } else {
                     ExtentKind::Hole
                 };
-                let _ = map.push(Extent::new(at, n, kind));
+                map.push(Extent::new(at, n, kind))?;
                 at += n;
             }
             Ok(map)

@@ -32,6 +32,8 @@
 //! `QueryChangedDiskAreas vm=vm-123 snapshot=snapshot-7 key=2000 start=0 changeId=*`,
 //! `Logout`; a call answered with a fault gets ` fault=<Name>` appended.
 
+#![forbid(unsafe_code)]
+
 pub mod inventory;
 mod xml;
 

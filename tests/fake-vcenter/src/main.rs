@@ -4,6 +4,8 @@
 //! `fake-vcenter-cert.pem` next to the ready file, then one JSON line to the ready file:
 //! `{"port":N,"thumbprint":"AA:…","cert_pem_path":"…"}`, and serves until killed.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

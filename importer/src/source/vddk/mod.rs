@@ -113,7 +113,7 @@ pub fn init(
                 return Err(VddkError::Usage(format!(
                     "VDDK config {}: {}",
                     p.display(),
-                    config::ConfigError::TooLarge(meta.len() as usize)
+                    config::ConfigError::TooLarge(crate::num::usize_of(meta.len()))
                 )));
             }
             let text = std::fs::read_to_string(p).map_err(|e| {
@@ -380,8 +380,13 @@ impl Drop for VddkSource {
 
 /// Turn allocated byte ranges into an extent map over `[offset, end)`: allocated runs
 /// are Data, gaps are Hole, and anything past `queried_end` (the tail VDDK cannot
-/// query) is Data.
-pub fn blocks_to_map(offset: u64, end: u64, queried_end: u64, blocks: &[(u64, u64)]) -> ExtentMap {
+/// query) is Data. More areas than a map holds is an error, never a truncated map.
+pub fn blocks_to_map(
+    offset: u64,
+    end: u64,
+    queried_end: u64,
+    blocks: &[(u64, u64)],
+) -> Result<ExtentMap, ferry_cbt::ExtentError> {
     let mut map = ExtentMap::new();
     let mut at = offset;
     let mut sorted: Vec<(u64, u64)> = blocks.to_vec();
@@ -393,20 +398,20 @@ pub fn blocks_to_map(offset: u64, end: u64, queried_end: u64, blocks: &[(u64, u6
             continue;
         }
         if s > at {
-            let _ = map.push(Extent::new(at, s - at, ExtentKind::Hole));
+            map.push(Extent::new(at, s - at, ExtentKind::Hole))?;
         }
-        let _ = map.push(Extent::new(s, e - s, ExtentKind::Data));
+        map.push(Extent::new(s, e - s, ExtentKind::Data))?;
         at = e;
     }
     let holes_end = queried_end.clamp(offset, end);
     if holes_end > at {
-        let _ = map.push(Extent::new(at, holes_end - at, ExtentKind::Hole));
+        map.push(Extent::new(at, holes_end - at, ExtentKind::Hole))?;
         at = holes_end;
     }
     if end > at {
-        let _ = map.push(Extent::new(at, end - at, ExtentKind::Data));
+        map.push(Extent::new(at, end - at, ExtentKind::Data))?;
     }
-    map
+    Ok(map)
 }
 
 impl Source for VddkSource {
@@ -445,7 +450,7 @@ impl Source for VddkSource {
                 return Ok(data());
             }
             match self.query(start, queried_end).await {
-                Ok(blocks) => Ok(blocks_to_map(offset, end, queried_end.min(end), &blocks)),
+                Ok(blocks) => Ok(blocks_to_map(offset, end, queried_end.min(end), &blocks)?),
                 Err(e @ (VddkError::ConnectionLost { .. } | VddkError::WorkerGone)) => {
                     Err(crate::Error::Vddk(e))
                 }
@@ -662,7 +667,7 @@ mod tests {
 
     #[test]
     fn blocks_become_data_gaps_holes_and_the_unqueryable_tail_data() {
-        let m = blocks_to_map(0, 300_000, 262_144, &[(65536, 65536)]);
+        let m = blocks_to_map(0, 300_000, 262_144, &[(65536, 65536)]).unwrap();
         let v: Vec<(u64, u64, ExtentKind)> =
             m.iter().map(|e| (e.offset, e.length, e.kind)).collect();
         assert_eq!(
@@ -678,7 +683,7 @@ mod tests {
 
     #[test]
     fn blocks_outside_the_window_are_clipped() {
-        let m = blocks_to_map(65536, 131072, 131072, &[(0, 196608)]);
+        let m = blocks_to_map(65536, 131072, 131072, &[(0, 196608)]).unwrap();
         assert_eq!(m.as_slice(), &[Extent::new(65536, 65536, ExtentKind::Data)]);
     }
 }
