@@ -59,6 +59,7 @@
 #![cfg_attr(test, allow(clippy::cast_possible_truncation, clippy::cast_sign_loss))]
 
 pub mod cbt;
+pub mod changed_areas;
 pub mod client;
 pub mod error;
 pub mod proxy;
@@ -67,9 +68,8 @@ pub mod tls;
 pub mod transport;
 pub mod xml;
 
-pub use cbt::{
-    ChangedArea, ChangedAreasPage, for_each_changed_area_page, for_each_changed_area_page_from,
-};
+pub use cbt::{ChangedArea, ChangedAreasPage};
+pub use changed_areas::{for_each_changed_area_page, for_each_changed_area_page_from};
 pub use client::{Client, Disk, Vm};
 pub use error::Error;
 pub use proxy::{Proxy, ProxyConfig, ProxyScheme};
