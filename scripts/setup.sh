@@ -17,6 +17,8 @@ command -v python3 >/dev/null || need+=(python3)
 command -v tinyproxy >/dev/null || need+=(tinyproxy)
 command -v socat >/dev/null || need+=(socat)
 command -v openssl >/dev/null || need+=(openssl)
+# nginx serves files (whole and ranged GETs, HTTP and HTTPS) to ferry-http's tests.
+command -v nginx >/dev/null || need+=(nginx-light)
 # govmomi's vCenter simulator, an independent vCenter: tests/vcsim/main.go is built
 # against Debian's govmomi source (GOPATH mode, offline) by the tests that use it.
 command -v go >/dev/null || need+=(golang-go)

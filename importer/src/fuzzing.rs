@@ -90,7 +90,7 @@ pub fn proxy_env(data: &[u8]) {
     let mut lines: Vec<&str> = text.split('\n').collect();
     let host = lines.pop().unwrap_or_default();
     let vars: Vec<(&str, &str)> = lines.iter().filter_map(|l| l.split_once('=')).collect();
-    let cfg = ferry_vsphere::ProxyConfig::from_lookup(|name| {
+    let cfg = ferry_http::ProxyConfig::from_lookup(|name| {
         vars.iter()
             .rev()
             .find(|(k, _)| *k == name)
@@ -106,8 +106,8 @@ pub fn proxy_env(data: &[u8]) {
 /// A server certificate as a TLS handshake delivers it: reading its key type never
 /// panics.
 pub fn cert_key(data: &[u8]) {
-    if let Some(key) = ferry_vsphere::tls::describe_key(data) {
+    if let Some(key) = ferry_http::tls::describe_key(data) {
         let _ = key.supported();
-        let _ = ferry_vsphere::tls::key_problem(data);
+        let _ = ferry_http::tls::key_problem(data);
     }
 }

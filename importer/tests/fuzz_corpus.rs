@@ -74,7 +74,7 @@ fn cert_key_corpus_replays_without_panic() {
     for (p, b) in corpus("cert_key") {
         eprintln!("{}", p.display());
         ferry::fuzzing::cert_key(&b);
-        read += usize::from(ferry_vsphere::tls::describe_key(&b).is_some());
+        read += usize::from(ferry_http::tls::describe_key(&b).is_some());
         for n in (0..b.len()).step_by(7) {
             ferry::fuzzing::cert_key(&b[..n]);
         }

@@ -8,8 +8,8 @@ use zeroize::Zeroizing;
 
 use crate::cbt::ChangedAreasPage;
 use crate::soap::{self, DiskDevice, MoRef, ObjectContent, ResponseError, ServiceContent};
-use crate::tls::{self, TlsPolicy};
-use crate::transport::{ClientOptions, Endpoint, Transport};
+use crate::tls::TlsPolicy;
+use crate::transport::{ClientOptions, Transport, parse_endpoint};
 use crate::xml::Element;
 use crate::{Error, MAX_DATACENTERS, MAX_RETRIEVE_OBJECTS};
 
@@ -70,7 +70,7 @@ pub struct Client {
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Client")
-            .field("endpoint", &self.transport.endpoint.authority())
+            .field("endpoint", &self.transport.endpoint().authority())
             .field("user", &self.user)
             .field("password", &"<redacted>")
             .field("session", &"<redacted>")
@@ -137,9 +137,8 @@ impl Client {
         tls: &TlsPolicy,
         options: ClientOptions,
     ) -> Result<Client, Error> {
-        let endpoint = Endpoint::parse(endpoint)?;
-        let config = tls::client_config(tls)?;
-        let transport = Transport::new(endpoint, config, options);
+        let endpoint = parse_endpoint(endpoint)?;
+        let transport = Transport::new(endpoint, tls, options)?;
         let bootstrap = format!("urn:vim25/{BOOTSTRAP_VIM_VERSION}");
         let resp = Self::call_raw(
             &transport,
@@ -155,7 +154,7 @@ impl Client {
             _ => bootstrap,
         };
         tracing::debug!(
-            endpoint = %transport.endpoint.authority(),
+            endpoint = %transport.endpoint().authority(),
             api_type = content.api_type.as_deref().unwrap_or("?"),
             soap_action,
             "vSphere service content"

@@ -118,3 +118,26 @@ impl Error {
         }
     }
 }
+
+impl From<ferry_http::Error> for Error {
+    fn from(e: ferry_http::Error) -> Self {
+        use ferry_http::Error as H;
+        match e {
+            H::Config(m) => Error::Config(m),
+            H::Tls { message } => Error::Tls { message },
+            H::Connect { address, message } => Error::Connect { address, message },
+            H::Transport {
+                address,
+                operation,
+                message,
+            } => Error::Transport {
+                address,
+                operation,
+                message,
+            },
+            H::Timeout { operation, after } => Error::Timeout { operation, after },
+            e @ (H::TooLarge { .. } | H::Request { .. }) => Error::Protocol(e.to_string()),
+            other => Error::Protocol(other.to_string()),
+        }
+    }
+}

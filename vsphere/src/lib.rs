@@ -46,11 +46,11 @@
 //!
 //! See [`TlsPolicy`]: a pinned SHA-1 thumbprint, or a CA directory with host name
 //! verification, or an explicitly insecure mode that logs a warning; otherwise the client
-//! refuses to connect. The ring provider is the only crypto provider. The proxy is chosen
-//! from the environment as Go's `http.ProxyFromEnvironment` chooses it (see [`proxy`]) and
-//! used through an HTTP `CONNECT` tunnel, over TLS for an `https://` proxy (trusting the
-//! system roots and [`ClientOptions::proxy_ca_dirs`]). A server certificate whose key the
-//! TLS stack cannot use is named by key type and size (see [`tls`]).
+//! refuses to connect. Connections, proxies and trust are `ferry-http`'s (re-exported
+//! here as [`proxy`], [`tls`] and [`ClientOptions`]): the proxy is chosen from the
+//! environment as Go's `http.ProxyFromEnvironment` chooses it and used through a `CONNECT`
+//! tunnel, over TLS for an `https://` proxy; a server certificate whose key the TLS stack
+//! cannot use is named by key type and size.
 
 #![forbid(unsafe_code)]
 // Every narrowing or sign-dropping `as` in library code is a finding; unit tests build
@@ -62,9 +62,7 @@ pub mod cbt;
 pub mod changed_areas;
 pub mod client;
 pub mod error;
-pub mod proxy;
 pub mod soap;
-pub mod tls;
 pub mod transport;
 pub mod xml;
 
@@ -72,12 +70,12 @@ pub use cbt::{ChangedArea, ChangedAreasPage};
 pub use changed_areas::{for_each_changed_area_page, for_each_changed_area_page_from};
 pub use client::{Client, Disk, Vm};
 pub use error::Error;
-pub use proxy::{Proxy, ProxyConfig, ProxyScheme};
+pub use ferry_http::{Proxy, ProxyConfig, ProxyScheme, proxy, tls};
 pub use tls::{TlsPolicy, normalize_thumbprint, thumbprint_of};
 pub use transport::{CALL_TIMEOUT, CONNECT_TIMEOUT, ClientOptions, Endpoint};
 
 /// Largest SOAP response body accepted.
-pub const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
+pub const MAX_RESPONSE_BYTES: usize = ferry_http::DEFAULT_MAX_BODY_BYTES;
 /// Most datacenters walked by [`Client::find_vm`].
 pub const MAX_DATACENTERS: usize = 10_000;
 /// Most devices read from one `config.hardware.device`.

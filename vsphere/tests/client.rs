@@ -544,7 +544,7 @@ async fn oversized_or_malformed_responses_are_protocol_errors() {
     // A configured smaller cap.
     let fake = start_with(inventory(), raw(200, vec![b'x'; 4096])).await;
     let o = ClientOptions {
-        max_response_bytes: 1024,
+        max_body_bytes: 1024,
         ..opts()
     };
     let err = Client::login_with_options(&fake.endpoint(), "u", "p", &pinned(&fake), o)

@@ -252,7 +252,7 @@ pub(crate) fn handshake_failure_hint(err: &rustls::Error) -> Option<String> {
 /// 3. `insecure`: anything is accepted, with a loud warning naming the presented
 ///    thumbprint.
 ///
-/// With none of them, [`crate::Client::login`] refuses to connect.
+/// With none of them, [`client_config`] (and so [`crate::Client::new`]) refuses to connect.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TlsPolicy {
     /// `AA:BB:…` (20 bytes, colon-separated, any case) SHA-1 of the leaf certificate.

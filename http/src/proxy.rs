@@ -22,21 +22,16 @@ use std::fmt;
 use std::net::IpAddr;
 
 use crate::Error;
+use crate::endpoint::{Endpoint, Scheme, authority, split_host_port};
 
 /// Longest proxy or `no_proxy` value read from the environment.
 pub const MAX_PROXY_ENV_BYTES: usize = 64 * 1024;
 /// Most `no_proxy` entries considered.
 pub const MAX_NO_PROXY_ENTRIES: usize = 4096;
 
-/// How the connection to the proxy itself is made.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProxyScheme {
-    /// Plain TCP to the proxy, then `CONNECT`.
-    Http,
-    /// TLS to the proxy (verified against the system roots and the proxy CA
-    /// directories), then `CONNECT` inside it.
-    Https,
-}
+/// How the connection to the proxy itself is made: plain TCP (`http://`), or TLS
+/// verified against the system roots and the proxy CA directories (`https://`).
+pub type ProxyScheme = Scheme;
 
 /// A proxy reached with `CONNECT`.
 #[derive(Clone, PartialEq, Eq)]
@@ -69,14 +64,6 @@ impl Proxy {
     /// `host:port`, with brackets around an IPv6 address.
     pub fn authority(&self) -> String {
         authority(&self.host, self.port)
-    }
-}
-
-fn authority(host: &str, port: u16) -> String {
-    if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
     }
 }
 
@@ -220,7 +207,11 @@ impl NoProxyEntry {
             let max = if net.is_ipv4() { 32 } else { 128 };
             return (bits <= max).then_some(NoProxyEntry::Cidr { net, bits });
         }
-        let (host, port) = split_host_port(&e);
+        // Go's `net.SplitHostPort` failing leaves the whole entry as the host.
+        let (host, port) = match split_host_port(&e) {
+            Ok((h, p)) => (h, p.map(str::to_string)),
+            Err(_) => (e.as_str(), None),
+        };
         if host.is_empty() {
             return None;
         }
@@ -259,26 +250,6 @@ impl NoProxyEntry {
     }
 }
 
-/// `host:port` → (host, Some(port)); `[v6]:port` → (v6, Some(port)); anything else, the
-/// whole entry as the host (Go's `net.SplitHostPort` failing).
-fn split_host_port(e: &str) -> (&str, Option<String>) {
-    if let Some(rest) = e.strip_prefix('[') {
-        if let Some((h, tail)) = rest.split_once(']') {
-            if let Some(p) = tail.strip_prefix(':') {
-                return (h, Some(p.to_string()));
-            }
-            if tail.is_empty() {
-                return (h, None);
-            }
-        }
-        return (e, None);
-    }
-    match e.split_once(':') {
-        Some((h, p)) if !p.contains(':') => (h, Some(p.to_string())),
-        _ => (e, None),
-    }
-}
-
 fn in_cidr(ip: IpAddr, net: IpAddr, bits: u8) -> bool {
     let (a, b, width) = match (ip, net) {
         (IpAddr::V4(a), IpAddr::V4(b)) => (
@@ -307,27 +278,19 @@ fn parse_proxy(name: &str, value: &str) -> Result<Proxy, Error> {
     }
     let bad = |why: &str| Error::Config(format!("{name}: {why}"));
     let v = value.trim();
-    let (scheme, rest) = match v.split_once("://") {
-        Some((s, r)) if !s.is_empty() => (s.to_ascii_lowercase(), r),
-        _ => ("http".to_string(), v),
-    };
-    let scheme = match scheme.as_str() {
-        "http" => ProxyScheme::Http,
-        "https" => ProxyScheme::Https,
-        other => {
-            return Err(bad(&format!(
-                "{other}:// proxies are not supported (only http:// and https://)"
-            )));
-        }
-    };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    let (credentials, hostport) = match authority.rsplit_once('@') {
-        Some((c, h)) => (Some(c), h),
-        None => (None, authority),
-    };
-    let credentials = credentials
+    if let Some((scheme, _)) = v.split_once("://")
+        && !matches!(scheme.to_ascii_lowercase().as_str(), "http" | "https")
+    {
+        return Err(bad(&format!(
+            "{scheme}:// proxies are not supported (only http:// and https://)"
+        )));
+    }
+    // Go's parseProxy: a value without a scheme is an http:// proxy.
+    let (ep, parsed) = Endpoint::parse(v, Scheme::Http).map_err(|why| bad(&why))?;
+    let credentials = parsed
+        .userinfo
         .map(|c| {
-            let (user, password) = c.split_once(':').unwrap_or((c, ""));
+            let (user, password) = c.split_once(':').unwrap_or((&c, ""));
             match (percent_decode(user), percent_decode(password)) {
                 (Some(u), Some(p)) if c.contains(':') => Ok(format!("{u}:{p}")),
                 (Some(u), Some(_)) => Ok(format!("{u}:")),
@@ -335,31 +298,10 @@ fn parse_proxy(name: &str, value: &str) -> Result<Proxy, Error> {
             }
         })
         .transpose()?;
-    let (host, port) = match split_host_port(hostport) {
-        (h, _) if h.starts_with('[') => return Err(bad("unclosed '[' in the proxy host")),
-        (h, Some(p)) => {
-            let p = p
-                .parse::<u16>()
-                .ok()
-                .filter(|p| *p != 0)
-                .ok_or_else(|| bad(&format!("bad proxy port {p:?}")))?;
-            (h, p)
-        }
-        (h, None) => (
-            h,
-            match scheme {
-                ProxyScheme::Http => 80,
-                ProxyScheme::Https => 443,
-            },
-        ),
-    };
-    if host.is_empty() || host.contains(':') && host.parse::<IpAddr>().is_err() {
-        return Err(bad("cannot read the proxy host"));
-    }
     Ok(Proxy {
-        scheme,
-        host: host.to_string(),
-        port,
+        scheme: ep.scheme,
+        host: ep.host,
+        port: ep.port,
         credentials,
     })
 }
