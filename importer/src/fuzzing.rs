@@ -42,14 +42,14 @@ pub fn import_env(data: &[u8]) {
     let _ = config::is_uuid(text);
     let _ = config::endpoint_host(text);
     const VARS: [&str; 8] = [
-        "IMPORTER_ENDPOINT",
-        "IMPORTER_IMAGE_SIZE",
-        "PREALLOCATION",
-        "FILESYSTEM_OVERHEAD",
-        "IMPORTER_CURRENT_CHECKPOINT",
-        "IMPORTER_PREVIOUS_CHECKPOINT",
-        "IMPORTER_THUMBPRINT",
-        "IMPORTER_UUID",
+        ferry_contract::env::IMPORTER_ENDPOINT,
+        ferry_contract::env::IMPORTER_IMAGE_SIZE,
+        ferry_contract::env::PREALLOCATION,
+        ferry_contract::env::FILESYSTEM_OVERHEAD,
+        ferry_contract::env::IMPORTER_CURRENT_CHECKPOINT,
+        ferry_contract::env::IMPORTER_PREVIOUS_CHECKPOINT,
+        ferry_contract::env::IMPORTER_THUMBPRINT,
+        ferry_contract::env::IMPORTER_UUID,
     ];
     let values = text
         .split('\n')

@@ -7,6 +7,7 @@ mod cli;
 use std::process::ExitCode;
 
 use clap::Parser;
+use ferry_contract::exit;
 
 fn main() -> ExitCode {
     // CDI's controller starts the importer image with klog's `-v=N` appended.
@@ -14,7 +15,7 @@ fn main() -> ExitCode {
         Ok(v) => v,
         Err(e) => {
             eprintln!("ferry: error: {e} (see ferry --help)");
-            return ExitCode::from(2);
+            return ExitCode::from(exit::USAGE);
         }
     };
     let args = match cli::Cli::try_parse_from(argv) {
@@ -37,7 +38,7 @@ fn main() -> ExitCode {
                 "ferry: error: {} (see ferry --help)",
                 line.trim_start_matches("error: ")
             );
-            return ExitCode::from(2);
+            return ExitCode::from(exit::USAGE);
         }
     };
     // The import pod logs JSON lines when not on a terminal (as CDI's controller and log
@@ -53,7 +54,7 @@ fn main() -> ExitCode {
     // library last — before the error line, so that line stays the last one.
     ferry::source::vddk::shutdown();
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => ExitCode::from(exit::SUCCESS),
         Err(e) => {
             let mut line = format!("{e:#}").replace('\n', " ");
             if import {
@@ -64,9 +65,9 @@ fn main() -> ExitCode {
             eprintln!("ferry: error: {line}");
             // 128 + signal number, as a shell reports a process ended by that signal.
             let code = match e.downcast_ref::<ferry::Error>() {
-                Some(ferry::Error::Cancelled("SIGINT")) => 130,
-                Some(ferry::Error::Cancelled("SIGTERM")) => 143,
-                _ => 1,
+                Some(ferry::Error::Cancelled("SIGINT")) => exit::CANCELLED_SIGINT,
+                Some(ferry::Error::Cancelled("SIGTERM")) => exit::CANCELLED_SIGTERM,
+                _ => exit::FAILURE,
             };
             ExitCode::from(code)
         }

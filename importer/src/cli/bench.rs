@@ -273,7 +273,7 @@ fn run_measured(tool: &str, cmd: Vec<String>) -> anyhow::Result<Sample> {
     let exe = std::env::current_exe()?;
     let status = Command::new(exe)
         // The measured ferry's info lines would interleave with the table.
-        .env("FERRY_LOG", "warn")
+        .env(ferry_contract::env::FERRY_LOG, "warn")
         .arg("__measure")
         .arg("--out")
         .arg(out.path())

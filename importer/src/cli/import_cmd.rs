@@ -21,84 +21,84 @@ use super::{DEFAULT_BUF_COUNT, DEFAULT_BUF_SIZE_IN_64K, DEFAULT_VDDK_BUF_COUNT};
 #[derive(Debug, Clone, Args)]
 pub struct ImportArgs {
     /// Source kind: vddk or nbd.
-    #[arg(long, env = "IMPORTER_SOURCE")]
+    #[arg(long, env = ferry_contract::env::IMPORTER_SOURCE)]
     pub source: Option<String>,
     /// vCenter/ESXi URL (vddk) or NBD URI (nbd).
-    #[arg(long, env = "IMPORTER_ENDPOINT")]
+    #[arg(long, env = ferry_contract::env::IMPORTER_ENDPOINT)]
     pub endpoint: Option<String>,
     /// vSphere user.
-    #[arg(long, env = "IMPORTER_ACCESS_KEY_ID")]
+    #[arg(long, env = ferry_contract::env::IMPORTER_ACCESS_KEY_ID)]
     pub user: Option<String>,
     /// vSphere password (prefer --password-file; the variable is how CDI passes it).
-    #[arg(long, env = "IMPORTER_SECRET_KEY", hide_env_values = true)]
+    #[arg(long, env = ferry_contract::env::IMPORTER_SECRET_KEY, hide_env_values = true)]
     pub password: Option<String>,
     /// File holding the vSphere password (first line); wins over IMPORTER_SECRET_KEY.
     #[arg(long, value_name = "FILE")]
     pub password_file: Option<PathBuf>,
     /// VM instance UUID (BIOS UUID accepted as a fallback).
-    #[arg(long, env = "IMPORTER_UUID")]
+    #[arg(long, env = ferry_contract::env::IMPORTER_UUID)]
     pub uuid: Option<String>,
     /// Datastore path of the base disk ("[ds1] vm/vm.vmdk").
-    #[arg(long, env = "IMPORTER_BACKING_FILE")]
+    #[arg(long, env = ferry_contract::env::IMPORTER_BACKING_FILE)]
     pub backing_file: Option<String>,
     /// SHA-1 thumbprint of the vSphere endpoint's certificate.
-    #[arg(long, env = "IMPORTER_THUMBPRINT")]
+    #[arg(long, env = ferry_contract::env::IMPORTER_THUMBPRINT)]
     pub thumbprint: Option<String>,
     /// Snapshot to copy (snapshot-123).
-    #[arg(long, env = "IMPORTER_CURRENT_CHECKPOINT")]
+    #[arg(long, env = ferry_contract::env::IMPORTER_CURRENT_CHECKPOINT)]
     pub current_checkpoint: Option<String>,
     /// Previous snapshot or change ID (warm-migration delta).
-    #[arg(long, env = "IMPORTER_PREVIOUS_CHECKPOINT")]
+    #[arg(long, env = ferry_contract::env::IMPORTER_PREVIOUS_CHECKPOINT)]
     pub previous_checkpoint: Option<String>,
     /// Last round of a warm migration (true/false).
-    #[arg(long, env = "IMPORTER_FINAL_CHECKPOINT")]
+    #[arg(long, env = ferry_contract::env::IMPORTER_FINAL_CHECKPOINT)]
     pub final_checkpoint: Option<String>,
     /// The DataVolume's UID: the label of the progress metric.
-    #[arg(long, env = "OWNER_UID")]
+    #[arg(long, env = ferry_contract::env::OWNER_UID)]
     pub owner_uid: Option<String>,
     /// Preallocate the target (true/false).
-    #[arg(long, env = "PREALLOCATION")]
+    #[arg(long, env = ferry_contract::env::PREALLOCATION)]
     pub preallocation: Option<String>,
     /// Fraction of a filesystem volume kept for the filesystem (e.g. 0.055).
-    #[arg(long, env = "FILESYSTEM_OVERHEAD")]
+    #[arg(long, env = ferry_contract::env::FILESYSTEM_OVERHEAD)]
     pub filesystem_overhead: Option<String>,
     /// Requested size of the volume (bytes or a quantity like 10Gi).
-    #[arg(long, env = "IMPORTER_IMAGE_SIZE")]
+    #[arg(long, env = ferry_contract::env::IMPORTER_IMAGE_SIZE)]
     pub image_size: Option<String>,
     /// Accept a vSphere API certificate without verification when no CA applies.
-    #[arg(long, env = "INSECURE_TLS")]
+    #[arg(long, env = ferry_contract::env::INSECURE_TLS)]
     pub insecure_tls: Option<String>,
     /// What the volume holds: `kubevirt` (a disk image; the only kind Ferry writes).
-    #[arg(long, env = "IMPORTER_CONTENTTYPE")]
+    #[arg(long, env = ferry_contract::env::IMPORTER_CONTENTTYPE)]
     pub content_type: Option<String>,
     /// Directory of CA certificates for the vSphere API.
-    #[arg(long, env = "IMPORTER_CERT_DIR")]
+    #[arg(long, env = ferry_contract::env::IMPORTER_CERT_DIR)]
     pub cert_dir: Option<String>,
     /// Directory of CA certificates for an https:// proxy [default: /proxycerts/].
-    #[arg(long, env = "IMPORTER_PROXY_CERT_DIR")]
+    #[arg(long, env = ferry_contract::env::IMPORTER_PROXY_CERT_DIR)]
     pub proxy_cert_dir: Option<String>,
     /// The VDDK distribution directory.
-    #[arg(long, env = "VDDK_LIBDIR")]
+    #[arg(long, env = ferry_contract::env::VDDK_LIBDIR)]
     pub vddk_libdir: Option<String>,
     /// Extra VDDK config file [default: /vddk-args/vddk-config-file when present].
-    #[arg(long, env = "VDDK_CONFIG_FILE")]
+    #[arg(long, env = ferry_contract::env::VDDK_CONFIG_FILE)]
     pub vddk_config: Option<String>,
     /// Where to write the termination message.
-    #[arg(long, env = "TERMINATION_LOG")]
+    #[arg(long, env = ferry_contract::env::TERMINATION_LOG)]
     pub termination_log: Option<String>,
     /// Resume journal [default: DIR/disk.img.ferry-journal in filesystem mode; block mode
     /// resumes only with a path in a volume that outlives the container].
-    #[arg(long, env = "FERRY_JOURNAL")]
+    #[arg(long, env = ferry_contract::env::FERRY_JOURNAL)]
     pub journal: Option<String>,
     /// The block-mode target; its presence selects block mode.
-    #[arg(long, env = "FERRY_BLOCK_DEVICE", default_value = config::DEFAULT_BLOCK_DEVICE)]
+    #[arg(long, env = ferry_contract::env::FERRY_BLOCK_DEVICE, default_value = config::DEFAULT_BLOCK_DEVICE)]
     pub block_device: PathBuf,
     /// The filesystem-mode volume (the image is DIR/disk.img).
-    #[arg(long, env = "FERRY_DATA_DIR", default_value = config::DEFAULT_DATA_DIR)]
+    #[arg(long, env = ferry_contract::env::FERRY_DATA_DIR, default_value = config::DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
     /// Address of the HTTPS metrics endpoint ("off" to disable); the default takes IPv6
     /// and IPv4 (IPv4 only on a host without IPv6), like CDI's importer on ":8443".
-    #[arg(long, env = "FERRY_METRICS_ADDR", default_value = "[::]:8443")]
+    #[arg(long, env = ferry_contract::env::FERRY_METRICS_ADDR, default_value = "[::]:8443")]
     pub metrics_addr: String,
     /// Buffer size in 64 KiB units; also VDDK's NFC AIO buffer size when given (0: not
     /// set) [default: the VDDK config file's vixDiskLib.nfcAio.Session.BufSizeIn64KB,
@@ -126,7 +126,7 @@ pub struct ImportArgs {
     pub timeout: u64,
     /// Transient source failures retried in a row without progress (reads read again,
     /// a lost connection opened again from the durable watermark); 0 turns them off.
-    #[arg(long, env = "FERRY_RETRIES", default_value_t = ferry::retry::DEFAULT_RETRIES, value_parser = clap::value_parser!(u32).range(0..=ferry::retry::MAX_RETRIES as i64))]
+    #[arg(long, env = ferry_contract::env::FERRY_RETRIES, default_value_t = ferry::retry::DEFAULT_RETRIES, value_parser = clap::value_parser!(u32).range(0..=ferry::retry::MAX_RETRIES as i64))]
     pub retries: u32,
     /// VDDK transports [default: file:nbdssl:nbd].
     #[arg(long)]
@@ -151,57 +151,112 @@ impl ImportArgs {
                 v.push((var, flag, s.clone()));
             }
         };
-        put("IMPORTER_SOURCE", "source", &self.source);
-        put("IMPORTER_ENDPOINT", "endpoint", &self.endpoint);
-        put("IMPORTER_ACCESS_KEY_ID", "user", &self.user);
-        put("IMPORTER_SECRET_KEY", "password", &self.password);
-        put("IMPORTER_UUID", "uuid", &self.uuid);
-        put("IMPORTER_BACKING_FILE", "backing-file", &self.backing_file);
-        put("IMPORTER_THUMBPRINT", "thumbprint", &self.thumbprint);
+        put(ferry_contract::env::IMPORTER_SOURCE, "source", &self.source);
         put(
-            "IMPORTER_CURRENT_CHECKPOINT",
+            ferry_contract::env::IMPORTER_ENDPOINT,
+            "endpoint",
+            &self.endpoint,
+        );
+        put(
+            ferry_contract::env::IMPORTER_ACCESS_KEY_ID,
+            "user",
+            &self.user,
+        );
+        put(
+            ferry_contract::env::IMPORTER_SECRET_KEY,
+            "password",
+            &self.password,
+        );
+        put(ferry_contract::env::IMPORTER_UUID, "uuid", &self.uuid);
+        put(
+            ferry_contract::env::IMPORTER_BACKING_FILE,
+            "backing-file",
+            &self.backing_file,
+        );
+        put(
+            ferry_contract::env::IMPORTER_THUMBPRINT,
+            "thumbprint",
+            &self.thumbprint,
+        );
+        put(
+            ferry_contract::env::IMPORTER_CURRENT_CHECKPOINT,
             "current-checkpoint",
             &self.current_checkpoint,
         );
         put(
-            "IMPORTER_PREVIOUS_CHECKPOINT",
+            ferry_contract::env::IMPORTER_PREVIOUS_CHECKPOINT,
             "previous-checkpoint",
             &self.previous_checkpoint,
         );
         put(
-            "IMPORTER_FINAL_CHECKPOINT",
+            ferry_contract::env::IMPORTER_FINAL_CHECKPOINT,
             "final-checkpoint",
             &self.final_checkpoint,
         );
-        put("OWNER_UID", "owner-uid", &self.owner_uid);
-        put("PREALLOCATION", "preallocation", &self.preallocation);
+        put(ferry_contract::env::OWNER_UID, "owner-uid", &self.owner_uid);
         put(
-            "FILESYSTEM_OVERHEAD",
+            ferry_contract::env::PREALLOCATION,
+            "preallocation",
+            &self.preallocation,
+        );
+        put(
+            ferry_contract::env::FILESYSTEM_OVERHEAD,
             "filesystem-overhead",
             &self.filesystem_overhead,
         );
-        put("IMPORTER_IMAGE_SIZE", "image-size", &self.image_size);
-        put("INSECURE_TLS", "insecure-tls", &self.insecure_tls);
-        put("IMPORTER_CONTENTTYPE", "content-type", &self.content_type);
-        put("IMPORTER_CERT_DIR", "cert-dir", &self.cert_dir);
         put(
-            "IMPORTER_PROXY_CERT_DIR",
+            ferry_contract::env::IMPORTER_IMAGE_SIZE,
+            "image-size",
+            &self.image_size,
+        );
+        put(
+            ferry_contract::env::INSECURE_TLS,
+            "insecure-tls",
+            &self.insecure_tls,
+        );
+        put(
+            ferry_contract::env::IMPORTER_CONTENTTYPE,
+            "content-type",
+            &self.content_type,
+        );
+        put(
+            ferry_contract::env::IMPORTER_CERT_DIR,
+            "cert-dir",
+            &self.cert_dir,
+        );
+        put(
+            ferry_contract::env::IMPORTER_PROXY_CERT_DIR,
             "proxy-cert-dir",
             &self.proxy_cert_dir,
         );
-        put("VDDK_LIBDIR", "vddk-libdir", &self.vddk_libdir);
-        put("VDDK_CONFIG_FILE", "vddk-config", &self.vddk_config);
-        put("TERMINATION_LOG", "termination-log", &self.termination_log);
-        put("FERRY_JOURNAL", "journal", &self.journal);
+        put(
+            ferry_contract::env::VDDK_LIBDIR,
+            "vddk-libdir",
+            &self.vddk_libdir,
+        );
+        put(
+            ferry_contract::env::VDDK_CONFIG_FILE,
+            "vddk-config",
+            &self.vddk_config,
+        );
+        put(
+            ferry_contract::env::TERMINATION_LOG,
+            "termination-log",
+            &self.termination_log,
+        );
+        put(ferry_contract::env::FERRY_JOURNAL, "journal", &self.journal);
         if let Some(f) = &self.password_file {
             let pw = ferry::source::vddk::options::read_password(Some(f)).map_err(|e| {
                 config::ConfigError {
-                    var: "IMPORTER_SECRET_KEY (--password-file)".into(),
+                    var: format!(
+                        "{} (--password-file)",
+                        ferry_contract::env::IMPORTER_SECRET_KEY
+                    ),
                     reason: e.to_string(),
                 }
             })?;
             v.push((
-                "IMPORTER_SECRET_KEY",
+                ferry_contract::env::IMPORTER_SECRET_KEY,
                 "password-file",
                 pw.expose().to_string(),
             ));
@@ -301,7 +356,8 @@ pub fn fail(termination_log: &std::path::Path, error: &str) {
     if let Err(e) = termination::write_failure(
         termination_log,
         &format!(
-            "Unable to process data: {}",
+            "{}{}",
+            ferry_contract::termination::FAILURE_PREFIX,
             ferry::import::messages::with_go_errno_text(error)
         ),
     ) {

@@ -14,11 +14,10 @@ use crate::sink::{DirectMode, Sink};
 use crate::source::vddk::options::{Compression, DEFAULT_TRANSPORTS, VddkOptions};
 use crate::source::{NbdSourceOptions, Source};
 
-/// The resume journal's name beside disk.img.
-pub const JOURNAL_NAME: &str = "disk.img.ferry-journal";
-
-/// Mode of a finished disk.img (CDI chmods it to 0660).
-pub const DISK_IMG_MODE: u32 = 0o660;
+pub use ferry_contract::round::{
+    BLOCK_JOURNAL_NAME, BLOCK_STATE_DIR, DISK_IMG_MODE, JOURNAL_NAME, MAX_ROUND_MARKER_BYTES,
+    ROUND_MARKER_NAME, Round, USABLE_ALIGN,
+};
 
 /// Tunables that are not part of CDI's contract.
 #[derive(Debug, Clone)]
@@ -208,9 +207,6 @@ pub fn vddk_options(cfg: &ImportConfig, disk: &VsphereDisk, t: &ImportTuning) ->
     }
 }
 
-/// CDI aligns a filesystem volume's usable size down to this.
-pub const USABLE_ALIGN: u64 = 1024 * 1024;
-
 /// Free bytes of the volume at `dir` for an unprivileged writer, as CDI's
 /// `GetAvailableSpace` counts them: f_bavail × f_bsize.
 pub fn available_bytes(dir: &std::path::Path) -> Result<u64, Error> {
@@ -332,12 +328,6 @@ fn device_size(dev: &std::path::Path) -> Result<u64, Error> {
         .map_err(|e| Error::Target(format!("cannot open target {}: {e}", dev.display())))
 }
 
-/// Directory for block mode's journal inside the VDDK library's parent directory (CDI's
-/// emptyDir at /opt).
-pub const BLOCK_STATE_DIR: &str = "ferry-state";
-/// Block mode's journal name there.
-pub const BLOCK_JOURNAL_NAME: &str = "block.ferry-journal";
-
 /// Block mode's default journal: `<libdir's parent>/ferry-state/block.ferry-journal`,
 /// when that directory can be made (`None`, logged, when it cannot).
 fn block_state_journal(libdir: &std::path::Path) -> Option<std::path::PathBuf> {
@@ -351,32 +341,11 @@ fn block_state_journal(libdir: &std::path::Path) -> Option<std::path::PathBuf> {
     }
 }
 
-/// The round marker's name beside disk.img.
-pub const ROUND_MARKER_NAME: &str = "disk.img.ferry-round";
-/// Cap on a round marker's size.
-pub const MAX_ROUND_MARKER_BYTES: u64 = 16 * 1024;
-
-/// What the last completed round wrote onto this target: a delta must start from it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Round {
-    /// IMPORTER_BACKING_FILE of the disk.
-    pub backing_file: String,
-    /// The snapshot copied (None for a plain cold import).
-    pub snapshot: Option<String>,
-    /// The disk's change ID in that snapshot, when CBT was on.
-    pub change_id: Option<String>,
-    /// Disk size.
-    pub size: u64,
-}
-
-impl Round {
-    fn write(&self, path: &std::path::Path) -> Result<(), Error> {
-        let text =
-            serde_json::to_vec(self).map_err(|e| Error::Usage(format!("round marker: {e}")))?;
-        crate::journal::atomic_replace(path, &text)
-            .map(|_| ())
-            .map_err(|e| Error::Target(format!("round marker {}: {e}", path.display())))
-    }
+/// Write `round` at `path`, atomically.
+fn write_round(round: &Round, path: &std::path::Path) -> Result<(), Error> {
+    crate::journal::atomic_replace(path, &round.encode())
+        .map(|_| ())
+        .map_err(|e| Error::Target(format!("round marker {}: {e}", path.display())))
 }
 
 /// A delta must start from the round the target holds: the marker left by the last
@@ -405,7 +374,7 @@ fn check_previous_round(
         Ok(_) => std::fs::read(marker)
             .map_err(|e| Error::Target(format!("cannot read {}: {e}; {full}", marker.display())))?,
     };
-    let r: Round = serde_json::from_slice(&bytes)
+    let r = Round::decode(&bytes)
         .map_err(|e| Error::Target(format!("{} is corrupt ({e}): {full}", marker.display())))?;
     let same_checkpoint =
         r.snapshot.as_deref() == Some(prev) || r.change_id.as_deref() == Some(prev_change_id);
@@ -443,9 +412,11 @@ pub async fn run(
     progress: Arc<Progress>,
 ) -> Result<Outcome, Error> {
     if cfg.previous_checkpoint.is_some() && cfg.source != SourceKind::Vddk {
-        return Err(Error::Usage(
-            "IMPORTER_PREVIOUS_CHECKPOINT: delta copies need IMPORTER_SOURCE=vddk".into(),
-        ));
+        return Err(Error::Usage(format!(
+            "{}: delta copies need {}=vddk",
+            ferry_contract::env::IMPORTER_PREVIOUS_CHECKPOINT,
+            ferry_contract::env::IMPORTER_SOURCE
+        )));
     }
     if cfg.source == SourceKind::Blank {
         return blank(cfg, engine, progress).await;
@@ -651,7 +622,7 @@ pub async fn run(
     }
     if let (Some(m), Some(mut r)) = (&marker, round) {
         r.size = size;
-        r.write(m)?;
+        write_round(&r, m)?;
     }
     if matches!(cfg.target, Target::Filesystem { .. }) {
         // As CDI leaves it: group-writable for the pod's fsGroup (the VM's virt-launcher).

@@ -13,7 +13,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use super::ReportError;
 
 /// The environment variable holding a filter that overrides `-v`.
-pub const LOG_ENV: &str = "FERRY_LOG";
+pub const LOG_ENV: &str = ferry_contract::env::FERRY_LOG;
 
 /// The filter for `-v` given `verbose` times (info by default, -v debug, -vv trace).
 pub fn default_filter(verbose: u8) -> &'static str {
@@ -183,7 +183,7 @@ mod tests {
         assert!(bad.is_none());
         assert_eq!(f.to_string(), "trace");
         let (f, bad) = filter(1, Some("ferry=notalevel"));
-        assert!(bad.unwrap().contains("FERRY_LOG"));
+        assert!(bad.unwrap().contains(ferry_contract::env::FERRY_LOG));
         assert_eq!(f.to_string(), "debug");
     }
 }

@@ -32,14 +32,7 @@ use crate::progress::ProgressSnapshot;
 
 pub use super::server::{MetricsServer, serve_metrics};
 
-/// Name CDI's progress counter is registered under (exposed with the `_total` suffix).
-pub const PROGRESS_METRIC: &str = "kubevirt_cdi_import_progress";
-/// The exposed name of CDI's progress series.
-pub const PROGRESS_SERIES: &str = "kubevirt_cdi_import_progress_total";
-/// Its one label.
-pub const OWNER_UID_LABEL: &str = "ownerUID";
-/// The phases exported as `ferry_import_phase{phase=…}`, always all present.
-pub const PHASES: [&str; 5] = ["connecting", "copying", "flushing", "done", "failed"];
+pub use ferry_contract::metrics::{OWNER_UID_LABEL, PHASES, PROGRESS_METRIC, PROGRESS_SERIES};
 /// The window the throughput gauge averages over.
 pub const THROUGHPUT_WINDOW: Duration = Duration::from_secs(5);
 
@@ -109,55 +102,55 @@ impl Metrics {
         };
         let read = counter(
             &mut registry,
-            "ferry_import_read_bytes",
+            ferry_contract::metrics::FERRY_READ_BYTES,
             "Bytes read from the source",
         );
         let written = counter(
             &mut registry,
-            "ferry_import_written_bytes",
+            ferry_contract::metrics::FERRY_WRITTEN_BYTES,
             "Bytes written to the target as data",
         );
         let zeroed = counter(
             &mut registry,
-            "ferry_import_zeroed_bytes",
+            ferry_contract::metrics::FERRY_ZEROED_BYTES,
             "Bytes zeroed on the target (punch, unmap, write-zeroes)",
         );
         let skipped = counter(
             &mut registry,
-            "ferry_import_skipped_bytes",
+            ferry_contract::metrics::FERRY_SKIPPED_BYTES,
             "Bytes skipped because the target already reads as zeroes there",
         );
         let covered = counter(
             &mut registry,
-            "ferry_import_covered_bytes",
+            ferry_contract::metrics::FERRY_COVERED_BYTES,
             "Bytes of the disk covered so far (data and zero ranges)",
         );
         let retries = counter(
             &mut registry,
-            "ferry_import_retries",
+            ferry_contract::metrics::FERRY_RETRIES,
             "Transient source failures retried (reads read again, connections opened again)",
         );
         let size = Gauge::default();
         registry.register(
-            "ferry_import_size_bytes",
+            ferry_contract::metrics::FERRY_SIZE_BYTES,
             "Bytes the import covers (the disk size, or the changed bytes of a delta)",
             size.clone(),
         );
         let throughput = Gauge::<f64, AtomicU64>::default();
         registry.register(
-            "ferry_import_throughput_bytes_per_second",
+            ferry_contract::metrics::FERRY_THROUGHPUT_BYTES_PER_SECOND,
             "Bytes covered per second over the last 5 seconds",
             throughput.clone(),
         );
         let in_flight = Gauge::default();
         registry.register(
-            "ferry_import_requests_in_flight",
+            ferry_contract::metrics::FERRY_REQUESTS_IN_FLIGHT,
             "Read/write and zeroing requests in flight",
             in_flight.clone(),
         );
         let engine = Family::<Label, Gauge>::default();
         registry.register(
-            "ferry_import_engine",
+            ferry_contract::metrics::FERRY_ENGINE,
             "I/O engine writing the target (1 for the one in use)",
             engine.clone(),
         );
@@ -166,7 +159,7 @@ impl Metrics {
             let _ = phase.get_or_create(&[("phase", p.to_string())]);
         }
         registry.register(
-            "ferry_import_phase",
+            ferry_contract::metrics::FERRY_PHASE,
             "Phase of the import (1 for the current one)",
             phase.clone(),
         );

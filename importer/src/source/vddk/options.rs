@@ -16,7 +16,7 @@ use super::config;
 use super::error::VddkError;
 
 /// Where CDI and Forklift mount the VDDK distribution.
-pub const DEFAULT_LIBDIR: &str = "/opt/vmware-vix-disklib-distrib";
+pub const DEFAULT_LIBDIR: &str = ferry_contract::env::DEFAULT_VDDK_LIBDIR;
 /// Transports tried in order unless told otherwise (never SAN unless asked).
 pub const DEFAULT_TRANSPORTS: &str = "file:nbdssl:nbd";
 /// Cap on a `vddk://` URI.
