@@ -441,7 +441,8 @@ pub async fn copy(
         }
         source.close().await;
         stats.seconds = start.elapsed().as_secs_f64();
-        progress.set_phase("done");
+        // Not "done" yet: the caller still writes what follows the copy (a grown image,
+        // the round marker) and says "done" after that.
         Ok(stats)
     }
     .await;
@@ -535,3 +536,7 @@ impl Drop for AbortOnDrop {
         self.0.abort();
     }
 }
+
+#[cfg(test)]
+#[path = "copy_tests.rs"]
+mod tests;

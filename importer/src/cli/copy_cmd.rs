@@ -132,7 +132,10 @@ pub async fn copy_once(
     });
     // A failed attempt's source is closed there (NBD_CMD_DISC, bounded), so the server
     // is not left with a half-open client.
-    ferry::retry::copy_retrying(src, reopen, sink, &opts, progress).await
+    let stats = ferry::retry::copy_retrying(src, reopen, sink, &opts, progress.clone()).await?;
+    // Flushed (and the journal finished) inside the copy; nothing follows it here.
+    progress.set_phase("done");
+    Ok(stats)
 }
 
 /// Ask vCenter which areas of the disk changed in `--snapshot` since `since` (a change
