@@ -109,26 +109,20 @@ pub fn load_extents_file(path: &Path, disk_size: u64) -> Result<ExtentMap, Error
 /// needs a full copy. `what` names the delta's start in the messages.
 pub fn check_target(target: &Path, size: u64, allow_larger: bool, what: &str) -> Result<(), Error> {
     use std::os::unix::fs::FileTypeExt;
-    let full = format!("a full copy is needed ({what})");
-    let meta = std::fs::metadata(target).map_err(|e| {
-        Error::Target(format!(
-            "delta copy: target {} is not usable ({e}); {full}",
-            target.display()
-        ))
-    })?;
+    let full = |reason: String| Error::NeedsFullCopy {
+        subject: format!("delta copy ({what}) onto target {}", target.display()),
+        reason,
+    };
+    let meta = std::fs::metadata(target).map_err(|e| full(format!("not usable ({e})")))?;
     let ft = meta.file_type();
     if ft.is_file() && (meta.len() < size || (!allow_larger && meta.len() != size)) {
-        return Err(Error::Target(format!(
-            "delta copy: target {} is {} bytes but the source is {size}: the disk changed size since the previous round; {full}",
-            target.display(),
+        return Err(full(format!(
+            "it is {} bytes but the source is {size}: the disk changed size since the previous round",
             meta.len()
         )));
     }
     if !ft.is_file() && !ft.is_block_device() {
-        return Err(Error::Target(format!(
-            "delta copy: target {} is not a file or block device; {full}",
-            target.display()
-        )));
+        return Err(full("not a file or block device".into()));
     }
     Ok(())
 }

@@ -14,6 +14,16 @@ pub enum Error {
     /// Opening or inspecting the source failed.
     #[error("{0}")]
     Source(String),
+    /// A local source file or device could not be opened or inspected.
+    #[error("cannot {op} source {}: {error}", path.display())]
+    SourceIo {
+        /// What was being done: `open`, `inspect`.
+        op: &'static str,
+        /// The file or device.
+        path: std::path::PathBuf,
+        /// The OS error (shown in the message, so not also a `source`).
+        error: std::io::Error,
+    },
     /// Reading from the source failed.
     #[error("reading the source at offset {offset} failed: {message}")]
     Read {
@@ -47,6 +57,15 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
+    /// A delta cannot be applied: the changes since the previous round are unknown, or
+    /// the target does not hold that round. A full copy is needed.
+    #[error("{subject}: {reason}; a full copy is needed")]
+    NeedsFullCopy {
+        /// The target, marker or source the problem is with.
+        subject: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// VDDK failure (library, authentication, thumbprint, not found, NFC memory…).
     #[error(transparent)]
     Vddk(crate::source::vddk::VddkError),
@@ -64,6 +83,8 @@ pub enum Error {
     #[error("cancelled by {0}; the target is incomplete")]
     Cancelled(&'static str),
 }
+
+pub use ferry_contract::exit::ErrorKind;
 
 /// How an NBD failure may be retried: an error reply leaves the connection usable; a
 /// dropped, refused, stuck or broken connection needs a new one; a protocol violation
@@ -105,6 +126,58 @@ impl Error {
                 _ => Retry::Never,
             },
             _ => Retry::Never,
+        }
+    }
+}
+
+impl Error {
+    /// The kind of failure, for exit statuses and for a controller
+    /// ([`ferry_contract::exit::ErrorKind`]).
+    pub fn kind(&self) -> ErrorKind {
+        use crate::source::vddk::VddkError as V;
+        use ferry_nbd::Error as N;
+        use ferry_vsphere::Error as S;
+        match self {
+            Error::Usage(_) => ErrorKind::Usage,
+            Error::Nbd(e) => match e {
+                N::Uri { .. } | N::InvalidRequest(_) => ErrorKind::Usage,
+                N::Refused { reason, .. } if *reason == "unknown export" => ErrorKind::NotFound,
+                N::Connect { .. } | N::Disconnected(_) | N::Timeout { .. } | N::Io { .. } => {
+                    ErrorKind::SourceUnreachable
+                }
+                _ => ErrorKind::SourceData,
+            },
+            Error::SourceIo { error, .. } if error.kind() == std::io::ErrorKind::NotFound => {
+                ErrorKind::NotFound
+            }
+            Error::Source(_) | Error::SourceIo { .. } | Error::Extents(_) => ErrorKind::SourceData,
+            Error::Read { retry, .. } => match retry {
+                Retry::Reconnect => ErrorKind::SourceUnreachable,
+                _ => ErrorKind::SourceData,
+            },
+            Error::Target(_) => ErrorKind::Target,
+            Error::Write { .. } | Error::Journal { .. } => ErrorKind::TargetIo,
+            Error::NeedsFullCopy { .. } => ErrorKind::NeedsFullCopy,
+            Error::Vddk(e) => match e {
+                V::Library(_) | V::Usage(_) => ErrorKind::Usage,
+                V::Authentication { .. } | V::Thumbprint { .. } => ErrorKind::Authentication,
+                V::NotFound { .. } => ErrorKind::NotFound,
+                V::ConnectionLost { .. } | V::Timeout { .. } | V::WorkerGone => {
+                    ErrorKind::SourceUnreachable
+                }
+                V::Call { .. } => ErrorKind::SourceData,
+                _ => ErrorKind::Internal,
+            },
+            Error::Vsphere(e) => match e {
+                S::Config(_) | S::Ambiguous { .. } => ErrorKind::Usage,
+                S::Tls { .. } | S::Authentication { .. } => ErrorKind::Authentication,
+                S::NotFound { .. } => ErrorKind::NotFound,
+                S::ChangeIdInvalid { .. } => ErrorKind::NeedsFullCopy,
+                e if e.is_transient() => ErrorKind::SourceUnreachable,
+                _ => ErrorKind::SourceData,
+            },
+            Error::Engine(_) => ErrorKind::Internal,
+            Error::Cancelled(_) => ErrorKind::Cancelled,
         }
     }
 }

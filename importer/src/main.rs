@@ -62,13 +62,23 @@ fn main() -> ExitCode {
                 // controller and UIs key on it).
                 line = ferry::import::messages::with_go_errno_text(&line);
             }
-            eprintln!("ferry: error: {line}");
-            // 128 + signal number, as a shell reports a process ended by that signal.
-            let code = match e.downcast_ref::<ferry::Error>() {
-                Some(ferry::Error::Cancelled("SIGINT")) => exit::CANCELLED_SIGINT,
-                Some(ferry::Error::Cancelled("SIGTERM")) => exit::CANCELLED_SIGTERM,
-                _ => exit::FAILURE,
+            let ferry_error = e.downcast_ref::<ferry::Error>();
+            let kind = match ferry_error {
+                Some(fe) => fe.kind(),
+                None if e.is::<ferry::import::config::ConfigError>() => exit::ErrorKind::Usage,
+                None => exit::ErrorKind::Internal,
             };
+            // 128 + signal number, as a shell reports a process ended by that signal;
+            // `ferry import` exits 1 for every other failure, as CDI's importer does;
+            // `ferry copy` and `ferry bench` exit with the kind's status.
+            let code = match ferry_error {
+                Some(ferry::Error::Cancelled("SIGINT")) => exit::CANCELLED_SIGINT,
+                Some(ferry::Error::Cancelled(_)) => exit::CANCELLED_SIGTERM,
+                _ if import => exit::FAILURE,
+                _ => kind.exit_code(),
+            };
+            tracing::warn!(kind = %kind, transient = kind.is_transient(), exit = code, "the job failed");
+            eprintln!("ferry: error: {line}");
             ExitCode::from(code)
         }
     }

@@ -575,3 +575,73 @@ fn buffer_pool_over_the_limit_is_refused() {
         .failure("64 GiB pool", &["exceeds", "limit"]);
     assert!(!target.exists(), "no target may be created");
 }
+
+// -- exit statuses by kind ----------------------------------------------------------------
+
+/// `ferry copy` exits with the failure's kind (README, "Exit statuses"): each case is
+/// made by a real peer or the real filesystem, and the kind is also logged.
+#[test]
+fn copy_exits_with_the_kind_of_its_failure() {
+    if !require(&["nbdkit"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let t = dir.path().join("t.img");
+    let src = local_source(dir.path());
+    let flaky = Server::nbdkit(
+        dir.path(),
+        &[
+            "--filter=error",
+            "pattern",
+            "size=8M",
+            "error=EIO",
+            "error-pread-rate=100%",
+        ],
+    );
+    let refused = dir.path().join("nobody.sock");
+    let cases: Vec<(&str, String, std::path::PathBuf, &[&str], i32, &str)> = vec![
+        (
+            "missing source",
+            dir.path().join("nothing-here.raw").display().to_string(),
+            t.clone(),
+            &[],
+            5,
+            "not_found",
+        ),
+        (
+            "no NBD server",
+            format!("nbd+unix:///?socket={}", refused.display()),
+            t.clone(),
+            &["--retries", "0"],
+            3,
+            "source_unreachable",
+        ),
+        (
+            "every read fails",
+            flaky.uri(),
+            t.clone(),
+            &["--retries", "0"],
+            6,
+            "source_data",
+        ),
+        (
+            "target in a missing directory",
+            src.display().to_string(),
+            dir.path().join("no/such/dir/t.img"),
+            &[],
+            7,
+            "target",
+        ),
+    ];
+    for (what, from, to, extra, code, kind) in cases {
+        let r = copy(&from, &to, "sync", extra);
+        r.failure(what, &[]);
+        assert_eq!(r.status.code(), Some(code), "[{what}] {}", r.stderr);
+        assert!(
+            r.stderr.contains(&format!("kind={kind}"))
+                || r.stderr.contains(&format!("\"kind\":\"{kind}\"")),
+            "[{what}] the kind {kind} is not logged:\n{}",
+            r.stderr
+        );
+    }
+}

@@ -359,28 +359,26 @@ fn check_previous_round(
     prev_change_id: &str,
     size: u64,
 ) -> Result<(), Error> {
-    let full = "a full copy is needed";
+    let full = |reason: String| Error::NeedsFullCopy {
+        subject: format!("round marker {}", marker.display()),
+        reason,
+    };
     let bytes = match std::fs::metadata(marker) {
         Err(_) => {
             tracing::warn!(marker = %marker.display(), "no record of the previous round on this target; trusting it holds checkpoint {prev}");
             return Ok(());
         }
         Ok(m) if m.len() > MAX_ROUND_MARKER_BYTES => {
-            return Err(Error::Target(format!(
-                "{} is not a round marker: {full}",
-                marker.display()
-            )));
+            return Err(full("too large to be a round marker".into()));
         }
-        Ok(_) => std::fs::read(marker)
-            .map_err(|e| Error::Target(format!("cannot read {}: {e}; {full}", marker.display())))?,
+        Ok(_) => std::fs::read(marker).map_err(|e| full(format!("cannot be read: {e}")))?,
     };
-    let r = Round::decode(&bytes)
-        .map_err(|e| Error::Target(format!("{} is corrupt ({e}): {full}", marker.display())))?;
+    let r = Round::decode(&bytes).map_err(|e| full(format!("corrupt ({e})")))?;
     let same_checkpoint =
         r.snapshot.as_deref() == Some(prev) || r.change_id.as_deref() == Some(prev_change_id);
     if r.backing_file != backing || r.size != size || !same_checkpoint {
-        return Err(Error::Target(format!(
-            "the target holds {} at {} ({} bytes), not the previous checkpoint {prev} of {backing}: {full}",
+        return Err(full(format!(
+            "the target holds {} at {} ({} bytes), not the previous checkpoint {prev} of {backing}",
             r.backing_file,
             r.snapshot
                 .as_deref()

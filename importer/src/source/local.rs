@@ -31,8 +31,10 @@ pub struct LocalSource {
 impl LocalSource {
     /// Open read-only.
     pub fn open(path: &Path, engine: Arc<dyn IoEngine>) -> Result<LocalSource, Error> {
-        let ctx = |e: std::io::Error| {
-            Error::Source(format!("cannot open source {}: {e}", path.display()))
+        let ctx = |error: std::io::Error| Error::SourceIo {
+            op: "open",
+            path: path.to_owned(),
+            error,
         };
         // O_NONBLOCK so that opening a FIFO cannot block before the type check below;
         // it has no effect on regular files and block devices.

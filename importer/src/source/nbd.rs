@@ -126,10 +126,13 @@ impl NbdSource {
         let dirty_context = match &dirty_name {
             None => None,
             Some(name) => Some(info.context_id(name).ok_or_else(|| {
-                Error::Source(format!(
-                    "{uri}: the server does not export the dirty bitmap {name:?} (qemu-nbd needs -B/--bitmap {}), so the changes since the last round are unknown: a full copy is needed",
-                    opts.dirty_bitmap.as_deref().unwrap_or_default()
-                ))
+                Error::NeedsFullCopy {
+                    subject: uri.to_string(),
+                    reason: format!(
+                        "the server does not export the dirty bitmap {name:?} (qemu-nbd needs -B/--bitmap {}), so the changes since the last round are unknown",
+                        opts.dirty_bitmap.as_deref().unwrap_or_default()
+                    ),
+                }
             })?),
         };
         if opts.extents && context.is_none() {
