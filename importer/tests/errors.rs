@@ -578,6 +578,16 @@ fn buffer_pool_over_the_limit_is_refused() {
 
 // -- exit statuses by kind ----------------------------------------------------------------
 
+/// (what, source, target, extra flags, exit status, kind).
+type KindCase<'a> = (
+    &'a str,
+    String,
+    std::path::PathBuf,
+    &'a [&'a str],
+    i32,
+    &'a str,
+);
+
 /// `ferry copy` exits with the failure's kind (README, "Exit statuses"): each case is
 /// made by a real peer or the real filesystem, and the kind is also logged.
 #[test]
@@ -599,7 +609,7 @@ fn copy_exits_with_the_kind_of_its_failure() {
         ],
     );
     let refused = dir.path().join("nobody.sock");
-    let cases: Vec<(&str, String, std::path::PathBuf, &[&str], i32, &str)> = vec![
+    let cases: Vec<KindCase> = vec![
         (
             "missing source",
             dir.path().join("nothing-here.raw").display().to_string(),
