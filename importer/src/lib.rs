@@ -19,6 +19,7 @@ pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod import;
+pub mod job;
 pub mod journal;
 pub mod num;
 pub mod progress;

@@ -6,9 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use ferry::copy::{Changes, CopyOptions, CopyStats};
+use ferry::copy::{Changes, CopyStats};
 use ferry::progress::Progress;
-use ferry::sink::Sink;
 use ferry::source::Source;
 
 use super::Tuning;
@@ -67,75 +66,50 @@ pub struct CopyExtras<'a> {
     pub reopen: Option<ferry::retry::Reopen<'a>>,
 }
 
-/// Open the sink and copy; on failure the source is closed too.
-pub async fn copy_once(
+/// Copy `src` onto `dst` through the job runner ([`ferry::job::run`]).
+pub async fn copy_once<'a>(
     src: Arc<dyn Source>,
-    dst: &std::path::Path,
+    dst: &'a std::path::Path,
     tuning: &Tuning,
     engine: Arc<dyn ferry::engine::IoEngine>,
     progress: Arc<Progress>,
-    extras: CopyExtras<'_>,
+    extras: CopyExtras<'a>,
 ) -> Result<CopyStats, ferry::Error> {
     let CopyExtras {
         changes,
         journal,
         reopen,
     } = extras;
-    if changes.is_some() {
-        ferry::delta::check_target(dst, src.size(), false, "delta onto the previous round")?;
-    }
-    // The journal path is checked before the target is touched: it may be neither the
-    // target nor the source, nor any file that is not a Ferry journal.
-    let mut protected = vec![(dst, "the target")];
-    if let Some(p) = src.local_path() {
-        protected.push((p, "the source"));
-    }
-    let journal = ferry::journal::JournalFile::open_optional(journal, &protected)?;
-    let sink = Arc::new(Sink::open(dst, src.size(), tuning.direct, engine)?);
-    let start_at = match &journal {
-        None => 0,
-        Some(j) => j.begin(
-            ferry::journal::JournalIdentity {
-                source: src.describe(),
-                size: src.size(),
-                plan: match &changes {
-                    None => "full".to_string(),
-                    Some(Changes::FromSource) => "changes-from-source".to_string(),
-                    Some(Changes::Map(m)) => {
-                        format!("changed-extents:{}:{}", m.len(), m.covered_bytes())
-                    }
-                },
-                target: dst.display().to_string(),
-                target_id: sink.target_id().to_string(),
-            },
-            &sink,
-        )?,
+    let label = match &changes {
+        None => "full".to_string(),
+        Some(Changes::FromSource) => "changes-from-source".to_string(),
+        Some(Changes::Map(m)) => format!("changed-extents:{}:{}", m.len(), m.covered_bytes()),
     };
-    let opts = CopyOptions {
-        buf_size: tuning.buf_size(),
-        buf_count: tuning.count() as usize,
-        use_extents: !tuning.no_extents,
-        detect_zeroes: !tuning.no_zero_detect,
-        changes,
-        start_at,
+    let job = ferry::job::Job {
+        source: src,
+        reopen,
+        target: dst,
+        plan: ferry::job::Plan {
+            changes,
+            label,
+            delta_from: "delta onto the previous round".into(),
+        },
+        keep_larger: false,
         journal,
-        retry: tuning.retry(),
+        protected: Vec::new(),
+        preallocate: false,
+        tuning: ferry::job::Tuning {
+            buf_size: tuning.buf_size(),
+            buf_count: ferry::num::usize_of(tuning.count()),
+            use_extents: !tuning.no_extents,
+            detect_zeroes: !tuning.no_zero_detect,
+            direct: tuning.direct,
+            retry: tuning.retry(),
+        },
+        engine,
+        finish: ferry::job::Finish::default(),
     };
-    let reopen = reopen.unwrap_or_else(|| {
-        Box::new(|| {
-            Box::pin(async {
-                Err(ferry::Error::Source(
-                    "this source cannot be opened again".into(),
-                ))
-            })
-        })
-    });
-    // A failed attempt's source is closed there (NBD_CMD_DISC, bounded), so the server
-    // is not left with a half-open client.
-    let stats = ferry::retry::copy_retrying(src, reopen, sink, &opts, progress.clone()).await?;
-    // Flushed (and the journal finished) inside the copy; nothing follows it here.
-    progress.set_phase("done");
-    Ok(stats)
+    Ok(ferry::job::run(job, progress).await?.stats)
 }
 
 /// Ask vCenter which areas of the disk changed in `--snapshot` since `since` (a change

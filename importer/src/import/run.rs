@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::config::{ImportConfig, SourceKind, Target, endpoint_host};
 use ferry_cbt::{Extent, ExtentKind, ExtentMap};
 
-use crate::copy::{CopyOptions, CopyStats};
+use crate::copy::CopyStats;
 use crate::engine::IoEngine;
 use crate::error::Error;
 use crate::progress::Progress;
@@ -341,13 +341,6 @@ fn block_state_journal(libdir: &std::path::Path) -> Option<std::path::PathBuf> {
     }
 }
 
-/// Write `round` at `path`, atomically.
-fn write_round(round: &Round, path: &std::path::Path) -> Result<(), Error> {
-    crate::journal::atomic_replace(path, &round.encode())
-        .map(|_| ())
-        .map_err(|e| Error::Target(format!("round marker {}: {e}", path.display())))
-}
-
 /// A delta must start from the round the target holds: the marker left by the last
 /// completed round must name the same disk and the previous checkpoint (snapshot or
 /// change ID). A missing marker (a previous round written by another importer) is only
@@ -535,51 +528,6 @@ pub async fn run(
             }
         }
     }
-    // Checked before the target is touched (see `JournalFile::open`).
-    let mut protected = vec![(target.as_path(), "the target")];
-    if let Some(m) = &marker {
-        protected.push((m.as_path(), "the round marker"));
-    }
-    let journal = crate::journal::JournalFile::open_optional(journal_path.as_deref(), &protected)?;
-    // A delta leaves a disk.img grown by an earlier round at its size.
-    let sink = Arc::new(Sink::open_with(
-        &target,
-        size,
-        t.direct,
-        engine.clone(),
-        changed.is_some(),
-    )?);
-    let preallocation_applied = if cfg.preallocation {
-        sink.preallocate().await?
-    } else {
-        false
-    };
-    let start_at = match &journal {
-        None => 0,
-        Some(j) => j.begin(
-            crate::journal::JournalIdentity {
-                source: source.describe(),
-                size,
-                plan: changed
-                    .as_ref()
-                    .map_or_else(|| "full".to_string(), |(id, _)| format!("delta:{id}")),
-                target: target.display().to_string(),
-                target_id: sink.target_id().to_string(),
-            },
-            &sink,
-        )?,
-    };
-    let opts = CopyOptions {
-        buf_size: crate::num::usize_of(t.buf_size_in_64k * 64 * 1024),
-        buf_count: crate::num::usize_of(t.buf_count),
-        use_extents: true,
-        detect_zeroes: true,
-        changes: changed.map(|(_, m)| crate::copy::Changes::Map(Arc::new(m))),
-        start_at,
-        journal,
-        retry: t.retry,
-    };
-    progress.set_phase("copying");
     // A lost connection opens the same disk again (no new vSphere lookup: the snapshot
     // and file are fixed for this round).
     let reopen: crate::retry::Reopen<'_> = {
@@ -597,39 +545,55 @@ pub async fn run(
             })
         })
     };
-    let stats = crate::retry::copy_retrying(
-        source.clone(),
-        reopen,
-        sink.clone(),
-        &opts,
-        progress.clone(),
-    )
-    .await?;
-    // As CDI's ResizeImage: grown to the usable size only when that is larger (usable
-    // is already bounded by the requested size).
-    if let (Some(_), Some(u)) = (cfg.image_size, usable)
-        && u > size
-    {
-        tracing::info!(
-            from = size,
-            to = u,
-            "growing disk.img to the volume's usable size"
-        );
-        sink.extend(u, cfg.preallocation).await?;
-        sink.flush().await?;
-    }
-    if let (Some(m), Some(mut r)) = (&marker, round) {
-        r.size = size;
-        write_round(&r, m)?;
-    }
-    if matches!(cfg.target, Target::Filesystem { .. }) {
-        // As CDI leaves it: group-writable for the pod's fsGroup (the VM's virt-launcher).
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(DISK_IMG_MODE)).map_err(
-            |e| Error::Target(format!("cannot set the mode of {}: {e}", target.display())),
-        )?;
-    }
-    progress.set_phase("done");
+    let plan = match changed {
+        None => crate::job::Plan::full(),
+        Some((id, m)) => crate::job::Plan {
+            label: format!("delta:{id}"),
+            delta_from: format!("delta from change ID {id}"),
+            changes: Some(crate::copy::Changes::Map(Arc::new(m))),
+        },
+    };
+    let keep_larger = plan.changes.is_some();
+    let fs_mode = matches!(cfg.target, Target::Filesystem { .. });
+    let job = crate::job::Job {
+        source: source.clone(),
+        reopen: Some(reopen),
+        target: &target,
+        plan,
+        // A delta leaves a disk.img grown by an earlier round at its size.
+        keep_larger,
+        journal: journal_path.as_deref(),
+        protected: marker
+            .as_deref()
+            .map(|m| (m, "the round marker"))
+            .into_iter()
+            .collect(),
+        preallocate: cfg.preallocation,
+        tuning: crate::job::Tuning {
+            buf_size: crate::num::usize_of(t.buf_size_in_64k * 64 * 1024),
+            buf_count: crate::num::usize_of(t.buf_count),
+            use_extents: true,
+            detect_zeroes: true,
+            direct: t.direct,
+            retry: t.retry,
+        },
+        engine: engine.clone(),
+        finish: crate::job::Finish {
+            // As CDI's ResizeImage: grown to the usable size only when that is larger
+            // (usable is already bounded by the requested size).
+            grow_to: cfg.image_size.and(usable),
+            round_marker: marker.clone().zip(round).map(|(m, mut r)| {
+                r.size = size;
+                (m, r)
+            }),
+            // As CDI leaves it: group-writable for the pod's fsGroup (virt-launcher).
+            mode: fs_mode.then_some(DISK_IMG_MODE),
+        },
+    };
+    let crate::job::Outcome {
+        stats,
+        preallocation_applied,
+    } = crate::job::run(job, progress.clone()).await?;
     Ok(Outcome {
         stats,
         preallocation_applied,
