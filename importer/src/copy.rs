@@ -196,87 +196,25 @@ pub async fn copy(
 ) -> Result<CopyStats, Error> {
     let start = Instant::now();
     let size = source.size();
-    // Requests are aligned for O_DIRECT and for the source's minimum block size (both
-    // powers of two, so the larger is a multiple of the smaller).
-    let align = source.block_size().max(BUF_ALIGN as u64);
-    if !align.is_power_of_two() || align > opts.buf_size as u64 {
-        return Err(Error::Source(format!(
-            "{}: minimum block size {align} does not fit buffers of {} bytes",
-            source.describe(),
-            opts.buf_size
-        )));
-    }
-    let max_read = source.max_read().max(align);
-    let buf_size = crate::num::usize_of((opts.buf_size as u64).min(max_read / align * align));
-    let mut free: Vec<Buf> = (0..opts.buf_count.max(1))
-        .map(|_| Buf::new(buf_size))
-        .collect();
-    progress.set_total(size);
-    progress.set_engine(sink.engine_name());
-    // A resume is trusted only once the journal's samples read back the same from the
-    // target and the source.
-    let mut start_at = opts.start_at.min(size);
-    if let (Some(j), true) = (&opts.journal, start_at > 0) {
-        let buf = free.pop().unwrap_or_else(|| Buf::new(buf_size));
-        let (buf, trusted) = j.verify(source.as_ref(), &sink, buf).await?;
-        free.push(buf);
-        if !trusted {
-            start_at = 0;
-        }
-    }
-
+    let (align, buf_size, mut free) = pool(source.as_ref(), opts)?;
+    let window = source.extent_window().max(align);
+    let start_at = prepare(&source, &sink, opts, &progress, &mut free, window).await?;
     // Allocation windows, fetched ahead of the copy by their own task.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<ExtentMap, Error>>(2);
-    let src = source.clone();
-    let use_extents = opts.use_extents;
-    let window = source.extent_window().max(align);
-    let changes = opts.changes.clone();
-    if let Some(c) = &changes {
-        // A delta's progress counts changed bytes, not the whole disk (CDI's percentage
-        // still divides by the whole disk).
-        progress.set_whole(size);
-        progress.set_total(changed_bytes(&source, c, size, window).await?);
-    }
-    if start_at > 0 {
-        tracing::info!(
-            start_at,
-            size,
-            "resuming: everything below start_at is already on the target"
-        );
-        // What is already there counts as done (once: a retry in this process has
-        // counted it already).
-        if changes.is_none() && progress.done() < start_at {
-            progress.add_zero(start_at - progress.done());
-        }
-    }
-    progress.set_durable(start_at);
+    let (src, use_extents, changes) = (source.clone(), opts.use_extents, opts.changes.clone());
     let mut marks = Watermark::new(start_at);
     let attempt: Result<CopyStats, Error> = async {
-        let planner = tokio::spawn(async move {
-            let mut at = start_at;
-            while at < size {
-                let len = window.min(size - at);
-                let alloc = if use_extents {
-                    src.extents(at, len)
-                        .await
-                        .map(|m| m.fill_gaps(at, at + len, ExtentKind::Data))
-                } else {
-                    Ok(ExtentMap::single(at, len, ExtentKind::Data))
-                };
-                let map = match (&changes, alloc) {
-                    (None, alloc) => alloc,
-                    (Some(_), Err(e)) => Err(e),
-                    (Some(c), Ok(alloc)) => window_changes(&src, c, at, len)
-                        .await
-                        .map(|changed| crate::delta::plan_window(&alloc, &changed)),
-                };
-                let failed = map.is_err();
-                if tx.send(map).await.is_err() || failed {
-                    return;
-                }
-                at += len;
-            }
-        });
+        let planner = tokio::spawn(plan_windows(
+            src,
+            PlanSpec {
+                start_at,
+                size,
+                window,
+                use_extents,
+                changes,
+            },
+            tx,
+        ));
         let _abort_planner = AbortOnDrop(planner);
 
         let mut stats = CopyStats {
@@ -292,7 +230,11 @@ pub async fn copy(
         let mut plan_done = false;
         let mut in_flight = FuturesUnordered::new();
         let mut zeros_in_flight = 0usize;
-        let mut recorded = start_at;
+        let mut records = Records {
+            first: start_at,
+            recorded: start_at,
+            at: Instant::now(),
+        };
         // Samples cover the first bytes of a written request (at least one aligned block).
         let sample_len = crate::journal::SAMPLE_BYTES.max(align);
     let ctx = Settle {
@@ -300,7 +242,6 @@ pub async fn copy(
         journal: opts.journal.as_deref(),
         sample_len,
     };
-        let mut last_record = Instant::now();
 
         loop {
             // Next piece of work, refilling the plan while completions keep being handled.
@@ -350,75 +291,23 @@ pub async fn copy(
                 )?;
             }
             let idx = marks.dispatch(item.offset + item.length);
-            let work: std::pin::Pin<Box<dyn std::future::Future<Output = Result<Done, Error>> + Send>> =
-                match item.kind {
-                    ExtentKind::Data => {
-                        let Some(mut buf) = free.pop() else {
-                            unreachable!("capacity checked above")
-                        };
-                        buf.set_len(crate::num::usize_of(item.length));
-                        let (src, snk) = (source.clone(), sink.clone());
-                        let detect = opts.detect_zeroes && sink.kind() == TargetKind::NewFile;
-                        let (retry, progress) = (opts.retry, progress.clone());
-                        Box::pin(async move {
-                            let buf = crate::retry::read(
-                                src.as_ref(),
-                                item.offset,
-                                buf,
-                                retry,
-                                &progress,
-                            )
-                            .await?;
-                            // A new file already reads as zeroes: an all-zero buffer (allocated
-                            // but zero on the source, common on thick disks) needs no write.
-                            // The scan stops at the first non-zero byte, so data costs ~nothing.
-                            if detect && buf.is_zero() {
-                                return Ok(Done::Data {
-                                    buf,
-                                    offset: item.offset,
-                                    len: item.length,
-                                    written: false,
-                                });
-                            }
-                            let (buf, r) = snk.write(buf, item.offset).await;
-                            r?;
-                            Ok(Done::Data {
-                                buf,
-                                offset: item.offset,
-                                len: item.length,
-                                written: true,
-                            })
-                        })
-                    }
-                    _ => {
-                        zeros_in_flight += 1;
-                        let snk = sink.clone();
-                        Box::pin(async move {
-                            let outcome = snk.zero(item.offset, item.length).await?;
-                            Ok(Done::Zero {
-                                len: item.length,
-                                outcome,
-                            })
-                        })
-                    }
-                };
-            in_flight.push(Box::pin(async move { (idx, work.await) }));
-            let (due_bytes, due_time) = if recorded == start_at {
-                (JOURNAL_FIRST_BYTES, JOURNAL_FIRST_INTERVAL)
-            } else {
-                (JOURNAL_BYTES, JOURNAL_INTERVAL)
+            let buf = match item.kind {
+                ExtentKind::Data => {
+                    let Some(mut buf) = free.pop() else {
+                        unreachable!("capacity checked above")
+                    };
+                    buf.set_len(crate::num::usize_of(item.length));
+                    Some(buf)
+                }
+                _ => {
+                    zeros_in_flight += 1;
+                    None
+                }
             };
-            if let Some(j) = &opts.journal
-                && marks.mark > recorded
-                && (marks.mark - recorded >= due_bytes || last_record.elapsed() >= due_time)
-            {
-                // Data before journal: the target is flushed, then the watermark recorded.
-                let mark = marks.mark;
-                sink.flush().await?;
-                j.record(mark)?;
-                progress.set_durable(mark);
-                recorded = mark;
-                last_record = Instant::now();
+            let work = request(item, buf, &source, &sink, opts, &progress);
+            in_flight.push(Box::pin(async move { (idx, work.await) }));
+            if let Some(j) = &opts.journal {
+                journal_step(j, &sink, &progress, marks.mark, &mut records).await?;
             }
             progress.set_in_flight(in_flight.len() as u64);
         }
@@ -462,6 +351,200 @@ pub async fn copy(
         progress.set_durable(size);
     }
     attempt
+}
+
+/// The buffer pool: `buf_count` buffers of `buf_size` (capped by the source's largest
+/// read), every request aligned for O_DIRECT and the source's block size (both powers
+/// of two, so the larger is a multiple of the smaller). Returns the alignment, the
+/// buffer size and the buffers.
+fn pool(source: &dyn Source, opts: &CopyOptions) -> Result<(u64, usize, Vec<Buf>), Error> {
+    let align = source.block_size().max(BUF_ALIGN as u64);
+    if !align.is_power_of_two() || align > opts.buf_size as u64 {
+        return Err(Error::Source(format!(
+            "{}: minimum block size {align} does not fit buffers of {} bytes",
+            source.describe(),
+            opts.buf_size
+        )));
+    }
+    let max_read = source.max_read().max(align);
+    let buf_size = crate::num::usize_of((opts.buf_size as u64).min(max_read / align * align));
+    let free = (0..opts.buf_count.max(1))
+        .map(|_| Buf::new(buf_size))
+        .collect();
+    Ok((align, buf_size, free))
+}
+
+/// Set the progress totals and decide where this attempt starts: at `opts.start_at`
+/// only if the journal's samples read back the same from the target and the source.
+async fn prepare(
+    source: &Arc<dyn Source>,
+    sink: &Sink,
+    opts: &CopyOptions,
+    progress: &Progress,
+    free: &mut Vec<Buf>,
+    window: u64,
+) -> Result<u64, Error> {
+    let size = source.size();
+    progress.set_total(size);
+    progress.set_engine(sink.engine_name());
+    let mut start_at = opts.start_at.min(size);
+    if let (Some(j), Some(buf)) = (&opts.journal, free.pop()) {
+        let buf = if start_at > 0 {
+            let (buf, trusted) = j.verify(source.as_ref(), sink, buf).await?;
+            if !trusted {
+                start_at = 0;
+            }
+            buf
+        } else {
+            buf
+        };
+        free.push(buf);
+    }
+    if let Some(c) = &opts.changes {
+        // A delta's progress counts changed bytes, not the whole disk (CDI's percentage
+        // still divides by the whole disk).
+        progress.set_whole(size);
+        progress.set_total(changed_bytes(source, c, size, window).await?);
+    }
+    if start_at > 0 {
+        tracing::info!(
+            start_at,
+            size,
+            "resuming: everything below start_at is already on the target"
+        );
+        // What is already there counts as done (once: a retry in this process has
+        // counted it already).
+        if opts.changes.is_none() && progress.done() < start_at {
+            progress.add_zero(start_at - progress.done());
+        }
+    }
+    progress.set_durable(start_at);
+    Ok(start_at)
+}
+
+/// What the planner task plans over.
+struct PlanSpec {
+    start_at: u64,
+    size: u64,
+    window: u64,
+    use_extents: bool,
+    changes: Option<Changes>,
+}
+
+/// The planner: window by window from `start_at`, the source's allocation (or all Data)
+/// restricted, for a delta, to the changed areas; sent ahead of the copy, stopping at
+/// the first error (which is sent).
+async fn plan_windows(
+    src: Arc<dyn Source>,
+    p: PlanSpec,
+    tx: tokio::sync::mpsc::Sender<Result<ExtentMap, Error>>,
+) {
+    let mut at = p.start_at;
+    while at < p.size {
+        let len = p.window.min(p.size - at);
+        let alloc = if p.use_extents {
+            src.extents(at, len)
+                .await
+                .map(|m| m.fill_gaps(at, at + len, ExtentKind::Data))
+        } else {
+            Ok(ExtentMap::single(at, len, ExtentKind::Data))
+        };
+        let map = match (&p.changes, alloc) {
+            (None, alloc) => alloc,
+            (Some(_), Err(e)) => Err(e),
+            (Some(c), Ok(alloc)) => window_changes(&src, c, at, len)
+                .await
+                .map(|changed| crate::delta::plan_window(&alloc, &changed)),
+        };
+        let failed = map.is_err();
+        if tx.send(map).await.is_err() || failed {
+            return;
+        }
+        at += len;
+    }
+}
+
+type Request = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Done, Error>> + Send>>;
+
+/// One planned extent's work: a Data extent is read into `buf` (read again in place
+/// after a failure that leaves the connection usable) and written, unless it is all
+/// zeroes on a target that already reads as zeroes; a Zero or Hole extent is zeroed.
+fn request(
+    item: Extent,
+    buf: Option<Buf>,
+    source: &Arc<dyn Source>,
+    sink: &Arc<Sink>,
+    opts: &CopyOptions,
+    progress: &Arc<Progress>,
+) -> Request {
+    let snk = sink.clone();
+    let Some(buf) = buf else {
+        return Box::pin(async move {
+            let outcome = snk.zero(item.offset, item.length).await?;
+            Ok(Done::Zero {
+                len: item.length,
+                outcome,
+            })
+        });
+    };
+    let src = source.clone();
+    let detect = opts.detect_zeroes && sink.kind() == TargetKind::NewFile;
+    let (retry, progress) = (opts.retry, progress.clone());
+    Box::pin(async move {
+        let buf = crate::retry::read(src.as_ref(), item.offset, buf, retry, &progress).await?;
+        // A new file already reads as zeroes: an all-zero buffer (allocated but zero on
+        // the source, common on thick disks) needs no write. The scan stops at the first
+        // non-zero byte, so data costs ~nothing.
+        let written = !(detect && buf.is_zero());
+        let buf = if written {
+            let (buf, r) = snk.write(buf, item.offset).await;
+            r?;
+            buf
+        } else {
+            buf
+        };
+        Ok(Done::Data {
+            buf,
+            offset: item.offset,
+            len: item.length,
+            written,
+        })
+    })
+}
+
+/// When the journal was last brought up to date.
+struct Records {
+    /// Where this run started (the first record comes sooner).
+    first: u64,
+    /// The watermark last recorded.
+    recorded: u64,
+    /// When.
+    at: Instant,
+}
+
+/// Bring the journal up to date when the durable prefix grew enough or enough time
+/// passed ([`JOURNAL_BYTES`], [`JOURNAL_INTERVAL`]; sooner for the first record). Data
+/// before journal: the target is flushed, then the watermark recorded.
+async fn journal_step(
+    j: &crate::journal::JournalFile,
+    sink: &Sink,
+    progress: &Progress,
+    mark: u64,
+    r: &mut Records,
+) -> Result<(), Error> {
+    let (due_bytes, due_time) = if r.recorded == r.first {
+        (JOURNAL_FIRST_BYTES, JOURNAL_FIRST_INTERVAL)
+    } else {
+        (JOURNAL_BYTES, JOURNAL_INTERVAL)
+    };
+    if mark > r.recorded && (mark - r.recorded >= due_bytes || r.at.elapsed() >= due_time) {
+        sink.flush().await?;
+        j.record(mark)?;
+        progress.set_durable(mark);
+        r.recorded = mark;
+        r.at = Instant::now();
+    }
+    Ok(())
 }
 
 /// What settling a completion needs besides the copy's books.
