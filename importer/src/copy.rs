@@ -388,17 +388,14 @@ async fn prepare(
     progress.set_total(size);
     progress.set_engine(sink.engine_name());
     let mut start_at = opts.start_at.min(size);
-    if let (Some(j), Some(buf)) = (&opts.journal, free.pop()) {
-        let buf = if start_at > 0 {
-            let (buf, trusted) = j.verify(source.as_ref(), sink, buf).await?;
-            if !trusted {
-                start_at = 0;
-            }
-            buf
-        } else {
-            buf
-        };
+    if let Some(j) = opts.journal.as_ref().filter(|_| start_at > 0)
+        && let Some(buf) = free.pop()
+    {
+        let (buf, trusted) = j.verify(source.as_ref(), sink, buf).await?;
         free.push(buf);
+        if !trusted {
+            start_at = 0;
+        }
     }
     if let Some(c) = &opts.changes {
         // A delta's progress counts changed bytes, not the whole disk (CDI's percentage
