@@ -481,3 +481,161 @@ mod watermark {
         }
     }
 }
+
+/// Checks, at every write and flush, that the journal on disk never claims a byte that
+/// was not flushed: every write below its watermark completed before the last
+/// fdatasync was asked for.
+#[derive(Debug)]
+struct JournalCheckingEngine {
+    inner: SyncEngine,
+    journal: std::path::PathBuf,
+    books: Arc<Mutex<Books>>,
+}
+
+#[derive(Debug, Default)]
+struct Books {
+    issued: Vec<(u64, u64)>,
+    completed: std::collections::HashSet<u64>,
+    flushed: std::collections::HashSet<u64>,
+    /// Journal watermarks seen, in order.
+    seen: Vec<u64>,
+}
+
+impl JournalCheckingEngine {
+    fn check(journal: &std::path::Path, books: &Mutex<Books>) {
+        let Ok(bytes) = std::fs::read(journal) else {
+            return;
+        };
+        let Ok(j) = ferry_cbt::journal::decode(&bytes) else {
+            return; // a temporary being replaced
+        };
+        let mut b = books.lock().unwrap();
+        for &(off, len) in &b.issued {
+            assert!(
+                off + len > j.watermark || b.flushed.contains(&off),
+                "the journal says {} is durable, but the write at {off}+{len} was not flushed",
+                j.watermark
+            );
+        }
+        if b.seen.last() != Some(&j.watermark) {
+            b.seen.push(j.watermark);
+        }
+    }
+}
+
+impl IoEngine for JournalCheckingEngine {
+    fn name(&self) -> &'static str {
+        "journal-checking"
+    }
+    fn write(
+        &self,
+        file: Arc<std::fs::File>,
+        buf: Buf,
+        offset: u64,
+    ) -> BoxFuture<'static, (Buf, std::io::Result<()>)> {
+        Self::check(&self.journal, &self.books);
+        self.books
+            .lock()
+            .unwrap()
+            .issued
+            .push((offset, buf.len() as u64));
+        let books = self.books.clone();
+        let w = self.inner.write(file, buf, offset);
+        let delay = Duration::from_micros(2000u64.saturating_sub(offset / (64 * KIB) * 7));
+        Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            let r = w.await;
+            books.lock().unwrap().completed.insert(offset);
+            r
+        })
+    }
+    fn read(
+        &self,
+        file: Arc<std::fs::File>,
+        buf: Buf,
+        offset: u64,
+    ) -> BoxFuture<'static, (Buf, std::io::Result<()>)> {
+        self.inner.read(file, buf, offset)
+    }
+    fn fallocate(
+        &self,
+        file: Arc<std::fs::File>,
+        mode: Fallocate,
+        offset: u64,
+        len: u64,
+    ) -> BoxFuture<'static, std::io::Result<()>> {
+        self.inner.fallocate(file, mode, offset, len)
+    }
+    fn fdatasync(&self, file: Arc<std::fs::File>) -> BoxFuture<'static, std::io::Result<()>> {
+        Self::check(&self.journal, &self.books);
+        // What completed before the flush was asked for is durable once it returns.
+        {
+            let mut b = self.books.lock().unwrap();
+            b.flushed = b.completed.clone();
+        }
+        self.inner.fdatasync(file)
+    }
+}
+
+#[test]
+fn the_journal_never_claims_what_was_not_flushed() {
+    // A disk large enough for several records (the first within 32 MiB, then every
+    // 256 MiB or second): 96 MiB of data and holes, read slowly enough to take time.
+    let size = 96 * MIB;
+    let mut data = vec![0u8; crate::num::usize_of(size)];
+    let mut map = ExtentMap::new();
+    for i in 0..(size / MIB) {
+        let kind = if i % 3 == 2 {
+            ExtentKind::Hole
+        } else {
+            ExtentKind::Data
+        };
+        if kind == ExtentKind::Data {
+            let at = crate::num::usize_of(i * MIB);
+            data[at..at + crate::num::usize_of(MIB)].fill((i % 200) as u8 + 1);
+        }
+        map.push(Extent::new(i * MIB, MIB, kind)).unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("target.img");
+    let journal_path = dir.path().join("copy.ferry-journal");
+    let books = Arc::new(Mutex::new(Books::default()));
+    let engine = Arc::new(JournalCheckingEngine {
+        inner: SyncEngine::new(),
+        journal: journal_path.clone(),
+        books: books.clone(),
+    });
+    let sink = Arc::new(Sink::open(&path, size, DirectMode::Off, engine).unwrap());
+    let src = Arc::new(MemSource::new(data.clone(), map, Arc::default()));
+    let journal = Arc::new(
+        crate::journal::JournalFile::open(&journal_path, &[(path.as_path(), "the target")])
+            .unwrap(),
+    );
+    journal
+        .begin(
+            crate::journal::JournalIdentity {
+                source: "memory".into(),
+                size,
+                plan: "full".into(),
+                target: path.display().to_string(),
+                target_id: sink.target_id().to_string(),
+            },
+            &sink,
+        )
+        .unwrap();
+    let mut o = opts(8);
+    o.journal = Some(journal);
+    rt().block_on(copy(src, sink, &o, Arc::new(Progress::new())))
+        .unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), data);
+    let seen = books.lock().unwrap().seen.clone();
+    assert!(
+        seen.iter().any(|w| *w > 0),
+        "no progress record was seen during the copy: {seen:?}"
+    );
+    assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
+    assert!(
+        !journal_path.exists(),
+        "a finished copy removes its journal"
+    );
+}
