@@ -48,54 +48,20 @@ pub fn for_each_engine(mut f: impl FnMut(&str)) {
 // ---------------------------------------------------------------------------------------
 // Skips
 
-/// Whether `bin` is an executable on PATH.
-pub fn have(bin: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
-        .unwrap_or(false)
-}
+#[allow(unused_imports)] // not every test binary uses each
+pub use ferry_test_kit::{have, is_root};
 
-/// Print a loud skip for a capability the machine lacks, and record it in
-/// `$FERRY_SKIP_LOG` so `scripts/test.sh` can say how many tests skipped. Written to the
-/// stderr handle directly: libtest captures `eprintln!`, which would hide the skip.
+/// Print a loud skip for a capability the machine lacks, recorded for
+/// `scripts/test.sh`'s count.
 pub fn skip(reason: &str) {
-    let test = std::thread::current().name().unwrap_or("?").to_string();
-    let _ = writeln!(std::io::stderr(), "SKIP: {test}: {reason}");
-    if let Some(log) = std::env::var_os("FERRY_SKIP_LOG") {
-        let _ = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(log)
-            .and_then(|mut f| writeln!(f, "ferry {test}: {reason}"));
-    }
+    ferry_test_kit::skip_in("ferry", reason);
 }
 
 /// False (after a loud skip) when one of `bins` is not installed. With
 /// `FERRY_REQUIRE_TOOLS=1` (set by `scripts/test.sh`, which installs them all) a
 /// missing tool fails the test instead.
 pub fn require(bins: &[&str]) -> bool {
-    for b in bins {
-        if !have(b) {
-            if std::env::var_os("FERRY_REQUIRE_TOOLS").is_some_and(|v| v == "1") {
-                panic!("{b} is not installed, and FERRY_REQUIRE_TOOLS=1");
-            }
-            skip(&format!("{b} is not installed"));
-            return false;
-        }
-    }
-    true
-}
-
-/// Whether this process runs as root (effective uid 0).
-pub fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|euid| euid == "0"))
-        })
-        .unwrap_or(false)
+    ferry_test_kit::require_in("ferry", bins)
 }
 
 /// False (after a loud skip) unless we are root, on PATH are `bins`, and (when
@@ -105,7 +71,7 @@ pub fn require_root(bins: &[&str], loop_devices: bool) -> bool {
         skip("needs root");
         return false;
     }
-    if loop_devices && !Path::new("/dev/loop-control").exists() {
+    if loop_devices && !ferry_test_kit::have_loop_devices() {
         skip("no loop device support (/dev/loop-control is missing)");
         return false;
     }

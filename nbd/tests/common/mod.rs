@@ -8,35 +8,13 @@ use std::time::{Duration, Instant};
 
 use ferry_nbd::{Address, ConnectOptions, Uri};
 
-/// Whether `bin` is on PATH.
-pub fn have(bin: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
-        .unwrap_or(false)
-}
+#[allow(unused_imports)] // not every test binary uses each
+pub use ferry_test_kit::{have, pattern_byte};
 
-/// Returns false (after printing `SKIP: ...`) when one of `bins` is missing. With
+/// Returns false (after a loud, counted skip) when one of `bins` is missing; with
 /// `FERRY_REQUIRE_TOOLS=1` a missing tool fails the test instead.
 pub fn tools(bins: &[&str]) -> bool {
-    for b in bins {
-        if !have(b) {
-            if std::env::var_os("FERRY_REQUIRE_TOOLS").is_some_and(|v| v == "1") {
-                panic!("{b} is not installed and FERRY_REQUIRE_TOOLS=1");
-            }
-            eprintln!("SKIP: {b} is not installed");
-            if let Some(log) = std::env::var_os("FERRY_SKIP_LOG") {
-                use std::io::Write;
-                let line = format!("ferry-nbd: {b} is not installed\n");
-                let _ = std::fs::OpenOptions::new()
-                    .append(true)
-                    .create(true)
-                    .open(log)
-                    .and_then(|mut f| f.write_all(line.as_bytes()));
-            }
-            return false;
-        }
-    }
-    true
+    ferry_test_kit::require_in("ferry-nbd", bins)
 }
 
 /// A server process listening on a Unix socket in its own tempdir; SIGKILLed on drop.
@@ -173,11 +151,6 @@ pub fn opts() -> ConnectOptions {
         request_timeout: Duration::from_secs(20),
         ..ConnectOptions::default()
     }
-}
-
-/// Byte at `off` of `nbdkit pattern`: each 8-byte big-endian word holds its own offset.
-pub fn pattern_byte(off: u64) -> u8 {
-    (off & !7).to_be_bytes()[(off % 8) as usize]
 }
 
 /// Panics with the first mismatch against the pattern.

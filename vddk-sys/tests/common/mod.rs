@@ -230,40 +230,13 @@ pub fn write_test_file(path: &Path, size: u64) {
     f.flush().expect("flush");
 }
 
-/// The byte at `offset` of `nbdkit pattern`: each 8-byte word holds its own offset,
-/// big-endian.
-pub fn pattern_byte(offset: u64) -> u8 {
-    (offset & !7).to_be_bytes()[(offset & 7) as usize]
-}
+#[allow(unused_imports)] // not every test binary uses each
+pub use ferry_test_kit::{have, pattern_byte};
 
-/// Whether `bin` is on PATH.
-pub fn have(bin: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
-        .unwrap_or(false)
-}
-
-/// False (after a loud skip recorded in `$FERRY_SKIP_LOG`) when a tool is missing; with
+/// False (after a loud, counted skip) when a tool is missing; with
 /// `FERRY_REQUIRE_TOOLS=1` a missing tool fails the test instead.
 pub fn require(bins: &[&str]) -> bool {
-    for b in bins {
-        if !have(b) {
-            if std::env::var_os("FERRY_REQUIRE_TOOLS").is_some_and(|v| v == "1") {
-                panic!("{b} is not installed, and FERRY_REQUIRE_TOOLS=1");
-            }
-            let test = std::thread::current().name().unwrap_or("?").to_string();
-            let _ = writeln!(std::io::stderr(), "SKIP: {test}: {b} is not installed");
-            if let Some(log) = std::env::var_os("FERRY_SKIP_LOG") {
-                let _ = std::fs::OpenOptions::new()
-                    .append(true)
-                    .create(true)
-                    .open(log)
-                    .and_then(|mut f| writeln!(f, "vddk-sys {test}: {b} is not installed"));
-            }
-            return false;
-        }
-    }
-    true
+    ferry_test_kit::require_in("vddk-sys", bins)
 }
 
 /// How long nbdkit may take to listen.

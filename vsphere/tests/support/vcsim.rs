@@ -5,7 +5,6 @@
 
 #![allow(dead_code)]
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -35,18 +34,10 @@ pub fn available() -> bool {
         return true;
     }
     let reason = "needs go and golang-github-vmware-govmomi-dev (scripts/setup.sh installs them)";
-    if std::env::var_os("FERRY_REQUIRE_TOOLS").is_some_and(|v| v == "1") {
+    if ferry_test_kit::tools_required() {
         panic!("{reason}");
     }
-    let test = std::thread::current().name().unwrap_or("?").to_string();
-    let _ = writeln!(std::io::stderr(), "SKIP: {test}: {reason}");
-    if let Some(log) = std::env::var_os("FERRY_SKIP_LOG") {
-        let _ = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(log)
-            .and_then(|mut f| writeln!(f, "ferry {test}: {reason}"));
-    }
+    ferry_test_kit::skip_in("ferry-vsphere", reason);
     false
 }
 

@@ -1,0 +1,90 @@
+//! What every crate's tests share, each once: finding tools on PATH, loud skips that
+//! `scripts/test.sh` counts (`$FERRY_SKIP_LOG`) or turns into failures
+//! (`FERRY_REQUIRE_TOOLS=1`, set after it installed everything), the root and
+//! loop-device checks, and the bytes of `nbdkit pattern`.
+//!
+//! A dev-dependency only.
+
+#![forbid(unsafe_code)]
+
+use std::io::Write as _;
+use std::path::Path;
+
+/// Whether `bin` is a file on PATH.
+pub fn have(bin: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
+        .unwrap_or(false)
+}
+
+/// Whether a missing tool must fail the test (`FERRY_REQUIRE_TOOLS=1`).
+pub fn tools_required() -> bool {
+    std::env::var_os("FERRY_REQUIRE_TOOLS").is_some_and(|v| v == "1")
+}
+
+/// Print a loud skip for the current test, and record it in `$FERRY_SKIP_LOG` (tagged
+/// with `crate_tag`) so `scripts/test.sh` can say how many tests skipped. Written to the
+/// stderr handle directly: libtest captures `eprintln!`, which would hide the skip.
+pub fn skip_in(crate_tag: &str, reason: &str) {
+    let test = std::thread::current().name().unwrap_or("?").to_string();
+    let _ = writeln!(std::io::stderr(), "SKIP: {test}: {reason}");
+    if let Some(log) = std::env::var_os("FERRY_SKIP_LOG") {
+        let _ = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(log)
+            .and_then(|mut f| writeln!(f, "{crate_tag} {test}: {reason}"));
+    }
+}
+
+/// False (after a loud skip) when one of `bins` is not on PATH; with
+/// `FERRY_REQUIRE_TOOLS=1` a missing tool fails the test instead.
+pub fn require_in(crate_tag: &str, bins: &[&str]) -> bool {
+    for b in bins {
+        if !have(b) {
+            if tools_required() {
+                panic!("{b} is not installed, and FERRY_REQUIRE_TOOLS=1");
+            }
+            skip_in(crate_tag, &format!("{b} is not installed"));
+            return false;
+        }
+    }
+    true
+}
+
+/// Whether this process runs as root (effective uid 0).
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|euid| euid == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Whether the kernel offers loop devices.
+pub fn have_loop_devices() -> bool {
+    Path::new("/dev/loop-control").exists()
+}
+
+/// The byte at `offset` of `nbdkit pattern`: each 8-byte word holds its own offset,
+/// big-endian.
+pub fn pattern_byte(offset: u64) -> u8 {
+    (offset & !7).to_be_bytes()[usize::from((offset & 7) as u8)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pattern_words_hold_their_offsets() {
+        let word: Vec<u8> = (4096..4104).map(pattern_byte).collect();
+        assert_eq!(word, 4096u64.to_be_bytes());
+        assert_eq!(pattern_byte(7), 0);
+        assert!(have("sh"));
+        assert!(!have("no-such-tool-ferry"));
+    }
+}
