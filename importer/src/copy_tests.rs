@@ -161,16 +161,38 @@ impl Source for MemSource {
     }
 }
 
-/// The plain-syscall engine, with writes delayed (later offsets sooner) and counted.
+/// The plain-syscall engine, with writes delayed (later offsets sooner, so they
+/// complete out of order), counted as buffers out, and, when a journal is named,
+/// checked against it before every write and flush ([`JournalBooks::check`]).
 #[derive(Debug)]
-struct CountingEngine {
+struct TestEngine {
     inner: SyncEngine,
     inflight: Arc<InFlight>,
+    /// Microseconds of delay for a write at offset 0, less 7 per 64 KiB further on.
+    delay_us: u64,
+    journal: Option<(std::path::PathBuf, Arc<Mutex<JournalBooks>>)>,
 }
 
-impl IoEngine for CountingEngine {
+impl TestEngine {
+    fn new(inflight: Arc<InFlight>) -> TestEngine {
+        TestEngine {
+            inner: SyncEngine::new(),
+            inflight,
+            delay_us: 3000,
+            journal: None,
+        }
+    }
+
+    fn check_journal(&self) {
+        if let Some((path, books)) = &self.journal {
+            JournalBooks::check(path, books);
+        }
+    }
+}
+
+impl IoEngine for TestEngine {
     fn name(&self) -> &'static str {
-        "counting"
+        "test"
     }
     fn write(
         &self,
@@ -178,13 +200,22 @@ impl IoEngine for CountingEngine {
         buf: Buf,
         offset: u64,
     ) -> BoxFuture<'static, (Buf, std::io::Result<()>)> {
+        self.check_journal();
+        let books = self.journal.as_ref().map(|(_, b)| b.clone());
+        if let Some(b) = &books {
+            b.lock().unwrap().issued.push((offset, buf.len() as u64));
+        }
         let inflight = self.inflight.clone();
         let w = self.inner.write(file, buf, offset);
-        let delay = Duration::from_micros(3000u64.saturating_sub(offset / (64 * KIB) * 10));
+        let delay = Duration::from_micros(self.delay_us.saturating_sub(offset / (64 * KIB) * 7));
         Box::pin(async move {
             let _out = inflight.enter();
             tokio::time::sleep(delay).await;
-            w.await
+            let r = w.await;
+            if let Some(b) = books {
+                b.lock().unwrap().completed.insert(offset);
+            }
+            r
         })
     }
     fn read(
@@ -205,6 +236,12 @@ impl IoEngine for CountingEngine {
         self.inner.fallocate(file, mode, offset, len)
     }
     fn fdatasync(&self, file: Arc<std::fs::File>) -> BoxFuture<'static, std::io::Result<()>> {
+        self.check_journal();
+        // What completed before the flush was asked for is durable once it returns.
+        if let Some((_, books)) = &self.journal {
+            let mut b = books.lock().unwrap();
+            b.flushed = b.completed.clone();
+        }
         self.inner.fdatasync(file)
     }
 }
@@ -266,10 +303,7 @@ fn rig(size: u64) -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("target.img");
     let inflight = Arc::new(InFlight::default());
-    let engine = Arc::new(CountingEngine {
-        inner: SyncEngine::new(),
-        inflight: inflight.clone(),
-    });
+    let engine = Arc::new(TestEngine::new(inflight.clone()));
     let sink = Arc::new(Sink::open(&path, size, DirectMode::Off, engine).unwrap());
     Rig {
         _dir: dir,
@@ -482,18 +516,11 @@ mod watermark {
     }
 }
 
-/// Checks, at every write and flush, that the journal on disk never claims a byte that
-/// was not flushed: every write below its watermark completed before the last
-/// fdatasync was asked for.
-#[derive(Debug)]
-struct JournalCheckingEngine {
-    inner: SyncEngine,
-    journal: std::path::PathBuf,
-    books: Arc<Mutex<Books>>,
-}
-
+/// What a [`TestEngine`] knows about the writes, to check a journal against: the
+/// journal on disk may never claim a byte that was not flushed, that is, every write
+/// below its watermark completed before the last fdatasync was asked for.
 #[derive(Debug, Default)]
-struct Books {
+struct JournalBooks {
     issued: Vec<(u64, u64)>,
     completed: std::collections::HashSet<u64>,
     flushed: std::collections::HashSet<u64>,
@@ -501,8 +528,8 @@ struct Books {
     seen: Vec<u64>,
 }
 
-impl JournalCheckingEngine {
-    fn check(journal: &std::path::Path, books: &Mutex<Books>) {
+impl JournalBooks {
+    fn check(journal: &std::path::Path, books: &Mutex<JournalBooks>) {
         let Ok(bytes) = std::fs::read(journal) else {
             return;
         };
@@ -520,60 +547,6 @@ impl JournalCheckingEngine {
         if b.seen.last() != Some(&j.watermark) {
             b.seen.push(j.watermark);
         }
-    }
-}
-
-impl IoEngine for JournalCheckingEngine {
-    fn name(&self) -> &'static str {
-        "journal-checking"
-    }
-    fn write(
-        &self,
-        file: Arc<std::fs::File>,
-        buf: Buf,
-        offset: u64,
-    ) -> BoxFuture<'static, (Buf, std::io::Result<()>)> {
-        Self::check(&self.journal, &self.books);
-        self.books
-            .lock()
-            .unwrap()
-            .issued
-            .push((offset, buf.len() as u64));
-        let books = self.books.clone();
-        let w = self.inner.write(file, buf, offset);
-        let delay = Duration::from_micros(2000u64.saturating_sub(offset / (64 * KIB) * 7));
-        Box::pin(async move {
-            tokio::time::sleep(delay).await;
-            let r = w.await;
-            books.lock().unwrap().completed.insert(offset);
-            r
-        })
-    }
-    fn read(
-        &self,
-        file: Arc<std::fs::File>,
-        buf: Buf,
-        offset: u64,
-    ) -> BoxFuture<'static, (Buf, std::io::Result<()>)> {
-        self.inner.read(file, buf, offset)
-    }
-    fn fallocate(
-        &self,
-        file: Arc<std::fs::File>,
-        mode: Fallocate,
-        offset: u64,
-        len: u64,
-    ) -> BoxFuture<'static, std::io::Result<()>> {
-        self.inner.fallocate(file, mode, offset, len)
-    }
-    fn fdatasync(&self, file: Arc<std::fs::File>) -> BoxFuture<'static, std::io::Result<()>> {
-        Self::check(&self.journal, &self.books);
-        // What completed before the flush was asked for is durable once it returns.
-        {
-            let mut b = self.books.lock().unwrap();
-            b.flushed = b.completed.clone();
-        }
-        self.inner.fdatasync(file)
     }
 }
 
@@ -599,11 +572,11 @@ fn the_journal_never_claims_what_was_not_flushed() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("target.img");
     let journal_path = dir.path().join("copy.ferry-journal");
-    let books = Arc::new(Mutex::new(Books::default()));
-    let engine = Arc::new(JournalCheckingEngine {
-        inner: SyncEngine::new(),
-        journal: journal_path.clone(),
-        books: books.clone(),
+    let books = Arc::new(Mutex::new(JournalBooks::default()));
+    let engine = Arc::new(TestEngine {
+        delay_us: 2000,
+        journal: Some((journal_path.clone(), books.clone())),
+        ..TestEngine::new(Arc::default())
     });
     let sink = Arc::new(Sink::open(&path, size, DirectMode::Off, engine).unwrap());
     let src = Arc::new(MemSource::new(data.clone(), map, Arc::default()));
