@@ -38,6 +38,16 @@ pub enum Error {
     /// The target cannot be used (missing, wrong type, too small, not writable).
     #[error("{0}")]
     Target(String),
+    /// Opening, creating, inspecting or sizing the target failed in the OS.
+    #[error("cannot {op} target {}: {error}{}", path.display(), crate::sink::target_hint(error.raw_os_error()))]
+    TargetOs {
+        /// `open`, `create`, `inspect`, `size`, `resize`.
+        op: &'static str,
+        /// The target.
+        path: std::path::PathBuf,
+        /// The OS error (shown in the message, so not also a `source`).
+        error: std::io::Error,
+    },
     /// Writing, zeroing or flushing the target failed.
     #[error("{op} on the target at offset {offset} failed: {error}")]
     Write {
@@ -156,6 +166,15 @@ impl Error {
                 _ => ErrorKind::SourceData,
             },
             Error::Target(_) => ErrorKind::Target,
+            Error::TargetOs { error, .. }
+                if matches!(
+                    error.raw_os_error(),
+                    Some(libc::ENOSPC | libc::EDQUOT | libc::EIO)
+                ) =>
+            {
+                ErrorKind::TargetIo
+            }
+            Error::TargetOs { .. } => ErrorKind::Target,
             Error::Write { .. } | Error::Journal { .. } => ErrorKind::TargetIo,
             Error::NeedsFullCopy { .. } => ErrorKind::NeedsFullCopy,
             Error::Vddk(e) => match e {

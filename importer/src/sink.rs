@@ -145,17 +145,22 @@ fn sysfs_attr(p: &Path) -> Option<String> {
     (!v.is_empty()).then_some(v)
 }
 
-fn target_err(path: &Path, what: &str, e: &io::Error) -> Error {
-    let hint = match e.raw_os_error() {
+fn target_err(path: &Path, op: &'static str, error: io::Error) -> Error {
+    Error::TargetOs {
+        op,
+        path: path.to_owned(),
+        error,
+    }
+}
+
+/// What an operator should know about an OS error on the target, beyond its text.
+pub fn target_hint(errno: Option<i32>) -> &'static str {
+    match errno {
         Some(libc::EACCES) | Some(libc::EPERM) => " (target is not writable by this user)",
         Some(libc::EROFS) => " (read-only filesystem)",
         Some(libc::EBUSY) => " (device is in use, e.g. mounted)",
         _ => "",
-    };
-    Error::Target(format!(
-        "cannot {what} target {}: {e}{hint}",
-        path.display()
-    ))
+    }
 }
 
 impl Sink {
@@ -184,7 +189,7 @@ impl Sink {
             let f = OpenOptions::new()
                 .write(true)
                 .open("/dev/null")
-                .map_err(|e| target_err(path, "open", &e))?;
+                .map_err(|e| target_err(path, "open", e))?;
             tracing::info!("target is null: data is read and discarded");
             return Ok(Sink {
                 path: path.to_owned(),
@@ -215,9 +220,9 @@ impl Sink {
             }
             Ok(m) => Some(m),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => return Err(target_err(path, "inspect", &e)),
+            Err(e) => return Err(target_err(path, "inspect", e)),
         };
-        let stat = |f: &File| f.metadata().map_err(|e| target_err(path, "inspect", &e));
+        let stat = |f: &File| f.metadata().map_err(|e| target_err(path, "inspect", e));
         let (kind, buffered, found_id, id) = match &meta {
             None => {
                 let f = OpenOptions::new()
@@ -226,8 +231,8 @@ impl Sink {
                     .create_new(true)
                     .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
                     .open(path)
-                    .map_err(|e| target_err(path, "create", &e))?;
-                f.set_len(size).map_err(|e| target_err(path, "size", &e))?;
+                    .map_err(|e| target_err(path, "create", e))?;
+                f.set_len(size).map_err(|e| target_err(path, "size", e))?;
                 let id = file_id(&stat(&f)?, size);
                 (TargetKind::NewFile, f, None, id)
             }
@@ -237,10 +242,10 @@ impl Sink {
                     .write(true)
                     .custom_flags(libc::O_EXCL | libc::O_CLOEXEC)
                     .open(path)
-                    .map_err(|e| target_err(path, "open", &e))?;
+                    .map_err(|e| target_err(path, "open", e))?;
                 let dev = f
                     .seek(SeekFrom::End(0))
-                    .map_err(|e| target_err(path, "size", &e))?;
+                    .map_err(|e| target_err(path, "size", e))?;
                 if dev < size {
                     return Err(Error::Target(format!(
                         "target {} is too small: {dev} bytes, the source has {size}",
@@ -257,7 +262,7 @@ impl Sink {
                     .write(true)
                     .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
                     .open(path)
-                    .map_err(|e| target_err(path, "open", &e))?;
+                    .map_err(|e| target_err(path, "open", e))?;
                 let found = stat(&f)?;
                 let found_id = file_id(&found, found.len());
                 let len = if keep_larger {
@@ -267,7 +272,7 @@ impl Sink {
                 };
                 if found.len() != len {
                     tracing::info!(path = %path.display(), from = m.len(), to = len, "resizing existing target file to the source size");
-                    f.set_len(len).map_err(|e| target_err(path, "resize", &e))?;
+                    f.set_len(len).map_err(|e| target_err(path, "resize", e))?;
                 }
                 let id = file_id(&found, len);
                 (TargetKind::ExistingFile, f, Some(found_id), id)

@@ -655,3 +655,21 @@ fn copy_exits_with_the_kind_of_its_failure() {
         );
     }
 }
+
+#[test]
+fn a_full_target_filesystem_is_a_target_io_failure() {
+    // A tmpfs with no inode left: creating the target fails with a real ENOSPC.
+    if !require_root(&[], false) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = local_source(dir.path());
+    let vol = dir.path().join("vol");
+    std::fs::create_dir(&vol).unwrap();
+    let mnt = Mount::tmpfs(&vol, "size=8m,nr_inodes=1");
+    let r = copy(src.to_str().unwrap(), &vol.join("t.img"), "sync", &[]);
+    r.failure("full filesystem", &["No space left on device"]);
+    assert_eq!(r.status.code(), Some(8), "{}", r.stderr);
+    assert!(r.stderr.contains("kind=target_io"), "{}", r.stderr);
+    drop(mnt);
+}
