@@ -148,7 +148,7 @@ impl Client {
             None,
         )
         .await?;
-        let content = soap::parse_service_content(&resp).map_err(Error::Protocol)?;
+        let content = soap::parse_service_content(&resp)?;
         let soap_action = match content.api_version.as_deref() {
             Some(v) if version_ok(v) => format!("urn:vim25/{v}"),
             _ => bootstrap,
@@ -458,11 +458,11 @@ impl Client {
             .props(&mo, &["config.hardware.device", "snapshot"])
             .await?;
         let disks = match o.prop("config.hardware.device") {
-            Some(v) => soap::parse_disks(v).map_err(Error::Protocol)?,
+            Some(v) => soap::parse_disks(v)?,
             None => Vec::new(),
         };
         let snaps = match o.prop("snapshot") {
-            Some(v) => soap::parse_snapshot_tree(v).map_err(Error::Protocol)?,
+            Some(v) => soap::parse_snapshot_tree(v)?,
             None => Vec::new(),
         };
         Ok((disks, snaps))
@@ -494,7 +494,7 @@ impl Client {
         for s in snapshots {
             if let Some(o) = res.iter().find(|o| &o.obj.value == s) {
                 let devs = match o.prop("config.hardware.device") {
-                    Some(v) => soap::parse_disks(v).map_err(Error::Protocol)?,
+                    Some(v) => soap::parse_disks(v)?,
                     None => Vec::new(),
                 };
                 out.push((s.clone(), devs));
@@ -548,7 +548,7 @@ impl Client {
         let mo = MoRef::new("VirtualMachine", &vm.moref);
         let o = self.props(&mo, &["snapshot"]).await?;
         let snaps = match o.prop("snapshot") {
-            Some(v) => soap::parse_snapshot_tree(v).map_err(Error::Protocol)?,
+            Some(v) => soap::parse_snapshot_tree(v)?,
             None => Vec::new(),
         };
         resolve_snapshot(&snaps, reference, &vm.moref)
@@ -576,7 +576,7 @@ impl Client {
         let mo = MoRef::new("VirtualMachine", &vm.moref);
         let o = self.props(&mo, &["snapshot"]).await?;
         let snaps = match o.prop("snapshot") {
-            Some(v) => soap::parse_snapshot_tree(v).map_err(Error::Protocol)?,
+            Some(v) => soap::parse_snapshot_tree(v)?,
             None => Vec::new(),
         };
         if !snaps.iter().any(|s| s.moref == snapshot_moref) {

@@ -141,3 +141,9 @@ impl From<ferry_http::Error> for Error {
         }
     }
 }
+
+impl From<crate::soap::ParseError> for Error {
+    fn from(e: crate::soap::ParseError) -> Self {
+        Error::Protocol(e.to_string())
+    }
+}

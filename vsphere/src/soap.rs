@@ -190,30 +190,70 @@ pub fn query_changed_disk_areas(
     ))
 }
 
-fn u64_child(e: &Element, name: &str, what: &str) -> Result<u64, String> {
-    let t = e
-        .child_text(name)
-        .ok_or_else(|| format!("{what} without {name}"))?;
-    t.parse()
-        .map_err(|_| format!("{what}: {name} {t:?} is not a non-negative integer"))
+/// Why a response could not be read (the client reports it as [`crate::Error::Protocol`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ParseError {
+    /// A required element is absent.
+    #[error("{within} without {missing}")]
+    Missing {
+        /// The element (or response) it should be in.
+        within: &'static str,
+        /// What is missing.
+        missing: &'static str,
+    },
+    /// An element that should hold a non-negative integer does not.
+    #[error("{within}: {element} {value:?} is not a non-negative integer")]
+    NotANumber {
+        /// The element it is in.
+        within: &'static str,
+        /// The element.
+        element: &'static str,
+        /// What it holds.
+        value: String,
+    },
+    /// More items than Ferry reads from one response.
+    #[error("{within} with more than {limit} {what}")]
+    TooMany {
+        /// The element or property.
+        within: &'static str,
+        /// What is counted.
+        what: &'static str,
+        /// The cap.
+        limit: usize,
+    },
+}
+
+fn u64_child(e: &Element, name: &'static str, what: &'static str) -> Result<u64, ParseError> {
+    let t = e.child_text(name).ok_or(ParseError::Missing {
+        within: what,
+        missing: name,
+    })?;
+    t.parse().map_err(|_| ParseError::NotANumber {
+        within: what,
+        element: name,
+        value: t.to_string(),
+    })
 }
 
 /// Read a `QueryChangedDiskAreasResponse` (`DiskChangeInfo`). The areas are returned
 /// as sent; [`crate::cbt::check_page`] checks them against the request. More than
 /// [`crate::cbt::MAX_AREAS_PER_PAGE`] areas is an error.
-pub fn parse_disk_change_info(resp: &Element) -> Result<crate::cbt::ChangedAreasPage, String> {
-    let rv = resp
-        .child("returnval")
-        .ok_or("QueryChangedDiskAreas: no returnval")?;
+pub fn parse_disk_change_info(resp: &Element) -> Result<crate::cbt::ChangedAreasPage, ParseError> {
+    let rv = resp.child("returnval").ok_or(ParseError::Missing {
+        within: "QueryChangedDiskAreas response",
+        missing: "returnval",
+    })?;
     let start_offset = u64_child(rv, "startOffset", "DiskChangeInfo")?;
     let length = u64_child(rv, "length", "DiskChangeInfo")?;
     let mut areas = Vec::new();
     for a in rv.children_named("changedArea") {
         if areas.len() >= crate::cbt::MAX_AREAS_PER_PAGE {
-            return Err(format!(
-                "DiskChangeInfo with more than {} changed areas",
-                crate::cbt::MAX_AREAS_PER_PAGE
-            ));
+            return Err(ParseError::TooMany {
+                within: "DiskChangeInfo",
+                what: "changed areas",
+                limit: crate::cbt::MAX_AREAS_PER_PAGE,
+            });
         }
         areas.push(crate::cbt::ChangedArea {
             start: u64_child(a, "start", "DiskChangeExtent")?,
@@ -302,14 +342,18 @@ pub struct ServiceContent {
 }
 
 /// Read a `RetrieveServiceContentResponse`.
-pub fn parse_service_content(resp: &Element) -> Result<ServiceContent, String> {
-    let rv = resp
-        .child("returnval")
-        .ok_or("RetrieveServiceContent: no returnval")?;
-    let mo = |name: &str| {
+pub fn parse_service_content(resp: &Element) -> Result<ServiceContent, ParseError> {
+    let rv = resp.child("returnval").ok_or(ParseError::Missing {
+        within: "RetrieveServiceContent response",
+        missing: "returnval",
+    })?;
+    let mo = |name: &'static str| {
         rv.child(name)
             .and_then(MoRef::from_element)
-            .ok_or_else(|| format!("ServiceContent without {name}"))
+            .ok_or(ParseError::Missing {
+                within: "ServiceContent",
+                missing: name,
+            })
     };
     let about = rv.child("about");
     Ok(ServiceContent {
@@ -371,7 +415,7 @@ pub struct RetrieveResult {
 }
 
 /// Read a `RetrievePropertiesExResponse` (an empty response means no objects).
-pub fn parse_retrieve_result(resp: &Element) -> Result<RetrieveResult, String> {
+pub fn parse_retrieve_result(resp: &Element) -> Result<RetrieveResult, ParseError> {
     let Some(rv) = resp.child("returnval") else {
         return Ok(RetrieveResult::default());
     };
@@ -386,12 +430,18 @@ pub fn parse_retrieve_result(resp: &Element) -> Result<RetrieveResult, String> {
         let obj = o
             .child("obj")
             .and_then(MoRef::from_element)
-            .ok_or("ObjectContent without obj")?;
+            .ok_or(ParseError::Missing {
+                within: "ObjectContent",
+                missing: "obj",
+            })?;
         let mut props = Vec::new();
         for p in o.children_named("propSet") {
             let name = p
                 .child_text("name")
-                .ok_or("propSet without name")?
+                .ok_or(ParseError::Missing {
+                    within: "propSet",
+                    missing: "name",
+                })?
                 .to_string();
             let val = p.child("val").cloned().unwrap_or_default();
             props.push((name, val));
@@ -435,20 +485,30 @@ pub struct DiskDevice {
 
 /// Read the `VirtualDisk`s of a `config.hardware.device` value (`ArrayOfVirtualDevice`).
 /// Other devices are skipped; more than [`crate::MAX_DEVICES`] devices is an error.
-pub fn parse_disks(val: &Element) -> Result<Vec<DiskDevice>, String> {
+pub fn parse_disks(val: &Element) -> Result<Vec<DiskDevice>, ParseError> {
     if val.children.len() > crate::MAX_DEVICES {
-        return Err(format!("more than {} devices", crate::MAX_DEVICES));
+        return Err(ParseError::TooMany {
+            within: "config.hardware.device",
+            what: "devices",
+            limit: crate::MAX_DEVICES,
+        });
     }
     let mut out = Vec::new();
     for d in &val.children {
         if d.xsi_type() != Some("VirtualDisk") {
             continue;
         }
-        let key: i32 = d
-            .child_text("key")
-            .and_then(|k| k.parse().ok())
-            .ok_or("VirtualDisk without a numeric key")?;
-        let backing = d.child("backing").ok_or("VirtualDisk without backing")?;
+        let key: i32 =
+            d.child_text("key")
+                .and_then(|k| k.parse().ok())
+                .ok_or(ParseError::Missing {
+                    within: "VirtualDisk",
+                    missing: "a numeric key",
+                })?;
+        let backing = d.child("backing").ok_or(ParseError::Missing {
+            within: "VirtualDisk",
+            missing: "backing",
+        })?;
         let file_name = backing
             .child_text("fileName")
             .unwrap_or_default()
@@ -500,7 +560,7 @@ pub struct SnapshotNode {
 
 /// Flatten the `snapshot` property (`VirtualMachineSnapshotInfo`) depth-first, roots in
 /// order. More than [`crate::MAX_SNAPSHOTS`] snapshots is an error.
-pub fn parse_snapshot_tree(val: &Element) -> Result<Vec<SnapshotNode>, String> {
+pub fn parse_snapshot_tree(val: &Element) -> Result<Vec<SnapshotNode>, ParseError> {
     let mut out = Vec::new();
     let mut stack: Vec<(&Element, usize)> = val
         .children_named("rootSnapshotList")
@@ -509,13 +569,20 @@ pub fn parse_snapshot_tree(val: &Element) -> Result<Vec<SnapshotNode>, String> {
     stack.reverse();
     while let Some((node, depth)) = stack.pop() {
         if out.len() >= crate::MAX_SNAPSHOTS {
-            return Err(format!("more than {} snapshots", crate::MAX_SNAPSHOTS));
+            return Err(ParseError::TooMany {
+                within: "the snapshot tree",
+                what: "snapshots",
+                limit: crate::MAX_SNAPSHOTS,
+            });
         }
         let moref = node
             .child("snapshot")
             .map(|s| s.text.trim().to_string())
             .filter(|s| !s.is_empty())
-            .ok_or("snapshot tree node without a snapshot moref")?;
+            .ok_or(ParseError::Missing {
+                within: "snapshot tree node",
+                missing: "a snapshot moref",
+            })?;
         out.push(SnapshotNode {
             moref,
             name: node.child_text("name").unwrap_or_default().to_string(),
@@ -571,6 +638,7 @@ mod tests {
         assert!(
             parse_service_content(&ok(esx))
                 .unwrap_err()
+                .to_string()
                 .contains("searchIndex")
         );
     }
@@ -788,6 +856,7 @@ mod tests {
         assert!(
             parse_disk_change_info(&ok(&doc))
                 .unwrap_err()
+                .to_string()
                 .contains("more than")
         );
         let f = fault(include_str!("testdata/fault_file_fault.xml"));
