@@ -38,6 +38,9 @@ pub enum Error {
     /// The target cannot be used (missing, wrong type, too small, not writable).
     #[error("{0}")]
     Target(String),
+    /// The target exists but cannot be used as it is.
+    #[error(transparent)]
+    TargetUnusable(#[from] TargetProblem),
     /// Opening, creating, inspecting or sizing the target failed in the OS.
     #[error("cannot {op} target {}: {error}{}", path.display(), crate::sink::target_hint(error.raw_os_error()))]
     TargetOs {
@@ -95,6 +98,41 @@ pub enum Error {
 }
 
 pub use ferry_contract::exit::ErrorKind;
+
+/// Why a target that exists cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TargetProblem {
+    /// A symbolic link to something other than a block device.
+    #[error("target {} is a symbolic link; give the file's real path", .0.display())]
+    Symlink(std::path::PathBuf),
+    /// A block device smaller than the source.
+    #[error("target {} is too small: {size} bytes, the source has {needed}", path.display())]
+    TooSmall {
+        /// The device.
+        path: std::path::PathBuf,
+        /// Its size.
+        size: u64,
+        /// The source's size.
+        needed: u64,
+    },
+    /// Neither a regular file nor a block device.
+    #[error("target {} is not a regular file or block device ({file_type:?})", path.display())]
+    NotFileOrDevice {
+        /// The path.
+        path: std::path::PathBuf,
+        /// What it is.
+        file_type: std::fs::FileType,
+    },
+    /// `--direct on`, and the target refuses O_DIRECT.
+    #[error("O_DIRECT was required but {} refuses it: {error}", path.display())]
+    DirectRefused {
+        /// The target.
+        path: std::path::PathBuf,
+        /// The open error.
+        error: std::io::Error,
+    },
+}
 
 /// How an NBD failure may be retried: an error reply leaves the connection usable; a
 /// dropped, refused, stuck or broken connection needs a new one; a protocol violation
@@ -165,7 +203,7 @@ impl Error {
                 Retry::Reconnect => ErrorKind::SourceUnreachable,
                 _ => ErrorKind::SourceData,
             },
-            Error::Target(_) => ErrorKind::Target,
+            Error::Target(_) | Error::TargetUnusable(_) => ErrorKind::Target,
             Error::TargetOs { error, .. }
                 if matches!(
                     error.raw_os_error(),

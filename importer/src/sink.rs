@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 use crate::buf::{BUF_ALIGN, Buf};
 use crate::engine::{Fallocate, IoEngine};
-use crate::error::Error;
+use crate::error::{Error, TargetProblem};
 
 /// Largest zero-buffer write in the write-zeroes fallback.
 pub const ZERO_WRITE_CHUNK: usize = 1024 * 1024;
@@ -211,10 +211,7 @@ impl Sink {
                 match std::fs::metadata(path) {
                     Ok(t) if t.file_type().is_block_device() => Some(t),
                     _ => {
-                        return Err(Error::Target(format!(
-                            "target {} is a symbolic link; give the file's real path",
-                            path.display()
-                        )));
+                        return Err(TargetProblem::Symlink(path.to_owned()).into());
                     }
                 }
             }
@@ -247,10 +244,12 @@ impl Sink {
                     .seek(SeekFrom::End(0))
                     .map_err(|e| target_err(path, "size", e))?;
                 if dev < size {
-                    return Err(Error::Target(format!(
-                        "target {} is too small: {dev} bytes, the source has {size}",
-                        path.display()
-                    )));
+                    return Err(TargetProblem::TooSmall {
+                        path: path.to_owned(),
+                        size: dev,
+                        needed: size,
+                    }
+                    .into());
                 }
                 use std::os::unix::fs::MetadataExt;
                 let id = block_id(stat(&f)?.rdev(), dev);
@@ -278,11 +277,11 @@ impl Sink {
                 (TargetKind::ExistingFile, f, Some(found_id), id)
             }
             Some(m) => {
-                return Err(Error::Target(format!(
-                    "target {} is not a regular file or block device ({:?})",
-                    path.display(),
-                    m.file_type()
-                )));
+                return Err(TargetProblem::NotFileOrDevice {
+                    path: path.to_owned(),
+                    file_type: m.file_type(),
+                }
+                .into());
             }
         };
         let direct_fd = match direct {
@@ -290,10 +289,11 @@ impl Sink {
             mode => match open_direct(path, size) {
                 Ok(f) => Some(Arc::new(f)),
                 Err(e) if mode == DirectMode::On => {
-                    return Err(Error::Target(format!(
-                        "O_DIRECT was required but {} refuses it: {e}",
-                        path.display()
-                    )));
+                    return Err(TargetProblem::DirectRefused {
+                        path: path.to_owned(),
+                        error: e,
+                    }
+                    .into());
                 }
                 Err(e) => {
                     tracing::info!(path = %path.display(), error = %e, "O_DIRECT not available; using buffered writes");
