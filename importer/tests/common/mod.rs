@@ -488,44 +488,8 @@ impl Drop for Server {
     }
 }
 
-/// nbdkit on a fixed socket, so a restarted server has the same URI (as a restarted
-/// pod sees the same endpoint). Killed on drop.
-#[derive(Debug)]
-pub struct Nbdkit(Child, PathBuf);
-
-impl Nbdkit {
-    pub fn start(sock: &Path, args: &[&str]) -> Nbdkit {
-        let _ = std::fs::remove_file(sock);
-        let mut child = Command::new("nbdkit")
-            .args(["-f", "--exit-with-parent", "-U"])
-            .arg(sock)
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nbdkit");
-        for _ in 0..100 {
-            if sock.exists() {
-                return Nbdkit(child, sock.to_owned());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("nbdkit did not create {}", sock.display());
-    }
-
-    pub fn uri(&self) -> String {
-        format!("nbd+unix:///?socket={}", self.1.display())
-    }
-}
-
-impl Drop for Nbdkit {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+#[allow(unused_imports)] // not every test binary uses each
+pub use ferry_test_kit::Nbdkit;
 
 /// The `watermark` a resume journal records, if it is there and has one.
 pub fn journal_watermark(journal: &Path) -> Option<u64> {

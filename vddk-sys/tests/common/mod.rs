@@ -26,7 +26,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
 
 /// File name cargo gives the fake's cdylib.
 pub const FAKE_LIBRARY: &str = "libvixDiskLib.so";
@@ -239,60 +238,5 @@ pub fn require(bins: &[&str]) -> bool {
     ferry_test_kit::require_in("vddk-sys", bins)
 }
 
-/// How long nbdkit may take to listen.
-pub const NBDKIT_WAIT: Duration = Duration::from_secs(15);
-
-/// `nbdkit -f -U <dir>/nbd.sock -P <dir>/nbdkit.pid --exit-with-parent ARGS…`,
-/// SIGKILLed on drop.
-#[derive(Debug)]
-pub struct Nbdkit {
-    child: std::process::Child,
-    pub socket: PathBuf,
-}
-
-impl Nbdkit {
-    pub fn start(dir: &Path, args: &[&str]) -> Nbdkit {
-        let socket = dir.join("nbd.sock");
-        let pidfile = dir.join("nbdkit.pid");
-        let child = Command::new("nbdkit")
-            .arg("-f")
-            .arg("-U")
-            .arg(&socket)
-            .arg("-P")
-            .arg(&pidfile)
-            .arg("--exit-with-parent")
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn nbdkit");
-        let mut n = Nbdkit { child, socket };
-        let start = Instant::now();
-        loop {
-            if std::fs::metadata(&pidfile).is_ok_and(|m| m.len() > 0) && n.socket.exists() {
-                return n;
-            }
-            if let Ok(Some(st)) = n.child.try_wait() {
-                panic!("nbdkit {} exited before listening: {st}", args.join(" "));
-            }
-            assert!(
-                start.elapsed() < NBDKIT_WAIT,
-                "nbdkit {} did not listen within {NBDKIT_WAIT:?}",
-                args.join(" ")
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// `nbd+unix:///?socket=…`.
-    pub fn uri(&self) -> String {
-        format!("nbd+unix:///?socket={}", self.socket.display())
-    }
-}
-
-impl Drop for Nbdkit {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+#[allow(unused_imports)] // not every test binary uses each
+pub use ferry_test_kit::{NBDKIT_WAIT, Nbdkit};
