@@ -24,6 +24,15 @@ pub enum Error {
         /// The OS error (shown in the message, so not also a `source`).
         error: std::io::Error,
     },
+    /// The source holds an image or archive format, not a disk (only raw disks are
+    /// copied so far).
+    #[error("{what} holds a {format}, not a raw disk; Ferry copies raw disks only so far: {}, or give --format raw to copy its bytes as they are", .format.how_to_read())]
+    NotRaw {
+        /// The source.
+        what: String,
+        /// What it holds.
+        format: crate::source::format::Format,
+    },
     /// Reading from the source failed.
     #[error("reading the source at offset {offset} failed: {message}")]
     Read {
@@ -186,7 +195,7 @@ impl Error {
         use ferry_nbd::Error as N;
         use ferry_vsphere::Error as S;
         match self {
-            Error::Usage(_) => ErrorKind::Usage,
+            Error::Usage(_) | Error::NotRaw { .. } => ErrorKind::Usage,
             Error::Nbd(e) => match e {
                 N::Uri { .. } | N::InvalidRequest(_) => ErrorKind::Usage,
                 N::Refused { reason, .. } if *reason == "unknown export" => ErrorKind::NotFound,

@@ -111,3 +111,13 @@ pub fn cert_key(data: &[u8]) {
         let _ = ferry_http::tls::key_problem(data);
     }
 }
+
+/// The first bytes of a source (and, split at a point the input chooses, its last
+/// sector): detecting the format never panics.
+pub fn source_format(data: &[u8]) {
+    use crate::source::format;
+    let head = &data[..data.len().min(format::HEAD_BYTES)];
+    let split = data.first().map_or(0, |b| usize::from(*b) * 16).min(data.len());
+    let _ = format::detect(head, Some(&data[split..]));
+    let _ = format::detect(head, None).how_to_read();
+}

@@ -673,3 +673,65 @@ fn a_full_target_filesystem_is_a_target_io_failure() {
     assert!(r.stderr.contains("kind=target_io"), "{}", r.stderr);
     drop(mnt);
 }
+
+// -- what the source holds ----------------------------------------------------------------
+
+#[test]
+fn an_image_or_archive_is_refused_unless_raw_is_asked_for() {
+    // Images made by qemu-img and compressors, not by us: copying any of them "as raw"
+    // would hand the VM its container bytes.
+    if !require(&["qemu-img", "gzip", "xz", "nbdkit", "cmp"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let raw = local_source(dir.path());
+    let mut cases: Vec<(std::path::PathBuf, &str)> = Vec::new();
+    for (fmt, opts, phrase) in [
+        ("qcow2", "", "qcow2 image"),
+        ("vmdk", "", "VMDK image"),
+        ("vhdx", "", "VHDX image"),
+        ("vpc", "", "VHD image"),
+        ("vpc", "subformat=fixed", "VHD image"),
+        ("vdi", "", "VDI image"),
+        ("qed", "", "QED image"),
+    ] {
+        let out = dir.path().join(format!("disk-{fmt}-{}.img", opts.len()));
+        let mut c = std::process::Command::new("qemu-img");
+        c.args(["convert", "-O", fmt]);
+        if !opts.is_empty() {
+            c.args(["-o", opts]);
+        }
+        let st = c.arg(&raw).arg(&out).status().expect("qemu-img");
+        assert!(st.success(), "qemu-img convert -O {fmt} {opts}");
+        cases.push((out, phrase));
+    }
+    for (tool, ext, phrase) in [("gzip", "gz", "gzip"), ("xz", "xz", "xz")] {
+        let out = dir.path().join(format!("disk.raw.{ext}"));
+        let o = std::process::Command::new(tool)
+            .arg("-c")
+            .arg(&raw)
+            .output()
+            .expect(tool);
+        std::fs::write(&out, o.stdout).unwrap();
+        cases.push((out, phrase));
+    }
+    let t = dir.path().join("t.img");
+    for (img, phrase) in &cases {
+        let r = copy(img.to_str().unwrap(), &t, "sync", &[]);
+        r.failure(phrase, &[phrase, "not a raw disk", "--format raw"]);
+        assert_eq!(r.status.code(), Some(2), "[{phrase}] usage: {}", r.stderr);
+        assert!(!t.exists(), "[{phrase}] the target was not created");
+    }
+    // The same through an NBD server that serves the file's bytes.
+    let qcow2 = &cases[0].0;
+    let srv = Server::nbdkit(dir.path(), &["file", qcow2.to_str().unwrap()]);
+    copy(&srv.uri(), &t, "sync", &[]).failure("qcow2 over NBD", &["qcow2 image"]);
+    // Asked for: the bytes as they are.
+    copy(qcow2.to_str().unwrap(), &t, "sync", &["--format", "raw"]).success("--format raw");
+    let st = std::process::Command::new("cmp")
+        .arg(qcow2)
+        .arg(&t)
+        .status()
+        .unwrap();
+    assert!(st.success(), "--format raw copies the bytes as they are");
+}

@@ -84,3 +84,16 @@ fn cert_key_corpus_replays_without_panic() {
         "every seed is a real certificate whose key is read"
     );
 }
+
+#[test]
+fn source_format_corpus_replays_without_panic() {
+    for (p, b) in corpus("source_format") {
+        eprintln!("{}", p.display());
+        ferry::fuzzing::source_format(&b);
+        let found = ferry::source::format::detect(&b, None);
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with("head-") {
+            assert_ne!(found, ferry::source::format::Format::Raw, "{name}");
+        }
+    }
+}

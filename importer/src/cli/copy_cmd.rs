@@ -52,6 +52,20 @@ pub struct CopyArgs {
     /// No progress bar even on a terminal.
     #[arg(long)]
     pub no_progress: bool,
+    /// What the source holds: `auto` refuses an image or archive format (qcow2, VMDK,
+    /// VHD(X), VDI, compressed, tar) found in its bytes; `raw` copies the bytes as they
+    /// are. VDDK sources are always disks.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub format: SourceFormat,
+}
+
+/// `--format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SourceFormat {
+    /// Refuse a source whose bytes are an image or archive format.
+    Auto,
+    /// Copy the bytes as they are.
+    Raw,
 }
 
 /// What a copy does beyond a plain full copy.
@@ -176,6 +190,13 @@ pub async fn run(mut a: CopyArgs) -> anyhow::Result<()> {
     let mut nbd = a.tuning.nbd();
     nbd.dirty_bitmap = a.dirty_bitmap.clone();
     let src = ferry::source::open(&a.src, &nbd, vddk.as_ref(), engine.clone()).await?;
+    if a.format == SourceFormat::Auto
+        && vddk.is_none()
+        && let Err(e) = ferry::source::check_raw(src.as_ref()).await
+    {
+        src.close().await;
+        return Err(e.into());
+    }
     let progress = Arc::new(Progress::new());
     let bar =
         (!a.no_progress && std::io::stderr().is_terminal()).then(|| spawn_bar(progress.clone()));

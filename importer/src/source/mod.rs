@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use ferry_cbt::ExtentMap;
 
+pub mod format;
 pub use local::LocalSource;
 pub use nbd::{NbdSource, NbdSourceOptions};
 pub use synthetic::{SyntheticSource, SyntheticSpec};
@@ -89,5 +90,41 @@ pub async fn open(
             std::path::Path::new(spec),
             engine,
         )?))
+    }
+}
+
+/// Refuse a source whose bytes are an image or archive format rather than a disk (see
+/// [`format::detect`]): copying a qcow2 file "as raw" would give the VM its container
+/// bytes. Reads the head and, past it, the last sector.
+pub async fn check_raw(src: &dyn Source) -> Result<(), Error> {
+    let size = src.size();
+    let align = src.block_size().max(crate::buf::BUF_ALIGN as u64);
+    // Reads start aligned and end aligned or at the end of the disk.
+    let head_len = (format::HEAD_BYTES as u64).min(size);
+    if head_len == 0 {
+        return Ok(());
+    }
+    let mut buf = Buf::new(crate::num::usize_of(head_len.div_ceil(align) * align));
+    buf.set_len(crate::num::usize_of(head_len));
+    let head = src.read(0, buf).await?;
+    let tail_at = size.saturating_sub(format::TAIL_BYTES as u64) / align * align;
+    let tail = if tail_at >= head_len {
+        let mut t = Buf::new(crate::num::usize_of(
+            (size - tail_at).div_ceil(align) * align,
+        ));
+        t.set_len(crate::num::usize_of(size - tail_at));
+        Some(src.read(tail_at, t).await?)
+    } else {
+        None
+    };
+    let tail = tail
+        .as_ref()
+        .map(|t| &t.as_slice()[t.len().saturating_sub(format::TAIL_BYTES)..]);
+    match format::detect(head.as_slice(), tail) {
+        format::Format::Raw => Ok(()),
+        found => Err(Error::NotRaw {
+            what: src.describe(),
+            format: found,
+        }),
     }
 }
