@@ -117,7 +117,10 @@ pub fn cert_key(data: &[u8]) {
 pub fn source_format(data: &[u8]) {
     use crate::source::format;
     let head = &data[..data.len().min(format::HEAD_BYTES)];
-    let split = data.first().map_or(0, |b| usize::from(*b) * 16).min(data.len());
+    let split = data
+        .first()
+        .map_or(0, |b| usize::from(*b) * 16)
+        .min(data.len());
     let _ = format::detect(head, Some(&data[split..]));
     let _ = format::detect(head, None).how_to_read();
 }
