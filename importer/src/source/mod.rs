@@ -99,32 +99,51 @@ pub async fn open(
 pub async fn check_raw(src: &dyn Source) -> Result<(), Error> {
     let size = src.size();
     let align = src.block_size().max(crate::buf::BUF_ALIGN as u64);
-    // Reads start aligned and end aligned or at the end of the disk.
-    let head_len = (format::HEAD_BYTES as u64).min(size);
+    // Reads start aligned and end aligned or at the end of the disk (a server's
+    // minimum block size may be larger than the head).
+    let head_len = (format::HEAD_BYTES as u64)
+        .div_ceil(align)
+        .saturating_mul(align)
+        .min(size);
     if head_len == 0 {
         return Ok(());
     }
-    let mut buf = Buf::new(crate::num::usize_of(head_len.div_ceil(align) * align));
-    buf.set_len(crate::num::usize_of(head_len));
-    let head = src.read(0, buf).await?;
+    let head = read_unless_hole(src, 0, head_len, align).await?;
     let tail_at = size.saturating_sub(format::TAIL_BYTES as u64) / align * align;
     let tail = if tail_at >= head_len {
-        let mut t = Buf::new(crate::num::usize_of(
-            (size - tail_at).div_ceil(align) * align,
-        ));
-        t.set_len(crate::num::usize_of(size - tail_at));
-        Some(src.read(tail_at, t).await?)
+        Some(read_unless_hole(src, tail_at, size - tail_at, align).await?)
     } else {
         None
     };
+    let head = &head[..head.len().min(format::HEAD_BYTES)];
     let tail = tail
-        .as_ref()
-        .map(|t| &t.as_slice()[t.len().saturating_sub(format::TAIL_BYTES)..]);
-    match format::detect(head.as_slice(), tail) {
+        .as_deref()
+        .map(|t| &t[t.len().saturating_sub(format::TAIL_BYTES)..]);
+    match format::detect(head, tail) {
         format::Format::Raw => Ok(()),
         found => Err(Error::NotRaw {
             what: src.describe(),
             format: found,
         }),
     }
+}
+
+/// `[offset, offset+len)` of `src`, as zeroes without a read when the source says it
+/// holds no data there (holes are never read, even to sniff them).
+async fn read_unless_hole(
+    src: &dyn Source,
+    offset: u64,
+    len: u64,
+    align: u64,
+) -> Result<Vec<u8>, Error> {
+    let data = match src.extents(offset, len).await {
+        Ok(m) => m.iter().any(|e| e.kind == ferry_cbt::ExtentKind::Data),
+        Err(_) => true,
+    };
+    if !data {
+        return Ok(vec![0; crate::num::usize_of(len)]);
+    }
+    let mut buf = Buf::new(crate::num::usize_of(len.div_ceil(align) * align));
+    buf.set_len(crate::num::usize_of(len));
+    Ok(src.read(offset, buf).await?.as_slice().to_vec())
 }
