@@ -95,7 +95,8 @@ pub async fn open(
 
 /// Refuse a source whose bytes are an image or archive format rather than a disk (see
 /// [`format::detect`]): copying a qcow2 file "as raw" would give the VM its container
-/// bytes. Reads the head and, past it, the last sector.
+/// bytes. Reads the head and, past it, the last sector; what cannot be read is left to
+/// the copy.
 pub async fn check_raw(src: &dyn Source) -> Result<(), Error> {
     let size = src.size();
     let align = src.block_size().max(crate::buf::BUF_ALIGN as u64);
@@ -108,10 +109,17 @@ pub async fn check_raw(src: &dyn Source) -> Result<(), Error> {
     if head_len == 0 {
         return Ok(());
     }
-    let head = read_unless_hole(src, 0, head_len, align).await?;
+    // A failed read leaves the question open: the copy reads the same bytes with its
+    // retries and reports a failure by its own rules.
+    let Ok(head) = read_unless_hole(src, 0, head_len, align).await else {
+        tracing::debug!("could not read the source's head to check its format");
+        return Ok(());
+    };
     let tail_at = size.saturating_sub(format::TAIL_BYTES as u64) / align * align;
     let tail = if tail_at >= head_len {
-        Some(read_unless_hole(src, tail_at, size - tail_at, align).await?)
+        read_unless_hole(src, tail_at, size - tail_at, align)
+            .await
+            .ok()
     } else {
         None
     };
