@@ -176,7 +176,7 @@ async fn open(job: &mut Job<'_>) -> Result<(Arc<Sink>, CopyOptions, bool), Error
 }
 
 /// Steps 4 and 5: grow, mark, chmod.
-async fn finish(job: &Job<'_>, sink: &Sink, preallocate: bool) -> Result<(), Error> {
+async fn finish(job: &Job<'_>, sink: &Sink) -> Result<(), Error> {
     let size = job.source.size();
     if let Some(to) = job.finish.grow_to
         && to > size
@@ -186,7 +186,7 @@ async fn finish(job: &Job<'_>, sink: &Sink, preallocate: bool) -> Result<(), Err
             to,
             "growing the image to the volume's usable size"
         );
-        sink.extend(to, preallocate).await?;
+        sink.extend(to, job.preallocate).await?;
         sink.flush().await?;
     }
     if let Some((path, round)) = &job.finish.round_marker {
@@ -194,17 +194,16 @@ async fn finish(job: &Job<'_>, sink: &Sink, preallocate: bool) -> Result<(), Err
             .map_err(|e| Error::Target(format!("round marker {}: {e}", path.display())))?;
     }
     if let Some(mode) = job.finish.mode {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(job.target, std::fs::Permissions::from_mode(mode)).map_err(
-            |e| {
-                Error::Target(format!(
-                    "cannot set the mode of {}: {e}",
-                    job.target.display()
-                ))
-            },
-        )?;
+        set_mode(job.target, mode)?;
     }
     Ok(())
+}
+
+/// Set a finished image's mode (CDI leaves disk.img 0660).
+pub fn set_mode(path: &Path, mode: u32) -> Result<(), Error> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| Error::Target(format!("cannot set the mode of {}: {e}", path.display())))
 }
 
 /// Run `job`; `progress` says "done" only when everything above is on the target.
@@ -230,7 +229,7 @@ pub async fn run(mut job: Job<'_>, progress: Arc<Progress>) -> Result<Outcome, E
         progress.clone(),
     )
     .await?;
-    finish(&job, &sink, job.preallocate).await?;
+    finish(&job, &sink).await?;
     progress.set_phase("done");
     Ok(Outcome {
         stats,

@@ -286,11 +286,7 @@ async fn blank(
             let sink = Sink::open(&path, size, DirectMode::Off, engine)?;
             let applied = cfg.preallocation && sink.preallocate().await?;
             sink.flush().await?;
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(DISK_IMG_MODE))
-                .map_err(|e| {
-                    Error::Target(format!("cannot set the mode of {}: {e}", path.display()))
-                })?;
+            crate::job::set_mode(&path, DISK_IMG_MODE)?;
             tracing::info!(path = %path.display(), size, preallocated = applied, "created a blank image");
             (size, applied)
         }
