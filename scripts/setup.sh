@@ -12,6 +12,12 @@ command -v qemu-nbd >/dev/null || need+=(qemu-utils)
 command -v fio >/dev/null || need+=(fio)
 command -v losetup >/dev/null || need+=(mount)
 command -v python3 >/dev/null || need+=(python3)
+# The compressors whose output the stream tests decompress.
+command -v gzip >/dev/null || need+=(gzip)
+command -v xz >/dev/null || need+=(xz-utils)
+command -v zstd >/dev/null || need+=(zstd)
+command -v bzip2 >/dev/null || need+=(bzip2)
+command -v mkfifo >/dev/null || need+=(coreutils)
 # Independent TLS and proxy peers for the vSphere client's tests: tinyproxy (CONNECT),
 # socat's OpenSSL listener (an https:// proxy in front of it), openssl s_server.
 command -v tinyproxy >/dev/null || need+=(tinyproxy)

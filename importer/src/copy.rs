@@ -366,12 +366,16 @@ fn pool(source: &dyn Source, opts: &CopyOptions) -> Result<(u64, usize, Vec<Buf>
             opts.buf_size
         )));
     }
-    let max_read = source.max_read().max(align);
+    Ok(pool_of(align, source.max_read().max(align), opts))
+}
+
+/// `buf_count` buffers of `buf_size` capped by `max_read` and aligned to `align`.
+fn pool_of(align: u64, max_read: u64, opts: &CopyOptions) -> (u64, usize, Vec<Buf>) {
     let buf_size = crate::num::usize_of((opts.buf_size as u64).min(max_read / align * align));
     let free = (0..opts.buf_count.max(1))
         .map(|_| Buf::new(buf_size))
         .collect();
-    Ok((align, buf_size, free))
+    (align, buf_size, free)
 }
 
 /// Set the progress totals and decide where this attempt starts: at `opts.start_at`
@@ -476,13 +480,7 @@ fn request(
 ) -> Request {
     let snk = sink.clone();
     let Some(buf) = buf else {
-        return Box::pin(async move {
-            let outcome = snk.zero(item.offset, item.length).await?;
-            Ok(Done::Zero {
-                len: item.length,
-                outcome,
-            })
-        });
+        return zero_request(item.offset, item.length, sink);
     };
     let src = source.clone();
     let detect = opts.detect_zeroes && sink.kind() == TargetKind::NewFile;
@@ -506,6 +504,15 @@ fn request(
             len: item.length,
             written,
         })
+    })
+}
+
+/// Make `[offset, offset+len)` of the target read as zeroes (no buffer held).
+fn zero_request(offset: u64, len: u64, sink: &Arc<Sink>) -> Request {
+    let snk = sink.clone();
+    Box::pin(async move {
+        let outcome = snk.zero(offset, len).await?;
+        Ok(Done::Zero { len, outcome })
     })
 }
 
@@ -616,6 +623,10 @@ impl Drop for AbortOnDrop {
         self.0.abort();
     }
 }
+
+#[path = "copy_stream.rs"]
+mod stream;
+pub use stream::copy_stream;
 
 #[cfg(test)]
 #[path = "copy_tests.rs"]

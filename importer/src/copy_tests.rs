@@ -612,3 +612,139 @@ fn the_journal_never_claims_what_was_not_flushed() {
         "a finished copy removes its journal"
     );
 }
+
+/// A stream over `data` handing out pieces of `piece` bytes at most (short reads, as a
+/// pipe gives them), failing at `fail_at` if set, and counting closes.
+#[derive(Debug)]
+struct MemStream {
+    data: Vec<u8>,
+    at: usize,
+    piece: usize,
+    fail_at: Option<usize>,
+    declared: Option<u64>,
+}
+
+impl crate::source::StreamSource for MemStream {
+    fn describe(&self) -> String {
+        "memory stream".into()
+    }
+    fn size(&self) -> Option<u64> {
+        self.declared
+    }
+    fn next(&mut self, mut buf: Buf) -> BoxFuture<'_, Result<crate::source::Piece, Error>> {
+        Box::pin(async move {
+            if self.fail_at.is_some_and(|f| self.at >= f) {
+                return Err(Error::Read {
+                    offset: self.at as u64,
+                    message: "corrupt stream".into(),
+                    retry: Retry::Never,
+                });
+            }
+            let n = buf
+                .capacity()
+                .min(self.piece)
+                .min(self.data.len() - self.at);
+            if n == 0 {
+                return Ok(crate::source::Piece::End(buf));
+            }
+            buf.set_len(n);
+            buf.as_mut_slice()
+                .copy_from_slice(&self.data[self.at..self.at + n]);
+            self.at += n;
+            Ok(crate::source::Piece::Data(buf))
+        })
+    }
+    fn close(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+    fn into_bytes(
+        self: Box<Self>,
+    ) -> Result<crate::source::stream::ByteParts, Box<dyn crate::source::StreamSource>> {
+        Err(self)
+    }
+}
+
+fn mem_stream(data: &[u8], piece: usize) -> MemStream {
+    MemStream {
+        data: data.to_vec(),
+        at: 0,
+        piece,
+        fail_at: None,
+        declared: None,
+    }
+}
+
+#[test]
+fn a_stream_is_copied_exactly_within_the_pool_and_its_zeroes_are_skipped() {
+    let (mut data, _) = disk();
+    data.truncate(data.len() - 333); // an odd end
+    for (buf_count, piece) in [(1, usize::MAX), (4, usize::MAX), (16, 100_000)] {
+        let r = rig(0);
+        let mut s = mem_stream(&data, piece);
+        let progress = Arc::new(Progress::new());
+        let stats = rt()
+            .block_on(copy_stream(
+                &mut s,
+                r.sink.clone(),
+                &opts(buf_count),
+                progress.clone(),
+            ))
+            .unwrap();
+        let ctx = format!("{buf_count} buffers, pieces of {piece}");
+        assert_eq!(std::fs::read(&r.path).unwrap(), data, "[{ctx}]");
+        assert_eq!(stats.size, data.len() as u64, "[{ctx}]");
+        let max = r.inflight.max.load(Ordering::SeqCst);
+        assert!(max <= buf_count, "[{ctx}] {max} buffers out");
+        if buf_count > 1 && piece == usize::MAX {
+            assert!(max > 1, "[{ctx}] writes overlapped the next read");
+        }
+        assert!(
+            stats.bytes_skipped > 0,
+            "[{ctx}] zero pieces skipped: {stats:?}"
+        );
+        assert_eq!(
+            stats.bytes_written + stats.bytes_skipped,
+            data.len() as u64,
+            "[{ctx}] every byte written or skipped"
+        );
+        assert_eq!(progress.durable(), data.len() as u64, "[{ctx}]");
+    }
+}
+
+#[test]
+fn a_stream_failing_midway_fails_the_job_and_is_never_done() {
+    let (data, _) = disk();
+    let r = rig(0);
+    let mut s = mem_stream(&data, usize::MAX);
+    s.fail_at = Some(5 * MIB as usize);
+    let progress = Arc::new(Progress::new());
+    let e = rt()
+        .block_on(copy_stream(
+            &mut s,
+            r.sink.clone(),
+            &opts(4),
+            progress.clone(),
+        ))
+        .expect_err("fails");
+    assert!(matches!(e, Error::Read { .. }), "{e:?}");
+    assert_ne!(progress.phase(), "done");
+}
+
+#[test]
+fn a_stream_that_ends_short_of_or_past_its_declared_size_fails() {
+    let data = vec![7u8; 3 * MIB as usize];
+    for declared in [2 * MIB, 4 * MIB] {
+        let r = rig(0);
+        let mut s = mem_stream(&data, usize::MAX);
+        s.declared = Some(declared);
+        let e = rt()
+            .block_on(copy_stream(
+                &mut s,
+                r.sink.clone(),
+                &opts(2),
+                Arc::new(Progress::new()),
+            ))
+            .expect_err("size mismatch");
+        assert!(e.to_string().contains("bytes"), "{declared}: {e}");
+    }
+}

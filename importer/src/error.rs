@@ -26,7 +26,7 @@ pub enum Error {
     },
     /// The source holds an image or archive format, not a disk (only raw disks are
     /// copied so far).
-    #[error("{what} holds a {format}, not a raw disk; Ferry copies raw disks only so far: {}, or give --format raw to copy its bytes as they are", .format.how_to_read())]
+    #[error("{what} holds a {format}, not a raw disk; Ferry copies raw disks (also gzip-, xz- or zstd-compressed) only so far: {}, or give --format raw to copy its bytes as they are", .format.how_to_read())]
     NotRaw {
         /// The source.
         what: String,
@@ -132,6 +132,15 @@ pub enum TargetProblem {
         path: std::path::PathBuf,
         /// What it is.
         file_type: std::fs::FileType,
+    },
+    /// A block device that a disk arriving as a stream (its size unknown until its end)
+    /// outgrew.
+    #[error("target {} is too small: {size} bytes, and the source holds more", path.display())]
+    StreamTooLarge {
+        /// The device.
+        path: std::path::PathBuf,
+        /// Its size.
+        size: u64,
     },
     /// `--direct on`, and the target refuses O_DIRECT.
     #[error("O_DIRECT was required but {} refuses it: {error}", path.display())]

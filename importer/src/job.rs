@@ -11,7 +11,9 @@
 //! 5. writes the round marker, sets the image's mode,
 //!
 //! and only then reports done. The source is closed on every path: by the copy on
-//! success, by the retry loop after each failed attempt.
+//! success, by the retry loop after each failed attempt, here after a stream's copy.
+//! A stream ([`Input::Stream`]) is copied by [`crate::copy::copy_stream`]: no resume,
+//! no delta, and its size is where it ends.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,7 +24,7 @@ use crate::error::Error;
 use crate::progress::Progress;
 use crate::retry::{Reopen, RetryPolicy};
 use crate::sink::{DirectMode, Sink};
-use crate::source::Source;
+use crate::source::Input;
 
 /// What to copy: everything, or only the changed areas onto the previous round.
 #[derive(Debug, Clone)]
@@ -78,8 +80,8 @@ pub struct Finish {
 
 /// One job.
 pub struct Job<'a> {
-    /// The opened source.
-    pub source: Arc<dyn Source>,
+    /// The opened source: a disk read at any offset, or a stream read in order.
+    pub source: Input,
     /// Opens the source again after a lost connection (none: a lost connection fails).
     pub reopen: Option<Reopen<'a>>,
     /// The file or block device to write.
@@ -126,7 +128,11 @@ pub struct Outcome {
 /// options and whether preallocation happened.
 async fn open(job: &mut Job<'_>) -> Result<(Arc<Sink>, CopyOptions, bool), Error> {
     let size = job.source.size();
+    if let Input::Stream(s) = &job.source {
+        refuse_for_stream(job, &s.describe())?;
+    }
     if job.plan.changes.is_some() {
+        let size = size.unwrap_or_default();
         crate::delta::check_target(job.target, size, job.keep_larger, &job.plan.delta_from)?;
     }
     // Checked before the target is touched (see `JournalFile::open`).
@@ -136,14 +142,15 @@ async fn open(job: &mut Job<'_>) -> Result<(Arc<Sink>, CopyOptions, bool), Error
         protected.push((p, "the source"));
     }
     let journal = crate::journal::JournalFile::open_optional(job.journal, &protected)?;
+    // A stream of unknown size starts the target empty and sets its length at the end.
     let sink = Arc::new(Sink::open_with(
         job.target,
-        size,
+        size.unwrap_or(0),
         job.tuning.direct,
         job.engine.clone(),
         job.keep_larger,
     )?);
-    let preallocated = if job.preallocate {
+    let preallocated = if job.preallocate && size.is_some() {
         sink.preallocate().await?
     } else {
         false
@@ -153,7 +160,7 @@ async fn open(job: &mut Job<'_>) -> Result<(Arc<Sink>, CopyOptions, bool), Error
         Some(j) => j.begin(
             crate::journal::JournalIdentity {
                 source: job.source.describe(),
-                size,
+                size: size.unwrap_or_default(),
                 plan: job.plan.label.clone(),
                 target: job.target.display().to_string(),
                 target_id: sink.target_id().to_string(),
@@ -175,9 +182,24 @@ async fn open(job: &mut Job<'_>) -> Result<(Arc<Sink>, CopyOptions, bool), Error
     Ok((sink, opts, preallocated))
 }
 
+/// A stream is read once from its start: it cannot resume from a journal, and it has no
+/// changed areas to copy alone.
+fn refuse_for_stream(job: &Job<'_>, what: &str) -> Result<(), Error> {
+    let needs = if job.plan.changes.is_some() {
+        "a delta"
+    } else if job.journal.is_some() {
+        "a resume journal"
+    } else {
+        return Ok(());
+    };
+    Err(Error::Usage(format!(
+        "{what} can only be read in order, once: {needs} needs a source that can be read at any offset"
+    )))
+}
+
 /// Steps 4 and 5: grow, mark, chmod.
 async fn finish(job: &Job<'_>, sink: &Sink) -> Result<(), Error> {
-    let size = job.source.size();
+    let size = sink.size();
     if let Some(to) = job.finish.grow_to
         && to > size
     {
@@ -215,20 +237,26 @@ pub async fn run(mut job: Job<'_>, progress: Arc<Progress>) -> Result<Outcome, E
             return Err(e);
         }
     };
-    let reopen = job.reopen.take().unwrap_or_else(|| {
-        Box::new(|| {
-            Box::pin(async { Err(Error::Source("this source cannot be opened again".into())) })
-        })
-    });
     progress.set_phase("copying");
-    let stats = crate::retry::copy_retrying(
-        job.source.clone(),
-        reopen,
-        sink.clone(),
-        &opts,
-        progress.clone(),
-    )
-    .await?;
+    let stats = match &mut job.source {
+        Input::Disk(src) => {
+            let reopen = job.reopen.take().unwrap_or_else(|| {
+                Box::new(|| {
+                    Box::pin(async {
+                        Err(Error::Source("this source cannot be opened again".into()))
+                    })
+                })
+            });
+            crate::retry::copy_retrying(src.clone(), reopen, sink.clone(), &opts, progress.clone())
+                .await?
+        }
+        Input::Stream(s) => {
+            let r =
+                crate::copy::copy_stream(s.as_mut(), sink.clone(), &opts, progress.clone()).await;
+            s.close().await;
+            r?
+        }
+    };
     finish(&job, &sink).await?;
     progress.set_phase("done");
     Ok(Outcome {

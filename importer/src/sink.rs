@@ -17,7 +17,7 @@ use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
 use crate::buf::{BUF_ALIGN, Buf};
 use crate::engine::{Fallocate, IoEngine};
@@ -75,7 +75,10 @@ pub struct Sink {
     kind: TargetKind,
     buffered: Arc<File>,
     direct: Option<Arc<File>>,
-    size: u64,
+    /// The size this copy writes (a stream's is known only at its end).
+    size: AtomicU64,
+    /// A block device's size (files grow).
+    capacity: Option<u64>,
     engine: Arc<dyn IoEngine>,
     zero_strategy: AtomicU8,
     /// The target's identity as found before this copy touched it (None: created now).
@@ -196,7 +199,8 @@ impl Sink {
                 kind: TargetKind::Null,
                 buffered: Arc::new(f),
                 direct: None,
-                size,
+                size: AtomicU64::new(size),
+                capacity: None,
                 engine,
                 zero_strategy: AtomicU8::new(Z_PUNCH),
                 found_id: None,
@@ -220,6 +224,7 @@ impl Sink {
             Err(e) => return Err(target_err(path, "inspect", e)),
         };
         let stat = |f: &File| f.metadata().map_err(|e| target_err(path, "inspect", e));
+        let mut capacity = None;
         let (kind, buffered, found_id, id) = match &meta {
             None => {
                 let f = OpenOptions::new()
@@ -252,6 +257,7 @@ impl Sink {
                     .into());
                 }
                 use std::os::unix::fs::MetadataExt;
+                capacity = Some(dev);
                 let id = block_id(stat(&f)?.rdev(), dev);
                 (TargetKind::BlockDevice, f, Some(id.clone()), id)
             }
@@ -307,7 +313,8 @@ impl Sink {
             kind,
             buffered: Arc::new(buffered),
             direct: direct_fd,
-            size,
+            size: AtomicU64::new(size),
+            capacity,
             engine,
             zero_strategy: AtomicU8::new(Z_PUNCH),
             found_id,
@@ -475,7 +482,31 @@ impl Sink {
 
     /// The size the target holds for this copy.
     pub fn size(&self) -> u64 {
-        self.size
+        self.size.load(Ordering::Relaxed)
+    }
+
+    /// The target's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// How much a block device holds (None for files, which grow, and the null target).
+    pub fn capacity(&self) -> Option<u64> {
+        self.capacity
+    }
+
+    /// A stream ended at `size` bytes: a file target is cut or grown to it (its zero
+    /// tail was skipped, not written); a block device keeps its length.
+    pub async fn set_stream_size(&self, size: u64) -> Result<(), Error> {
+        if matches!(self.kind, TargetKind::NewFile | TargetKind::ExistingFile) {
+            self.buffered.set_len(size).map_err(|error| Error::Write {
+                op: "resize",
+                offset: size,
+                error,
+            })?;
+        }
+        self.size.store(size, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Preallocate the target: a file gets every block allocated now, and zero ranges of
@@ -493,7 +524,7 @@ impl Sink {
                 // A new file's zero ranges are still skipped: once every block is
                 // allocated they read as zeroes without being written.
                 self.engine
-                    .fallocate(self.buffered.clone(), Fallocate::Allocate, 0, self.size)
+                    .fallocate(self.buffered.clone(), Fallocate::Allocate, 0, self.size())
                     .await
                     .map_err(|error| Error::Write {
                         op: "preallocate",
@@ -508,27 +539,22 @@ impl Sink {
     /// Grow a file target to `len` bytes (the volume's requested size; the new tail reads
     /// as zeroes), allocating it too when `preallocate`. Block devices are left alone.
     pub async fn extend(&self, len: u64, preallocate: bool) -> Result<(), Error> {
-        if !matches!(self.kind, TargetKind::NewFile | TargetKind::ExistingFile) || len <= self.size
-        {
+        let size = self.size();
+        if !matches!(self.kind, TargetKind::NewFile | TargetKind::ExistingFile) || len <= size {
             return Ok(());
         }
         self.buffered.set_len(len).map_err(|error| Error::Write {
             op: "extend",
-            offset: self.size,
+            offset: size,
             error,
         })?;
         if preallocate {
             self.engine
-                .fallocate(
-                    self.buffered.clone(),
-                    Fallocate::Allocate,
-                    self.size,
-                    len - self.size,
-                )
+                .fallocate(self.buffered.clone(), Fallocate::Allocate, size, len - size)
                 .await
                 .map_err(|error| Error::Write {
                     op: "preallocate",
-                    offset: self.size,
+                    offset: size,
                     error,
                 })?;
         }

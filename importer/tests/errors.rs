@@ -676,11 +676,22 @@ fn a_full_target_filesystem_is_a_target_io_failure() {
 
 // -- what the source holds ----------------------------------------------------------------
 
+/// `tool -c SRC > OUT`, by the real compressor.
+fn compress_to(tool: &str, src: &Path, out: &Path) {
+    let o = std::process::Command::new(tool)
+        .arg("-c")
+        .arg(src)
+        .output()
+        .expect(tool);
+    assert!(o.status.success(), "{tool} -c {}", src.display());
+    std::fs::write(out, o.stdout).unwrap();
+}
+
 #[test]
 fn an_image_or_archive_is_refused_unless_raw_is_asked_for() {
     // Images made by qemu-img and compressors, not by us: copying any of them "as raw"
     // would hand the VM its container bytes.
-    if !require(&["qemu-img", "gzip", "xz", "nbdkit", "cmp"]) {
+    if !require(&["qemu-img", "gzip", "xz", "zstd", "bzip2", "nbdkit", "cmp"]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -705,16 +716,27 @@ fn an_image_or_archive_is_refused_unless_raw_is_asked_for() {
         assert!(st.success(), "qemu-img convert -O {fmt} {opts}");
         cases.push((out, phrase));
     }
-    for (tool, ext, phrase) in [("gzip", "gz", "gzip"), ("xz", "xz", "xz")] {
-        let out = dir.path().join(format!("disk.raw.{ext}"));
-        let o = std::process::Command::new(tool)
-            .arg("-c")
-            .arg(&raw)
-            .output()
-            .expect(tool);
-        std::fs::write(&out, o.stdout).unwrap();
+    // A compressed raw disk is decompressed as it streams (tests/stream.rs); a
+    // compressed image is refused once its inside is seen, each compression peeled once
+    // (a gzip inside a gzip is refused), and bzip2 is not read at all.
+    let qcow2 = cases[0].0.clone();
+    for (tool, ext, phrase) in [
+        ("gzip", "gz", "gzip-decompressed holds a qcow2 image"),
+        ("xz", "xz", "xz-decompressed holds a qcow2 image"),
+        ("zstd", "zst", "zstd-decompressed holds a qcow2 image"),
+    ] {
+        let out = dir.path().join(format!("disk.qcow2.{ext}"));
+        compress_to(tool, &qcow2, &out);
         cases.push((out, phrase));
     }
+    let gz = dir.path().join("disk.raw.gz");
+    compress_to("gzip", &raw, &gz);
+    let gzgz = dir.path().join("disk.raw.gz.gz");
+    compress_to("gzip", &gz, &gzgz);
+    cases.push((gzgz, "gzip-decompressed holds a gzip-compressed file"));
+    let bz = dir.path().join("disk.raw.bz2");
+    compress_to("bzip2", &raw, &bz);
+    cases.push((bz, "bzip2-compressed file"));
     let t = dir.path().join("t.img");
     for (img, phrase) in &cases {
         let r = copy(img.to_str().unwrap(), &t, "sync", &[]);
@@ -724,6 +746,16 @@ fn an_image_or_archive_is_refused_unless_raw_is_asked_for() {
     }
     // The same through an NBD server that serves the file's bytes.
     let qcow2 = &cases[0].0;
+    let srv_gz = Server::nbdkit(dir.path(), &["file", gz.to_str().unwrap()]);
+    copy(&srv_gz.uri(), &t, "sync", &[]).success("gzip over NBD is decompressed");
+    let st = std::process::Command::new("cmp")
+        .arg(&raw)
+        .arg(&t)
+        .status()
+        .unwrap();
+    assert!(st.success(), "gzip over NBD is the raw disk");
+    std::fs::remove_file(&t).unwrap();
+    drop(srv_gz);
     let srv = Server::nbdkit(dir.path(), &["file", qcow2.to_str().unwrap()]);
     copy(&srv.uri(), &t, "sync", &[]).failure("qcow2 over NBD", &["qcow2 image"]);
     // Asked for: the bytes as they are.

@@ -159,7 +159,7 @@ async fn synthetic(a: &BenchArgs) -> anyhow::Result<()> {
         let before = getrusage(UsageWho::RUSAGE_SELF)?;
         let t = Instant::now();
         let stats = copy_once(
-            src.clone(),
+            ferry::source::Input::Disk(src.clone()),
             &target,
             &a.tuning,
             engine.clone(),

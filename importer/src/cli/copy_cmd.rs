@@ -8,7 +8,6 @@ use std::time::Duration;
 use clap::Args;
 use ferry::copy::{Changes, CopyStats};
 use ferry::progress::Progress;
-use ferry::source::Source;
 
 use super::Tuning;
 use super::vddk_args::VddkArgs;
@@ -82,7 +81,7 @@ pub struct CopyExtras<'a> {
 
 /// Copy `src` onto `dst` through the job runner ([`ferry::job::run`]).
 pub async fn copy_once<'a>(
-    src: Arc<dyn Source>,
+    src: ferry::source::Input,
     dst: &'a std::path::Path,
     tuning: &Tuning,
     engine: Arc<dyn ferry::engine::IoEngine>,
@@ -189,14 +188,19 @@ pub async fn run(mut a: CopyArgs) -> anyhow::Result<()> {
     let engine = ferry::engine::select(a.tuning.io_engine, (a.tuning.count() * 2 + 16) as u32)?;
     let mut nbd = a.tuning.nbd();
     nbd.dirty_bitmap = a.dirty_bitmap.clone();
-    let src = ferry::source::open(&a.src, &nbd, vddk.as_ref(), engine.clone()).await?;
-    if a.format == SourceFormat::Auto
-        && vddk.is_none()
-        && let Err(e) = ferry::source::check_raw(src.as_ref()).await
-    {
-        src.close().await;
-        return Err(e.into());
-    }
+    let reach = ferry::source::Reach {
+        nbd: &nbd,
+        vddk: vddk.as_ref(),
+        engine: engine.clone(),
+    };
+    let src = ferry::source::open_input(&a.src, &reach).await?;
+    // What the bytes hold: a raw disk as it is, a compressed one decompressed, an image
+    // refused (VDDK sources are always disks).
+    let src = if a.format == SourceFormat::Auto && vddk.is_none() {
+        ferry::source::layers::layer(src).await?
+    } else {
+        src
+    };
     let progress = Arc::new(Progress::new());
     let bar =
         (!a.no_progress && std::io::stderr().is_terminal()).then(|| spawn_bar(progress.clone()));
@@ -204,7 +208,8 @@ pub async fn run(mut a: CopyArgs) -> anyhow::Result<()> {
         (Some(_), _, _) => Some(Changes::FromSource),
         (None, Some(f), _) => Some(Changes::Map(Arc::new(ferry::delta::load_extents_file(
             f,
-            src.size(),
+            src.size()
+                .unwrap_or(ferry::source::stream::MAX_STREAM_BYTES),
         )?))),
         (None, None, Some(since)) => {
             let v = vddk.as_ref().ok_or_else(|| {

@@ -552,7 +552,7 @@ pub async fn run(
     let keep_larger = plan.changes.is_some();
     let fs_mode = matches!(cfg.target, Target::Filesystem { .. });
     let job = crate::job::Job {
-        source: source.clone(),
+        source: crate::source::Input::Disk(source.clone()),
         reopen: Some(reopen),
         target: &target,
         plan,

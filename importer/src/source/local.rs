@@ -28,6 +28,31 @@ pub struct LocalSource {
     engine: Arc<dyn IoEngine>,
 }
 
+/// Open a local path: a regular file or block device as a [`LocalSource`], a pipe or
+/// character device (`/dev/stdin`, a FIFO) as a stream read in order.
+pub async fn open_input(path: &Path, engine: Arc<dyn IoEngine>) -> Result<super::Input, Error> {
+    let ctx = |error: std::io::Error| Error::SourceIo {
+        op: "open",
+        path: path.to_owned(),
+        error,
+    };
+    let ft = std::fs::metadata(path).map_err(ctx)?.file_type();
+    if !(ft.is_fifo() || ft.is_char_device()) {
+        return Ok(super::Input::Disk(Arc::new(LocalSource::open(
+            path, engine,
+        )?)));
+    }
+    // Opening a FIFO waits for its writer: on the blocking pool.
+    let p = path.to_owned();
+    let file = tokio::task::spawn_blocking(move || File::open(p))
+        .await
+        .map_err(|e| ctx(std::io::Error::other(e)))?
+        .map_err(ctx)?;
+    Ok(super::Input::Stream(Box::new(
+        super::stream::ReadStream::new(path.display().to_string(), None, Box::new(file), None),
+    )))
+}
+
 impl LocalSource {
     /// Open read-only.
     pub fn open(path: &Path, engine: Arc<dyn IoEngine>) -> Result<LocalSource, Error> {

@@ -3,6 +3,11 @@
 //! A [`Source`] knows its size, can describe its allocation as a [`ExtentMap`] over any
 //! range, and reads into pool buffers with many reads in flight. Adding a source (VDDK,
 //! HTTP) is one new implementation, never a new copy loop.
+//!
+//! A source string is opened by the first of [`TRANSPORTS`] that claims it (an NBD or
+//! VDDK URI, `-`, a path), giving an [`Input`]: a [`Source`] or, for what can only be
+//! read in order (a pipe), a [`StreamSource`]. The format layer ([`layers`]) then looks
+//! at the first bytes and decodes what it can (a compressed raw disk) or refuses.
 
 mod local;
 mod nbd;
@@ -14,8 +19,11 @@ use std::sync::Arc;
 use ferry_cbt::ExtentMap;
 
 pub mod format;
+pub mod layers;
+pub mod stream;
 pub use local::LocalSource;
 pub use nbd::{NbdSource, NbdSourceOptions};
+pub use stream::{Piece, StreamSource};
 pub use synthetic::{SyntheticSource, SyntheticSpec};
 pub use vddk::{VddkOptions, VddkSource};
 
@@ -67,37 +75,167 @@ pub trait Source: Send + Sync + std::fmt::Debug {
     fn close(&self) -> BoxFuture<'_, ()>;
 }
 
-/// Open a source from a command-line string: an NBD URI or a local path.
+/// What a job reads: a disk readable at any offset, or one that arrives in order.
+#[derive(Debug)]
+pub enum Input {
+    /// Random access ([`Source`]): windows of allocation, many reads in flight, resume.
+    Disk(Arc<dyn Source>),
+    /// Front to back, once ([`StreamSource`]).
+    Stream(Box<dyn StreamSource>),
+}
+
+impl Input {
+    /// For logs and errors.
+    pub fn describe(&self) -> String {
+        match self {
+            Input::Disk(s) => s.describe(),
+            Input::Stream(s) => s.describe(),
+        }
+    }
+    /// The disk's size, when known before the copy (a stream may say nothing).
+    pub fn size(&self) -> Option<u64> {
+        match self {
+            Input::Disk(s) => Some(s.size()),
+            Input::Stream(s) => s.size(),
+        }
+    }
+    /// The local file or device read, if any ([`Source::local_path`]).
+    pub fn local_path(&self) -> Option<&std::path::Path> {
+        match self {
+            Input::Disk(s) => s.local_path(),
+            Input::Stream(_) => None,
+        }
+    }
+    /// Release what it reads from.
+    pub async fn close(&mut self) {
+        match self {
+            Input::Disk(s) => s.close().await,
+            Input::Stream(s) => s.close().await,
+        }
+    }
+}
+
+/// What opening a source may need besides its string.
+#[derive(Clone, Debug)]
+pub struct Reach<'a> {
+    /// NBD connection options.
+    pub nbd: &'a NbdSourceOptions,
+    /// VDDK options (a `vddk://` source needs them).
+    pub vddk: Option<&'a VddkOptions>,
+    /// The I/O engine local files are read with.
+    pub engine: Arc<dyn crate::engine::IoEngine>,
+}
+
+type OpenFn = for<'a> fn(&'a str, &'a Reach<'a>) -> BoxFuture<'a, Result<Input, Error>>;
+
+/// One way of reaching a disk: which source strings it claims and how it opens them.
+struct Transport {
+    /// What it reads, for messages.
+    name: &'static str,
+    claims: fn(&str) -> bool,
+    open: OpenFn,
+}
+
+/// The transports, tried in order: the first that claims a source string opens it. A
+/// new transport (HTTP, a registry) is one row and its file.
+const TRANSPORTS: &[Transport] = &[
+    Transport {
+        name: "vddk:// (VMware VDDK)",
+        claims: vddk::options::is_vddk_uri,
+        open: |spec, r| {
+            Box::pin(async move {
+                let _ = spec;
+                let opts = r.vddk.ok_or_else(|| {
+                    Error::Usage("a vddk:// source needs its VDDK options".into())
+                })?;
+                let s = VddkSource::open(opts).await.map_err(Error::Vddk)?;
+                Ok(Input::Disk(Arc::new(s)))
+            })
+        },
+    },
+    Transport {
+        name: "nbd://, nbd+unix:// (NBD)",
+        claims: ferry_nbd::Uri::is_nbd_uri,
+        open: |spec, r| {
+            Box::pin(async move {
+                let uri: ferry_nbd::Uri = spec.parse().map_err(Error::Nbd)?;
+                Ok(Input::Disk(Arc::new(
+                    NbdSource::connect(&uri, r.nbd).await?,
+                )))
+            })
+        },
+    },
+    Transport {
+        name: "- (standard input)",
+        claims: |spec| spec == "-",
+        open: |_, _| {
+            Box::pin(async move {
+                Ok(Input::Stream(Box::new(stream::ReadStream::new(
+                    "standard input".into(),
+                    None,
+                    Box::new(std::io::stdin()),
+                    None,
+                ))))
+            })
+        },
+    },
+    Transport {
+        name: "a path (file, block device or pipe)",
+        claims: |spec| !spec.contains("://"),
+        open: |spec, r| {
+            Box::pin(local::open_input(
+                std::path::Path::new(spec),
+                r.engine.clone(),
+            ))
+        },
+    },
+];
+
+/// Open a source from a command-line string through [`TRANSPORTS`], its bytes taken as
+/// they are (see [`layers::layer`] for what they hold).
+pub async fn open_input(spec: &str, reach: &Reach<'_>) -> Result<Input, Error> {
+    match TRANSPORTS.iter().find(|t| (t.claims)(spec)) {
+        Some(t) => (t.open)(spec, reach).await,
+        None => Err(Error::Usage(format!(
+            "unsupported source {spec:?}: give {}",
+            TRANSPORTS
+                .iter()
+                .map(|t| t.name)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
+/// Open a source that can be read at any offset (the one a lost connection is
+/// reopened with): an NBD or VDDK URI or a local file or device.
 pub async fn open(
     spec: &str,
     nbd_opts: &NbdSourceOptions,
     vddk_opts: Option<&VddkOptions>,
     engine: Arc<dyn crate::engine::IoEngine>,
 ) -> Result<Arc<dyn Source>, Error> {
-    if vddk::options::is_vddk_uri(spec) {
-        let opts = vddk_opts
-            .ok_or_else(|| Error::Usage("a vddk:// source needs its VDDK options".into()))?;
-        Ok(Arc::new(VddkSource::open(opts).await.map_err(Error::Vddk)?))
-    } else if ferry_nbd::Uri::is_nbd_uri(spec) {
-        let uri: ferry_nbd::Uri = spec.parse().map_err(Error::Nbd)?;
-        Ok(Arc::new(NbdSource::connect(&uri, nbd_opts).await?))
-    } else if spec.contains("://") {
-        Err(Error::Usage(format!(
-            "unsupported source {spec:?}: give an NBD URI (nbd://, nbd+unix://), a vddk:// URI or a path"
-        )))
-    } else {
-        Ok(Arc::new(LocalSource::open(
-            std::path::Path::new(spec),
-            engine,
-        )?))
+    let reach = Reach {
+        nbd: nbd_opts,
+        vddk: vddk_opts,
+        engine,
+    };
+    match open_input(spec, &reach).await? {
+        Input::Disk(s) => Ok(s),
+        Input::Stream(mut s) => {
+            s.close().await;
+            Err(Error::Usage(format!(
+                "{}: this source can only be read in order, once",
+                s.describe()
+            )))
+        }
     }
 }
 
-/// Refuse a source whose bytes are an image or archive format rather than a disk (see
-/// [`format::detect`]): copying a qcow2 file "as raw" would give the VM its container
-/// bytes. Reads the head and, past it, the last sector; what cannot be read is left to
-/// the copy.
-pub async fn check_raw(src: &dyn Source) -> Result<(), Error> {
+/// What a disk source's bytes are (see [`format::detect`]): reads the head and, past
+/// it, the last sector. A head that cannot be read is left to the copy (it reads the
+/// same bytes with its retries and reports a failure by its own rules): Raw.
+pub async fn sniff_disk(src: &dyn Source) -> Result<format::Format, Error> {
     let size = src.size();
     let align = src.block_size().max(crate::buf::BUF_ALIGN as u64);
     // Reads start aligned and end aligned or at the end of the disk (a server's
@@ -107,13 +245,11 @@ pub async fn check_raw(src: &dyn Source) -> Result<(), Error> {
         .saturating_mul(align)
         .min(size);
     if head_len == 0 {
-        return Ok(());
+        return Ok(format::Format::Raw);
     }
-    // A failed read leaves the question open: the copy reads the same bytes with its
-    // retries and reports a failure by its own rules.
     let Ok(head) = read_unless_hole(src, 0, head_len, align).await else {
         tracing::debug!("could not read the source's head to check its format");
-        return Ok(());
+        return Ok(format::Format::Raw);
     };
     let tail_at = size.saturating_sub(format::TAIL_BYTES as u64) / align * align;
     let tail = if tail_at >= head_len {
@@ -127,13 +263,7 @@ pub async fn check_raw(src: &dyn Source) -> Result<(), Error> {
     let tail = tail
         .as_deref()
         .map(|t| &t[t.len().saturating_sub(format::TAIL_BYTES)..]);
-    match format::detect(head, tail) {
-        format::Format::Raw => Ok(()),
-        found => Err(Error::NotRaw {
-            what: src.describe(),
-            format: found,
-        }),
-    }
+    Ok(format::detect(head, tail))
 }
 
 /// `[offset, offset+len)` of `src`, as zeroes without a read when the source says it

@@ -1,0 +1,301 @@
+//! The format layer: what a transport's bytes hold, chosen from its first bytes
+//! ([`format::detect`]) through one table, [`LAYERS`]. A raw disk is copied as it is; a
+//! compressed one is decompressed as it streams (each compression peeled at most once,
+//! as CDI does, so a `.gz.gz` is refused rather than unwrapped twice) and its inside
+//! looked at again; anything else is refused with a message saying how to read it.
+//! A new format is one row here and its reader's file.
+
+use std::io::Read;
+use std::sync::Arc;
+
+use super::format::{self, Format};
+use super::stream::{ReadStream, SourceReader, StreamSource};
+use super::{Input, Source};
+use crate::error::{Error, Retry};
+
+/// A reader of bytes.
+type Bytes = Box<dyn Read + Send>;
+
+/// What a recognised format becomes.
+enum Layer {
+    /// The bytes are the disk.
+    Disk,
+    /// The bytes are a compressed stream of what lies inside.
+    Decompress(fn(Bytes) -> std::io::Result<Bytes>),
+}
+
+/// How each format the copy can read is read. Formats not listed are refused
+/// ([`Error::NotRaw`]).
+const LAYERS: &[(Format, Layer)] = &[
+    (Format::Raw, Layer::Disk),
+    (Format::Gzip, Layer::Decompress(gzip)),
+    (Format::Xz, Layer::Decompress(xz)),
+    (Format::Zstd, Layer::Decompress(zstd)),
+];
+
+/// gzip, every member (pigz and bgzip write several).
+fn gzip(r: Box<dyn Read + Send>) -> std::io::Result<Box<dyn Read + Send>> {
+    Ok(Box::new(flate2::read::MultiGzDecoder::new(r)))
+}
+
+/// xz, every stream, multi-block files decoded by one thread per block's worth of
+/// input as liblzma allows.
+fn xz(r: Box<dyn Read + Send>) -> std::io::Result<Box<dyn Read + Send>> {
+    Ok(Box::new(liblzma::read::XzDecoder::new_multi_decoder(r)))
+}
+
+/// zstd, every frame.
+fn zstd(r: Box<dyn Read + Send>) -> std::io::Result<Box<dyn Read + Send>> {
+    Ok(Box::new(zstd::stream::read::Decoder::new(r)?))
+}
+
+fn layer_of(f: Format) -> Option<&'static Layer> {
+    LAYERS.iter().find(|(g, _)| *g == f).map(|(_, l)| l)
+}
+
+/// The format names the copy reads, for messages.
+pub fn readable() -> String {
+    LAYERS
+        .iter()
+        .map(|(f, _)| f.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Look at what `input` holds and put the layers on it that turn it into a disk.
+pub async fn layer(input: Input) -> Result<Input, Error> {
+    match input {
+        Input::Disk(src) => {
+            let found = match super::sniff_disk(src.as_ref()).await {
+                Ok(f) => f,
+                Err(e) => {
+                    src.close().await;
+                    return Err(e);
+                }
+            };
+            match layer_of(found) {
+                Some(Layer::Disk) => Ok(Input::Disk(src)),
+                Some(Layer::Decompress(_)) => {
+                    let what = src.describe();
+                    let reader: Box<dyn Read + Send> = Box::new(SourceReader::new(src.clone()));
+                    peel(what, reader, Some(src)).await
+                }
+                None => {
+                    let what = src.describe();
+                    src.close().await;
+                    Err(Error::NotRaw {
+                        what,
+                        format: found,
+                    })
+                }
+            }
+        }
+        Input::Stream(s) => match s.into_bytes() {
+            Ok((what, reader, under)) => peel(what, reader, under).await,
+            Err(s) => Ok(Input::Stream(s)),
+        },
+    }
+}
+
+/// A byte stream (`what`, read by `reader`) made a disk: its head looked at, decoded
+/// while it is compressed with a compression not yet peeled, until it is raw. `under`
+/// is what the reader reads from, closed with the stream (or now, on a refusal).
+pub async fn peel(
+    what: String,
+    reader: Box<dyn Read + Send>,
+    under: Option<Arc<dyn Source>>,
+) -> Result<Input, Error> {
+    let w = what.clone();
+    let peeled = tokio::task::spawn_blocking(move || peel_blocking(w, reader))
+        .await
+        .map_err(|e| Error::Read {
+            offset: 0,
+            message: format!("{what}: the reading thread failed: {e}"),
+            retry: Retry::Never,
+        })
+        .and_then(|r| r);
+    match peeled {
+        Ok((described, reader)) => Ok(Input::Stream(Box::new(ReadStream::new(
+            described, None, reader, under,
+        )) as Box<dyn StreamSource>)),
+        Err(e) => {
+            if let Some(s) = under {
+                s.close().await;
+            }
+            Err(e)
+        }
+    }
+}
+
+/// What [`peel`] does, on a blocking thread. Returns the stream's description ("PATH,
+/// gzip-decompressed") and its disk bytes.
+fn peel_blocking(
+    mut what: String,
+    mut reader: Box<dyn Read + Send>,
+) -> Result<(String, Box<dyn Read + Send>), Error> {
+    let mut peeled: Vec<Format> = Vec::new();
+    loop {
+        let mut head = Vec::with_capacity(format::HEAD_BYTES);
+        (&mut reader)
+            .take(format::HEAD_BYTES as u64)
+            .read_to_end(&mut head)
+            .map_err(|e| Error::Read {
+                offset: 0,
+                message: format!("{what}: {e}"),
+                retry: Retry::Never,
+            })?;
+        let found = format::detect(&head, None);
+        reader = Box::new(std::io::Cursor::new(head).chain(reader));
+        match layer_of(found) {
+            Some(Layer::Disk) => return Ok((what, reader)),
+            Some(Layer::Decompress(decode)) if !peeled.contains(&found) => {
+                reader = decode(reader).map_err(|e| Error::Read {
+                    offset: 0,
+                    message: format!("{what}: {e}"),
+                    retry: Retry::Never,
+                })?;
+                what = format!("{what}, {}", decompressed(found));
+                peeled.push(found);
+            }
+            _ => {
+                return Err(Error::NotRaw {
+                    what,
+                    format: found,
+                });
+            }
+        }
+    }
+}
+
+/// "gzip-decompressed", for descriptions.
+fn decompressed(f: Format) -> &'static str {
+    match f {
+        Format::Gzip => "gzip-decompressed",
+        Format::Xz => "xz-decompressed",
+        Format::Zstd => "zstd-decompressed",
+        _ => "decoded",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::buf::Buf;
+    use crate::source::stream::Piece;
+
+    fn drain(input: Input) -> Vec<u8> {
+        let Input::Stream(mut s) = input else {
+            panic!("a stream was expected")
+        };
+        crate::test_support::rt().block_on(async move {
+            let mut got = Vec::new();
+            loop {
+                match s.next(Buf::new(1 << 16)).await.expect("piece") {
+                    Piece::Data(b) => got.extend_from_slice(b.as_slice()),
+                    Piece::End(_) => break,
+                    Piece::Zero { len, .. } => got.resize(got.len() + len as usize, 0),
+                }
+            }
+            got
+        })
+    }
+
+    fn peel_bytes(bytes: Vec<u8>) -> Result<Input, Error> {
+        crate::test_support::rt().block_on(peel(
+            "test".into(),
+            Box::new(std::io::Cursor::new(bytes)),
+            None,
+        ))
+    }
+
+    fn disk() -> Vec<u8> {
+        (0..300_000u32).map(|i| (i * 7 % 253) as u8).collect()
+    }
+
+    #[test]
+    fn a_raw_stream_is_its_own_bytes() {
+        assert_eq!(drain(peel_bytes(disk()).expect("raw")), disk());
+    }
+
+    #[test]
+    fn gzip_with_two_members_is_decompressed_whole() {
+        use std::io::Write;
+        let d = disk();
+        let mut z = Vec::new();
+        for half in [&d[..100_000], &d[100_000..]] {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(half).expect("gzip");
+            z.extend(e.finish().expect("gzip"));
+        }
+        assert_eq!(drain(peel_bytes(z).expect("gzip")), d);
+    }
+
+    #[test]
+    fn zstd_is_decompressed() {
+        let z = zstd::encode_all(&disk()[..], 1).expect("zstd");
+        assert_eq!(drain(peel_bytes(z).expect("zstd")), disk());
+    }
+
+    #[test]
+    fn a_compression_is_peeled_once_and_an_image_inside_is_refused() {
+        use std::io::Write;
+        let gz = |b: &[u8]| {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(b).expect("gzip");
+            e.finish().expect("gzip")
+        };
+        let twice = gz(&gz(&disk()));
+        let e = peel_bytes(twice).expect_err("gz.gz");
+        assert!(
+            matches!(
+                e,
+                Error::NotRaw {
+                    format: Format::Gzip,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string()
+                .starts_with("test, gzip-decompressed holds a gzip"),
+            "{e}"
+        );
+        let mut qcow = b"QFI\xfb\0\0\0\x03".to_vec();
+        qcow.resize(4096, 0);
+        let e = peel_bytes(gz(&qcow)).expect_err("qcow2.gz");
+        assert!(
+            matches!(
+                e,
+                Error::NotRaw {
+                    format: Format::Qcow2,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn a_corrupt_gzip_stream_is_a_read_error_not_a_short_disk() {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(&disk()).expect("gzip");
+        let mut z = e.finish().expect("gzip");
+        let n = z.len();
+        z[n / 2] ^= 0xff;
+        let got = peel_bytes(z).expect("the head is fine");
+        let Input::Stream(mut s) = got else { panic!() };
+        let r = crate::test_support::rt().block_on(async move {
+            loop {
+                match s.next(Buf::new(1 << 16)).await {
+                    Ok(Piece::End(_)) => return Ok(()),
+                    Ok(_) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        });
+        let e = r.expect_err("corrupt");
+        assert!(matches!(e, Error::Read { .. }), "{e:?}");
+    }
+}
