@@ -199,25 +199,19 @@ pub async fn copy(
     let (align, buf_size, mut free) = pool(source.as_ref(), opts)?;
     let window = source.extent_window().max(align);
     let start_at = prepare(&source, &sink, opts, &progress, &mut free, window).await?;
-    // Allocation windows, fetched ahead of the copy by their own task.
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<ExtentMap, Error>>(2);
-    let (src, use_extents, changes) = (source.clone(), opts.use_extents, opts.changes.clone());
     let mut marks = Watermark::new(start_at);
     let attempt: Result<CopyStats, Error> = async {
-        let planner = tokio::spawn(plan_windows(
-            src,
-            PlanSpec {
-                start_at,
-                size,
-                window,
-                use_extents,
-                changes,
-            },
-            tx,
-        ));
-        let _abort_planner = AbortOnDrop(planner);
-
-        let mut stats = CopyStats {
+        // Allocation windows, fetched ahead of the copy by their own task.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<ExtentMap, Error>>(2);
+        let spec = PlanSpec {
+            start_at,
+            size,
+            window,
+            use_extents: opts.use_extents,
+            changes: opts.changes.clone(),
+        };
+        let _abort_planner = AbortOnDrop(tokio::spawn(plan_windows(source.clone(), spec, tx)));
+        let stats = CopyStats {
             size,
             delta: opts.changes.is_some(),
             engine: sink.engine_name().into(),
@@ -226,23 +220,94 @@ pub async fn copy(
             buf_count: free.len(),
             ..Default::default()
         };
+        let mut d = Dispatcher {
+            source: &source,
+            sink: &sink,
+            opts,
+            progress: &progress,
+            free,
+            marks: &mut marks,
+            in_flight: FuturesUnordered::new(),
+            zeros: 0,
+            stats,
+            // Samples cover the first bytes of a written request (at least one block).
+            settle: Settle {
+                progress: &progress,
+                journal: opts.journal.as_deref(),
+                sample_len: crate::journal::SAMPLE_BYTES.max(align),
+            },
+        };
+        d.run(rx, align, size, buf_size, start_at).await?;
+        let mut stats = d.stats;
+        progress.set_phase("flushing");
+        sink.flush().await?;
+        if let Some(j) = &opts.journal {
+            j.finish()?;
+        }
+        source.close().await;
+        stats.seconds = start.elapsed().as_secs_f64();
+        // Not "done" yet: the caller still writes what follows the copy (a grown image,
+        // the round marker) and says "done" after that.
+        Ok(stats)
+    }
+    .await;
+    match &attempt {
+        Ok(_) => progress.set_durable(size),
+        Err(_) if marks.mark > start_at => keep_durable(&sink, opts, &progress, marks.mark).await,
+        Err(_) => {}
+    }
+    attempt
+}
+
+/// After a failed attempt, keep what is done: flush, and the completed prefix is durable
+/// for a retry in this process (and, recorded in the journal, for a restarted one).
+async fn keep_durable(sink: &Sink, opts: &CopyOptions, progress: &Progress, mark: u64) {
+    if sink.flush().await.is_ok() {
+        progress.set_durable(mark);
+        if let Some(j) = &opts.journal
+            && let Err(e) = j.record(mark)
+        {
+            tracing::warn!(error = %e, "cannot record the durable watermark after the failure");
+        }
+    }
+}
+
+/// A dispatched request, with its watermark index.
+type InFlight = std::pin::Pin<Box<dyn Future<Output = (u64, Result<Done, Error>)> + Send>>;
+
+/// The dispatcher of one attempt: takes planned extents in order, waits for capacity
+/// (a free buffer for data, a zeroing slot otherwise), starts each request and settles
+/// completions as they come, in any order.
+struct Dispatcher<'a> {
+    source: &'a Arc<dyn Source>,
+    sink: &'a Arc<Sink>,
+    opts: &'a CopyOptions,
+    progress: &'a Arc<Progress>,
+    free: Vec<Buf>,
+    marks: &'a mut Watermark,
+    in_flight: FuturesUnordered<InFlight>,
+    zeros: usize,
+    stats: CopyStats,
+    settle: Settle<'a>,
+}
+
+impl Dispatcher<'_> {
+    /// Dispatch every window `rx` brings, then wait for the last completion.
+    async fn run(
+        &mut self,
+        mut rx: tokio::sync::mpsc::Receiver<Result<ExtentMap, Error>>,
+        align: u64,
+        size: u64,
+        buf_size: usize,
+        start_at: u64,
+    ) -> Result<(), Error> {
         let mut plan: VecDeque<Extent> = VecDeque::new();
         let mut plan_done = false;
-        let mut in_flight = FuturesUnordered::new();
-        let mut zeros_in_flight = 0usize;
         let mut records = Records {
             first: start_at,
             recorded: start_at,
             at: Instant::now(),
         };
-        // Samples cover the first bytes of a written request (at least one aligned block).
-        let sample_len = crate::journal::SAMPLE_BYTES.max(align);
-    let ctx = Settle {
-        progress: &progress,
-        journal: opts.journal.as_deref(),
-        sample_len,
-    };
-
         loop {
             // Next piece of work, refilling the plan while completions keep being handled.
             let item = loop {
@@ -261,96 +326,77 @@ pub async fn copy(
                         Some(Err(e)) => return Err(e),
                         None => plan_done = true,
                     },
-                    Some((idx, d)) = in_flight.next(), if !in_flight.is_empty() => {
-                        settle(d, idx, &mut marks, &mut free, &mut zeros_in_flight, &mut stats, &ctx)?;
+                    Some((idx, d)) = self.in_flight.next(), if !self.in_flight.is_empty() => {
+                        self.settle_one(idx, d)?;
                     }
                 }
             };
             let Some(item) = item else { break };
-            // Wait for capacity for this item.
-            loop {
-                let ready = match item.kind {
-                    ExtentKind::Data => !free.is_empty(),
-                    _ => zeros_in_flight < MAX_ZERO_IN_FLIGHT,
-                };
-                if ready {
-                    break;
-                }
-                let (idx, d) = in_flight
-                    .next()
-                    .await
-                    .ok_or_else(|| Error::Source("copy pipeline stalled".into()))?;
-                settle(
-                    d,
-                    idx,
-                    &mut marks,
-                    &mut free,
-                    &mut zeros_in_flight,
-                    &mut stats,
-                    &ctx,
-                )?;
+            self.wait_for_capacity(item.kind).await?;
+            self.start(item);
+            if let Some(j) = &self.opts.journal {
+                journal_step(j, self.sink, self.progress, self.marks.mark, &mut records).await?;
             }
-            let idx = marks.dispatch(item.offset + item.length);
-            let buf = match item.kind {
-                ExtentKind::Data => {
-                    let Some(mut buf) = free.pop() else {
-                        unreachable!("capacity checked above")
-                    };
-                    buf.set_len(crate::num::usize_of(item.length));
-                    Some(buf)
-                }
-                _ => {
-                    zeros_in_flight += 1;
-                    None
-                }
+            self.progress.set_in_flight(self.in_flight.len() as u64);
+        }
+        while let Some((idx, d)) = self.in_flight.next().await {
+            self.settle_one(idx, d)?;
+            self.progress.set_in_flight(self.in_flight.len() as u64);
+        }
+        Ok(())
+    }
+
+    fn settle_one(&mut self, idx: u64, d: Result<Done, Error>) -> Result<(), Error> {
+        settle(
+            d,
+            idx,
+            self.marks,
+            &mut self.free,
+            &mut self.zeros,
+            &mut self.stats,
+            &self.settle,
+        )
+    }
+
+    /// Settle completions until an extent of `kind` can start.
+    async fn wait_for_capacity(&mut self, kind: ExtentKind) -> Result<(), Error> {
+        loop {
+            let ready = match kind {
+                ExtentKind::Data => !self.free.is_empty(),
+                _ => self.zeros < MAX_ZERO_IN_FLIGHT,
             };
-            let work = request(item, buf, &source, &sink, opts, &progress);
-            in_flight.push(Box::pin(async move { (idx, work.await) }));
-            if let Some(j) = &opts.journal {
-                journal_step(j, &sink, &progress, marks.mark, &mut records).await?;
+            if ready {
+                return Ok(());
             }
-            progress.set_in_flight(in_flight.len() as u64);
+            let (idx, d) = self
+                .in_flight
+                .next()
+                .await
+                .ok_or(Error::Internal("copy pipeline stalled"))?;
+            self.settle_one(idx, d)?;
         }
-        while let Some((idx, d)) = in_flight.next().await {
-            settle(
-                d,
-                idx,
-                &mut marks,
-                &mut free,
-                &mut zeros_in_flight,
-                &mut stats,
-                &ctx,
-            )?;
-            progress.set_in_flight(in_flight.len() as u64);
-        }
-        progress.set_phase("flushing");
-        sink.flush().await?;
-        if let Some(j) = &opts.journal {
-            j.finish()?;
-        }
-        source.close().await;
-        stats.seconds = start.elapsed().as_secs_f64();
-        // Not "done" yet: the caller still writes what follows the copy (a grown image,
-        // the round marker) and says "done" after that.
-        Ok(stats)
     }
-    .await;
-    if attempt.is_err() && marks.mark > start_at {
-        // Keep what is done: flush, and the completed prefix is durable for a retry in
-        // this process (and, recorded in the journal, for a restarted one).
-        if sink.flush().await.is_ok() {
-            progress.set_durable(marks.mark);
-            if let Some(j) = &opts.journal
-                && let Err(e) = j.record(marks.mark)
-            {
-                tracing::warn!(error = %e, "cannot record the durable watermark after the failure");
+
+    /// Start `item`'s request (capacity was waited for).
+    fn start(&mut self, item: Extent) {
+        let idx = self.marks.dispatch(item.offset + item.length);
+        let buf = match item.kind {
+            ExtentKind::Data => {
+                let Some(mut buf) = self.free.pop() else {
+                    unreachable!("capacity was waited for")
+                };
+                buf.set_len(crate::num::usize_of(item.length));
+                Some(buf)
             }
-        }
+            _ => {
+                self.zeros += 1;
+                None
+            }
+        };
+        let work = request(item, buf, self.source, self.sink, self.opts, self.progress);
+        self.in_flight
+            .push(Box::pin(async move { (idx, work.await) }));
     }
-    if attempt.is_ok() {
-        progress.set_durable(size);
-    }
-    attempt
 }
 
 /// The buffer pool: `buf_count` buffers of `buf_size` (capped by the source's largest
@@ -360,11 +406,12 @@ pub async fn copy(
 fn pool(source: &dyn Source, opts: &CopyOptions) -> Result<(u64, usize, Vec<Buf>), Error> {
     let align = source.block_size().max(BUF_ALIGN as u64);
     if !align.is_power_of_two() || align > opts.buf_size as u64 {
-        return Err(Error::Source(format!(
-            "{}: minimum block size {align} does not fit buffers of {} bytes",
-            source.describe(),
-            opts.buf_size
-        )));
+        return Err(crate::error::UsageError::BlockSizeTooLarge {
+            source_name: source.describe(),
+            block_size: align,
+            buf_size: opts.buf_size,
+        }
+        .into());
     }
     Ok(pool_of(align, source.max_read().max(align), opts))
 }

@@ -18,8 +18,8 @@ use std::time::Instant;
 use futures::stream::{FuturesUnordered, StreamExt};
 
 use super::{
-    CopyOptions, CopyStats, Done, MAX_ZERO_IN_FLIGHT, Request, Settle, Watermark, pool_of, settle,
-    zero_request,
+    CopyOptions, CopyStats, Done, InFlight, MAX_ZERO_IN_FLIGHT, Request, Settle, Watermark,
+    pool_of, settle, zero_request,
 };
 use crate::buf::{BUF_ALIGN, Buf};
 use crate::error::{Error, Retry, TargetProblem};
@@ -95,11 +95,7 @@ pub async fn copy_stream(
         } else if ended {
             break;
         } else {
-            return Err(Error::Read {
-                offset: d.at,
-                message: "copy pipeline stalled".into(),
-                retry: Retry::Never,
-            });
+            return Err(Error::Internal("copy pipeline stalled"));
         }
         progress.set_in_flight(d.in_flight.len() as u64);
     }
@@ -114,9 +110,6 @@ pub async fn copy_stream(
     stats.seconds = start.elapsed().as_secs_f64();
     Ok(stats)
 }
-
-/// A dispatched piece's work, with its watermark index.
-type InFlight = std::pin::Pin<Box<dyn Future<Output = (u64, Result<Done, Error>)> + Send>>;
 
 /// The dispatcher's books.
 struct Dispatch<'a> {

@@ -406,7 +406,7 @@ fn a_permanent_failure_mid_copy_fails_closes_the_source_and_is_not_done() {
     let err = rt()
         .block_on(crate::retry::copy_retrying(
             src.clone(),
-            reopen,
+            Some(reopen),
             r.sink.clone(),
             &opts(4),
             progress.clone(),
@@ -460,7 +460,7 @@ fn a_lost_connection_reopens_and_goes_on_from_the_durable_watermark() {
     });
     rt().block_on(crate::retry::copy_retrying(
         first.clone(),
-        reopen,
+        Some(reopen),
         r.sink.clone(),
         &opts(4),
         progress.clone(),

@@ -91,7 +91,12 @@ pub fn parse_extents(text: &[u8], disk_size: u64) -> Result<ExtentMap, String> {
 
 /// Read and parse a changed-extents file.
 pub fn load_extents_file(path: &Path, disk_size: u64) -> Result<ExtentMap, Error> {
-    let bad = |why: String| Error::Usage(format!("--changed-extents {}: {why}", path.display()));
+    let bad = |reason: String| {
+        Error::from(crate::error::UsageError::ChangedExtents {
+            path: path.to_owned(),
+            reason,
+        })
+    };
     let meta = std::fs::metadata(path).map_err(|e| bad(e.to_string()))?;
     if meta.len() > MAX_EXTENTS_FILE_BYTES {
         return Err(bad(format!(

@@ -6,14 +6,17 @@
 #[non_exhaustive]
 pub enum Error {
     /// Bad command-line or environment input.
-    #[error("{0}")]
-    Usage(String),
+    #[error(transparent)]
+    Usage(#[from] UsageError),
+    /// The import environment (CDI's variables) is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::import::config::ConfigError),
     /// NBD connection or protocol failure.
     #[error(transparent)]
     Nbd(ferry_nbd::Error),
-    /// Opening or inspecting the source failed.
-    #[error("{0}")]
-    Source(String),
+    /// The source exists but cannot be used as it is.
+    #[error(transparent)]
+    SourceUnusable(#[from] SourceProblem),
     /// A local source file or device could not be opened or inspected.
     #[error("cannot {op} source {}: {error}", path.display())]
     SourceIo {
@@ -44,9 +47,6 @@ pub enum Error {
         /// ([`Retry::Reconnect`]), or not at all.
         retry: Retry,
     },
-    /// The target cannot be used (missing, wrong type, too small, not writable).
-    #[error("{0}")]
-    Target(String),
     /// The target exists but cannot be used as it is.
     #[error(transparent)]
     TargetUnusable(#[from] TargetProblem),
@@ -69,6 +69,22 @@ pub enum Error {
         offset: u64,
         /// The OS error (shown in the message, so not also a `source`).
         error: std::io::Error,
+    },
+    /// Reading the target back to check the resume journal's samples failed.
+    #[error("cannot read the target at offset {offset} to check the resume journal: {error}")]
+    JournalCheck {
+        /// The sample's offset.
+        offset: u64,
+        /// The OS error (shown in the message, so not also a `source`).
+        error: std::io::Error,
+    },
+    /// The round marker could not be written.
+    #[error("round marker {}: {reason}", path.display())]
+    Marker {
+        /// The marker's path.
+        path: std::path::PathBuf,
+        /// What failed.
+        reason: String,
     },
     /// The resume journal cannot be used: its path is refused (it is the source, the
     /// target, or a file that is not a journal) or reading or writing it failed.
@@ -104,6 +120,132 @@ pub enum Error {
     /// The copy was cancelled by a signal.
     #[error("cancelled by {0}; the target is incomplete")]
     Cancelled(&'static str),
+    /// The signal handlers could not be installed.
+    #[error("cannot install the {signal} handler: {error}")]
+    Signals {
+        /// Which.
+        signal: &'static str,
+        /// The OS error.
+        error: std::io::Error,
+    },
+    /// A broken invariant of the pipeline (a bug, reported rather than a panic).
+    #[error("internal error: {0}")]
+    Internal(&'static str),
+}
+
+/// Bad input: the command line, an environment value, a file named there.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UsageError {
+    /// No transport claims the source string.
+    #[error("unsupported source {spec:?}: give {transports}")]
+    UnsupportedSource {
+        /// The string.
+        spec: String,
+        /// What may be given.
+        transports: String,
+    },
+    /// A `vddk://` source without its options.
+    #[error("a vddk:// source needs its VDDK options")]
+    NeedsVddkOptions,
+    /// A delta asked of a source that tracks no changes.
+    #[error("{source_name}: this source cannot report changed areas")]
+    NoChangeTracking {
+        /// The source.
+        source_name: String,
+    },
+    /// A delta from an NBD source without `--dirty-bitmap`.
+    #[error("{uri}: no dirty bitmap was selected (--dirty-bitmap NAME)")]
+    NoDirtyBitmap {
+        /// The NBD source.
+        uri: String,
+    },
+    /// Something a source read in order, once, cannot do.
+    #[error(
+        "{what} can only be read in order, once: {needs} needs a source that can be read at any offset"
+    )]
+    StreamOnly {
+        /// The source.
+        what: String,
+        /// What was asked: "a delta", "a resume journal", "opening it again".
+        needs: &'static str,
+    },
+    /// The `--changed-extents` file cannot be used.
+    #[error("--changed-extents {}: {reason}", path.display())]
+    ChangedExtents {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A delta import whose source is not VDDK.
+    #[error(
+        "{}: delta copies need {}=vddk",
+        ferry_contract::env::IMPORTER_PREVIOUS_CHECKPOINT,
+        ferry_contract::env::IMPORTER_SOURCE
+    )]
+    DeltaNeedsVddk,
+    /// A source's minimum block size larger than a pool buffer.
+    #[error(
+        "{source_name}: minimum block size {block_size} does not fit buffers of {buf_size} bytes"
+    )]
+    BlockSizeTooLarge {
+        /// The source.
+        source_name: String,
+        /// Its minimum block size.
+        block_size: u64,
+        /// The pool's buffer size.
+        buf_size: usize,
+    },
+    /// The pool asked for is larger than the limit.
+    #[error(
+        "buffer pool of {mib} MiB (--buf-size-in-64k × 64 KiB × --buf-count) exceeds the {limit_mib} MiB limit"
+    )]
+    PoolTooLarge {
+        /// Asked, MiB.
+        mib: u64,
+        /// The limit, MiB.
+        limit_mib: u64,
+    },
+    /// `--metrics-addr` / `FERRY_METRICS_ADDR` is not an address.
+    #[error("FERRY_METRICS_ADDR (--metrics-addr): invalid address {addr:?}")]
+    MetricsAddr {
+        /// What was given.
+        addr: String,
+    },
+    /// `--changed-since` is neither a change ID, `*` nor a snapshot moref.
+    #[error(
+        "--changed-since {since:?}: expected a change ID (\"52 de … 63/81\"), * (all allocated areas) or a snapshot moref (snapshot-7)"
+    )]
+    ChangedSince {
+        /// What was given.
+        since: String,
+    },
+    /// `--changed-since` without `--snapshot`.
+    #[error("--changed-since needs --snapshot (the snapshot being copied)")]
+    ChangedSinceNeedsSnapshot,
+    /// `--changed-since` with a source that is not VDDK.
+    #[error("--changed-since needs a vddk:// source")]
+    ChangedSinceNeedsVddk,
+}
+
+/// Why a source that exists cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SourceProblem {
+    /// A local source that is neither a regular file nor a block device (nor a pipe).
+    #[error("source {} is neither a regular file nor a block device", .0.display())]
+    NotFileOrDevice(std::path::PathBuf),
+    /// An NBD export whose size differs between connections.
+    #[error("{what}: export size changed between connections ({first} then {then})")]
+    SizeChanged {
+        /// The export.
+        what: String,
+        /// On the first connection.
+        first: u64,
+        /// On a later one.
+        then: u64,
+    },
 }
 
 pub use ferry_contract::exit::ErrorKind;
@@ -141,6 +283,19 @@ pub enum TargetProblem {
         path: std::path::PathBuf,
         /// Its size.
         size: u64,
+    },
+    /// A filesystem volume whose usable space is smaller than the image (CDI's words
+    /// first, which CDI's controller matches).
+    #[error("{} ({}{})", crate::import::messages::too_small(*.needed, *.usable), dir.display(), match overhead { Some(o) => format!(" after FILESYSTEM_OVERHEAD={o}"), None => " has no usable space".into() })]
+    VolumeTooSmall {
+        /// The image's size.
+        needed: u64,
+        /// The volume's usable bytes.
+        usable: u64,
+        /// The volume.
+        dir: std::path::PathBuf,
+        /// The filesystem overhead taken off (None: the volume has no usable space).
+        overhead: Option<f64>,
     },
     /// `--direct on`, and the target refuses O_DIRECT.
     #[error("O_DIRECT was required but {} refuses it: {error}", path.display())]
@@ -204,7 +359,7 @@ impl Error {
         use ferry_nbd::Error as N;
         use ferry_vsphere::Error as S;
         match self {
-            Error::Usage(_) | Error::NotRaw { .. } => ErrorKind::Usage,
+            Error::Usage(_) | Error::Config(_) | Error::NotRaw { .. } => ErrorKind::Usage,
             Error::Nbd(e) => match e {
                 N::Uri { .. } | N::InvalidRequest(_) => ErrorKind::Usage,
                 N::Refused { reason, .. } if *reason == "unknown export" => ErrorKind::NotFound,
@@ -216,12 +371,14 @@ impl Error {
             Error::SourceIo { error, .. } if error.kind() == std::io::ErrorKind::NotFound => {
                 ErrorKind::NotFound
             }
-            Error::Source(_) | Error::SourceIo { .. } | Error::Extents(_) => ErrorKind::SourceData,
+            Error::SourceUnusable(_) | Error::SourceIo { .. } | Error::Extents(_) => {
+                ErrorKind::SourceData
+            }
             Error::Read { retry, .. } => match retry {
                 Retry::Reconnect => ErrorKind::SourceUnreachable,
                 _ => ErrorKind::SourceData,
             },
-            Error::Target(_) | Error::TargetUnusable(_) => ErrorKind::Target,
+            Error::TargetUnusable(_) | Error::Marker { .. } => ErrorKind::Target,
             Error::TargetOs { error, .. }
                 if matches!(
                     error.raw_os_error(),
@@ -231,10 +388,21 @@ impl Error {
                 ErrorKind::TargetIo
             }
             Error::TargetOs { .. } => ErrorKind::Target,
-            Error::Write { .. } | Error::Journal { .. } => ErrorKind::TargetIo,
+            Error::Write { .. } | Error::Journal { .. } | Error::JournalCheck { .. } => {
+                ErrorKind::TargetIo
+            }
             Error::NeedsFullCopy { .. } => ErrorKind::NeedsFullCopy,
             Error::Vddk(e) => match e {
-                V::Library(_) | V::Usage(_) => ErrorKind::Usage,
+                V::Library(_)
+                | V::Uri { .. }
+                | V::BadThumbprint { .. }
+                | V::PasswordFile { .. }
+                | V::PasswordTooLong { .. }
+                | V::NoPassword
+                | V::ConfigRead { .. }
+                | V::Config { .. }
+                | V::Missing { .. }
+                | V::Transports { .. } => ErrorKind::Usage,
                 V::Authentication { .. } | V::Thumbprint { .. } => ErrorKind::Authentication,
                 V::NotFound { .. } => ErrorKind::NotFound,
                 V::ConnectionLost { .. } | V::Timeout { .. } | V::WorkerGone => {
@@ -251,7 +419,7 @@ impl Error {
                 e if e.is_transient() => ErrorKind::SourceUnreachable,
                 _ => ErrorKind::SourceData,
             },
-            Error::Engine(_) => ErrorKind::Internal,
+            Error::Engine(_) | Error::Signals { .. } | Error::Internal(_) => ErrorKind::Internal,
             Error::Cancelled(_) => ErrorKind::Cancelled,
         }
     }

@@ -1,8 +1,10 @@
 //! The one job runner: every entry point (`ferry copy`, `ferry import`, `ferry bench`)
 //! hands it an opened source, a target path and what to do, and it
 //!
-//! 1. checks the target (a delta goes only onto the previous round's target) and the
-//!    journal path (never the target, the source or the round marker),
+//! 1. checks the target (a delta goes only onto the previous round's target, whose round
+//!    marker names the round it starts from), removes the round marker (until this round
+//!    completes the target holds none), checks the journal path (never the target, the
+//!    source or the round marker),
 //! 2. opens the target (creating a sparse file, or an existing device), preallocates if
 //!    asked, begins the journal (resume only onto the same target and source),
 //! 3. copies, retrying in place and reconnecting from the durable watermark
@@ -36,6 +38,8 @@ pub struct Plan {
     pub label: String,
     /// A delta's start, for messages ("delta from change ID …").
     pub delta_from: String,
+    /// The round a delta starts from, checked against the target's round marker.
+    pub previous: Option<crate::round::Previous>,
 }
 
 impl Plan {
@@ -45,6 +49,7 @@ impl Plan {
             changes: None,
             label: "full".into(),
             delta_from: String::new(),
+            previous: None,
         }
     }
 }
@@ -131,9 +136,17 @@ async fn open(job: &mut Job<'_>) -> Result<(Arc<Sink>, CopyOptions, bool), Error
     if let Input::Stream(s) = &job.source {
         refuse_for_stream(job, &s.describe())?;
     }
+    let marker = job.finish.round_marker.as_ref().map(|(m, _)| m.as_path());
     if job.plan.changes.is_some() {
         let size = size.unwrap_or_default();
         crate::delta::check_target(job.target, size, job.keep_larger, &job.plan.delta_from)?;
+        if let (Some(m), Some(prev)) = (marker, &job.plan.previous) {
+            crate::round::check_previous(m, prev, size)?;
+        }
+    }
+    if let Some(m) = marker {
+        // The target is about to change: until this round completes it holds no round.
+        crate::round::clear(m)?;
     }
     // Checked before the target is touched (see `JournalFile::open`).
     let mut protected = vec![(job.target, "the target")];
@@ -192,9 +205,11 @@ fn refuse_for_stream(job: &Job<'_>, what: &str) -> Result<(), Error> {
     } else {
         return Ok(());
     };
-    Err(Error::Usage(format!(
-        "{what} can only be read in order, once: {needs} needs a source that can be read at any offset"
-    )))
+    Err(crate::error::UsageError::StreamOnly {
+        what: what.to_string(),
+        needs,
+    }
+    .into())
 }
 
 /// Steps 4 and 5: grow, mark, chmod.
@@ -212,8 +227,7 @@ async fn finish(job: &Job<'_>, sink: &Sink) -> Result<(), Error> {
         sink.flush().await?;
     }
     if let Some((path, round)) = &job.finish.round_marker {
-        crate::journal::atomic_replace(path, &round.encode())
-            .map_err(|e| Error::Target(format!("round marker {}: {e}", path.display())))?;
+        crate::round::write(path, round)?;
     }
     if let Some(mode) = job.finish.mode {
         set_mode(job.target, mode)?;
@@ -224,8 +238,13 @@ async fn finish(job: &Job<'_>, sink: &Sink) -> Result<(), Error> {
 /// Set a finished image's mode (CDI leaves disk.img 0660).
 pub fn set_mode(path: &Path, mode: u32) -> Result<(), Error> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| Error::Target(format!("cannot set the mode of {}: {e}", path.display())))
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|error| {
+        Error::TargetOs {
+            op: "set the mode of",
+            path: path.to_owned(),
+            error,
+        }
+    })
 }
 
 /// Run `job`; `progress` says "done" only when everything above is on the target.
@@ -240,13 +259,7 @@ pub async fn run(mut job: Job<'_>, progress: Arc<Progress>) -> Result<Outcome, E
     progress.set_phase("copying");
     let stats = match &mut job.source {
         Input::Disk(src) => {
-            let reopen = job.reopen.take().unwrap_or_else(|| {
-                Box::new(|| {
-                    Box::pin(async {
-                        Err(Error::Source("this source cannot be opened again".into()))
-                    })
-                })
-            });
+            let reopen = job.reopen.take();
             crate::retry::copy_retrying(src.clone(), reopen, sink.clone(), &opts, progress.clone())
                 .await?
         }

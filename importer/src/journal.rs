@@ -338,12 +338,12 @@ impl JournalFile {
                 ));
                 break;
             }
-            let on_target = sink.read_at(s.offset, len).map_err(|e| {
-                Error::Target(format!(
-                    "cannot read the target at offset {} to check the resume journal: {e}",
-                    s.offset
-                ))
-            })?;
+            let on_target = sink
+                .read_at(s.offset, len)
+                .map_err(|error| Error::JournalCheck {
+                    offset: s.offset,
+                    error,
+                })?;
             if crc32fast::hash(&on_target) != s.crc {
                 mismatch = Some(format!(
                     "the target's {} bytes at offset {} are not what this copy wrote there",

@@ -25,6 +25,7 @@ pub mod num;
 pub mod progress;
 pub mod report;
 pub mod retry;
+pub mod round;
 pub mod sink;
 pub mod source;
 #[cfg(test)]

@@ -116,13 +116,14 @@ pub type Reopen<'a> = Box<
 >;
 
 /// [`crate::copy::copy`], attempt after attempt: when an attempt fails with a lost
-/// connection, the source is closed, opened again with `reopen` (after a backoff), and
+/// connection, the source is closed, opened again with `reopen` (after a backoff; none:
+/// the lost connection is the failure), and
 /// the copy goes on from the durable watermark the failed attempt left. The returned
 /// statistics add up every attempt; the progress counters run on (what was in flight
 /// past the watermark when a connection dropped is counted again when read again).
 pub async fn copy_retrying(
     first: Arc<dyn Source>,
-    mut reopen: Reopen<'_>,
+    mut reopen: Option<Reopen<'_>>,
     sink: Arc<Sink>,
     opts: &CopyOptions,
     progress: Arc<Progress>,
@@ -160,6 +161,10 @@ pub async fn copy_retrying(
             in_a_row = 0;
             last_durable = durable;
         }
+        let Some(reopen) = reopen.as_mut() else {
+            // Nothing can open it again: the lost connection is the failure.
+            return Err(err);
+        };
         if err.retry() != Retry::Reconnect
             || in_a_row >= policy.retries
             || started.elapsed() >= MAX_RETRY_TIME

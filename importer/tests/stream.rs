@@ -1,4 +1,4 @@
-//! Disks that arrive in order: a raw disk on standard input or a pipe, and raw disks
+//! Disks that arrive in order: a raw disk on standard input (a file or a pipe), and raw disks
 //! compressed by the real gzip, xz and zstd tools (and pigz-style multi-member gzip),
 //! decompressed as they stream through the pool. Every copy is checked with `cmp`
 //! against the uncompressed original; failures by kind and message.
@@ -125,8 +125,8 @@ fn compressed_raw_files_are_decompressed_as_they_stream() {
 }
 
 #[test]
-fn a_raw_disk_on_standard_input_or_a_pipe_is_copied_exactly() {
-    if !require(&["gzip", "cmp"]) {
+fn a_raw_disk_on_standard_input_is_copied_exactly() {
+    if !require(&["gzip", "cmp", "mkfifo"]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -143,7 +143,8 @@ fn a_raw_disk_on_standard_input_or_a_pipe_is_copied_exactly() {
     let t = dir.path().join("stdin-gz.img");
     copy_stdin(&gz, &t, "sync", &[]).success("gzip on stdin");
     cmp(&raw, &t, "gzip on stdin");
-    // A named pipe given as a path is a stream too.
+    // A named pipe is read through standard input (given as a path it is refused, so
+    // a FIFO planted in a volume can never hang the copy: errors.rs).
     let fifo = dir.path().join("fifo");
     sh("mkfifo", &[fifo.to_str().unwrap()]);
     let writer = {
@@ -154,7 +155,7 @@ fn a_raw_disk_on_standard_input_or_a_pipe_is_copied_exactly() {
         })
     };
     let t = dir.path().join("fifo.img");
-    copy(fifo.to_str().unwrap(), &t, "uring", &[]).success("fifo");
+    copy_stdin(&fifo, &t, "uring", &[]).success("fifo on stdin");
     writer.join().unwrap();
     cmp(&raw, &t, "fifo");
     // An empty stream is an empty disk.

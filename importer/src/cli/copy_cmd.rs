@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::Args;
 use ferry::copy::{Changes, CopyStats};
+use ferry::error::UsageError;
 use ferry::progress::Progress;
 
 use super::Tuning;
@@ -106,6 +107,7 @@ pub async fn copy_once<'a>(
             changes,
             label,
             delta_from: "delta onto the previous round".into(),
+            previous: None,
         },
         keep_larger: false,
         journal,
@@ -133,13 +135,15 @@ async fn vsphere_changes(
 ) -> Result<ferry_cbt::ExtentMap, ferry::Error> {
     use ferry::import::config::{is_change_id, is_snapshot_moref};
     if since != "*" && !is_change_id(since) && !is_snapshot_moref(since) {
-        return Err(ferry::Error::Usage(format!(
-            "--changed-since {since:?}: expected a change ID (\"52 de … 63/81\"), * (all allocated areas) or a snapshot moref (snapshot-7)"
-        )));
+        return Err(UsageError::ChangedSince {
+            since: since.to_string(),
+        }
+        .into());
     }
-    let snapshot = v.snapshot.as_deref().ok_or_else(|| {
-        ferry::Error::Usage("--changed-since needs --snapshot (the snapshot being copied)".into())
-    })?;
+    let snapshot = v
+        .snapshot
+        .as_deref()
+        .ok_or_else(|| ferry::Error::from(UsageError::ChangedSinceNeedsSnapshot))?;
     let host = if v.server.contains(':') {
         format!("[{}]", v.server)
     } else {
@@ -212,9 +216,9 @@ pub async fn run(mut a: CopyArgs) -> anyhow::Result<()> {
                 .unwrap_or(ferry::source::stream::MAX_STREAM_BYTES),
         )?))),
         (None, None, Some(since)) => {
-            let v = vddk.as_ref().ok_or_else(|| {
-                ferry::Error::Usage("--changed-since needs a vddk:// source".into())
-            })?;
+            let v = vddk
+                .as_ref()
+                .ok_or_else(|| ferry::Error::from(UsageError::ChangedSinceNeedsVddk))?;
             Some(Changes::Map(Arc::new(vsphere_changes(v, since).await?)))
         }
         (None, None, None) => None,

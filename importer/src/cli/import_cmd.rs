@@ -371,16 +371,19 @@ pub fn fail(termination_log: &std::path::Path, error: &str) {
 pub async fn run(a: ImportArgs, cfg: ImportConfig) -> anyhow::Result<()> {
     let termination_log = cfg.termination_log.clone();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| ferry::Error::Usage(format!("cannot install the SIGTERM handler: {e}")))?;
+        .map_err(|error| ferry::Error::Signals {
+            signal: "SIGTERM",
+            error,
+        })?;
     let progress = Arc::new(Progress::new());
     let metrics = ferry::report::metrics::Metrics::new(&cfg.owner_uid);
     let server = match a.metrics_addr.as_str() {
         "off" | "none" | "" => None,
         addr => {
             let addr: SocketAddr = addr.parse().map_err(|_| {
-                ferry::Error::Usage(format!(
-                    "FERRY_METRICS_ADDR (--metrics-addr): invalid address {addr:?}"
-                ))
+                ferry::Error::from(ferry::error::UsageError::MetricsAddr {
+                    addr: addr.to_string(),
+                })
             })?;
             Some(
                 ferry::report::metrics::serve_metrics(addr, metrics.clone())

@@ -167,11 +167,11 @@ impl Tuning {
     pub fn validate(&self) -> Result<(), ferry::Error> {
         let pool = self.size_in_64k() * 64 * 1024 * self.count();
         if pool > MAX_POOL_BYTES {
-            return Err(ferry::Error::Usage(format!(
-                "buffer pool of {} MiB (--buf-size-in-64k × 64 KiB × --buf-count) exceeds the {} MiB limit",
-                pool >> 20,
-                MAX_POOL_BYTES >> 20
-            )));
+            return Err(ferry::error::UsageError::PoolTooLarge {
+                mib: pool >> 20,
+                limit_mib: MAX_POOL_BYTES >> 20,
+            }
+            .into());
         }
         Ok(())
     }
@@ -255,7 +255,7 @@ fn prepare_import(a: &mut import_cmd::ImportArgs) -> anyhow::Result<()> {
         Ok(c) => c,
         Err(e) => {
             import_cmd::fail(&a.termination_log(), &e.to_string());
-            return Err(ferry::Error::Usage(e.to_string()).into());
+            return Err(ferry::Error::Config(e).into());
         }
     };
     if cfg.source == ferry::import::config::SourceKind::Vddk {
@@ -310,12 +310,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         // termination message.
         let cfg = match a.resolved.take() {
             Some(c) => c,
-            None => a.config().map_err(|e| ferry::Error::Usage(e.to_string()))?,
+            None => a.config().map_err(ferry::Error::Config)?,
         };
         return import_cmd::run(*a, cfg).await;
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| ferry::Error::Usage(format!("cannot install the SIGTERM handler: {e}")))?;
+        .map_err(|error| ferry::Error::Signals {
+            signal: "SIGTERM",
+            error,
+        })?;
     let work = async {
         match cli.command {
             Command::Copy(a) => copy_cmd::run(*a).await,

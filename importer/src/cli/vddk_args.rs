@@ -54,12 +54,9 @@ pub struct VddkArgs {
     pub compression: Compression,
 }
 
-fn need(v: Option<String>, flag: &str) -> Result<String, VddkError> {
-    v.filter(|s| !s.is_empty()).ok_or_else(|| {
-        VddkError::Usage(format!(
-            "a VDDK source needs {flag} (or its vddk:// URI part)"
-        ))
-    })
+fn need(v: Option<String>, flag: &'static str) -> Result<String, VddkError> {
+    v.filter(|s| !s.is_empty())
+        .ok_or(VddkError::Missing { flag })
 }
 
 impl VddkArgs {
@@ -80,9 +77,9 @@ impl VddkArgs {
             .split(':')
             .any(|t| !matches!(t, "file" | "san" | "hotadd" | "nbdssl" | "nbd"))
         {
-            return Err(VddkError::Usage(format!(
-                "invalid --transports {transports:?}: use a ':' list of file, san, hotadd, nbdssl, nbd"
-            )));
+            return Err(VddkError::Transports {
+                given: transports.to_string(),
+            });
         }
         // What the flags set is what VDDK is told (0 or absent: the config file's value,
         // or VDDK's default); the pool has its own defaults either way.

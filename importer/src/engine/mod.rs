@@ -102,8 +102,11 @@ pub enum EngineChoice {
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     /// io_uring was required but is not usable.
-    #[error("io_uring was requested but is not usable here: {0}")]
-    UringUnavailable(String),
+    #[error("io_uring was requested but is not usable here: {why}")]
+    UringUnavailable {
+        /// What the probe found (the setup call and its errno, or the missing opcode).
+        why: String,
+    },
 }
 
 /// Pick the engine. `queue_depth` sizes the ring.
@@ -129,7 +132,7 @@ pub fn select(choice: EngineChoice, queue_depth: u32) -> Result<Arc<dyn IoEngine
             tracing::info!(engine = "sync", reason = %format!("io_uring unavailable: {why}"), "I/O engine selected");
             Ok(Arc::new(SyncEngine::new()))
         }
-        Err(why) => Err(EngineError::UringUnavailable(why)),
+        Err(why) => Err(EngineError::UringUnavailable { why }),
     }
 }
 

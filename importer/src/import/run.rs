@@ -210,11 +210,10 @@ pub fn vddk_options(cfg: &ImportConfig, disk: &VsphereDisk, t: &ImportTuning) ->
 /// Free bytes of the volume at `dir` for an unprivileged writer, as CDI's
 /// `GetAvailableSpace` counts them: f_bavail × f_bsize.
 pub fn available_bytes(dir: &std::path::Path) -> Result<u64, Error> {
-    let st = nix::sys::statvfs::statvfs(dir).map_err(|e| {
-        Error::Target(format!(
-            "cannot inspect the volume at {}: {e}",
-            dir.display()
-        ))
+    let st = nix::sys::statvfs::statvfs(dir).map_err(|e| Error::TargetOs {
+        op: "inspect the volume of",
+        path: dir.to_owned(),
+        error: e.into(),
     })?;
     Ok((st.blocks_available() as u64).saturating_mul(st.block_size() as u64))
 }
@@ -269,16 +268,20 @@ async fn blank(
         Target::Filesystem { dir } => {
             let size = usable_for(dir, &path, cfg)?;
             if size == 0 {
-                return Err(Error::Target(format!(
-                    "{} ({} has no usable space)",
-                    super::messages::too_small(cfg.image_size.unwrap_or(0), 0),
-                    dir.display()
-                )));
+                return Err(crate::error::TargetProblem::VolumeTooSmall {
+                    needed: cfg.image_size.unwrap_or(0),
+                    usable: 0,
+                    dir: dir.clone(),
+                    overhead: None,
+                }
+                .into());
             }
             match std::fs::symlink_metadata(&path) {
                 Ok(m) if m.file_type().is_file() => {
-                    std::fs::remove_file(&path).map_err(|e| {
-                        Error::Target(format!("cannot replace {}: {e}", path.display()))
+                    std::fs::remove_file(&path).map_err(|error| Error::TargetOs {
+                        op: "replace",
+                        path: path.clone(),
+                        error,
                     })?;
                 }
                 _ => {}
@@ -321,7 +324,11 @@ fn device_size(dev: &std::path::Path) -> Result<u64, Error> {
     use std::io::Seek;
     std::fs::File::open(dev)
         .and_then(|mut f| f.seek(std::io::SeekFrom::End(0)))
-        .map_err(|e| Error::Target(format!("cannot open target {}: {e}", dev.display())))
+        .map_err(|error| Error::TargetOs {
+            op: "open",
+            path: dev.to_owned(),
+            error,
+        })
 }
 
 /// Block mode's default journal: `<libdir's parent>/ferry-state/block.ferry-journal`,
@@ -337,48 +344,6 @@ fn block_state_journal(libdir: &std::path::Path) -> Option<std::path::PathBuf> {
     }
 }
 
-/// A delta must start from the round the target holds: the marker left by the last
-/// completed round must name the same disk and the previous checkpoint (snapshot or
-/// change ID). A missing marker (a previous round written by another importer) is only
-/// warned about; an unreadable or mismatching one needs a full copy.
-fn check_previous_round(
-    marker: &std::path::Path,
-    backing: &str,
-    prev: &str,
-    prev_change_id: &str,
-    size: u64,
-) -> Result<(), Error> {
-    let full = |reason: String| Error::NeedsFullCopy {
-        subject: format!("round marker {}", marker.display()),
-        reason,
-    };
-    let bytes = match std::fs::metadata(marker) {
-        Err(_) => {
-            tracing::warn!(marker = %marker.display(), "no record of the previous round on this target; trusting it holds checkpoint {prev}");
-            return Ok(());
-        }
-        Ok(m) if m.len() > MAX_ROUND_MARKER_BYTES => {
-            return Err(full("too large to be a round marker".into()));
-        }
-        Ok(_) => std::fs::read(marker).map_err(|e| full(format!("cannot be read: {e}")))?,
-    };
-    let r = Round::decode(&bytes).map_err(|e| full(format!("corrupt ({e})")))?;
-    let same_checkpoint =
-        r.snapshot.as_deref() == Some(prev) || r.change_id.as_deref() == Some(prev_change_id);
-    if r.backing_file != backing || r.size != size || !same_checkpoint {
-        return Err(full(format!(
-            "the target holds {} at {} ({} bytes), not the previous checkpoint {prev} of {backing}",
-            r.backing_file,
-            r.snapshot
-                .as_deref()
-                .or(r.change_id.as_deref())
-                .unwrap_or("a full copy"),
-            r.size
-        )));
-    }
-    Ok(())
-}
-
 /// The VDDK library's version from its file name (libvixDiskLib.so.8.0.3 → 8.0.3).
 pub fn vddk_version(path: &std::path::Path) -> String {
     let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
@@ -390,74 +355,11 @@ pub fn vddk_version(path: &std::path::Path) -> String {
         .map_or(name.clone(), |(_, v)| v.to_string())
 }
 
-/// Run the import: open the source (VDDK after the vSphere lookup, or NBD), check and
-/// open the target, copy, grow a disk.img to the requested size, flush.
-pub async fn run(
-    cfg: &ImportConfig,
-    t: &ImportTuning,
-    engine: Arc<dyn IoEngine>,
-    progress: Arc<Progress>,
-) -> Result<Outcome, Error> {
-    if cfg.previous_checkpoint.is_some() && cfg.source != SourceKind::Vddk {
-        return Err(Error::Usage(format!(
-            "{}: delta copies need {}=vddk",
-            ferry_contract::env::IMPORTER_PREVIOUS_CHECKPOINT,
-            ferry_contract::env::IMPORTER_SOURCE
-        )));
-    }
-    if cfg.source == SourceKind::Blank {
-        return blank(cfg, engine, progress).await;
-    }
-    progress.set_phase("connecting");
-    let mut esx_host = None;
-    let mut vddk_version_found = None;
-    let mut changed = None;
-    let mut round = None;
-    let mut vddk_opts = None;
-    let nbd = NbdSourceOptions::new(crate::num::usize_of(t.connections), t.timeout, true);
-    let source: Arc<dyn Source> = match cfg.source {
-        SourceKind::Vddk => {
-            let disk = lookup(cfg).await?;
-            esx_host = disk.host.clone();
-            changed = disk.changed.clone();
-            round = Some(Round {
-                backing_file: cfg.backing_file.clone().unwrap_or_default(),
-                snapshot: disk.snapshot.clone(),
-                change_id: disk.round_change_id.clone(),
-                size: 0,
-            });
-            let opts = vddk_options(cfg, &disk, t);
-            let src = crate::source::VddkSource::open(&opts)
-                .await
-                .map_err(Error::Vddk)?;
-            vddk_version_found = Some(vddk_version(src.library_path()));
-            vddk_opts = Some(opts);
-            Arc::new(src)
-        }
-        SourceKind::Nbd => crate::source::open(&cfg.endpoint, &nbd, None, engine.clone()).await?,
-        SourceKind::Blank => unreachable!("handled above"),
-    };
-    let size = source.size();
-    let target = cfg.target.path();
-    let mut usable = None;
-    // A delta round writes onto the image the previous round left: no size check and no
-    // resize (CDI never resizes a delta round).
-    if let (Target::Filesystem { dir }, None) = (&cfg.target, &changed) {
-        let u = usable_for(dir, &target, cfg)?;
-        if size > u {
-            return Err(Error::Target(format!(
-                "{} ({} after FILESYSTEM_OVERHEAD={})",
-                super::messages::too_small(size, u),
-                dir.display(),
-                cfg.filesystem_overhead
-            )));
-        }
-        usable = Some(u);
-    }
-    // Block mode keeps its journal (and the round marker beside it) where the pod has
-    // writable space that outlives a container restart: FERRY_JOURNAL, or else the
-    // emptyDir CDI mounts over the VDDK library's parent (/opt) for the VDDK init
-    // container. Never on the device.
+/// Where the import keeps its journal and round marker. Block mode keeps them where the
+/// pod has writable space that outlives a container restart: FERRY_JOURNAL, or else the
+/// emptyDir CDI mounts over the VDDK library's parent (/opt) for the VDDK init
+/// container. Never on the device.
+fn state_paths(cfg: &ImportConfig) -> (Option<std::path::PathBuf>, Option<std::path::PathBuf>) {
     let block_journal = match (&cfg.target, &cfg.journal, cfg.source) {
         (Target::Block(_), None, SourceKind::Vddk) => block_state_journal(&cfg.libdir),
         _ => None,
@@ -484,71 +386,169 @@ pub async fn run(
             std::path::PathBuf::from(name)
         }),
     };
-    if let Some((change_id, _)) = &changed {
-        crate::delta::check_target(
-            &target,
-            size,
-            true,
-            &format!("delta from change ID {change_id}"),
-        )?;
-        if let (Some(m), Some(prev)) = (&marker, &cfg.previous_checkpoint) {
-            check_previous_round(
-                m,
-                cfg.backing_file.as_deref().unwrap_or_default(),
-                prev,
-                change_id,
-                size,
-            )?;
-        }
-    }
-    if let Some(m) = &marker {
-        // The target is about to change: until this round completes it holds no round.
-        match std::fs::remove_file(m) {
-            Ok(()) => {
-                let dir = m.parent().unwrap_or(std::path::Path::new("."));
-                std::fs::File::open(dir)
-                    .and_then(|d| d.sync_all())
-                    .map_err(|e| Error::Write {
-                        op: "round marker",
-                        offset: 0,
-                        error: e,
-                    })?;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(Error::Write {
-                    op: "round marker",
-                    offset: 0,
-                    error: e,
-                });
-            }
-        }
-    }
-    // A lost connection opens the same disk again (no new vSphere lookup: the snapshot
-    // and file are fixed for this round).
-    let reopen: crate::retry::Reopen<'_> = {
+    (journal_path, marker)
+}
+
+/// A lost connection opens the same disk again (no new vSphere lookup: the snapshot
+/// and file are fixed for this round).
+fn reopener(
+    cfg: &ImportConfig,
+    vddk_opts: Option<VddkOptions>,
+    nbd: NbdSourceOptions,
+    engine: Arc<dyn IoEngine>,
+) -> crate::retry::Reopen<'_> {
+    Box::new(move || {
         let (vddk_opts, nbd, engine) = (vddk_opts.clone(), nbd.clone(), engine.clone());
-        Box::new(move || {
-            let (vddk_opts, nbd, engine) = (vddk_opts.clone(), nbd.clone(), engine.clone());
-            Box::pin(async move {
-                match &vddk_opts {
-                    Some(o) => crate::source::VddkSource::open(o)
-                        .await
-                        .map(|s| Arc::new(s) as Arc<dyn Source>)
-                        .map_err(Error::Vddk),
-                    None => crate::source::open(&cfg.endpoint, &nbd, None, engine).await,
-                }
-            })
+        Box::pin(async move {
+            match &vddk_opts {
+                Some(o) => crate::source::VddkSource::open(o)
+                    .await
+                    .map(|s| Arc::new(s) as Arc<dyn Source>)
+                    .map_err(Error::Vddk),
+                None => crate::source::open(&cfg.endpoint, &nbd, None, engine).await,
+            }
         })
+    })
+}
+
+/// A filesystem volume's usable size for a full copy, checked to hold the disk. A delta
+/// round writes onto the image the previous round left: no size check and no resize
+/// (CDI never resizes a delta round).
+fn check_usable(
+    cfg: &ImportConfig,
+    target: &std::path::Path,
+    size: u64,
+    delta: bool,
+) -> Result<Option<u64>, Error> {
+    let Target::Filesystem { dir } = &cfg.target else {
+        return Ok(None);
     };
-    let plan = match changed {
-        None => crate::job::Plan::full(),
-        Some((id, m)) => crate::job::Plan {
-            label: format!("delta:{id}"),
-            delta_from: format!("delta from change ID {id}"),
-            changes: Some(crate::copy::Changes::Map(Arc::new(m))),
-        },
+    if delta {
+        return Ok(None);
+    }
+    let u = usable_for(dir, target, cfg)?;
+    if size > u {
+        return Err(crate::error::TargetProblem::VolumeTooSmall {
+            needed: size,
+            usable: u,
+            dir: dir.clone(),
+            overhead: Some(cfg.filesystem_overhead),
+        }
+        .into());
+    }
+    Ok(Some(u))
+}
+
+/// A full copy, or a delta from the change ID the lookup found, starting from the
+/// previous checkpoint the target's round marker must name.
+fn plan_for(cfg: &ImportConfig, changed: Option<(String, ExtentMap)>) -> crate::job::Plan {
+    let Some((id, m)) = changed else {
+        return crate::job::Plan::full();
     };
+    crate::job::Plan {
+        label: format!("delta:{id}"),
+        delta_from: format!("delta from change ID {id}"),
+        changes: Some(crate::copy::Changes::Map(Arc::new(m))),
+        previous: cfg
+            .previous_checkpoint
+            .clone()
+            .map(|checkpoint| crate::round::Previous {
+                backing_file: cfg.backing_file.clone().unwrap_or_default(),
+                checkpoint,
+                change_id: id,
+            }),
+    }
+}
+
+/// What opening an import's source found.
+struct Opened {
+    source: Arc<dyn Source>,
+    /// The options it was opened with (a lost connection reopens with them).
+    vddk_opts: Option<VddkOptions>,
+    /// A delta's change ID and changed areas.
+    changed: Option<(String, ExtentMap)>,
+    /// The round this import makes (its size set once known).
+    round: Option<Round>,
+    esx_host: Option<String>,
+    vddk_version: Option<String>,
+}
+
+/// Open the source: VDDK after the vSphere lookup (which also finds a delta's changed
+/// areas), or NBD.
+async fn open_source(
+    cfg: &ImportConfig,
+    t: &ImportTuning,
+    nbd: &NbdSourceOptions,
+    engine: Arc<dyn IoEngine>,
+) -> Result<Opened, Error> {
+    if cfg.source != SourceKind::Vddk {
+        let source = crate::source::open(&cfg.endpoint, nbd, None, engine).await?;
+        return Ok(Opened {
+            source,
+            vddk_opts: None,
+            changed: None,
+            round: None,
+            esx_host: None,
+            vddk_version: None,
+        });
+    }
+    let disk = lookup(cfg).await?;
+    let opts = vddk_options(cfg, &disk, t);
+    let src = crate::source::VddkSource::open(&opts)
+        .await
+        .map_err(Error::Vddk)?;
+    Ok(Opened {
+        vddk_version: Some(vddk_version(src.library_path())),
+        source: Arc::new(src),
+        vddk_opts: Some(opts),
+        changed: disk.changed.clone(),
+        round: Some(Round {
+            backing_file: cfg.backing_file.clone().unwrap_or_default(),
+            snapshot: disk.snapshot.clone(),
+            change_id: disk.round_change_id.clone(),
+            size: 0,
+        }),
+        esx_host: disk.host,
+    })
+}
+
+/// Run the import: open the source (VDDK after the vSphere lookup, or NBD), check the
+/// volume's usable space, and run the job: copy, grow a disk.img to the requested size,
+/// flush, write the round marker.
+pub async fn run(
+    cfg: &ImportConfig,
+    t: &ImportTuning,
+    engine: Arc<dyn IoEngine>,
+    progress: Arc<Progress>,
+) -> Result<Outcome, Error> {
+    if cfg.previous_checkpoint.is_some() && cfg.source != SourceKind::Vddk {
+        return Err(crate::error::UsageError::DeltaNeedsVddk.into());
+    }
+    if cfg.source == SourceKind::Blank {
+        return blank(cfg, engine, progress).await;
+    }
+    progress.set_phase("connecting");
+    let nbd = NbdSourceOptions::new(crate::num::usize_of(t.connections), t.timeout, true);
+    let Opened {
+        source,
+        vddk_opts,
+        changed,
+        round,
+        esx_host,
+        vddk_version: vddk_version_found,
+    } = open_source(cfg, t, &nbd, engine.clone()).await?;
+    let size = source.size();
+    let target = cfg.target.path();
+    let usable = match check_usable(cfg, &target, size, changed.is_some()) {
+        Ok(u) => u,
+        Err(e) => {
+            source.close().await;
+            return Err(e);
+        }
+    };
+    let (journal_path, marker) = state_paths(cfg);
+    let reopen = reopener(cfg, vddk_opts, nbd, engine.clone());
+    let plan = plan_for(cfg, changed);
     let keep_larger = plan.changes.is_some();
     let fs_mode = matches!(cfg.target, Target::Filesystem { .. });
     let job = crate::job::Job {

@@ -71,7 +71,7 @@ pub fn init(verbose: u8, json: Option<bool>) -> Result<(), ReportError> {
     let (filter, bad_env) = filter(verbose, env.as_deref());
     dispatch(filter, json, terminal && !json, std::io::stderr)
         .try_init()
-        .map_err(|e| ReportError::Logging(e.to_string()))?;
+        .map_err(ReportError::Logging)?;
     if let Some(why) = bad_env {
         tracing::warn!("{why}");
     }

@@ -47,10 +47,10 @@ pub const SAMPLE_INTERVAL: Duration = Duration::from_millis(200);
 pub enum ReportError {
     /// The self-signed certificate could not be made.
     #[error("cannot generate the metrics endpoint's certificate: {0}")]
-    Certificate(String),
+    Certificate(rcgen::Error),
     /// The TLS configuration was refused.
     #[error("cannot set up TLS for the metrics endpoint: {0}")]
-    Tls(String),
+    Tls(rustls::Error),
     /// The metrics address could not be bound.
     #[error("cannot listen for metrics on {addr}: {error}")]
     Bind {
@@ -69,7 +69,7 @@ pub enum ReportError {
     },
     /// A global log subscriber was already installed.
     #[error("cannot set up logging: {0}")]
-    Logging(String),
+    Logging(tracing_subscriber::util::TryInitError),
 }
 
 /// The pure part of the samplers: fed a snapshot and the time, it updates the metrics

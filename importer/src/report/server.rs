@@ -162,17 +162,16 @@ impl MetricsServer {
 
 fn tls_config() -> Result<(ServerConfig, CertificateDer<'static>), ReportError> {
     let names: Vec<String> = CERT_NAMES.iter().map(|s| s.to_string()).collect();
-    let key = rcgen::generate_simple_self_signed(names)
-        .map_err(|e| ReportError::Certificate(e.to_string()))?;
+    let key = rcgen::generate_simple_self_signed(names).map_err(ReportError::Certificate)?;
     let cert = key.cert.der().clone();
     let private = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.signing_key.serialize_der()));
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| ReportError::Tls(e.to_string()))?
+        .map_err(ReportError::Tls)?
         .with_no_client_auth()
         .with_single_cert(vec![cert.clone()], private)
-        .map_err(|e| ReportError::Tls(e.to_string()))?;
+        .map_err(ReportError::Tls)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok((config, cert))
 }

@@ -129,7 +129,7 @@ pub async fn peel(
 
 /// What [`peel`] does, on a blocking thread. Returns the stream's description ("PATH,
 /// gzip-decompressed") and its disk bytes.
-fn peel_blocking(
+pub(crate) fn peel_blocking(
     mut what: String,
     mut reader: Box<dyn Read + Send>,
 ) -> Result<(String, Box<dyn Read + Send>), Error> {

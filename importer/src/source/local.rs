@@ -28,31 +28,6 @@ pub struct LocalSource {
     engine: Arc<dyn IoEngine>,
 }
 
-/// Open a local path: a regular file or block device as a [`LocalSource`], a pipe or
-/// character device (`/dev/stdin`, a FIFO) as a stream read in order.
-pub async fn open_input(path: &Path, engine: Arc<dyn IoEngine>) -> Result<super::Input, Error> {
-    let ctx = |error: std::io::Error| Error::SourceIo {
-        op: "open",
-        path: path.to_owned(),
-        error,
-    };
-    let ft = std::fs::metadata(path).map_err(ctx)?.file_type();
-    if !(ft.is_fifo() || ft.is_char_device()) {
-        return Ok(super::Input::Disk(Arc::new(LocalSource::open(
-            path, engine,
-        )?)));
-    }
-    // Opening a FIFO waits for its writer: on the blocking pool.
-    let p = path.to_owned();
-    let file = tokio::task::spawn_blocking(move || File::open(p))
-        .await
-        .map_err(|e| ctx(std::io::Error::other(e)))?
-        .map_err(ctx)?;
-    Ok(super::Input::Stream(Box::new(
-        super::stream::ReadStream::new(path.display().to_string(), None, Box::new(file), None),
-    )))
-}
-
 impl LocalSource {
     /// Open read-only.
     pub fn open(path: &Path, engine: Arc<dyn IoEngine>) -> Result<LocalSource, Error> {
@@ -71,10 +46,7 @@ impl LocalSource {
         let meta = file.metadata().map_err(ctx)?;
         let ft = meta.file_type();
         if !(ft.is_file() || ft.is_block_device()) {
-            return Err(Error::Source(format!(
-                "source {} is neither a regular file nor a block device",
-                path.display()
-            )));
+            return Err(crate::error::SourceProblem::NotFileOrDevice(path.to_owned()).into());
         }
         let size = file.seek(SeekFrom::End(0)).map_err(ctx)?;
         Ok(LocalSource {
@@ -89,10 +61,13 @@ impl LocalSource {
     fn scan(&self, offset: u64, end: u64) -> Result<ExtentMap, Error> {
         let mut map = ExtentMap::new();
         let mut at = offset;
-        let io =
-            |e: Errno| Error::Source(format!("{}: seeking data/holes: {e}", self.path.display()));
+        let io = |e: Errno| Error::SourceIo {
+            op: "seek data and holes in",
+            path: self.path.clone(),
+            error: e.into(),
+        };
         while at < end {
-            let pos = i64::try_from(at).map_err(|_| Error::Source("offset beyond 2^63".into()))?;
+            let pos = i64::try_from(at).map_err(|_| io(Errno::EOVERFLOW))?;
             let data = match lseek(&*self.file, pos, Whence::SeekData) {
                 Ok(d) => u64::try_from(d).map_err(|_| io(Errno::EINVAL))?,
                 Err(Errno::ENXIO) => end, // no data after `at`

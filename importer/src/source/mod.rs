@@ -6,7 +6,7 @@
 //!
 //! A source string is opened by the first of [`TRANSPORTS`] that claims it (an NBD or
 //! VDDK URI, `-`, a path), giving an [`Input`]: a [`Source`] or, for what can only be
-//! read in order (a pipe), a [`StreamSource`]. The format layer ([`layers`]) then looks
+//! read in order (standard input), a [`StreamSource`]. The format layer ([`layers`]) then looks
 //! at the first bytes and decodes what it can (a compressed raw disk) or refuses.
 
 mod local;
@@ -29,7 +29,7 @@ pub use vddk::{VddkOptions, VddkSource};
 
 use crate::buf::Buf;
 use crate::engine::BoxFuture;
-use crate::error::Error;
+use crate::error::{Error, UsageError};
 
 /// Size of the windows the allocation is queried in, unless a source says otherwise
 /// ([`Source::extent_window`]).
@@ -58,10 +58,10 @@ pub trait Source: Send + Sync + std::fmt::Debug {
     fn changes(&self, offset: u64, len: u64) -> BoxFuture<'_, Result<ExtentMap, Error>> {
         let _ = (offset, len);
         Box::pin(async move {
-            Err(Error::Usage(format!(
-                "{}: this source cannot report changed areas",
-                self.describe()
-            )))
+            Err(crate::error::UsageError::NoChangeTracking {
+                source_name: self.describe(),
+            }
+            .into())
         })
     }
     /// Fill `buf` (its current length) from `offset`.
@@ -145,9 +145,7 @@ const TRANSPORTS: &[Transport] = &[
         open: |spec, r| {
             Box::pin(async move {
                 let _ = spec;
-                let opts = r.vddk.ok_or_else(|| {
-                    Error::Usage("a vddk:// source needs its VDDK options".into())
-                })?;
+                let opts = r.vddk.ok_or(UsageError::NeedsVddkOptions)?;
                 let s = VddkSource::open(opts).await.map_err(Error::Vddk)?;
                 Ok(Input::Disk(Arc::new(s)))
             })
@@ -180,13 +178,13 @@ const TRANSPORTS: &[Transport] = &[
         },
     },
     Transport {
-        name: "a path (file, block device or pipe)",
+        name: "a path (file or block device)",
         claims: |spec| !spec.contains("://"),
         open: |spec, r| {
-            Box::pin(local::open_input(
-                std::path::Path::new(spec),
-                r.engine.clone(),
-            ))
+            Box::pin(async move {
+                let s = LocalSource::open(std::path::Path::new(spec), r.engine.clone())?;
+                Ok(Input::Disk(Arc::new(s)))
+            })
         },
     },
 ];
@@ -196,14 +194,15 @@ const TRANSPORTS: &[Transport] = &[
 pub async fn open_input(spec: &str, reach: &Reach<'_>) -> Result<Input, Error> {
     match TRANSPORTS.iter().find(|t| (t.claims)(spec)) {
         Some(t) => (t.open)(spec, reach).await,
-        None => Err(Error::Usage(format!(
-            "unsupported source {spec:?}: give {}",
-            TRANSPORTS
+        None => Err(UsageError::UnsupportedSource {
+            spec: spec.to_string(),
+            transports: TRANSPORTS
                 .iter()
                 .map(|t| t.name)
                 .collect::<Vec<_>>()
-                .join(", ")
-        ))),
+                .join(", "),
+        }
+        .into()),
     }
 }
 
@@ -224,10 +223,11 @@ pub async fn open(
         Input::Disk(s) => Ok(s),
         Input::Stream(mut s) => {
             s.close().await;
-            Err(Error::Usage(format!(
-                "{}: this source can only be read in order, once",
-                s.describe()
-            )))
+            Err(UsageError::StreamOnly {
+                what: s.describe(),
+                needs: "opening it again",
+            }
+            .into())
         }
     }
 }

@@ -114,11 +114,12 @@ impl NbdSource {
         for _ in 1..want {
             let c: Client<Buf> = Client::connect(uri, &copts).await.map_err(Error::Nbd)?;
             if c.info().size != info.size {
-                return Err(Error::Source(format!(
-                    "{uri}: export size changed between connections ({} then {})",
-                    info.size,
-                    c.info().size
-                )));
+                return Err(crate::error::SourceProblem::SizeChanged {
+                    what: uri.to_string(),
+                    first: info.size,
+                    then: c.info().size,
+                }
+                .into());
             }
             clients.push(c);
         }
@@ -251,10 +252,9 @@ impl Source for NbdSource {
     fn changes(&self, offset: u64, len: u64) -> BoxFuture<'_, Result<ExtentMap, Error>> {
         Box::pin(async move {
             let ctx = self.dirty_context.ok_or_else(|| {
-                Error::Usage(format!(
-                    "{}: no dirty bitmap was selected (--dirty-bitmap NAME)",
-                    self.uri
-                ))
+                Error::from(crate::error::UsageError::NoDirtyBitmap {
+                    uri: self.uri.to_string(),
+                })
             })?;
             self.extents_inner(offset, len, ctx, dirty_kind)
                 .await

@@ -10,9 +10,74 @@ pub enum VddkError {
     /// The library is missing, too old, or unusable (names the paths searched).
     #[error(transparent)]
     Library(#[from] vddk_sys::LoadError),
-    /// Bad command-line or URI input.
-    #[error("{0}")]
-    Usage(String),
+    /// A `vddk://` URI that cannot be read.
+    #[error("invalid vddk:// URI: {reason}")]
+    Uri {
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A thumbprint that is not 20 hex pairs.
+    #[error(
+        "invalid thumbprint {given:?}: expected the server certificate's SHA-1 as 20 hex pairs separated by ':' (AA:BB:…)"
+    )]
+    BadThumbprint {
+        /// What was given (its first 80 characters).
+        given: String,
+    },
+    /// A password file that cannot be read.
+    #[error("cannot read password file {}: {error}", path.display())]
+    PasswordFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The OS error.
+        error: std::io::Error,
+    },
+    /// A password longer than the cap.
+    #[error("{from} is longer than {} bytes", super::options::MAX_PASSWORD_LEN)]
+    PasswordTooLong {
+        /// Where it came from: "password file PATH" or "$VAR".
+        from: String,
+    },
+    /// No password given.
+    #[error(
+        "no password: give --password-file FILE or set ${}",
+        super::options::PASSWORD_ENV
+    )]
+    NoPassword,
+    /// The operator's VDDK config file cannot be read.
+    #[error("cannot read VDDK config {}: {error}", path.display())]
+    ConfigRead {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The OS error.
+        error: std::io::Error,
+    },
+    /// The operator's VDDK config file is refused.
+    #[error("VDDK config {}: {error}", path.display())]
+    Config {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        error: super::config::ConfigError,
+    },
+    /// The VDDK config file handed to the library cannot be written.
+    #[error("cannot write the VDDK config file: {0}")]
+    ConfigWrite(std::io::Error),
+    /// The thread that owns the VDDK handles cannot be started.
+    #[error("cannot start the VDDK worker thread: {0}")]
+    WorkerThread(std::io::Error),
+    /// A VDDK source without one of its required settings.
+    #[error("a VDDK source needs {flag} (or its vddk:// URI part)")]
+    Missing {
+        /// The flag.
+        flag: &'static str,
+    },
+    /// `--transports` names an unknown transport.
+    #[error("invalid --transports {given:?}: use a ':' list of file, san, hotadd, nbdssl, nbd")]
+    Transports {
+        /// What was given.
+        given: String,
+    },
     /// Wrong user or password.
     #[error("VDDK authentication failed for user {user:?} on {server} (VIX {code}: {text})")]
     Authentication {

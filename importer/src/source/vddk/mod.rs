@@ -106,20 +106,22 @@ pub fn init(
     let operator = match operator_config {
         None => Vec::new(),
         Some(p) => {
-            let meta = std::fs::metadata(p).map_err(|e| {
-                VddkError::Usage(format!("cannot read VDDK config {}: {e}", p.display()))
-            })?;
+            let unreadable = |error| VddkError::ConfigRead {
+                path: p.to_owned(),
+                error,
+            };
+            let refused = |error| VddkError::Config {
+                path: p.to_owned(),
+                error,
+            };
+            let meta = std::fs::metadata(p).map_err(unreadable)?;
             if meta.len() > config::MAX_CONFIG_BYTES as u64 {
-                return Err(VddkError::Usage(format!(
-                    "VDDK config {}: {}",
-                    p.display(),
-                    config::ConfigError::TooLarge(crate::num::usize_of(meta.len()))
+                return Err(refused(config::ConfigError::TooLarge(
+                    crate::num::usize_of(meta.len()),
                 )));
             }
-            let text = std::fs::read_to_string(p).map_err(|e| {
-                VddkError::Usage(format!("cannot read VDDK config {}: {e}", p.display()))
-            })?;
-            config::parse(&text).map_err(|e| VddkError::Usage(format!("{}: {e}", p.display())))?
+            let text = std::fs::read_to_string(p).map_err(unreadable)?;
+            config::parse(&text).map_err(refused)?
         }
     };
     let rendered = config::render(&operator, nfc);
@@ -130,9 +132,9 @@ pub fn init(
         .prefix("ferry-vddk-")
         .suffix(".conf")
         .tempfile()
-        .map_err(|e| VddkError::Usage(format!("cannot write the VDDK config file: {e}")))?;
+        .map_err(VddkError::ConfigWrite)?;
     std::io::Write::write_all(&mut file, rendered.text.as_bytes())
-        .map_err(|e| VddkError::Usage(format!("cannot write the VDDK config file: {e}")))?;
+        .map_err(VddkError::ConfigWrite)?;
     let lib = Library::load(libdir)?;
     lib.init_ex(
         API_VERSION.0,
@@ -239,7 +241,7 @@ impl VddkSource {
                 worker(worker_rt, worker_opts, worker_ctx, ready_tx, rx);
                 let _ = done_tx.send(());
             })
-            .map_err(|e| VddkError::Usage(format!("cannot start the VDDK worker thread: {e}")))?;
+            .map_err(VddkError::WorkerThread)?;
         let opened = match ready_rx.await {
             Ok(Ok(o)) => o,
             Ok(Err(e)) => {

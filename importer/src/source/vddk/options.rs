@@ -124,7 +124,9 @@ pub struct VddkUri {
 }
 
 fn bad(reason: impl fmt::Display) -> VddkError {
-    VddkError::Usage(format!("invalid vddk:// URI: {reason}"))
+    VddkError::Uri {
+        reason: reason.to_string(),
+    }
 }
 
 fn decode(s: &str, what: &str) -> Result<String, VddkError> {
@@ -208,10 +210,9 @@ pub fn validate_thumbprint(t: &str) -> Result<String, VddkError> {
     if ok {
         Ok(t.to_ascii_uppercase())
     } else {
-        Err(VddkError::Usage(format!(
-            "invalid thumbprint {:?}: expected the server certificate's SHA-1 as 20 hex pairs separated by ':' (AA:BB:…)",
-            t.chars().take(80).collect::<String>()
-        )))
+        Err(VddkError::BadThumbprint {
+            given: t.chars().take(80).collect(),
+        })
     }
 }
 
@@ -220,28 +221,25 @@ pub fn validate_thumbprint(t: &str) -> Result<String, VddkError> {
 pub fn read_password(file: Option<&std::path::Path>) -> Result<Secret, VddkError> {
     match file {
         Some(p) => {
-            let meta = std::fs::metadata(p).map_err(|e| {
-                VddkError::Usage(format!("cannot read password file {}: {e}", p.display()))
-            })?;
+            let unreadable = |error| VddkError::PasswordFile {
+                path: p.to_owned(),
+                error,
+            };
+            let meta = std::fs::metadata(p).map_err(unreadable)?;
             if meta.len() > MAX_PASSWORD_LEN as u64 {
-                return Err(VddkError::Usage(format!(
-                    "password file {} is larger than {MAX_PASSWORD_LEN} bytes",
-                    p.display()
-                )));
+                return Err(VddkError::PasswordTooLong {
+                    from: format!("password file {}", p.display()),
+                });
             }
-            let s = std::fs::read_to_string(p).map_err(|e| {
-                VddkError::Usage(format!("cannot read password file {}: {e}", p.display()))
-            })?;
+            let s = std::fs::read_to_string(p).map_err(unreadable)?;
             Ok(Secret(s.lines().next().unwrap_or("").to_string()))
         }
         None => match std::env::var(PASSWORD_ENV) {
             Ok(v) if v.len() <= MAX_PASSWORD_LEN => Ok(Secret(v)),
-            Ok(_) => Err(VddkError::Usage(format!(
-                "${PASSWORD_ENV} is longer than {MAX_PASSWORD_LEN} bytes"
-            ))),
-            Err(_) => Err(VddkError::Usage(format!(
-                "no password: give --password-file FILE or set ${PASSWORD_ENV}"
-            ))),
+            Ok(_) => Err(VddkError::PasswordTooLong {
+                from: format!("${PASSWORD_ENV}"),
+            }),
+            Err(_) => Err(VddkError::NoPassword),
         },
     }
 }
