@@ -194,94 +194,19 @@ impl Sink {
                 .open("/dev/null")
                 .map_err(|e| target_err(path, "open", e))?;
             tracing::info!("target is null: data is read and discarded");
-            return Ok(Sink {
-                path: path.to_owned(),
+            let opened = Opened {
                 kind: TargetKind::Null,
-                buffered: Arc::new(f),
-                direct: None,
-                size: AtomicU64::new(size),
-                capacity: None,
-                engine,
-                zero_strategy: AtomicU8::new(Z_PUNCH),
+                file: f,
                 found_id: None,
                 id: "null".into(),
-            });
+                capacity: None,
+            };
+            return Ok(Sink::from_opened(path, opened, None, size, engine));
         }
-        let meta = match std::fs::symlink_metadata(path) {
-            Ok(m) if m.file_type().is_symlink() => {
-                // A symlink to a block device (/dev/disk/by-id/…) is the normal way to
-                // name one; a symlink to anything else is refused, so a link planted
-                // in a volume can never redirect the copy onto another file.
-                match std::fs::metadata(path) {
-                    Ok(t) if t.file_type().is_block_device() => Some(t),
-                    _ => {
-                        return Err(TargetProblem::Symlink(path.to_owned()).into());
-                    }
-                }
-            }
-            Ok(m) => Some(m),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => return Err(target_err(path, "inspect", e)),
-        };
-        let stat = |f: &File| f.metadata().map_err(|e| target_err(path, "inspect", e));
-        let mut capacity = None;
-        let (kind, buffered, found_id, id) = match &meta {
-            None => {
-                let f = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create_new(true)
-                    .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                    .open(path)
-                    .map_err(|e| target_err(path, "create", e))?;
-                f.set_len(size).map_err(|e| target_err(path, "size", e))?;
-                let id = file_id(&stat(&f)?, size);
-                (TargetKind::NewFile, f, None, id)
-            }
-            Some(m) if m.file_type().is_block_device() => {
-                let mut f = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .custom_flags(libc::O_EXCL | libc::O_CLOEXEC)
-                    .open(path)
-                    .map_err(|e| target_err(path, "open", e))?;
-                let dev = f
-                    .seek(SeekFrom::End(0))
-                    .map_err(|e| target_err(path, "size", e))?;
-                if dev < size {
-                    return Err(TargetProblem::TooSmall {
-                        path: path.to_owned(),
-                        size: dev,
-                        needed: size,
-                    }
-                    .into());
-                }
-                use std::os::unix::fs::MetadataExt;
-                capacity = Some(dev);
-                let id = block_id(stat(&f)?.rdev(), dev);
-                (TargetKind::BlockDevice, f, Some(id.clone()), id)
-            }
-            Some(m) if m.file_type().is_file() => {
-                let f = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                    .open(path)
-                    .map_err(|e| target_err(path, "open", e))?;
-                let found = stat(&f)?;
-                let found_id = file_id(&found, found.len());
-                let len = if keep_larger {
-                    found.len().max(size)
-                } else {
-                    size
-                };
-                if found.len() != len {
-                    tracing::info!(path = %path.display(), from = m.len(), to = len, "resizing existing target file to the source size");
-                    f.set_len(len).map_err(|e| target_err(path, "resize", e))?;
-                }
-                let id = file_id(&found, len);
-                (TargetKind::ExistingFile, f, Some(found_id), id)
-            }
+        let opened = match inspect(path)? {
+            None => open_new_file(path, size)?,
+            Some(m) if m.file_type().is_block_device() => open_block_device(path, size)?,
+            Some(m) if m.file_type().is_file() => open_existing_file(path, &m, size, keep_larger)?,
             Some(m) => {
                 return Err(TargetProblem::NotFileOrDevice {
                     path: path.to_owned(),
@@ -307,19 +232,29 @@ impl Sink {
                 }
             },
         };
-        tracing::info!(path = %path.display(), kind = ?kind, direct = direct_fd.is_some(), "target opened");
-        Ok(Sink {
+        tracing::info!(path = %path.display(), kind = ?opened.kind, direct = direct_fd.is_some(), "target opened");
+        Ok(Sink::from_opened(path, opened, direct_fd, size, engine))
+    }
+
+    fn from_opened(
+        path: &Path,
+        o: Opened,
+        direct: Option<Arc<File>>,
+        size: u64,
+        engine: Arc<dyn IoEngine>,
+    ) -> Sink {
+        Sink {
             path: path.to_owned(),
-            kind,
-            buffered: Arc::new(buffered),
-            direct: direct_fd,
+            kind: o.kind,
+            buffered: Arc::new(o.file),
+            direct,
             size: AtomicU64::new(size),
-            capacity,
+            capacity: o.capacity,
             engine,
             zero_strategy: AtomicU8::new(Z_PUNCH),
-            found_id,
-            id,
-        })
+            found_id: o.found_id,
+            id: o.id,
+        }
     }
 
     /// The target's identity as this copy leaves it (for the resume journal).
@@ -560,6 +495,122 @@ impl Sink {
         }
         Ok(())
     }
+}
+
+/// A target opened, before O_DIRECT is tried.
+struct Opened {
+    kind: TargetKind,
+    file: File,
+    /// Its identity as found (None: created now).
+    found_id: Option<String>,
+    /// Its identity as this copy leaves it.
+    id: String,
+    /// A block device's size.
+    capacity: Option<u64>,
+}
+
+/// What is at `path` (None: nothing). A symlink to a block device (/dev/disk/by-id/…) is
+/// the normal way to name one; a symlink to anything else is refused, so a link planted
+/// in a volume can never redirect the copy onto another file.
+fn inspect(path: &Path) -> Result<Option<std::fs::Metadata>, Error> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => match std::fs::metadata(path) {
+            Ok(t) if t.file_type().is_block_device() => Ok(Some(t)),
+            _ => Err(TargetProblem::Symlink(path.to_owned()).into()),
+        },
+        Ok(m) => Ok(Some(m)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(target_err(path, "inspect", e)),
+    }
+}
+
+fn stat(path: &Path, f: &File) -> Result<std::fs::Metadata, Error> {
+    f.metadata().map_err(|e| target_err(path, "inspect", e))
+}
+
+/// Create the file, sparse, at `size` (never following a link planted meanwhile).
+fn open_new_file(path: &Path, size: u64) -> Result<Opened, Error> {
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| target_err(path, "create", e))?;
+    f.set_len(size).map_err(|e| target_err(path, "size", e))?;
+    let id = file_id(&stat(path, &f)?, size);
+    Ok(Opened {
+        kind: TargetKind::NewFile,
+        file: f,
+        found_id: None,
+        id,
+        capacity: None,
+    })
+}
+
+/// Open a block device exclusively (a mounted one is refused) that holds `size` bytes.
+fn open_block_device(path: &Path, size: u64) -> Result<Opened, Error> {
+    use std::os::unix::fs::MetadataExt;
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_EXCL | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| target_err(path, "open", e))?;
+    let dev = f
+        .seek(SeekFrom::End(0))
+        .map_err(|e| target_err(path, "size", e))?;
+    if dev < size {
+        return Err(TargetProblem::TooSmall {
+            path: path.to_owned(),
+            size: dev,
+            needed: size,
+        }
+        .into());
+    }
+    let id = block_id(stat(path, &f)?.rdev(), dev);
+    Ok(Opened {
+        kind: TargetKind::BlockDevice,
+        file: f,
+        found_id: Some(id.clone()),
+        id,
+        capacity: Some(dev),
+    })
+}
+
+/// Open an existing file and resize it to `size` (with `keep_larger`, a longer file
+/// keeps its length).
+fn open_existing_file(
+    path: &Path,
+    m: &std::fs::Metadata,
+    size: u64,
+    keep_larger: bool,
+) -> Result<Opened, Error> {
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| target_err(path, "open", e))?;
+    let found = stat(path, &f)?;
+    let found_id = file_id(&found, found.len());
+    let len = if keep_larger {
+        found.len().max(size)
+    } else {
+        size
+    };
+    if found.len() != len {
+        tracing::info!(path = %path.display(), from = m.len(), to = len, "resizing existing target file to the source size");
+        f.set_len(len).map_err(|e| target_err(path, "resize", e))?;
+    }
+    let id = file_id(&found, len);
+    Ok(Opened {
+        kind: TargetKind::ExistingFile,
+        file: f,
+        found_id: Some(found_id),
+        id,
+        capacity: None,
+    })
 }
 
 fn align_up(x: u64, a: u64) -> u64 {
