@@ -124,3 +124,19 @@ pub fn source_format(data: &[u8]) {
     let _ = format::detect(head, Some(&data[split..]));
     let _ = format::detect(head, None).how_to_read();
 }
+
+/// Most bytes [`stream_layers`] decompresses from one input (a small input may inflate
+/// without bound: the copy's own bound is the target and `MAX_STREAM_BYTES`).
+pub const MAX_FUZZ_STREAM_OUTPUT: u64 = 16 << 20;
+
+/// Bytes arriving in order (stdin, a compressed file): the format layer looks at the
+/// head, peels gzip/xz/zstd at most once each, and the decoded stream is read to its
+/// end or to [`MAX_FUZZ_STREAM_OUTPUT`]. A refusal or a read error is fine; a panic is not.
+pub fn stream_layers(data: &[u8]) {
+    use std::io::Read;
+    let reader: Box<dyn Read + Send> = Box::new(std::io::Cursor::new(data.to_vec()));
+    if let Ok((_, r)) = crate::source::layers::peel_blocking("fuzz".into(), reader) {
+        let mut sink = std::io::sink();
+        let _ = std::io::copy(&mut r.take(MAX_FUZZ_STREAM_OUTPUT), &mut sink);
+    }
+}

@@ -97,3 +97,11 @@ fn source_format_corpus_replays_without_panic() {
         }
     }
 }
+
+#[test]
+fn stream_layers_corpus_replays_without_panic() {
+    for (p, b) in corpus("stream_layers") {
+        eprintln!("{}", p.display());
+        ferry::fuzzing::stream_layers(&b);
+    }
+}
