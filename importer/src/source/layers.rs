@@ -13,53 +13,28 @@ use super::stream::{ReadStream, SourceReader, StreamSource};
 use super::{Input, Source};
 use crate::error::{Error, Retry};
 
-/// A reader of bytes.
-type Bytes = Box<dyn Read + Send>;
+use ferry_convert::wrappers::{self, Bytes};
 
 /// What a recognised format becomes.
 enum Layer {
     /// The bytes are the disk.
     Disk,
-    /// The bytes are a compressed stream of what lies inside.
-    Decompress(fn(Bytes) -> std::io::Result<Bytes>),
+    /// The bytes are a compressed stream of what lies inside
+    /// ([`ferry_convert::wrappers::decoder`]).
+    Decompress,
 }
 
 /// How each format the copy can read is read. Formats not listed are refused
 /// ([`Error::NotRaw`]).
 const LAYERS: &[(Format, Layer)] = &[
     (Format::Raw, Layer::Disk),
-    (Format::Gzip, Layer::Decompress(gzip)),
-    (Format::Xz, Layer::Decompress(xz)),
-    (Format::Zstd, Layer::Decompress(zstd)),
+    (Format::Gzip, Layer::Decompress),
+    (Format::Xz, Layer::Decompress),
+    (Format::Zstd, Layer::Decompress),
 ];
-
-/// gzip, every member (pigz and bgzip write several).
-fn gzip(r: Box<dyn Read + Send>) -> std::io::Result<Box<dyn Read + Send>> {
-    Ok(Box::new(flate2::read::MultiGzDecoder::new(r)))
-}
-
-/// xz, every stream, multi-block files decoded by one thread per block's worth of
-/// input as liblzma allows.
-fn xz(r: Box<dyn Read + Send>) -> std::io::Result<Box<dyn Read + Send>> {
-    Ok(Box::new(liblzma::read::XzDecoder::new_multi_decoder(r)))
-}
-
-/// zstd, every frame.
-fn zstd(r: Box<dyn Read + Send>) -> std::io::Result<Box<dyn Read + Send>> {
-    Ok(Box::new(zstd::stream::read::Decoder::new(r)?))
-}
 
 fn layer_of(f: Format) -> Option<&'static Layer> {
     LAYERS.iter().find(|(g, _)| *g == f).map(|(_, l)| l)
-}
-
-/// The format names the copy reads, for messages.
-pub fn readable() -> String {
-    LAYERS
-        .iter()
-        .map(|(f, _)| f.to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// Look at what `input` holds and put the layers on it that turn it into a disk.
@@ -75,9 +50,9 @@ pub async fn layer(input: Input) -> Result<Input, Error> {
             };
             match layer_of(found) {
                 Some(Layer::Disk) => Ok(Input::Disk(src)),
-                Some(Layer::Decompress(_)) => {
+                Some(Layer::Decompress) => {
                     let what = src.describe();
-                    let reader: Box<dyn Read + Send> = Box::new(SourceReader::new(src.clone()));
+                    let reader: Bytes = Box::new(SourceReader::new(src.clone()));
                     peel(what, reader, Some(src)).await
                 }
                 None => {
@@ -102,7 +77,7 @@ pub async fn layer(input: Input) -> Result<Input, Error> {
 /// is what the reader reads from, closed with the stream (or now, on a refusal).
 pub async fn peel(
     what: String,
-    reader: Box<dyn Read + Send>,
+    reader: Bytes,
     under: Option<Arc<dyn Source>>,
 ) -> Result<Input, Error> {
     let w = what.clone();
@@ -129,10 +104,7 @@ pub async fn peel(
 
 /// What [`peel`] does, on a blocking thread. Returns the stream's description ("PATH,
 /// gzip-decompressed") and its disk bytes.
-pub(crate) fn peel_blocking(
-    mut what: String,
-    mut reader: Box<dyn Read + Send>,
-) -> Result<(String, Box<dyn Read + Send>), Error> {
+pub(crate) fn peel_blocking(mut what: String, mut reader: Bytes) -> Result<(String, Bytes), Error> {
     let mut peeled: Vec<Format> = Vec::new();
     loop {
         let mut head = Vec::with_capacity(format::HEAD_BYTES);
@@ -148,13 +120,15 @@ pub(crate) fn peel_blocking(
         reader = Box::new(std::io::Cursor::new(head).chain(reader));
         match layer_of(found) {
             Some(Layer::Disk) => return Ok((what, reader)),
-            Some(Layer::Decompress(decode)) if !peeled.contains(&found) => {
-                reader = decode(reader).map_err(|e| Error::Read {
+            Some(Layer::Decompress) if !peeled.contains(&found) => {
+                let decoded = wrappers::decoder(found, reader)
+                    .ok_or(Error::Internal("a decompressing layer without a decoder"))?;
+                reader = decoded.map_err(|e| Error::Read {
                     offset: 0,
                     message: format!("{what}: {e}"),
                     retry: Retry::Never,
                 })?;
-                what = format!("{what}, {}", decompressed(found));
+                what = format!("{what}, {}", wrappers::decompressed(found));
                 peeled.push(found);
             }
             _ => {
@@ -164,16 +138,6 @@ pub(crate) fn peel_blocking(
                 });
             }
         }
-    }
-}
-
-/// "gzip-decompressed", for descriptions.
-fn decompressed(f: Format) -> &'static str {
-    match f {
-        Format::Gzip => "gzip-decompressed",
-        Format::Xz => "xz-decompressed",
-        Format::Zstd => "zstd-decompressed",
-        _ => "decoded",
     }
 }
 

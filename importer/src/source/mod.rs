@@ -18,7 +18,8 @@ use std::sync::Arc;
 
 use ferry_cbt::ExtentMap;
 
-pub mod format;
+/// What a source's bytes hold ([`ferry_convert::detect`]).
+pub use ferry_convert::detect as format;
 pub mod layers;
 pub mod stream;
 pub use local::LocalSource;

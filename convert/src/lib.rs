@@ -1,0 +1,16 @@
+//! Disk image formats, sans-IO: what a source's first bytes hold ([`detect`]) and the
+//! decompressors a raw disk may arrive in ([`wrappers`]). It never opens a file or a
+//! connection, and never a path named inside an image: the importer's format layer
+//! hands it bytes and readers.
+//!
+//! Image readers (qcow2, VMDK, VHD/VHDX, VDI) come here next, as maps from guest ranges
+//! to input offsets.
+
+#![forbid(unsafe_code)]
+#![warn(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+#![cfg_attr(test, allow(clippy::cast_possible_truncation, clippy::cast_sign_loss))]
+
+pub mod detect;
+pub mod wrappers;
+
+pub use detect::{Format, HEAD_BYTES, TAIL_BYTES, detect};
