@@ -1,7 +1,7 @@
-//! The format layer's first step: what the bytes of a source are, from its head (and,
-//! for a fixed VHD, its last sector), sans-IO. Only raw disks are copied today; every
-//! other recognised format is refused with a clear message instead of being copied as
-//! if its container bytes were the disk. Magic numbers as in reference/formats.md §3.
+//! What the bytes of a source are, from its head (and, for a fixed VHD, its last
+//! sector), sans-IO: the importer's format layer decodes what it can (a raw disk, a
+//! compressed raw disk) and refuses the rest with a clear message instead of copying
+//! container bytes as if they were the disk. Magic numbers as in reference/formats.md §3.
 
 use std::fmt;
 
