@@ -1,7 +1,9 @@
 //! The compressions a raw disk may arrive in, as decoding readers over any reader: gzip
-//! (every member: pigz and bgzip write several), xz (every stream), zstd (every frame).
+//! (every member: pigz and bgzip write several), xz (every stream, the blocks of a
+//! multi-block file — `xz -T` writes them — decoded by several threads), zstd (every
+//! frame).
 
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
 
 use crate::detect::Format;
 
@@ -13,10 +15,80 @@ pub type Bytes = Box<dyn Read + Send>;
 pub fn decoder(format: Format, input: Bytes) -> Option<std::io::Result<Bytes>> {
     Some(match format {
         Format::Gzip => Ok(Box::new(flate2::read::MultiGzDecoder::new(input))),
-        Format::Xz => Ok(Box::new(liblzma::read::XzDecoder::new_multi_decoder(input))),
+        Format::Xz => Ok(Box::new(XzStreams {
+            current: None,
+            rest: Some(BufReader::with_capacity(XZ_INPUT_BUFFER, input)),
+        })),
         Format::Zstd => zstd::stream::read::Decoder::new(input).map(|d| Box::new(d) as Bytes),
         _ => return None,
     })
+}
+
+/// Memory the threaded xz decoder may use for its threads before it decodes with one
+/// (liblzma's `memlimit_threading`); a block larger than this is still decoded, by one
+/// thread.
+pub const XZ_THREADING_MEMLIMIT: u64 = 256 << 20;
+/// Most threads an xz decoder uses (fewer when the process may use fewer CPUs).
+pub const MAX_XZ_THREADS: u32 = 8;
+/// Bytes of compressed input read at once.
+pub const XZ_INPUT_BUFFER: usize = 1 << 20;
+
+/// Every xz stream of the input, one after the other (`cat a.xz b.xz` is one file, as
+/// `xz -d` reads it), separated by stream padding; each by liblzma's threaded decoder
+/// (which, unlike its single-threaded one, cannot itself go on to the next stream).
+struct XzStreams {
+    current: Option<liblzma::bufread::XzDecoder<BufReader<Bytes>>>,
+    /// The input between streams.
+    rest: Option<BufReader<Bytes>>,
+}
+
+fn xz_threads() -> u32 {
+    let n = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    u32::try_from(n)
+        .unwrap_or(MAX_XZ_THREADS)
+        .min(MAX_XZ_THREADS)
+}
+
+impl Read for XzStreams {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            if let Some(d) = self.current.as_mut() {
+                let n = d.read(buf)?;
+                if n > 0 {
+                    return Ok(n);
+                }
+                // This stream ended; what follows is padding, another stream, or the end.
+                self.rest = self
+                    .current
+                    .take()
+                    .map(liblzma::bufread::XzDecoder::into_inner);
+            }
+            let Some(mut input) = self.rest.take() else {
+                return Ok(0);
+            };
+            loop {
+                let b = input.fill_buf()?;
+                if b.is_empty() {
+                    return Ok(0);
+                }
+                let zeros = b.iter().take_while(|x| **x == 0).count();
+                if zeros == 0 {
+                    break;
+                }
+                input.consume(zeros);
+            }
+            let stream = liblzma::stream::MtStreamBuilder::new()
+                .threads(xz_threads())
+                .memlimit_threading(XZ_THREADING_MEMLIMIT)
+                .memlimit_stop(u64::MAX)
+                .decoder()
+                .map_err(std::io::Error::other)?;
+            self.current = Some(liblzma::bufread::XzDecoder::new_stream(input, stream));
+        }
+    }
 }
 
 /// "gzip-decompressed", for descriptions of what a stream became.
@@ -49,6 +121,36 @@ mod tests {
         for f in [Format::Raw, Format::Qcow2, Format::Bzip2, Format::Tar] {
             assert!(decoder(f, Box::new(std::io::empty())).is_none(), "{f:?}");
         }
+    }
+
+    fn xz(data: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut e = liblzma::write::XzEncoder::new(Vec::new(), 1);
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    #[test]
+    fn xz_streams_one_after_another_with_padding_are_decoded_whole() {
+        let a: Vec<u8> = (0..300_000u32).map(|i| (i % 241) as u8).collect();
+        let b = vec![5u8; 123_457];
+        let mut file = xz(&a);
+        file.extend([0u8; 8]); // stream padding
+        file.extend(xz(&b));
+        let mut whole = a.clone();
+        whole.extend(&b);
+        assert_eq!(decode(Format::Xz, file.clone()).unwrap(), whole);
+        let cut = file[..file.len() - 10].to_vec();
+        assert!(
+            decode(Format::Xz, cut).is_err(),
+            "a cut last stream is an error"
+        );
+        let mut junk = xz(&a);
+        junk.extend(b"not xz");
+        assert!(
+            decode(Format::Xz, junk).is_err(),
+            "garbage after a stream is an error"
+        );
     }
 
     #[test]
