@@ -1,6 +1,6 @@
-//! A scripted fake NBD server that answers the handshake correctly (structured replies
-//! or extended headers, `base:allocation`, GO with NBD_INFO_EXPORT) and then misbehaves
-//! in exactly one named way per test. Test names carry the row of the bad-input
+//! A scripted fake NBD server (the test kit's `fake_nbd::Peer`) that answers the
+//! handshake correctly (structured replies or extended headers, `base:allocation`, GO
+//! with NBD_INFO_EXPORT) and then misbehaves in exactly one named way per test. Test names carry the row of the bad-input
 //! catalogue (reliability.md 5.1) they cover: `r01_...` is row 1, and so on.
 //!
 //! Every test runs under a hard timeout, so a hang is a failure, never a stuck CI.
@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use ferry_nbd::codec::{self, chunk, cmd, info, opt, rep, tflag};
 use ferry_nbd::{Client, ConnectOptions, Error, ProtocolError};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use ferry_test_kit::fake_nbd::{
+    FakeNbd, Hs, Peer, be16, be32, be64, content, duplex, info_export, opt_reply_bytes,
+};
 
 /// Context id the fake server gives `base:allocation` (not 0, to catch id mix-ups).
 const CTX: u32 = 7;
@@ -33,289 +35,32 @@ fn opts() -> ConnectOptions {
     }
 }
 
-/// What the standard handshake agrees to.
-#[derive(Clone)]
-struct Hs {
-    extended: bool,
-    structured: bool,
-    size: u64,
-    flags: u16,
-    block_size: Option<(u32, u32, u32)>,
-}
-
-impl Default for Hs {
-    fn default() -> Self {
-        Hs {
-            extended: false,
-            structured: true,
-            size: SIZE,
-            flags: FLAGS,
-            block_size: None,
-        }
+/// What the standard handshake agrees to: structured replies, `base:allocation` as
+/// [`CTX`], an export of [`SIZE`] bytes with [`FLAGS`].
+fn hs() -> Hs {
+    Hs {
+        extended: false,
+        structured: true,
+        size: SIZE,
+        flags: FLAGS,
+        block_size: None,
+        context: Some(CTX),
     }
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Req {
-    kind: u16,
-    cookie: u64,
-    offset: u64,
-    len: u64,
-}
-
-/// The server end of the connection. Reads return `None` once the client has gone.
-struct Fake {
-    s: DuplexStream,
-    extended: bool,
-}
-
-fn be16(v: u16) -> [u8; 2] {
-    v.to_be_bytes()
-}
-fn be32(v: u32) -> [u8; 4] {
-    v.to_be_bytes()
-}
-fn be64(v: u64) -> [u8; 8] {
-    v.to_be_bytes()
-}
-
-impl Fake {
-    async fn send(&mut self, b: &[u8]) {
-        let _ = self.s.write_all(b).await;
-    }
-    async fn recv(&mut self, n: usize) -> Option<Vec<u8>> {
-        let mut v = vec![0; n];
-        self.s.read_exact(&mut v).await.ok()?;
-        Some(v)
-    }
-    async fn greeting(&mut self, flags: u16) {
-        let mut g = be64(codec::NBD_MAGIC).to_vec();
-        g.extend(be64(codec::IHAVEOPT));
-        g.extend(be16(flags));
-        self.send(&g).await;
-    }
-    async fn client_flags(&mut self) -> Option<u32> {
-        let b = self.recv(4).await?;
-        Some(u32::from_be_bytes(b.try_into().ok()?))
-    }
-    async fn option(&mut self) -> Option<(u32, Vec<u8>)> {
-        let h = self.recv(16).await?;
-        assert_eq!(
-            &h[..8],
-            &be64(codec::IHAVEOPT),
-            "client sent a bad option magic"
-        );
-        let o = u32::from_be_bytes(h[8..12].try_into().ok()?);
-        let n = u32::from_be_bytes(h[12..16].try_into().ok()?);
-        Some((o, self.recv(n as usize).await?))
-    }
-    fn opt_reply_bytes(o: u32, t: u32, data: &[u8]) -> Vec<u8> {
-        let mut v = be64(codec::OPTION_REPLY_MAGIC).to_vec();
-        v.extend(be32(o));
-        v.extend(be32(t));
-        v.extend(be32(data.len() as u32));
-        v.extend(data);
-        v
-    }
-    async fn opt_reply(&mut self, o: u32, t: u32, data: &[u8]) {
-        self.send(&Self::opt_reply_bytes(o, t, data)).await;
-    }
-    fn info_export(size: u64, flags: u16) -> Vec<u8> {
-        let mut v = be16(info::EXPORT).to_vec();
-        v.extend(be64(size));
-        v.extend(be16(flags));
-        v
-    }
-    /// Answer options until GO (exclusive): extended headers / structured replies per
-    /// `hs`, `base:allocation` as context [`CTX`]. Returns once GO has been read.
-    async fn negotiate_until_go(&mut self, hs: &Hs) -> Option<()> {
-        self.greeting(codec::FLAG_FIXED_NEWSTYLE | codec::FLAG_NO_ZEROES)
-            .await;
-        self.client_flags().await?;
-        loop {
-            let (o, data) = self.option().await?;
-            match o {
-                opt::EXTENDED_HEADERS if hs.extended => {
-                    self.extended = true;
-                    self.opt_reply(o, rep::ACK, &[]).await;
-                }
-                opt::STRUCTURED_REPLY if hs.structured => self.opt_reply(o, rep::ACK, &[]).await,
-                opt::SET_META_CONTEXT => {
-                    assert!(String::from_utf8_lossy(&data).contains("base:allocation"));
-                    let mut p = be32(CTX).to_vec();
-                    p.extend(b"base:allocation");
-                    self.opt_reply(o, rep::META_CONTEXT, &p).await;
-                    self.opt_reply(o, rep::ACK, &[]).await;
-                }
-                opt::GO => return Some(()),
-                _ => self.opt_reply(o, rep::ERR_UNSUP, b"not here").await,
-            }
-        }
-    }
-    /// The whole correct handshake.
-    async fn handshake(&mut self, hs: &Hs) -> Option<()> {
-        self.negotiate_until_go(hs).await?;
-        self.opt_reply(opt::GO, rep::INFO, &Self::info_export(hs.size, hs.flags))
-            .await;
-        if let Some((a, b, c)) = hs.block_size {
-            let mut p = be16(info::BLOCK_SIZE).to_vec();
-            p.extend(be32(a));
-            p.extend(be32(b));
-            p.extend(be32(c));
-            self.opt_reply(opt::GO, rep::INFO, &p).await;
-        }
-        self.opt_reply(opt::GO, rep::ACK, &[]).await;
-        Some(())
-    }
-    async fn request(&mut self) -> Option<Req> {
-        let n = if self.extended { 32 } else { 28 };
-        let h = self.recv(n).await?;
-        let flags = u16::from_be_bytes([h[4], h[5]]);
-        let kind = u16::from_be_bytes([h[6], h[7]]);
-        let cookie = u64::from_be_bytes(h[8..16].try_into().ok()?);
-        let offset = u64::from_be_bytes(h[16..24].try_into().ok()?);
-        let len = if self.extended {
-            u64::from_be_bytes(h[24..32].try_into().ok()?)
-        } else {
-            u64::from(u32::from_be_bytes(h[24..28].try_into().ok()?))
-        };
-        let payload =
-            kind == cmd::WRITE && (!self.extended || flags & codec::cmdflag::PAYLOAD_LEN != 0);
-        if payload {
-            self.recv(len as usize).await?;
-        }
-        Some(Req {
-            kind,
-            cookie,
-            offset,
-            len,
-        })
-    }
-    fn chunk_header(&self, flags: u16, kind: u16, cookie: u64, len: u64) -> Vec<u8> {
-        let mut v;
-        if self.extended {
-            v = be32(codec::EXTENDED_REPLY_MAGIC).to_vec();
-            v.extend(be16(flags));
-            v.extend(be16(kind));
-            v.extend(be64(cookie));
-            v.extend(be64(0));
-            v.extend(be64(len));
-        } else {
-            v = be32(codec::STRUCTURED_REPLY_MAGIC).to_vec();
-            v.extend(be16(flags));
-            v.extend(be16(kind));
-            v.extend(be64(cookie));
-            v.extend(be32(len as u32));
-        }
-        v
-    }
-    async fn chunk(&mut self, flags: u16, kind: u16, cookie: u64, payload: &[u8]) {
-        let mut v = self.chunk_header(flags, kind, cookie, payload.len() as u64);
-        v.extend(payload);
-        self.send(&v).await;
-    }
-    async fn simple(&mut self, cookie: u64, error: u32, data: &[u8]) {
-        let mut v = be32(codec::SIMPLE_REPLY_MAGIC).to_vec();
-        v.extend(be32(error));
-        v.extend(be64(cookie));
-        v.extend(data);
-        self.send(&v).await;
-    }
-    async fn data(&mut self, flags: u16, cookie: u64, offset: u64, data: &[u8]) {
-        let mut p = be64(offset).to_vec();
-        p.extend(data);
-        self.chunk(flags, chunk::OFFSET_DATA, cookie, &p).await;
-    }
-    async fn hole(&mut self, flags: u16, cookie: u64, offset: u64, len: u32) {
-        let mut p = be64(offset).to_vec();
-        p.extend(be32(len));
-        self.chunk(flags, chunk::OFFSET_HOLE, cookie, &p).await;
-    }
-    async fn done(&mut self, cookie: u64) {
-        self.chunk(DONE, chunk::NONE, cookie, &[]).await;
-    }
-    async fn status(&mut self, flags: u16, cookie: u64, ctx: u32, extents: &[(u32, u32)]) {
-        let mut p = be32(ctx).to_vec();
-        for (l, f) in extents {
-            p.extend(be32(*l));
-            p.extend(be32(*f));
-        }
-        self.chunk(flags, chunk::BLOCK_STATUS, cookie, &p).await;
-    }
-    async fn error(&mut self, flags: u16, cookie: u64, err: u32, msg: &str) {
-        let mut p = be32(err).to_vec();
-        p.extend(be16(msg.len() as u16));
-        p.extend(msg.as_bytes());
-        self.chunk(flags, chunk::ERROR, cookie, &p).await;
-    }
-    /// A correct reply: data for reads (known content), one extent for block status.
-    async fn answer(&mut self, r: Req) {
-        match r.kind {
-            cmd::READ => {
-                let d = content(r.offset, r.len);
-                self.data(DONE, r.cookie, r.offset, &d).await;
-            }
-            cmd::BLOCK_STATUS => {
-                self.status(DONE, r.cookie, CTX, &[(r.len as u32, 0)]).await;
-            }
-            _ => self.done(r.cookie).await,
-        }
-    }
-    /// Answer every request correctly until the client goes away.
-    async fn serve(&mut self) {
-        while let Some(r) = self.request().await {
-            if r.kind == cmd::DISC {
-                return;
-            }
-            self.answer(r).await;
-        }
-    }
-    /// Keep the connection open, reading and ignoring the client, until it goes away.
-    async fn hold(&mut self) {
-        let mut b = [0u8; 4096];
-        while let Ok(n) = self.s.read(&mut b).await {
-            if n == 0 {
-                return;
-            }
-        }
-    }
-}
-
-/// Content the fake server serves at `offset`.
-fn content(offset: u64, len: u64) -> Vec<u8> {
-    (offset..offset + len).map(|o| (o % 253) as u8).collect()
-}
-
-/// A fake server running `script` and the client side of the connection.
-fn spawn_fake<F, Fut>(
-    script: F,
-) -> (
-    Box<dyn tokio::io::AsyncRead + Send + Unpin>,
-    Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
-)
-where
-    F: FnOnce(Fake) -> Fut + Send + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let (c, s) = tokio::io::duplex(1 << 20);
-    tokio::spawn(script(Fake { s, extended: false }));
-    let (rd, wr) = tokio::io::split(c);
-    (Box::new(rd), Box::new(wr))
 }
 
 /// Handshake against a fake server running `script`; returns the handshake's result.
 async fn try_connect<F, Fut>(script: F, o: &ConnectOptions) -> ferry_nbd::Result<Client>
 where
-    F: FnOnce(Fake) -> Fut + Send + 'static,
+    F: FnOnce(Peer) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let (rd, wr) = spawn_fake(script);
+    let (rd, wr) = duplex(script);
     Client::<Vec<u8>>::handshake_on(rd, wr, "", o).await
 }
 
 async fn connect<F, Fut>(script: F) -> Client
 where
-    F: FnOnce(Fake) -> Fut + Send + 'static,
+    F: FnOnce(Peer) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
     try_connect(script, &opts()).await.expect("handshake")
@@ -323,7 +68,7 @@ where
 
 async fn handshake_err<F, Fut>(script: F) -> Error
 where
-    F: FnOnce(Fake) -> Fut + Send + 'static,
+    F: FnOnce(Peer) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
     match try_connect(script, &opts()).await {
@@ -377,7 +122,7 @@ async fn assert_alive(c: &Client) {
 async fn fake_server_happy_path() {
     bounded(async {
         let c = connect(|mut f| async move {
-            f.handshake(&Hs::default()).await;
+            f.handshake(&hs()).await;
             f.serve().await;
         })
         .await;
@@ -397,7 +142,7 @@ async fn fake_server_happy_path() {
 async fn holes_and_interleaved_out_of_order_chunks_assemble_correctly() {
     bounded(async {
         let c = connect(|mut f| async move {
-            f.handshake(&Hs::default()).await;
+            f.handshake(&hs()).await;
             let a = f.request().await.unwrap();
             let b = f.request().await.unwrap();
             // b first, then a's chunks interleaved with b's, in reverse order.
@@ -435,7 +180,7 @@ async fn holes_and_interleaved_out_of_order_chunks_assemble_correctly() {
 async fn go_unsupported_falls_back_to_export_name() {
     bounded(async {
         let c = connect(|mut f| async move {
-            f.negotiate_until_go(&Hs::default()).await;
+            f.negotiate_until_go(&hs()).await;
             f.opt_reply(opt::GO, rep::ERR_UNSUP, &[]).await;
             let (o, name) = f.option().await.unwrap();
             assert_eq!((o, name.len()), (opt::EXPORT_NAME, 0));
@@ -455,7 +200,7 @@ async fn go_unsupported_falls_back_to_export_name() {
 async fn export_name_fallback_closed_by_server_is_refused() {
     bounded(async {
         let e = handshake_err(|mut f| async move {
-            f.negotiate_until_go(&Hs::default()).await;
+            f.negotiate_until_go(&hs()).await;
             f.opt_reply(opt::GO, rep::ERR_UNSUP, &[]).await;
             let _ = f.option().await;
         })
@@ -488,7 +233,7 @@ async fn meta_context_refused_leaves_no_contexts() {
                     _ => f.opt_reply(o, rep::ERR_POLICY, b"no").await,
                 }
             }
-            f.opt_reply(opt::GO, rep::INFO, &Fake::info_export(SIZE, FLAGS))
+            f.opt_reply(opt::GO, rep::INFO, &info_export(SIZE, FLAGS))
                 .await;
             f.opt_reply(opt::GO, rep::ACK, &[]).await;
             f.serve().await;
@@ -532,7 +277,7 @@ async fn r01_bad_option_reply_magic() {
             f.greeting(codec::FLAG_FIXED_NEWSTYLE).await;
             f.client_flags().await;
             f.option().await;
-            let mut r = Fake::opt_reply_bytes(opt::EXTENDED_HEADERS, rep::ACK, &[]);
+            let mut r = opt_reply_bytes(opt::EXTENDED_HEADERS, rep::ACK, &[]);
             r[0] ^= 0xff;
             f.send(&r).await;
             f.hold().await;
@@ -547,7 +292,7 @@ async fn r01_bad_option_reply_magic() {
 async fn r01_bad_reply_magic_kills_the_connection() {
     bounded(async {
         let c = connect(|mut f| async move {
-            f.handshake(&Hs::default()).await;
+            f.handshake(&hs()).await;
             let r = f.request().await.unwrap();
             let mut v = be32(0xdead_beef).to_vec();
             v.extend([0; 16]);
@@ -570,7 +315,7 @@ async fn r01_bad_reply_magic_kills_the_connection() {
 async fn r02_block_status_chunk_over_the_cap() {
     bounded(async {
         let c = connect(|mut f| async move {
-            f.handshake(&Hs::default()).await;
+            f.handshake(&hs()).await;
             let r = f.request().await.unwrap();
             // Announce 4 GiB - 16 of payload and send none of it.
             let h = f.chunk_header(DONE, chunk::BLOCK_STATUS, r.cookie, 0xffff_fff0);
@@ -594,7 +339,7 @@ async fn r02_extended_chunk_length_near_2_64() {
     bounded(async {
         let hs = Hs {
             extended: true,
-            ..Hs::default()
+            ..hs()
         };
         let c = connect(move |mut f| async move {
             f.handshake(&hs).await;
@@ -618,7 +363,7 @@ async fn r02_extended_chunk_length_near_2_64() {
 async fn r02_data_chunk_longer_than_the_read() {
     bounded(async {
         let c = connect(|mut f| async move {
-            f.handshake(&Hs::default()).await;
+            f.handshake(&hs()).await;
             let r = f.request().await.unwrap();
             let h = f.chunk_header(DONE, chunk::OFFSET_DATA, r.cookie, 1 << 30);
             f.send(&h).await;
@@ -639,7 +384,7 @@ async fn r02_data_chunk_longer_than_the_read() {
 async fn r03_reply_with_unknown_cookie() {
     bounded(async {
         let c = connect(|mut f| async move {
-            f.handshake(&Hs::default()).await;
+            f.handshake(&hs()).await;
             let r = f.request().await.unwrap();
             f.done(r.cookie + 1000).await;
             f.hold().await;
@@ -656,7 +401,7 @@ async fn r03_reply_with_unknown_cookie() {
 async fn r04_second_done_for_a_retired_cookie() {
     bounded(async {
         let c = connect(|mut f| async move {
-            f.handshake(&Hs::default()).await;
+            f.handshake(&hs()).await;
             let r = f.request().await.unwrap();
             f.answer(r).await;
             f.done(r.cookie).await; // again
@@ -680,7 +425,7 @@ async fn r04_second_done_for_a_retired_cookie() {
 async fn r05_data_chunk_past_the_end_of_the_request() {
     bounded(async {
         let c = connect(|mut f| async move {
-            f.handshake(&Hs::default()).await;
+            f.handshake(&hs()).await;
             let r = f.request().await.unwrap();
             f.data(DONE, r.cookie, r.offset + 4096, &[1; 512]).await;
             f.hold().await;
@@ -697,7 +442,7 @@ async fn r05_data_chunk_past_the_end_of_the_request() {
 async fn r05_data_chunk_before_the_request_offset() {
     bounded(async {
         let c = connect(|mut f| async move {
-            f.handshake(&Hs::default()).await;
+            f.handshake(&hs()).await;
             let r = f.request().await.unwrap();
             f.data(DONE, r.cookie, r.offset - 512, &[1; 4096]).await;
             f.hold().await;
@@ -713,7 +458,7 @@ async fn r05_data_chunk_before_the_request_offset() {
 async fn r05_hole_chunk_outside_the_request() {
     bounded(async {
         let c = connect(|mut f| async move {
-            f.handshake(&Hs::default()).await;
+            f.handshake(&hs()).await;
             let r = f.request().await.unwrap();
             f.hole(DONE, r.cookie, r.offset, 8192).await;
             f.hold().await;
@@ -729,7 +474,7 @@ async fn r05_hole_chunk_outside_the_request() {
 async fn r06_overlapping_data_chunks() {
     bounded(async {
         let c = connect(|mut f| async move {
-            f.handshake(&Hs::default()).await;
+            f.handshake(&hs()).await;
             let r = f.request().await.unwrap();
             f.data(0, r.cookie, r.offset, &[1; 2048]).await;
             f.data(DONE, r.cookie, r.offset + 1024, &[2; 2048]).await;
@@ -746,7 +491,7 @@ async fn r06_overlapping_data_chunks() {
 async fn r06_done_before_the_range_is_covered_fails_only_that_read() {
     bounded(async {
         let c = connect(|mut f| async move {
-            f.handshake(&Hs::default()).await;
+            f.handshake(&hs()).await;
             let r = f.request().await.unwrap();
             f.data(0, r.cookie, r.offset, &content(r.offset, 2048))
                 .await;
@@ -768,7 +513,7 @@ async fn r06_done_before_the_range_is_covered_fails_only_that_read() {
 async fn r07_error_chunk_with_error_zero() {
     bounded(async {
         let c = connect(|mut f| async move {
-            f.handshake(&Hs::default()).await;
+            f.handshake(&hs()).await;
             let r = f.request().await.unwrap();
             f.error(DONE, r.cookie, 0, "all is well?").await;
             f.hold().await;
@@ -784,7 +529,7 @@ async fn r07_error_chunk_with_error_zero() {
 async fn r08_error_offset_outside_the_request_keeps_the_error() {
     bounded(async {
         let c = connect(|mut f| async move {
-            f.handshake(&Hs::default()).await;
+            f.handshake(&hs()).await;
             let r = f.request().await.unwrap();
             let mut p = be32(5).to_vec();
             p.extend(be16(4));
@@ -817,7 +562,7 @@ async fn r08_error_offset_outside_the_request_keeps_the_error() {
 async fn r16_error_chunk_fails_the_request_with_errno_and_message() {
     bounded(async {
         let c = connect(|mut f| async move {
-            f.handshake(&Hs::default()).await;
+            f.handshake(&hs()).await;
             let r = f.request().await.unwrap();
             f.error(0, r.cookie, 5, "disk on fire").await;
             f.done(r.cookie).await;
@@ -853,7 +598,7 @@ async fn r16_error_chunk_fails_the_request_with_errno_and_message() {
 async fn r09_simple_reply_to_a_read_after_structured_replies() {
     bounded(async {
         let c = connect(|mut f| async move {
-            f.handshake(&Hs::default()).await;
+            f.handshake(&hs()).await;
             let r = f.request().await.unwrap();
             f.simple(r.cookie, 0, &content(r.offset, r.len)).await;
             f.hold().await;
@@ -871,7 +616,7 @@ async fn r09_structured_chunk_without_structured_replies() {
     bounded(async {
         let hs = Hs {
             structured: false,
-            ..Hs::default()
+            ..hs()
         };
         let c = connect(move |mut f| async move {
             f.handshake(&hs).await;
@@ -892,7 +637,7 @@ async fn r09_compact_chunk_after_extended_headers() {
     bounded(async {
         let hs = Hs {
             extended: true,
-            ..Hs::default()
+            ..hs()
         };
         let c = connect(move |mut f| async move {
             f.handshake(&hs).await;
@@ -913,7 +658,7 @@ async fn r09_compact_chunk_after_extended_headers() {
 async fn r09_data_chunk_in_reply_to_block_status() {
     bounded(async {
         let c = connect(|mut f| async move {
-            f.handshake(&Hs::default()).await;
+            f.handshake(&hs()).await;
             let r = f.request().await.unwrap();
             f.data(DONE, r.cookie, 0, &[0; 16]).await;
             f.hold().await;
@@ -931,7 +676,7 @@ async fn extended_headers_happy_path_with_64_bit_extents() {
         let hs = Hs {
             extended: true,
             size: 1 << 40,
-            ..Hs::default()
+            ..hs()
         };
         let c = connect(move |mut f| async move {
             f.handshake(&hs).await;
@@ -967,7 +712,7 @@ async fn extended_headers_happy_path_with_64_bit_extents() {
 async fn r10_block_status_zero_length_extent() {
     bounded(async {
         let c = connect(|mut f| async move {
-            f.handshake(&Hs::default()).await;
+            f.handshake(&hs()).await;
             let r = f.request().await.unwrap();
             f.status(DONE, r.cookie, CTX, &[(4096, 0), (0, 3)]).await;
             f.hold().await;
@@ -983,7 +728,7 @@ async fn r10_block_status_zero_length_extent() {
 async fn r11_extent_longer_than_the_request_is_passed_on_for_the_caller_to_clamp() {
     bounded(async {
         let c = connect(|mut f| async move {
-            f.handshake(&Hs::default()).await;
+            f.handshake(&hs()).await;
             let r = f.request().await.unwrap();
             f.status(DONE, r.cookie, CTX, &[(r.len as u32 * 4, 3)])
                 .await;
@@ -1002,7 +747,7 @@ async fn r11_extent_longer_than_the_request_is_passed_on_for_the_caller_to_clamp
 async fn r13_block_status_only_for_an_unselected_context() {
     bounded(async {
         let c = connect(|mut f| async move {
-            f.handshake(&Hs::default()).await;
+            f.handshake(&hs()).await;
             let r = f.request().await.unwrap();
             f.status(DONE, r.cookie, CTX + 1, &[(4096, 0)]).await;
             f.serve().await;
@@ -1019,7 +764,7 @@ async fn r13_block_status_only_for_an_unselected_context() {
 async fn r13_two_block_status_chunks_for_one_context() {
     bounded(async {
         let c = connect(|mut f| async move {
-            f.handshake(&Hs::default()).await;
+            f.handshake(&hs()).await;
             let r = f.request().await.unwrap();
             f.status(0, r.cookie, CTX, &[(4096, 0)]).await;
             f.status(DONE, r.cookie, CTX, &[(4096, 3)]).await;
@@ -1039,7 +784,7 @@ async fn r13_two_block_status_chunks_for_one_context() {
 async fn unknown_non_error_chunk_type_kills_the_connection() {
     bounded(async {
         let c = connect(|mut f| async move {
-            f.handshake(&Hs::default()).await;
+            f.handshake(&hs()).await;
             let r = f.request().await.unwrap();
             f.chunk(DONE, 100, r.cookie, &[0; 12]).await;
             f.serve().await;
@@ -1056,7 +801,7 @@ async fn unknown_non_error_chunk_type_kills_the_connection() {
 async fn unknown_error_chunk_type_fails_the_request_only() {
     bounded(async {
         let c = connect(|mut f| async move {
-            f.handshake(&Hs::default()).await;
+            f.handshake(&hs()).await;
             let r = f.request().await.unwrap();
             f.chunk(DONE, chunk::ERROR_BIT | 77, r.cookie, &[9; 40])
                 .await;
@@ -1114,7 +859,7 @@ async fn r17_eof_mid_option_reply() {
             f.greeting(codec::FLAG_FIXED_NEWSTYLE).await;
             f.client_flags().await;
             f.option().await;
-            let r = Fake::opt_reply_bytes(opt::EXTENDED_HEADERS, rep::ERR_UNSUP, b"message");
+            let r = opt_reply_bytes(opt::EXTENDED_HEADERS, rep::ERR_UNSUP, b"message");
             f.send(&r[..24]).await;
         })
         .await;
@@ -1127,8 +872,8 @@ async fn r17_eof_mid_option_reply() {
 async fn r17_eof_after_go_info_before_ack() {
     bounded(async {
         let e = handshake_err(|mut f| async move {
-            f.negotiate_until_go(&Hs::default()).await;
-            f.opt_reply(opt::GO, rep::INFO, &Fake::info_export(SIZE, FLAGS))
+            f.negotiate_until_go(&hs()).await;
+            f.opt_reply(opt::GO, rep::INFO, &info_export(SIZE, FLAGS))
                 .await;
         })
         .await;
@@ -1141,7 +886,7 @@ async fn r17_eof_after_go_info_before_ack() {
 async fn r17_eof_with_a_request_pending() {
     bounded(async {
         let c = connect(|mut f| async move {
-            f.handshake(&Hs::default()).await;
+            f.handshake(&hs()).await;
             f.request().await;
         })
         .await;
@@ -1156,7 +901,7 @@ async fn r17_eof_with_a_request_pending() {
 async fn r17_eof_mid_reply_header() {
     bounded(async {
         let c = connect(|mut f| async move {
-            f.handshake(&Hs::default()).await;
+            f.handshake(&hs()).await;
             let r = f.request().await.unwrap();
             let h = f.chunk_header(DONE, chunk::OFFSET_DATA, r.cookie, 4096 + 8);
             f.send(&h[..10]).await;
@@ -1172,7 +917,7 @@ async fn r17_eof_mid_reply_header() {
 async fn r17_eof_mid_read_data() {
     bounded(async {
         let c = connect(|mut f| async move {
-            f.handshake(&Hs::default()).await;
+            f.handshake(&hs()).await;
             let r = f.request().await.unwrap();
             let mut v = f.chunk_header(DONE, chunk::OFFSET_DATA, r.cookie, 4096 + 8);
             v.extend(be64(r.offset));
@@ -1191,7 +936,7 @@ async fn r17_eof_mid_simple_read_data() {
     bounded(async {
         let hs = Hs {
             structured: false,
-            ..Hs::default()
+            ..hs()
         };
         let c = connect(move |mut f| async move {
             f.handshake(&hs).await;
@@ -1217,7 +962,7 @@ async fn r19_stall_after_a_request_fires_the_request_timeout() {
         };
         let c = try_connect(
             |mut f| async move {
-                f.handshake(&Hs::default()).await;
+                f.handshake(&hs()).await;
                 f.hold().await;
             },
             &o,
@@ -1237,20 +982,13 @@ async fn r19_stall_after_a_request_fires_the_request_timeout() {
 async fn r19_stall_during_handshake_fires_the_connect_timeout() {
     bounded(async {
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("stall.sock");
-        let l = tokio::net::UnixListener::bind(&path).expect("bind");
-        let server = tokio::spawn(async move {
-            let (mut s, _) = l.accept().await.expect("accept");
-            // Greeting, then nothing at all.
-            let mut g = be64(codec::NBD_MAGIC).to_vec();
-            g.extend(be64(codec::IHAVEOPT));
-            g.extend(be16(1));
-            s.write_all(&g).await.expect("greeting");
-            tokio::time::sleep(Duration::from_secs(30)).await;
-            drop(s);
+        // Greeting, then nothing at all.
+        let server = FakeNbd::serve(dir.path(), |mut f, _| async move {
+            f.greeting(codec::FLAG_FIXED_NEWSTYLE).await;
+            f.stall().await;
         });
         let uri = ferry_nbd::Uri {
-            address: ferry_nbd::Address::Unix(path),
+            address: ferry_nbd::Address::Unix(server.socket.clone()),
             export: String::new(),
             tls: false,
         };
@@ -1269,7 +1007,7 @@ async fn r19_stall_during_handshake_fires_the_connect_timeout() {
             ),
             "{e:?}"
         );
-        server.abort();
+        drop(server);
     })
     .await;
 }
@@ -1311,7 +1049,7 @@ async fn r21_export_size_of_2_63_is_rejected() {
     bounded(async {
         let hs = Hs {
             size: 1 << 63,
-            ..Hs::default()
+            ..hs()
         };
         let e = handshake_err(move |mut f| async move {
             f.handshake(&hs).await;
@@ -1334,7 +1072,7 @@ async fn r24_impossible_block_sizes_are_rejected() {
         bounded(async {
             let hs = Hs {
                 block_size: Some(bs),
-                ..Hs::default()
+                ..hs()
             };
             let e = handshake_err(move |mut f| async move {
                 f.handshake(&hs).await;
@@ -1355,7 +1093,7 @@ async fn r24_advertised_block_sizes_are_respected_locally() {
     bounded(async {
         let hs = Hs {
             block_size: Some((512, 4096, 65536)),
-            ..Hs::default()
+            ..hs()
         };
         let c = connect(move |mut f| async move {
             f.handshake(&hs).await;
@@ -1376,7 +1114,7 @@ async fn r24_advertised_block_sizes_are_respected_locally() {
 async fn r28_go_acked_without_info_export() {
     bounded(async {
         let e = handshake_err(|mut f| async move {
-            f.negotiate_until_go(&Hs::default()).await;
+            f.negotiate_until_go(&hs()).await;
             f.opt_reply(opt::GO, rep::ACK, &[]).await;
             f.hold().await;
         })
@@ -1390,8 +1128,8 @@ async fn r28_go_acked_without_info_export() {
 async fn r28_endless_go_info_replies() {
     bounded(async {
         let e = handshake_err(|mut f| async move {
-            f.negotiate_until_go(&Hs::default()).await;
-            let one = Fake::opt_reply_bytes(opt::GO, rep::INFO, &Fake::info_export(SIZE, FLAGS));
+            f.negotiate_until_go(&hs()).await;
+            let one = opt_reply_bytes(opt::GO, rep::INFO, &info_export(SIZE, FLAGS));
             for _ in 0..2000 {
                 f.send(&one).await;
             }
@@ -1423,11 +1161,11 @@ async fn r28_reply_for_another_option() {
 async fn r29_export_name_over_4096_bytes() {
     bounded(async {
         let e = handshake_err(|mut f| async move {
-            f.negotiate_until_go(&Hs::default()).await;
+            f.negotiate_until_go(&hs()).await;
             let mut p = be16(info::NAME).to_vec();
             p.extend(vec![b'n'; 5000]);
             f.opt_reply(opt::GO, rep::INFO, &p).await;
-            f.opt_reply(opt::GO, rep::INFO, &Fake::info_export(SIZE, FLAGS))
+            f.opt_reply(opt::GO, rep::INFO, &info_export(SIZE, FLAGS))
                 .await;
             f.opt_reply(opt::GO, rep::ACK, &[]).await;
             f.hold().await;
@@ -1448,7 +1186,7 @@ async fn r29_export_name_over_4096_bytes() {
 async fn r29_description_not_utf8() {
     bounded(async {
         let e = handshake_err(|mut f| async move {
-            f.negotiate_until_go(&Hs::default()).await;
+            f.negotiate_until_go(&hs()).await;
             let mut p = be16(info::DESCRIPTION).to_vec();
             p.extend([0xff, 0xfe, 0x80]);
             f.opt_reply(opt::GO, rep::INFO, &p).await;
@@ -1500,7 +1238,7 @@ async fn transmission_flags_without_has_flags_are_rejected() {
     bounded(async {
         let hs = Hs {
             flags: tflag::SEND_FLUSH,
-            ..Hs::default()
+            ..hs()
         };
         let e = handshake_err(move |mut f| async move {
             f.handshake(&hs).await;
@@ -1516,7 +1254,7 @@ async fn transmission_flags_without_has_flags_are_rejected() {
 async fn refused_go_is_a_refused_error_with_the_servers_message() {
     bounded(async {
         let e = handshake_err(|mut f| async move {
-            f.negotiate_until_go(&Hs::default()).await;
+            f.negotiate_until_go(&hs()).await;
             f.opt_reply(opt::GO, rep::ERR_UNKNOWN, b"no such export").await;
             f.hold().await;
         })
@@ -1534,7 +1272,7 @@ async fn r19_server_that_stops_reading_cannot_hang_a_write() {
     bounded(async {
         let hs = Hs {
             size: 64 << 20,
-            ..Hs::default()
+            ..hs()
         };
         let o = ConnectOptions {
             request_timeout: Duration::from_millis(300),
@@ -1574,7 +1312,7 @@ async fn r19_writes_queued_behind_a_slow_but_live_server_do_not_time_out() {
     bounded(async {
         let hs = Hs {
             size: 64 << 20,
-            ..Hs::default()
+            ..hs()
         };
         let o = ConnectOptions {
             request_timeout: Duration::from_millis(1500),

@@ -3,7 +3,8 @@
 //! * [`run`] / [`spawn`]: run the binary with a hard time bound and capture its output;
 //!   [`Run::success`] and [`Run::failure`] check the exit contract (JSON summary on
 //!   success; on failure a single `ferry: error:` line last on stderr, no panic, no JSON).
-//! * [`Server`]: nbdkit / qemu-nbd on a Unix socket in a test's tempdir, killed on drop.
+//! * [`Server`]: nbdkit / qemu-nbd on a Unix socket in a test's tempdir, killed on drop;
+//!   [`fake_nbd`] (the test kit's): the fault-injecting fake NBD server.
 //! * [`Loop`], [`Mount`], [`FuseDisk`]: loop devices, tmpfs mounts and EIO-injecting
 //!   block devices, each undone on drop.
 //! * Independent checks: [`nbdcopy_reference`], [`assert_identical`] (`cmp` or
@@ -13,7 +14,8 @@
 //! every tool, so `FERRY_REQUIRE_TOOLS=1` there turns a missing tool into a failure.
 #![allow(dead_code)]
 
-pub mod fake_nbd;
+#[allow(unused_imports)] // not every test binary uses it
+pub use ferry_test_kit::fake_nbd;
 
 use std::fs::File;
 use std::io::{Read, Write};

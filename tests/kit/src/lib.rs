@@ -1,11 +1,15 @@
 //! What every crate's tests share, each once: finding tools on PATH, loud skips that
 //! `scripts/test.sh` counts (`$FERRY_SKIP_LOG`) or turns into failures
 //! (`FERRY_REQUIRE_TOOLS=1`, set after it installed everything), the root and
-//! loop-device checks, and the bytes of `nbdkit pattern`.
+//! loop-device checks, the bytes of `nbdkit pattern` and, with the `nbd` feature, a fake
+//! NBD server ([`fake_nbd`], on ferry-nbd's codec).
 //!
 //! A dev-dependency only.
 
 #![forbid(unsafe_code)]
+
+#[cfg(feature = "nbd")]
+pub mod fake_nbd;
 
 use std::io::Write as _;
 use std::path::Path;
