@@ -82,14 +82,6 @@ fn install_fake_vddk(libdir: &Path) {
         .expect("install the fake VDDK");
 }
 
-/// A TCP port that nothing listens on (bound, then released).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("find a free port")
-        .port()
-}
-
 // ---------------------------------------------------------------------------------------
 // The fake vCenter
 
@@ -1671,7 +1663,7 @@ fn a_restarted_import_never_resumes_onto_a_replaced_disk_img() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("disk.sock");
     let reference = {
-        let fast = Nbdkit::start(&sock, &["pattern", "256M"]);
+        let fast = Server::nbdkit_at(&sock, &["pattern", "256M"]);
         nbdcopy_reference(&fast.uri(), dir.path())
     };
     // 32 reads of 1 MiB in flight, 200 ms each: about 1.6 s for the whole disk.
@@ -1685,12 +1677,12 @@ fn a_restarted_import_never_resumes_onto_a_replaced_disk_img() {
     // 1. The default journal beside disk.img; disk.img deleted between the runs (a
     //    volume wiped and handed back): a full copy, identical.
     let beside = pod.data.join("disk.img.ferry-journal");
-    let server = Nbdkit::start(&sock, &slow);
+    let server = Server::nbdkit_at(&sock, &slow);
     let mark = kill_import_after_progress(&pod, &beside, 40 * MIB);
     drop(server);
     assert!(mark > 0);
     std::fs::remove_file(pod.disk_img()).unwrap();
-    let server = Nbdkit::start(&sock, &["pattern", "256M"]);
+    let server = Server::nbdkit_at(&sock, &["pattern", "256M"]);
     let r = pod.run();
     assert_success(&r, "disk.img deleted");
     assert!(
@@ -1713,12 +1705,12 @@ fn a_restarted_import_never_resumes_onto_a_replaced_disk_img() {
     std::fs::create_dir_all(outside.parent().unwrap()).unwrap();
     pod.set("FERRY_JOURNAL", outside.to_str().unwrap());
     std::fs::remove_file(pod.disk_img()).unwrap();
-    let server = Nbdkit::start(&sock, &slow);
+    let server = Server::nbdkit_at(&sock, &slow);
     kill_import_after_progress(&pod, &outside, 40 * MIB);
     drop(server);
     std::fs::remove_file(pod.disk_img()).unwrap();
     fill(&pod.disk_img(), 0, 256 * MIB);
-    let server = Nbdkit::start(&sock, &["pattern", "256M"]);
+    let server = Server::nbdkit_at(&sock, &["pattern", "256M"]);
     let r = pod.run();
     assert_success(&r, "disk.img replaced");
     assert!(
@@ -1730,11 +1722,11 @@ fn a_restarted_import_never_resumes_onto_a_replaced_disk_img() {
     drop(server);
 
     // 3. The same disk.img kept: the restart resumes, identical.
-    let server = Nbdkit::start(&sock, &slow);
+    let server = Server::nbdkit_at(&sock, &slow);
     std::fs::remove_file(pod.disk_img()).unwrap();
     kill_import_after_progress(&pod, &outside, 40 * MIB);
     drop(server);
-    let server = Nbdkit::start(&sock, &["pattern", "256M"]);
+    let server = Server::nbdkit_at(&sock, &["pattern", "256M"]);
     let r = pod.run();
     assert_success(&r, "disk.img kept");
     assert!(
@@ -1928,7 +1920,7 @@ fn block_mode_keeps_its_journal_in_the_vddk_emptydir_and_resumes() {
     // A fixed socket: nbdkit 1.32 may abort when its client is killed mid-reply, so it
     // is started afresh for the second run.
     let sock = dir.path().join("backing.sock");
-    let src = Nbdkit::start(&sock, &["pattern", "size=256M"]);
+    let src = Server::nbdkit_at(&sock, &["pattern", "size=256M"]);
     let reference = nbdcopy_reference(&src.uri(), dir.path());
     let vc = VCenter::start(&dir.path().join("vc"), &inventory(size));
     let dev = Loop::with_garbage(dir.path(), size, 0xA5, false);
@@ -1940,7 +1932,7 @@ fn block_mode_keeps_its_journal_in_the_vddk_emptydir_and_resumes() {
     let mark = kill_import_after_progress(&pod, &journal, 20 * MIB);
     assert!(mark > 0);
     drop(src);
-    let _src = Nbdkit::start(&sock, &["pattern", "size=256M"]);
+    let _src = Server::nbdkit_at(&sock, &["pattern", "size=256M"]);
     pod.unset("FAKE_VDDK_LATENCY_MS");
     let r = pod.run();
     assert_success(&r, "block resume");
@@ -2464,12 +2456,12 @@ fn cdi_pod_transient_failures_end_identical_with_the_retries_counted() {
         "seed=53",
         "runlength=50000",
     ];
-    let clean = Nbdkit::start(&dir.path().join("clean.sock"), &args);
+    let clean = Server::nbdkit_at(&dir.path().join("clean.sock"), &args);
     let reference = nbdcopy_reference(&clean.uri(), dir.path());
     let mut flaky_args = vec!["--filter=error"];
     flaky_args.extend_from_slice(&args);
     flaky_args.extend_from_slice(&["error=EIO", "error-pread-rate=2%"]);
-    let flaky = Nbdkit::start(&sock, &flaky_args);
+    let flaky = Server::nbdkit_at(&sock, &flaky_args);
     let pod = new_pod(&flaky.uri());
     let r = pod.run();
     assert_success(&r, "nbdkit error filter");

@@ -44,14 +44,14 @@ fn a_journal_is_not_trusted_for_a_deleted_and_recreated_target() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("disk.sock");
     let reference = {
-        let fast = Nbdkit::start(&sock, &["pattern", "1G"]);
+        let fast = Server::nbdkit_at(&sock, &["pattern", "1G"]);
         nbdcopy_reference(&fast.uri(), dir.path())
     };
     let t = dir.path().join("t.img");
     let j = dir.path().join("j");
     let js = j.to_str().unwrap();
     for (round, replace) in ["rm", "recreate with zeroes"].iter().enumerate() {
-        let server = Nbdkit::start(&sock, &["--filter=rate", "pattern", "1G", "rate=2G"]);
+        let server = Server::nbdkit_at(&sock, &["--filter=rate", "pattern", "1G", "rate=2G"]);
         let mark = kill_after_progress(
             copy_cmd(&server.uri(), &t, &["--journal", js]),
             &j,
@@ -64,7 +64,7 @@ fn a_journal_is_not_trusted_for_a_deleted_and_recreated_target() {
         if *replace != "rm" {
             std::fs::write(&t, vec![0u8; 1 << 30]).unwrap();
         }
-        let server = Nbdkit::start(&sock, &["pattern", "1G"]);
+        let server = Server::nbdkit_at(&sock, &["pattern", "1G"]);
         let r = copy(&server.uri(), &t, "uring", &["--journal", js]);
         let stats = r.success(replace);
         assert!(
@@ -92,14 +92,14 @@ fn a_resumed_copy_checks_its_samples_against_target_and_source() {
     let sock = dir.path().join("disk.sock");
     let size = "256M";
     let reference = {
-        let fast = Nbdkit::start(&sock, &["pattern", size]);
+        let fast = Server::nbdkit_at(&sock, &["pattern", size]);
         nbdcopy_reference(&fast.uri(), dir.path())
     };
     let t = dir.path().join("t.img");
     let j = dir.path().join("t.journal");
     let js = j.to_str().unwrap();
     let slow = ["--filter=delay", "pattern", size, "rdelay=40ms"];
-    let kill = |server: &Nbdkit| {
+    let kill = |server: &Server| {
         kill_after_progress(
             copy_cmd(&server.uri(), &t, &["--journal", js, "--buf-count", "4"]),
             &j,
@@ -109,7 +109,7 @@ fn a_resumed_copy_checks_its_samples_against_target_and_source() {
     };
     // The same file, its bytes changed in place (same inode, same birth time): the
     // samples catch it.
-    let server = Nbdkit::start(&sock, &slow);
+    let server = Server::nbdkit_at(&sock, &slow);
     let mark = kill(&server);
     drop(server);
     let text = journal_text(&j).unwrap();
@@ -123,7 +123,7 @@ fn a_resumed_copy_checks_its_samples_against_target_and_source() {
             f.write_all_at(&vec![0x5a; *l as usize], *o).unwrap();
         }
     }
-    let server = Nbdkit::start(&sock, &["pattern", size]);
+    let server = Server::nbdkit_at(&sock, &["pattern", size]);
     let r = copy(&server.uri(), &t, "sync", &["--journal", js]);
     let stats = r.success("scribbled target");
     assert!(
@@ -141,7 +141,7 @@ fn a_resumed_copy_checks_its_samples_against_target_and_source() {
     let disk = dir.path().join("source.img");
     std::fs::copy(&reference, &disk).unwrap();
     let d = disk.to_str().unwrap();
-    let server = Nbdkit::start(&sock, &["--filter=delay", "file", d, "rdelay=40ms"]);
+    let server = Server::nbdkit_at(&sock, &["--filter=delay", "file", d, "rdelay=40ms"]);
     kill(&server);
     drop(server);
     {
@@ -151,7 +151,7 @@ fn a_resumed_copy_checks_its_samples_against_target_and_source() {
             f.write_all_at(&vec![0xa5; l as usize], o).unwrap();
         }
     }
-    let server = Nbdkit::start(&sock, &["file", d]);
+    let server = Server::nbdkit_at(&sock, &["file", d]);
     let r = copy(&server.uri(), &t, "uring", &["--journal", js]);
     r.success("changed source");
     assert!(
@@ -184,7 +184,7 @@ fn a_re_provisioned_block_device_under_the_same_path_does_not_resume() {
     let sock = dir.path().join("disk.sock");
     let size = 256 * MIB;
     let reference = {
-        let fast = Nbdkit::start(&sock, &["pattern", "256M"]);
+        let fast = Server::nbdkit_at(&sock, &["pattern", "256M"]);
         nbdcopy_reference(&fast.uri(), dir.path())
     };
     // The target's stable name is a link, as /dev/disk/by-id/… is; re-provisioning
@@ -196,7 +196,7 @@ fn a_re_provisioned_block_device_under_the_same_path_does_not_resume() {
     fill(&backing, 0xc3, size);
     let dev = Loop::new(&backing, &[]);
     std::os::unix::fs::symlink(&dev.dev, &link).unwrap();
-    let server = Nbdkit::start(&sock, &["--filter=delay", "pattern", "256M", "rdelay=40ms"]);
+    let server = Server::nbdkit_at(&sock, &["--filter=delay", "pattern", "256M", "rdelay=40ms"]);
     let mark = kill_after_progress(
         copy_cmd(&server.uri(), &link, &["--journal", js, "--buf-count", "4"]),
         &j,
@@ -211,7 +211,7 @@ fn a_re_provisioned_block_device_under_the_same_path_does_not_resume() {
     let dev = Loop::new(&backing, &[]);
     std::fs::remove_file(&link).unwrap();
     std::os::unix::fs::symlink(&dev.dev, &link).unwrap();
-    let server = Nbdkit::start(&sock, &["pattern", "256M"]);
+    let server = Server::nbdkit_at(&sock, &["pattern", "256M"]);
     let r = copy(&server.uri(), &link, "uring", &["--journal", js]);
     let stats = r.success("re-provisioned device");
     assert!(
@@ -222,7 +222,7 @@ fn a_re_provisioned_block_device_under_the_same_path_does_not_resume() {
     assert_eq!(num(&stats, "bytes_read"), size);
     assert_prefix_identical(&dev.dev, &reference, size, "re-provisioned device");
     // And the same device kept: a resume, identical.
-    let server2 = Nbdkit::start(
+    let server2 = Server::nbdkit_at(
         &dir.path().join("slow.sock"),
         &["--filter=delay", "pattern", "256M", "rdelay=40ms"],
     );
@@ -237,7 +237,7 @@ fn a_re_provisioned_block_device_under_the_same_path_does_not_resume() {
         Duration::from_secs(20),
     );
     drop(server2);
-    let server2 = Nbdkit::start(&dir.path().join("slow.sock"), &["pattern", "256M"]);
+    let server2 = Server::nbdkit_at(&dir.path().join("slow.sock"), &["pattern", "256M"]);
     let r = copy(&server2.uri(), &link, "sync", &["--journal", js]);
     let stats = r.success("same device");
     assert!(
@@ -511,7 +511,7 @@ fn random_kill_delete_recreate_swap_sequences_never_report_success_over_a_wrong_
     let socks = tempfile::tempdir().unwrap();
     let sock = socks.path().join("disk.sock");
     let reference = {
-        let fast = Nbdkit::start(&sock, &["pattern", "128M"]);
+        let fast = Server::nbdkit_at(&sock, &["pattern", "128M"]);
         nbdcopy_reference(&fast.uri(), socks.path())
     };
     let work = dir.path();
@@ -554,8 +554,10 @@ fn random_kill_delete_recreate_swap_sequences_never_report_success_over_a_wrong_
             ];
             match step {
                 Step::Kill(ms) => {
-                    let server =
-                        Nbdkit::start(&sock, &["--filter=delay", "pattern", "128M", "rdelay=20ms"]);
+                    let server = Server::nbdkit_at(
+                        &sock,
+                        &["--filter=delay", "pattern", "128M", "rdelay=20ms"],
+                    );
                     let running = spawn(copy_cmd(&server.uri(), &t, &args));
                     std::thread::sleep(Duration::from_millis(ms));
                     running.signal("KILL");
@@ -594,7 +596,7 @@ fn random_kill_delete_recreate_swap_sequences_never_report_success_over_a_wrong_
                     }
                 }
                 Step::Resume => {
-                    let server = Nbdkit::start(&sock, &["pattern", "128M"]);
+                    let server = Server::nbdkit_at(&sock, &["pattern", "128M"]);
                     let r = run(copy_cmd(&server.uri(), &t, &args), Duration::from_secs(60));
                     runs += 1;
                     // A damaged journal may be refused (it no longer looks like a
@@ -626,7 +628,7 @@ fn random_kill_delete_recreate_swap_sequences_never_report_success_over_a_wrong_
             assert!(names.is_empty(), "{ctx}: stray files {names:?}");
         }
         // Finally, a resume to the end: identical.
-        let server = Nbdkit::start(&sock, &["pattern", "128M"]);
+        let server = Server::nbdkit_at(&sock, &["pattern", "128M"]);
         let r = copy(
             &server.uri(),
             &t,

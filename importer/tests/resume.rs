@@ -16,8 +16,8 @@ const SIZE: &str = "256M";
 const SIZE_BYTES: u64 = 256 * MIB;
 const SLOW: [&str; 2] = ["--buf-count", "4"];
 
-fn slow_server(sock: &Path) -> Nbdkit {
-    Nbdkit::start(
+fn slow_server(sock: &Path) -> Server {
+    Server::nbdkit_at(
         sock,
         &[
             "--filter=delay",
@@ -66,7 +66,7 @@ fn kill_and_resume(engine: &str, after: Duration) {
         mark < SIZE_BYTES,
         "{engine}: the first run finished before the kill"
     );
-    let server = Nbdkit::start(&sock, &["pattern", &format!("size={SIZE}")]);
+    let server = Server::nbdkit_at(&sock, &["pattern", &format!("size={SIZE}")]);
     let r = copy(&server.uri(), &target, engine, &["--journal", j]);
     let stats = r.success(&format!("{engine} resume after {after:?}"));
     assert!(
@@ -170,7 +170,7 @@ fn kill_9_during_a_delta_then_resume_is_identical() {
     let (j, e) = (journal.to_str().unwrap(), extents.to_str().unwrap());
     let sock = dir.path().join("disk.sock");
     // 64 MiB of changes at 4 × 1 MiB per 150 ms: about 2.4 s.
-    let server = Nbdkit::start(
+    let server = Server::nbdkit_at(
         &sock,
         &[
             "--filter=delay",
@@ -198,7 +198,7 @@ fn kill_9_during_a_delta_then_resume_is_identical() {
         mark > 0 && mark < SIZE_BYTES,
         "watermark {mark} after the kill"
     );
-    let server = Nbdkit::start(&sock, &["pattern", &format!("size={SIZE}")]);
+    let server = Server::nbdkit_at(&sock, &["pattern", &format!("size={SIZE}")]);
     let r = copy(
         &server.uri(),
         &target,
@@ -248,7 +248,7 @@ fn a_dropped_connection_is_opened_again_and_the_copy_goes_on() {
         std::thread::sleep(Duration::from_millis(1200));
         drop(server);
         std::thread::sleep(Duration::from_millis(300));
-        let _back = Nbdkit::start(&sock, &["pattern", &format!("size={SIZE}")]);
+        let _back = Server::nbdkit_at(&sock, &["pattern", &format!("size={SIZE}")]);
         let r = running.wait(Duration::from_secs(60));
         let v = r.success(&format!("{engine}: dropped connection"));
         assert!(

@@ -141,7 +141,7 @@ fn record(srv: &Server) -> (Vec<u8>, SessionOutcome) {
         .build()
         .expect("runtime");
     rt.block_on(async {
-        let s = tokio::net::UnixStream::connect(&srv.socket)
+        let s = tokio::net::UnixStream::connect(srv.socket())
             .await
             .expect("connect");
         let (r, w) = s.into_split();
@@ -227,7 +227,7 @@ fn recording_servers() -> Vec<(&'static str, Server)> {
             ),
             ("rec-nbdkit-empty", &["null", "size=0"]),
         ] {
-            v.push((name, Server::nbdkit(args)));
+            v.push((name, Server::nbdkit_temp(args)));
         }
     }
     if tools(&["qemu-nbd", "qemu-img", "qemu-io"]) {
@@ -246,7 +246,10 @@ fn recording_servers() -> Vec<(&'static str, Server)> {
                 .args(["-f", fmt, "-c", writes])
                 .arg(&img));
             let img = img.to_str().expect("utf-8").to_string();
-            v.push((name, Server::qemu_nbd_in(dir, &["-f", fmt, &img])));
+            v.push((
+                name,
+                Server::qemu_nbd(dir.path(), "", &["-f", fmt, &img]).owning(dir),
+            ));
         }
     }
     v

@@ -67,9 +67,9 @@ async fn pattern_64_concurrent_reads_match_the_pattern() {
     if !tools(&["nbdkit"]) {
         return;
     }
-    let srv = Server::nbdkit(&["pattern", "size=10M"]);
+    let srv = Server::nbdkit_temp(&["pattern", "size=10M"]);
     // Parse the URI as a user would give it, to cover uri.rs on the way.
-    let uri: Uri = srv.uri_string("").parse().expect("uri");
+    let uri: Uri = srv.uri_for_export("").parse().expect("uri");
     let client = connect(&uri, &opts()).await;
     let info = client.info().clone();
     assert_eq!(info.size, 10 * MIB);
@@ -126,8 +126,8 @@ async fn pattern_of_odd_size_matches_nbdcopy_and_rejects_reads_past_the_end() {
     if !tools(&["nbdkit", "nbdcopy"]) {
         return;
     }
-    let srv = Server::nbdkit(&["pattern", "size=1000000"]);
-    let client = connect(&srv.uri(""), &opts()).await;
+    let srv = Server::nbdkit_temp(&["pattern", "size=1000000"]);
+    let client = connect(&srv.nbd_uri(""), &opts()).await;
     let size = client.size();
     assert_eq!(size, 1_000_000);
 
@@ -148,7 +148,7 @@ async fn pattern_of_odd_size_matches_nbdcopy_and_rejects_reads_past_the_end() {
     }
     check_pattern(0, &whole);
     let copy = srv.path("copy.img");
-    nbdcopy_to_file(&srv.uri_string(""), &copy);
+    nbdcopy_to_file(&srv.uri_for_export(""), &copy);
     assert!(
         std::fs::read(&copy).expect("copy") == whole,
         "nbdcopy saw other bytes"
@@ -178,8 +178,8 @@ async fn data_plugin_block_status_reports_holes_as_hole_zero() {
         return;
     }
     // Three single bytes at 0, 1 MiB and 4 MiB of an 8 MiB export; the rest is sparse.
-    let srv = Server::nbdkit(&["data", "data=1 @1048576 2 @4194304 3", "size=8M"]);
-    let client = connect(&srv.uri(""), &opts()).await;
+    let srv = Server::nbdkit_temp(&["data", "data=1 @1048576 2 @4194304 3", "size=8M"]);
+    let client = connect(&srv.nbd_uri(""), &opts()).await;
     let size = client.size();
     assert_eq!(size, 8 * MIB);
     let ctx = client
@@ -247,8 +247,8 @@ async fn memory_writes_flush_and_zeroes_read_back_and_match_nbdcopy() {
     if !tools(&["nbdkit", "nbdcopy"]) {
         return;
     }
-    let srv = Server::nbdkit(&["memory", "size=8M"]);
-    let client = connect(&srv.uri(""), &opts()).await;
+    let srv = Server::nbdkit_temp(&["memory", "size=8M"]);
+    let client = connect(&srv.nbd_uri(""), &opts()).await;
     let size = client.size() as usize;
     assert!(!client.info().read_only());
     let ctx = client
@@ -307,7 +307,7 @@ async fn memory_writes_flush_and_zeroes_read_back_and_match_nbdcopy() {
     assert_eq!(at(2 * MIB + 512 * 1024), HOLE_ZERO, "{ranges:?}");
 
     let copy = srv.path("copy.img");
-    nbdcopy_to_file(&srv.uri_string(""), &copy);
+    nbdcopy_to_file(&srv.uri_for_export(""), &copy);
     assert!(
         std::fs::read(&copy).expect("copy") == expect,
         "nbdcopy sees other bytes"
@@ -320,8 +320,8 @@ async fn sparse_random_block_status_is_consistent_with_reads() {
     if !tools(&["nbdkit"]) {
         return;
     }
-    let srv = Server::nbdkit(&["sparse-random", "size=32M", "seed=7", "percent=30"]);
-    let client = connect(&srv.uri(""), &opts()).await;
+    let srv = Server::nbdkit_temp(&["sparse-random", "size=32M", "seed=7", "percent=30"]);
+    let client = connect(&srv.nbd_uri(""), &opts()).await;
     let size = client.size();
     let ctx = client
         .info()
@@ -383,10 +383,7 @@ fn qemu_qcow2() -> Option<Server> {
         .args(["-f", "qcow2", "-c", "write -P 0xab 1M 64k"])
         .arg(&img));
     let img = img.to_str().expect("utf-8 path").to_string();
-    Some(Server::qemu_nbd_in(
-        dir,
-        &["-f", "qcow2", "-x", "disk", &img],
-    ))
+    Some(Server::qemu_nbd(dir.path(), "disk", &["-f", "qcow2", &img]).owning(dir))
 }
 
 async fn check_qcow2_export(client: &Client, srv: &Server) {
@@ -427,7 +424,7 @@ async fn check_qcow2_export(client: &Client, srv: &Server) {
         ]
     );
     let copy = srv.path("copy.img");
-    nbdcopy_to_file(&srv.uri_string("disk"), &copy);
+    nbdcopy_to_file(&srv.uri_for_export("disk"), &copy);
     assert!(
         std::fs::read(&copy).expect("copy") == whole,
         "nbdcopy sees other bytes"
@@ -440,7 +437,7 @@ async fn qemu_nbd_negotiates_extended_headers_and_reads_holes_as_zero() {
     if !tools(&["nbdcopy"]) {
         return;
     }
-    let client = connect(&srv.uri("disk"), &opts()).await;
+    let client = connect(&srv.nbd_uri("disk"), &opts()).await;
     let info = client.info().clone();
     assert!(info.extended, "qemu 10 speaks extended headers: {info:?}");
     assert!(info.structured);
@@ -459,7 +456,7 @@ async fn qemu_nbd_without_extended_headers_uses_structured_replies() {
         extended_headers: false,
         ..opts()
     };
-    let client = connect(&srv.uri("disk"), &o).await;
+    let client = connect(&srv.nbd_uri("disk"), &o).await;
     assert!(!client.info().extended);
     assert!(client.info().structured);
     check_qcow2_export(&client, &srv).await;
@@ -480,9 +477,9 @@ async fn qemu_nbd_block_status_beyond_4g_in_one_extended_request() {
         .args(["-f", "qcow2", "-c", "write -P 0x5c 6G 64k"])
         .arg(&img));
     let img = img.to_str().expect("utf-8").to_string();
-    let srv = Server::qemu_nbd_in(dir, &["-f", "qcow2", "-x", "big", &img]);
+    let srv = Server::qemu_nbd(dir.path(), "big", &["-f", "qcow2", &img]).owning(dir);
 
-    let client = connect(&srv.uri("big"), &opts()).await;
+    let client = connect(&srv.nbd_uri("big"), &opts()).await;
     assert!(client.info().extended);
     let ctx = client
         .info()
@@ -519,7 +516,7 @@ async fn qemu_nbd_block_status_beyond_4g_in_one_extended_request() {
         extended_headers: false,
         ..opts()
     };
-    let compact = connect(&srv.uri("big"), &o).await;
+    let compact = connect(&srv.nbd_uri("big"), &o).await;
     assert!(!compact.info().extended);
     let d = compact.block_status(0, 8 * g, ctx).await.expect("bs");
     assert!(d.iter().map(|e| e.length).sum::<u64>() <= 4 * g, "{d:?}");
@@ -538,8 +535,9 @@ async fn qemu_nbd_raw_writes_in_extended_mode_reach_the_file() {
         .arg(&img)
         .arg("4M"));
     let img_s = img.to_str().expect("utf-8").to_string();
-    let mut srv = Server::qemu_nbd_in(dir, &["-f", "raw", "-x", "w", "--cache=none", &img_s]);
-    let client = connect(&srv.uri("w"), &opts()).await;
+    let mut srv =
+        Server::qemu_nbd(dir.path(), "w", &["-f", "raw", "--cache=none", &img_s]).owning(dir);
+    let client = connect(&srv.nbd_uri("w"), &opts()).await;
     assert!(client.info().extended);
     let mut expect = vec![0u8; 4 * MIB as usize];
     let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
@@ -560,7 +558,7 @@ async fn qemu_nbd_raw_writes_in_extended_mode_reach_the_file() {
     assert!(back == expect);
     client.disconnect().await;
     drop(client);
-    srv.kill9();
+    srv.kill();
     assert!(
         std::fs::read(&img).expect("image") == expect,
         "the file holds other bytes"
@@ -570,7 +568,7 @@ async fn qemu_nbd_raw_writes_in_extended_mode_reach_the_file() {
 #[tokio::test]
 async fn qemu_nbd_unknown_export_is_refused() {
     let Some(srv) = qemu_qcow2() else { return };
-    let e = Client::<Vec<u8>>::connect(&srv.uri("other"), &opts())
+    let e = Client::<Vec<u8>>::connect(&srv.nbd_uri("other"), &opts())
         .await
         .unwrap_err();
     match &e {
@@ -581,7 +579,7 @@ async fn qemu_nbd_unknown_export_is_refused() {
         other => panic!("expected Refused, got {other:?}"),
     }
     // The right name still works on the same server.
-    let c = connect(&srv.uri("disk"), &opts()).await;
+    let c = connect(&srv.nbd_uri("disk"), &opts()).await;
     assert_eq!(c.size(), 4 * MIB);
 }
 
@@ -590,8 +588,8 @@ async fn nbdkit_without_structured_replies_reads_via_simple_replies() {
     if !tools(&["nbdkit"]) {
         return;
     }
-    let srv = Server::nbdkit(&["--no-sr", "pattern", "size=1M"]);
-    let client = connect(&srv.uri(""), &opts()).await;
+    let srv = Server::nbdkit_temp(&["--no-sr", "pattern", "size=1M"]);
+    let client = connect(&srv.nbd_uri(""), &opts()).await;
     let info = client.info().clone();
     assert!(!info.structured && !info.extended, "{info:?}");
     assert!(
@@ -618,14 +616,14 @@ async fn nbdkit_read_error_fails_the_read_and_keeps_the_connection() {
     if !tools(&["nbdkit"]) {
         return;
     }
-    let srv = Server::nbdkit(&[
+    let srv = Server::nbdkit_temp(&[
         "--filter=error",
         "pattern",
         "size=1M",
         "error-pread=EIO",
         "error-pread-rate=100%",
     ]);
-    let client = connect(&srv.uri(""), &opts()).await;
+    let client = connect(&srv.nbd_uri(""), &opts()).await;
     let e = client.read(8192, vec![0; 4096]).await.unwrap_err();
     match &e {
         Error::Request {
@@ -676,8 +674,8 @@ async fn server_killed_with_reads_in_flight_fails_every_read_without_hanging() {
     if !tools(&["nbdkit"]) {
         return;
     }
-    let mut srv = Server::nbdkit(&["--filter=delay", "pattern", "size=10M", "rdelay=2"]);
-    let client = connect(&srv.uri(""), &opts()).await;
+    let mut srv = Server::nbdkit_temp(&["--filter=delay", "pattern", "size=10M", "rdelay=2"]);
+    let client = connect(&srv.nbd_uri(""), &opts()).await;
     let mut set = JoinSet::new();
     for i in 0..16u64 {
         let c = client.clone();
@@ -685,7 +683,7 @@ async fn server_killed_with_reads_in_flight_fails_every_read_without_hanging() {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let killed = Instant::now();
-    srv.kill9();
+    srv.kill();
     let all = tokio::time::timeout(Duration::from_secs(5), async {
         let mut errs = Vec::new();
         while let Some(r) = set.join_next().await {
@@ -723,12 +721,12 @@ async fn request_timeout_fires_against_a_slow_server() {
     if !tools(&["nbdkit"]) {
         return;
     }
-    let srv = Server::nbdkit(&["--filter=delay", "pattern", "size=1M", "rdelay=5"]);
+    let srv = Server::nbdkit_temp(&["--filter=delay", "pattern", "size=1M", "rdelay=5"]);
     let o = ConnectOptions {
         request_timeout: Duration::from_millis(500),
         ..opts()
     };
-    let client = connect(&srv.uri(""), &o).await;
+    let client = connect(&srv.nbd_uri(""), &o).await;
     let t = Instant::now();
     let e = client.read(0, vec![0; 4096]).await.unwrap_err();
     assert!(

@@ -852,7 +852,7 @@ fn nbd_backing_pattern_reads_and_extents() {
             return;
         }
         let s = Scenario::new("nbdpattern");
-        let nbd = Nbdkit::in_dir(s.dir(), &["pattern", &format!("size={SIZE}")]);
+        let nbd = Server::nbdkit(s.dir(), &["pattern", &format!("size={SIZE}")]);
         s.env("FAKE_VDDK_BACKING", nbd.uri());
         s.run("nbd_backing_pattern_reads_and_extents");
         assert!(s.violations().is_empty(), "{:#?}", s.violations());
@@ -904,7 +904,7 @@ fn nbd_backing_sparse_extents() {
             return;
         }
         let s = Scenario::new("nbdsparse");
-        let nbd = Nbdkit::in_dir(s.dir(), &["data", "data=@1048576 1 @5242880 2", "size=8M"]);
+        let nbd = Server::nbdkit(s.dir(), &["data", "data=@1048576 1 @5242880 2", "size=8M"]);
         s.env("FAKE_VDDK_BACKING", nbd.uri());
         s.run("nbd_backing_sparse_extents");
         assert!(s.violations().is_empty(), "{:#?}", s.violations());

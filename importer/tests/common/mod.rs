@@ -3,8 +3,9 @@
 //! * [`run`] / [`spawn`]: run the binary with a hard time bound and capture its output;
 //!   [`Run::success`] and [`Run::failure`] check the exit contract (JSON summary on
 //!   success; on failure a single `ferry: error:` line last on stderr, no panic, no JSON).
-//! * [`Server`]: nbdkit / qemu-nbd on a Unix socket in a test's tempdir, killed on drop;
-//!   [`fake_nbd`] (the test kit's): the fault-injecting fake NBD server.
+//! * [`Server`] (the test kit's): nbdkit / qemu-nbd on a Unix socket in a test's tempdir
+//!   (or nbdkit on a loopback port), killed on drop; [`fake_nbd`] (the kit's too): the
+//!   fault-injecting fake NBD server.
 //! * [`Loop`], [`Mount`], [`FuseDisk`]: loop devices, tmpfs mounts and EIO-injecting
 //!   block devices, each undone on drop.
 //! * Independent checks: [`nbdcopy_reference`], [`assert_identical`] (`cmp` or
@@ -14,17 +15,15 @@
 //! every tool, so `FERRY_REQUIRE_TOOLS=1` there turns a missing tool into a failure.
 #![allow(dead_code)]
 
-#[allow(unused_imports)] // not every test binary uses it
-pub use ferry_test_kit::fake_nbd;
-
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use ferry_test_kit::next_id;
 
 /// The binary under test.
 pub const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
@@ -35,7 +34,7 @@ pub const ENGINES: [&str; 2] = ["uring", "sync"];
 /// Default bound on one `ferry` run. Generous: copies here take well under a second.
 pub const RUN_LIMIT: Duration = Duration::from_secs(60);
 
-/// How long a server or a FUSE disk may take to come up.
+/// How long a FUSE disk may take to come up.
 pub const READY_WAIT: Duration = Duration::from_secs(10);
 
 const MIB: u64 = 1024 * 1024;
@@ -335,163 +334,8 @@ pub fn num(v: &serde_json::Value, key: &str) -> u64 {
 // ---------------------------------------------------------------------------------------
 // NBD servers
 
-static NEXT_ID: AtomicUsize = AtomicUsize::new(0);
-
-fn next_id() -> usize {
-    NEXT_ID.fetch_add(1, Ordering::Relaxed)
-}
-
-/// An NBD server process on a Unix socket; SIGKILLed and reaped on drop.
-#[derive(Debug)]
-pub struct Server {
-    child: Option<Child>,
-    /// The socket.
-    pub socket: PathBuf,
-    /// Export name (empty: the default export).
-    pub export: String,
-    log: PathBuf,
-    what: String,
-}
-
-impl Server {
-    /// `nbdkit -f -U SOCK -P PIDFILE --exit-with-parent ARGS...` in `dir`.
-    pub fn nbdkit(dir: &Path, args: &[&str]) -> Server {
-        let id = next_id();
-        let socket = dir.join(format!("nbdkit{id}.sock"));
-        let pidfile = dir.join(format!("nbdkit{id}.pid"));
-        let mut cmd = Command::new("nbdkit");
-        cmd.arg("-f")
-            .arg("-U")
-            .arg(&socket)
-            .arg("-P")
-            .arg(&pidfile)
-            .arg("--exit-with-parent")
-            .args(args);
-        let what = format!("nbdkit {}", args.join(" "));
-        // nbdkit writes the pidfile once it listens.
-        Self::start(cmd, socket, pidfile, String::new(), what)
-    }
-
-    /// `nbdkit -f -i 127.0.0.1 -p PORT ...` on a free TCP port; `uri()` stays the Unix
-    /// form, use [`Server::tcp_uri`].
-    pub fn nbdkit_tcp(dir: &Path, args: &[&str]) -> (Server, u16) {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("find a free port")
-            .port();
-        let id = next_id();
-        let pidfile = dir.join(format!("nbdkit{id}.pid"));
-        let mut cmd = Command::new("nbdkit");
-        cmd.args(["-f", "-i", "127.0.0.1", "-p", &port.to_string()])
-            .arg("-P")
-            .arg(&pidfile)
-            .arg("--exit-with-parent")
-            .args(args);
-        let what = format!("nbdkit -p {port} {}", args.join(" "));
-        // The pidfile doubles as the "socket" to wait for.
-        let s = Self::start(cmd, pidfile.clone(), pidfile, String::new(), what);
-        (s, port)
-    }
-
-    /// `qemu-nbd -k SOCK -t --shared=8 --pid-file PIDFILE -x EXPORT ARGS...` in `dir`.
-    pub fn qemu_nbd(dir: &Path, export: &str, args: &[&str]) -> Server {
-        let id = next_id();
-        let socket = dir.join(format!("qemu{id}.sock"));
-        let pidfile = dir.join(format!("qemu{id}.pid"));
-        let mut cmd = Command::new("qemu-nbd");
-        cmd.arg("-k")
-            .arg(&socket)
-            .args(["-t", "--shared=8", "-x", export])
-            .arg("--pid-file")
-            .arg(&pidfile)
-            .args(args);
-        let what = format!("qemu-nbd -x {export} {}", args.join(" "));
-        Self::start(cmd, socket, pidfile, export.to_string(), what)
-    }
-
-    fn start(
-        mut cmd: Command,
-        socket: PathBuf,
-        ready: PathBuf,
-        export: String,
-        what: String,
-    ) -> Server {
-        let log = socket.with_extension("log");
-        let logf = File::create(&log).expect("create server log");
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(logf));
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
-        let mut s = Server {
-            child: Some(child),
-            socket,
-            export,
-            log,
-            what,
-        };
-        let start = Instant::now();
-        while !(s.socket.exists() && ready.exists()) {
-            if let Some(st) = s.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!(
-                    "{} exited ({st}) before listening:\n{}",
-                    s.what,
-                    s.log_text()
-                );
-            }
-            assert!(
-                start.elapsed() < READY_WAIT,
-                "{} did not listen within {READY_WAIT:?}:\n{}",
-                s.what,
-                s.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        s
-    }
-
-    /// `nbd+unix:///EXPORT?socket=SOCK`.
-    pub fn uri(&self) -> String {
-        format!(
-            "nbd+unix:///{}?socket={}",
-            self.export,
-            self.socket.display()
-        )
-    }
-
-    /// The same server, but asking for another export name.
-    pub fn uri_for_export(&self, export: &str) -> String {
-        format!("nbd+unix:///{export}?socket={}", self.socket.display())
-    }
-
-    /// The server's pid.
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().map(Child::id).unwrap_or(0)
-    }
-
-    /// SIGKILL the server now and reap it.
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// What the server logged so far.
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 #[allow(unused_imports)] // not every test binary uses each
-pub use ferry_test_kit::Nbdkit;
+pub use ferry_test_kit::{Server, fake_nbd, free_port};
 
 /// The `watermark` a resume journal records, if it is there and has one.
 pub fn journal_watermark(journal: &Path) -> Option<u64> {

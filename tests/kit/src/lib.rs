@@ -1,8 +1,9 @@
 //! What every crate's tests share, each once: finding tools on PATH, loud skips that
 //! `scripts/test.sh` counts (`$FERRY_SKIP_LOG`) or turns into failures
 //! (`FERRY_REQUIRE_TOOLS=1`, set after it installed everything), the root and
-//! loop-device checks, the bytes of `nbdkit pattern` and, with the `nbd` feature, a fake
-//! NBD server ([`fake_nbd`], on ferry-nbd's codec).
+//! loop-device checks, the bytes of `nbdkit pattern`, real NBD
+//! servers ([`Server`]: nbdkit, qemu-nbd) and, with the `nbd` feature, a fake one
+//! ([`fake_nbd`], on ferry-nbd's codec).
 //!
 //! A dev-dependency only.
 
@@ -10,9 +11,12 @@
 
 #[cfg(feature = "nbd")]
 pub mod fake_nbd;
+mod server;
 
 use std::io::Write as _;
 use std::path::Path;
+
+pub use server::{Listen, SERVER_WAIT, Server, free_port, next_id};
 
 /// Whether `bin` is a file on PATH.
 pub fn have(bin: &str) -> bool {
@@ -90,78 +94,5 @@ mod tests {
         assert_eq!(pattern_byte(7), 0);
         assert!(have("sh"));
         assert!(!have("no-such-tool-ferry"));
-    }
-}
-
-/// How long nbdkit may take to listen.
-pub const NBDKIT_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
-
-/// `nbdkit -f --exit-with-parent -U SOCK -P SOCK.pid ARGS…`, ready once its pid file is
-/// written (after it listens); SIGKILLed on drop. A fixed socket lets a test start the
-/// same server again after killing it (nbdkit 1.32 may abort when its client is killed
-/// mid-reply).
-#[derive(Debug)]
-pub struct Nbdkit {
-    child: std::process::Child,
-    /// The Unix socket.
-    pub socket: std::path::PathBuf,
-}
-
-impl Nbdkit {
-    /// Serve on `sock` (a stale socket file there is removed first).
-    pub fn start(sock: &Path, args: &[&str]) -> Nbdkit {
-        let _ = std::fs::remove_file(sock);
-        let mut pidfile = sock.as_os_str().to_owned();
-        pidfile.push(".pid");
-        let pidfile = std::path::PathBuf::from(pidfile);
-        let _ = std::fs::remove_file(&pidfile);
-        let child = std::process::Command::new("nbdkit")
-            .args(["-f", "--exit-with-parent", "-U"])
-            .arg(sock)
-            .arg("-P")
-            .arg(&pidfile)
-            .args(args)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start nbdkit");
-        let mut n = Nbdkit {
-            child,
-            socket: sock.to_owned(),
-        };
-        let start = std::time::Instant::now();
-        loop {
-            if std::fs::metadata(&pidfile).is_ok_and(|m| m.len() > 0) && sock.exists() {
-                return n;
-            }
-            if let Ok(Some(st)) = n.child.try_wait() {
-                panic!("nbdkit {} exited before listening: {st}", args.join(" "));
-            }
-            assert!(
-                start.elapsed() < NBDKIT_WAIT,
-                "nbdkit {} did not listen on {} within {NBDKIT_WAIT:?}",
-                args.join(" "),
-                sock.display()
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-    }
-
-    /// Serve on `DIR/nbd.sock`.
-    pub fn in_dir(dir: &Path, args: &[&str]) -> Nbdkit {
-        Nbdkit::start(&dir.join("nbd.sock"), args)
-    }
-
-    /// `nbd+unix:///?socket=…`.
-    pub fn uri(&self) -> String {
-        format!("nbd+unix:///?socket={}", self.socket.display())
-    }
-}
-
-impl Drop for Nbdkit {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }

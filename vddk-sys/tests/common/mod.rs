@@ -239,4 +239,4 @@ pub fn require(bins: &[&str]) -> bool {
 }
 
 #[allow(unused_imports)] // not every test binary uses each
-pub use ferry_test_kit::{NBDKIT_WAIT, Nbdkit};
+pub use ferry_test_kit::Server;
