@@ -17,8 +17,8 @@ use super::vddk_args::VddkArgs;
 #[derive(Debug, Args)]
 pub struct CopyArgs {
     /// Source: an NBD URI (nbd://host[:port]/export, nbd+unix:///export?socket=PATH), a
-    /// VDDK URI (vddk://USER@HOST/?vm=moref=vm-1&file=[ds] vm/vm.vmdk&thumbprint=…) or a
-    /// path.
+    /// VDDK URI (vddk://USER@HOST/?vm=moref=vm-1&file=[ds] vm/vm.vmdk&thumbprint=…), a
+    /// path, or - for standard input (read in order: no --journal, no delta).
     pub src: String,
     /// Target: a block device (at least the source's size), a file (created sparse if
     /// missing), or `null:` to read the source and discard the data (benchmarks).
@@ -52,9 +52,10 @@ pub struct CopyArgs {
     /// No progress bar even on a terminal.
     #[arg(long)]
     pub no_progress: bool,
-    /// What the source holds: `auto` refuses an image or archive format (qcow2, VMDK,
-    /// VHD(X), VDI, compressed, tar) found in its bytes; `raw` copies the bytes as they
-    /// are. VDDK sources are always disks.
+    /// What the source holds: `auto` decompresses a gzip-, xz- or zstd-compressed raw
+    /// disk as it streams and refuses an image or archive format (qcow2, VMDK, VHD(X),
+    /// VDI, bzip2, tar) found in its bytes; `raw` copies the bytes as they are. VDDK
+    /// sources are always disks.
     #[arg(long, value_enum, default_value = "auto")]
     pub format: SourceFormat,
 }
@@ -62,7 +63,7 @@ pub struct CopyArgs {
 /// `--format`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SourceFormat {
-    /// Refuse a source whose bytes are an image or archive format.
+    /// Decompress a compressed raw disk; refuse an image or archive format.
     Auto,
     /// Copy the bytes as they are.
     Raw,
