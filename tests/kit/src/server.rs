@@ -127,13 +127,20 @@ impl Server {
         let id = next_id();
         let socket = dir.join(format!("qemu{id}.sock"));
         let pidfile = dir.join(format!("qemu{id}.pid"));
+        let named: &[&str] = if export.is_empty() {
+            &[]
+        } else {
+            &["-x", export]
+        };
         let mut cmd = Command::new("qemu-nbd");
-        cmd.arg("-k").arg(&socket).args(["-t", "--shared=8"]);
-        if !export.is_empty() {
-            cmd.args(["-x", export]);
-        }
-        cmd.arg("--pid-file").arg(&pidfile).args(args);
-        let what = format!("qemu-nbd -x {export} {}", args.join(" "));
+        cmd.arg("-k")
+            .arg(&socket)
+            .args(["-t", "--shared=8"])
+            .args(named)
+            .arg("--pid-file")
+            .arg(&pidfile)
+            .args(args);
+        let what = format!("qemu-nbd {}", [named, args].concat().join(" "));
         let log = socket.with_extension("log");
         let listen = Listen::Unix(socket);
         Self::start(cmd, listen, dir.to_owned(), &pidfile, log, export, what)
