@@ -183,21 +183,15 @@ fn qcow2_served_by_qemu_nbd_is_identical() {
     let dir = tempfile::tempdir().unwrap();
     let qcow2 = dir.path().join("source.qcow2");
     let q = qcow2.to_str().unwrap();
-    sh("qemu-img", &["create", "-q", "-f", "qcow2", q, "16M"]);
-    sh(
-        "qemu-io",
+    qemu_image(
+        &qcow2,
+        "qcow2",
+        "16M",
         &[
-            "-f",
-            "qcow2",
-            "-c",
             "write -P 0x5a 1M 3M",
-            "-c",
             "write -z 8M 1M",
-            "-c",
             "write -P 0x11 12M 4k",
-            "-c",
             "write -P 0x22 15M 513",
-            q,
         ],
     );
     let server = Server::qemu_nbd(dir.path(), "disk", &["-f", "qcow2", "-r", q]);

@@ -12,11 +12,10 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-use common::{Server, run, tools};
+use common::{Server, qemu_image, tools};
 use ferry_nbd::Client;
 use ferry_nbd::codec::{self, ReplyHeader, opt, rep};
 use ferry_nbd::fuzzing::{self, SessionOutcome};
@@ -238,13 +237,7 @@ fn recording_servers() -> Vec<(&'static str, Server)> {
         ] {
             let dir = tempfile::tempdir().expect("tempdir");
             let img = dir.path().join("img");
-            run(Command::new("qemu-img")
-                .args(["create", "-q", "-f", fmt])
-                .arg(&img)
-                .arg("2M"));
-            run(Command::new("qemu-io")
-                .args(["-f", fmt, "-c", writes])
-                .arg(&img));
+            qemu_image(&img, fmt, "2M", &[writes]);
             let img = img.to_str().expect("utf-8").to_string();
             v.push((
                 name,

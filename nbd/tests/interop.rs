@@ -6,11 +6,10 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{
-    Server, check_extent_rules, check_pattern, clamp_extents, nbdcopy_to_file, opts, run, tools,
+    Server, check_extent_rules, check_pattern, clamp_extents, nbdcopy, opts, qemu_image, tools,
 };
 use ferry_nbd::{BlockDescriptor, Client, ConnectOptions, Error, STATE_HOLE, STATE_ZERO, Uri};
 use tokio::task::JoinSet;
@@ -148,7 +147,7 @@ async fn pattern_of_odd_size_matches_nbdcopy_and_rejects_reads_past_the_end() {
     }
     check_pattern(0, &whole);
     let copy = srv.path("copy.img");
-    nbdcopy_to_file(&srv.uri_for_export(""), &copy);
+    nbdcopy(&srv.uri_for_export(""), &copy);
     assert!(
         std::fs::read(&copy).expect("copy") == whole,
         "nbdcopy saw other bytes"
@@ -307,7 +306,7 @@ async fn memory_writes_flush_and_zeroes_read_back_and_match_nbdcopy() {
     assert_eq!(at(2 * MIB + 512 * 1024), HOLE_ZERO, "{ranges:?}");
 
     let copy = srv.path("copy.img");
-    nbdcopy_to_file(&srv.uri_for_export(""), &copy);
+    nbdcopy(&srv.uri_for_export(""), &copy);
     assert!(
         std::fs::read(&copy).expect("copy") == expect,
         "nbdcopy sees other bytes"
@@ -375,13 +374,7 @@ fn qemu_qcow2() -> Option<Server> {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let img = dir.path().join("d.qcow2");
-    run(Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(&img)
-        .arg("4M"));
-    run(Command::new("qemu-io")
-        .args(["-f", "qcow2", "-c", "write -P 0xab 1M 64k"])
-        .arg(&img));
+    qemu_image(&img, "qcow2", "4M", &["write -P 0xab 1M 64k"]);
     let img = img.to_str().expect("utf-8 path").to_string();
     Some(Server::qemu_nbd(dir.path(), "disk", &["-f", "qcow2", &img]).owning(dir))
 }
@@ -424,7 +417,7 @@ async fn check_qcow2_export(client: &Client, srv: &Server) {
         ]
     );
     let copy = srv.path("copy.img");
-    nbdcopy_to_file(&srv.uri_for_export("disk"), &copy);
+    nbdcopy(&srv.uri_for_export("disk"), &copy);
     assert!(
         std::fs::read(&copy).expect("copy") == whole,
         "nbdcopy sees other bytes"
@@ -469,13 +462,7 @@ async fn qemu_nbd_block_status_beyond_4g_in_one_extended_request() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let img = dir.path().join("big.qcow2");
-    run(Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(&img)
-        .arg("8G"));
-    run(Command::new("qemu-io")
-        .args(["-f", "qcow2", "-c", "write -P 0x5c 6G 64k"])
-        .arg(&img));
+    qemu_image(&img, "qcow2", "8G", &["write -P 0x5c 6G 64k"]);
     let img = img.to_str().expect("utf-8").to_string();
     let srv = Server::qemu_nbd(dir.path(), "big", &["-f", "qcow2", &img]).owning(dir);
 
@@ -530,10 +517,7 @@ async fn qemu_nbd_raw_writes_in_extended_mode_reach_the_file() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let img = dir.path().join("w.raw");
-    run(Command::new("qemu-img")
-        .args(["create", "-q", "-f", "raw"])
-        .arg(&img)
-        .arg("4M"));
+    qemu_image(&img, "raw", "4M", &[]);
     let img_s = img.to_str().expect("utf-8").to_string();
     let mut srv =
         Server::qemu_nbd(dir.path(), "w", &["-f", "raw", "--cache=none", &img_s]).owning(dir);

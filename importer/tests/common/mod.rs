@@ -371,16 +371,7 @@ pub fn kill_after_progress(cmd: Command, journal: &Path, min: u64, limit: Durati
 /// Copy the export with nbdcopy into `dir/ref-N.img`: the independent reference.
 pub fn nbdcopy_reference(uri: &str, dir: &Path) -> PathBuf {
     let out = dir.join(format!("ref-{}.img", next_id()));
-    let o = Command::new("nbdcopy")
-        .arg(uri)
-        .arg(&out)
-        .output()
-        .expect("run nbdcopy");
-    assert!(
-        o.status.success(),
-        "nbdcopy {uri} failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    ferry_test_kit::nbdcopy(uri, &out);
     out
 }
 
@@ -488,20 +479,8 @@ pub fn fill(path: &Path, byte: u8, len: u64) {
     f.sync_all().expect("fsync fill");
 }
 
-/// Run a helper command that must succeed; returns its stdout.
-pub fn sh(prog: &str, args: &[&str]) -> String {
-    let o = Command::new(prog)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {prog}: {e}"));
-    assert!(
-        o.status.success(),
-        "{prog} {} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
+#[allow(unused_imports)] // not every test binary uses each
+pub use ferry_test_kit::{qemu_image, sh};
 
 // ---------------------------------------------------------------------------------------
 // Block devices and mounts

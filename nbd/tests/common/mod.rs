@@ -1,15 +1,13 @@
-//! Helpers shared by the integration tests; the NBD servers (`Server`) and the known
-//! content of `nbdkit pattern` are the test kit's.
+//! Helpers shared by the integration tests; the NBD servers (`Server`), running
+//! helper commands and the known content of `nbdkit pattern` are the test kit's.
 #![allow(dead_code)]
 
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use ferry_nbd::ConnectOptions;
 
 #[allow(unused_imports)] // not every test binary uses each
-pub use ferry_test_kit::{Server, have, pattern_byte};
+pub use ferry_test_kit::{Server, check_pattern, have, nbdcopy, pattern_byte, qemu_image};
 
 /// Returns false (after a loud, counted skip) when one of `bins` is missing; with
 /// `FERRY_REQUIRE_TOOLS=1` a missing tool fails the test instead.
@@ -24,32 +22,6 @@ pub fn opts() -> ConnectOptions {
         request_timeout: Duration::from_secs(20),
         ..ConnectOptions::default()
     }
-}
-
-/// Panics with the first mismatch against the pattern.
-pub fn check_pattern(offset: u64, buf: &[u8]) {
-    for (i, b) in buf.iter().enumerate() {
-        let o = offset + i as u64;
-        assert_eq!(*b, pattern_byte(o), "pattern mismatch at offset {o}");
-    }
-}
-
-/// Run a command, panicking with its stderr on failure.
-pub fn run(cmd: &mut Command) {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Copy a whole export to `dst` with nbdcopy (an independent reader).
-pub fn nbdcopy_to_file(uri: &str, dst: &Path) {
-    run(Command::new("nbdcopy").arg(uri).arg(dst));
 }
 
 /// Checks the block-status rules of the spec for a reply to a request of `len`

@@ -1,7 +1,7 @@
 //! What every crate's tests share, each once: finding tools on PATH, loud skips that
 //! `scripts/test.sh` counts (`$FERRY_SKIP_LOG`) or turns into failures
 //! (`FERRY_REQUIRE_TOOLS=1`, set after it installed everything), the root and
-//! loop-device checks, the bytes of `nbdkit pattern`, real NBD
+//! loop-device checks, running helper commands, the bytes of `nbdkit pattern`, real NBD
 //! servers ([`Server`]: nbdkit, qemu-nbd) and, with the `nbd` feature, a fake one
 //! ([`fake_nbd`], on ferry-nbd's codec).
 //!
@@ -15,6 +15,7 @@ mod server;
 
 use std::io::Write as _;
 use std::path::Path;
+use std::process::{Command, Stdio};
 
 pub use server::{Listen, SERVER_WAIT, Server, free_port, next_id};
 
@@ -81,6 +82,59 @@ pub fn have_loop_devices() -> bool {
 /// big-endian.
 pub fn pattern_byte(offset: u64) -> u8 {
     (offset & !7).to_be_bytes()[usize::from((offset & 7) as u8)]
+}
+
+/// Panics with the first mismatch against the pattern.
+pub fn check_pattern(offset: u64, buf: &[u8]) {
+    for (i, b) in buf.iter().enumerate() {
+        let o = offset + i as u64;
+        assert_eq!(*b, pattern_byte(o), "pattern mismatch at offset {o}");
+    }
+}
+
+/// Run a helper command (stdin closed) that must succeed, panicking with its stderr
+/// otherwise; returns its stdout.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let o = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        o.status.success(),
+        "{cmd:?} failed ({}): {}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// [`run_ok`] for `prog ARGS...`.
+pub fn sh(prog: &str, args: &[&str]) -> String {
+    run_ok(Command::new(prog).args(args))
+}
+
+/// Copy a whole export to `dst` with nbdcopy (an independent reader).
+pub fn nbdcopy(uri: &str, dst: &Path) {
+    run_ok(Command::new("nbdcopy").arg(uri).arg(dst));
+}
+
+/// `qemu-img create -q -f FMT IMG SIZE`, then (with `writes`) `qemu-io -f FMT -c W...
+/// IMG`: an image of known content for qemu-nbd to serve.
+pub fn qemu_image(img: &Path, fmt: &str, size: &str, writes: &[&str]) {
+    run_ok(
+        Command::new("qemu-img")
+            .args(["create", "-q", "-f", fmt])
+            .arg(img)
+            .arg(size),
+    );
+    if !writes.is_empty() {
+        let mut io = Command::new("qemu-io");
+        io.args(["-f", fmt]);
+        for w in writes {
+            io.args(["-c", w]);
+        }
+        run_ok(io.arg(img));
+    }
 }
 
 #[cfg(test)]

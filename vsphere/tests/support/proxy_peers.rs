@@ -76,16 +76,7 @@ pub fn tinyproxy(dir: &Path, extra: &str) -> (Peer, u16) {
 }
 
 pub fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("run openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ferry_test_kit::run_ok(Command::new("openssl").args(args).current_dir(dir));
 }
 
 /// A CA and a server certificate for `127.0.0.1` signed by it, made by openssl.
