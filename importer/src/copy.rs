@@ -174,6 +174,19 @@ pub struct CopyStats {
     pub delta: bool,
 }
 
+impl CopyStats {
+    /// The statistics of a copy about to start onto `sink` with this pool.
+    fn start(sink: &Sink, buf_size: usize, buf_count: usize) -> CopyStats {
+        CopyStats {
+            engine: sink.engine_name().into(),
+            direct: sink.is_direct(),
+            buf_size,
+            buf_count,
+            ..Default::default()
+        }
+    }
+}
+
 enum Done {
     Data {
         buf: Buf,
@@ -214,11 +227,7 @@ pub async fn copy(
         let stats = CopyStats {
             size,
             delta: opts.changes.is_some(),
-            engine: sink.engine_name().into(),
-            direct: sink.is_direct(),
-            buf_size,
-            buf_count: free.len(),
-            ..Default::default()
+            ..CopyStats::start(&sink, buf_size, free.len())
         };
         let mut d = Dispatcher {
             source: &source,

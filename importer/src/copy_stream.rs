@@ -41,13 +41,7 @@ pub async fn copy_stream(
     progress.set_total(known.unwrap_or(0));
     progress.set_engine(sink.engine_name());
     progress.set_durable(0);
-    let mut stats = CopyStats {
-        engine: sink.engine_name().into(),
-        direct: sink.is_direct(),
-        buf_size,
-        buf_count: free.len(),
-        ..Default::default()
-    };
+    let mut stats = CopyStats::start(&sink, buf_size, free.len());
     let mut d = Dispatch {
         sink: &sink,
         progress: &progress,
