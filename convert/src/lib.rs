@@ -11,6 +11,7 @@
 #![cfg_attr(test, allow(clippy::cast_possible_truncation, clippy::cast_sign_loss))]
 
 pub mod detect;
+pub mod qcow2;
 pub mod wrappers;
 
 pub use detect::{Format, HEAD_BYTES, TAIL_BYTES, detect};
