@@ -140,3 +140,23 @@ pub fn stream_layers(data: &[u8]) {
         let _ = std::io::copy(&mut r.take(MAX_FUZZ_STREAM_OUTPUT), &mut sink);
     }
 }
+
+/// A qcow2 image's first bytes: the header checked, and, if it is accepted, every 8 or
+/// 16 bytes after the header read as an L1 and an L2 entry of it (sans-IO: only the
+/// decisions, never a read).
+pub fn qcow2_header(data: &[u8]) {
+    use ferry_convert::qcow2::Header;
+    // As a whole image, and as the head of a longer one (its tables past these bytes).
+    for len in [Some(data.len() as u64), None] {
+        let Ok(h) = Header::parse(data, len) else {
+            continue;
+        };
+        let rest = &data[ferry_convert::qcow2::FIXED_HEADER_BYTES.min(data.len())..];
+        for chunk in rest.chunks_exact(16) {
+            let a = u64::from_be_bytes(chunk[..8].try_into().unwrap_or_default());
+            let b = u64::from_be_bytes(chunk[8..].try_into().unwrap_or_default());
+            let _ = h.l1_entry(a, len);
+            let _ = h.l2_entry(a, b, len);
+        }
+    }
+}

@@ -105,3 +105,11 @@ fn stream_layers_corpus_replays_without_panic() {
         ferry::fuzzing::stream_layers(&b);
     }
 }
+
+#[test]
+fn qcow2_header_corpus_replays_without_panic() {
+    for (p, b) in corpus("qcow2_header") {
+        eprintln!("{}", p.display());
+        ferry::fuzzing::qcow2_header(&b);
+    }
+}
