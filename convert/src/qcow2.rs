@@ -125,6 +125,14 @@ pub enum Qcow2Error {
         /// The image's size.
         end: u64,
     },
+    /// A compressed cluster that does not decompress to one cluster.
+    #[error("qcow2 compressed cluster at {host:#x} is corrupt: {why}")]
+    Compressed {
+        /// Where it is in the image.
+        host: u64,
+        /// Why.
+        why: &'static str,
+    },
     /// An L2 entry that no valid image holds.
     #[error("qcow2 L2 entry {entry:#018x} is invalid: {why}")]
     BadEntry {
@@ -360,8 +368,11 @@ impl Header {
                 offset: off,
             });
         }
+        // The cluster must start inside the image; a read that runs past its end fails
+        // then (the image's last cluster may be short, and with subclusters only the
+        // allocated ones are stored).
         if off != 0 {
-            self.within("data cluster", off, self.cluster_size(), image_len)?;
+            self.within("data cluster", off, 1, image_len)?;
         }
         if !self.extended_l2 {
             return Ok(Cluster::Whole(
@@ -459,6 +470,37 @@ fn check_extensions(head: &[u8], start: usize, cluster: u64) -> Result<(), Qcow2
         at = at
             .checked_add(8 + len.div_ceil(8) * 8)
             .ok_or(Qcow2Error::Extensions)?;
+    }
+}
+
+/// Decompress one compressed cluster: `input` is the [`Mapping::Compressed`] bytes
+/// (which may run on into padding or the next cluster), `out` exactly one cluster. As
+/// qemu: deflate is raw (no zlib header), zstd is one or more frames; what follows the
+/// cluster is ignored; a cluster that decodes short, or input that is not a stream of
+/// its compression, is an error.
+pub fn decompress_cluster(
+    compression: Compression,
+    host: u64,
+    input: &[u8],
+    out: &mut [u8],
+) -> Result<(), Qcow2Error> {
+    let bad = |why: &'static str| Qcow2Error::Compressed { host, why };
+    match compression {
+        Compression::Deflate => {
+            let mut d = flate2::Decompress::new(false);
+            match d.decompress(input, out, flate2::FlushDecompress::Finish) {
+                Ok(_) if d.total_out() == out.len() as u64 => Ok(()),
+                Ok(_) => Err(bad("it decompresses to less than a cluster")),
+                Err(_) => Err(bad("it is not a deflate stream")),
+            }
+        }
+        Compression::Zstd => {
+            use std::io::Read;
+            let mut d = zstd::stream::read::Decoder::with_buffer(input)
+                .map_err(|_| bad("the zstd decoder cannot start"))?;
+            d.read_exact(out)
+                .map_err(|_| bad("it does not decompress to a cluster of zstd data"))
+        }
     }
 }
 

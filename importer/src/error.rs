@@ -27,9 +27,17 @@ pub enum Error {
         /// The OS error (shown in the message, so not also a `source`).
         error: std::io::Error,
     },
+    /// A disk image (qcow2) that is refused or corrupt.
+    #[error("{what}: {error}")]
+    Image {
+        /// The source.
+        what: String,
+        /// What is wrong.
+        error: ferry_convert::qcow2::Qcow2Error,
+    },
     /// The source holds an image or archive format, not a disk (only raw disks are
     /// copied so far).
-    #[error("{what} holds a {format}, not a raw disk; Ferry copies raw disks (also gzip-, xz- or zstd-compressed) only so far: {}, or give --format raw to copy its bytes as they are", .format.how_to_read())]
+    #[error("{what} holds a {format}, not a raw disk; Ferry reads raw disks (also gzip-, xz- or zstd-compressed) and qcow2 images (from a file or NBD) so far: {}, or give --format raw to copy its bytes as they are", .format.how_to_read())]
     NotRaw {
         /// The source.
         what: String,
@@ -360,6 +368,19 @@ impl Error {
         use ferry_vsphere::Error as S;
         match self {
             Error::Usage(_) | Error::Config(_) | Error::NotRaw { .. } => ErrorKind::Usage,
+            Error::Image { error, .. } => {
+                use ferry_convert::qcow2::Qcow2Error as Q;
+                match error {
+                    Q::BackingFile
+                    | Q::ExternalDataFile
+                    | Q::Encrypted(_)
+                    | Q::UnknownFeatures(_)
+                    | Q::Version(_)
+                    | Q::CompressionType(_)
+                    | Q::TooBig(_) => ErrorKind::Usage,
+                    _ => ErrorKind::SourceData,
+                }
+            }
             Error::Nbd(e) => match e {
                 N::Uri { .. } | N::InvalidRequest(_) => ErrorKind::Usage,
                 N::Refused { reason, .. } if *reason == "unknown export" => ErrorKind::NotFound,

@@ -22,6 +22,9 @@ enum Layer {
     /// The bytes are a compressed stream of what lies inside
     /// ([`ferry_convert::wrappers::decoder`]).
     Decompress,
+    /// A qcow2 image, read through its own map ([`super::qcow2::Qcow2Source`]); it
+    /// needs random access (from a stream it is refused).
+    Qcow2,
 }
 
 /// How each format the copy can read is read. Formats not listed are refused
@@ -31,6 +34,7 @@ const LAYERS: &[(Format, Layer)] = &[
     (Format::Gzip, Layer::Decompress),
     (Format::Xz, Layer::Decompress),
     (Format::Zstd, Layer::Decompress),
+    (Format::Qcow2, Layer::Qcow2),
 ];
 
 fn layer_of(f: Format) -> Option<&'static Layer> {
@@ -50,6 +54,13 @@ pub async fn layer(input: Input) -> Result<Input, Error> {
             };
             match layer_of(found) {
                 Some(Layer::Disk) => Ok(Input::Disk(src)),
+                Some(Layer::Qcow2) => match super::qcow2::Qcow2Source::open(src.clone()).await {
+                    Ok(q) => Ok(Input::Disk(Arc::new(q))),
+                    Err(e) => {
+                        src.close().await;
+                        Err(e)
+                    }
+                },
                 Some(Layer::Decompress) => {
                     let what = src.describe();
                     let reader: Bytes = Box::new(SourceReader::new(src.clone()));

@@ -21,6 +21,7 @@ use ferry_cbt::ExtentMap;
 /// What a source's bytes hold ([`ferry_convert::detect`]).
 pub use ferry_convert::detect as format;
 pub mod layers;
+pub mod qcow2;
 pub mod stream;
 pub use local::LocalSource;
 pub use nbd::{NbdSource, NbdSourceOptions};

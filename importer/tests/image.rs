@@ -1,0 +1,236 @@
+//! qcow2 images as sources, read through their own map: images made by `qemu-img` and
+//! `qemu-io` in every layout they write, copied by `ferry copy` from a file and over NBD
+//! (nbdkit serving the image's bytes), each compared with `cmp` against
+//! `qemu-img convert -O raw`; holes stay holes; hostile or truncated images fail by kind.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+
+const MIB: u64 = 1024 * 1024;
+
+/// 8 MiB + 4000 bytes: compressible text, incompressible bytes, zeroes, an odd tail.
+fn raw_disk(dir: &Path) -> PathBuf {
+    let mut d = Vec::new();
+    while d.len() < (3 * MIB) as usize {
+        d.extend_from_slice(b"ferry moves virtual disks into kubernetes volumes ");
+    }
+    d.truncate((3 * MIB) as usize);
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for _ in 0..MIB {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        d.push(x as u8);
+    }
+    d.resize((8 * MIB) as usize, 0);
+    d.extend(b"tail".repeat(1000));
+    let p = dir.join("disk.raw");
+    std::fs::write(&p, d).unwrap();
+    p
+}
+
+fn qemu_img(args: &[&str]) {
+    sh("qemu-img", args);
+}
+
+/// `qemu-img convert -O raw IMG` (the reference).
+fn reference(img: &Path) -> PathBuf {
+    let out = img.with_extension("ref.raw");
+    qemu_img(&[
+        "convert",
+        "-O",
+        "raw",
+        img.to_str().unwrap(),
+        out.to_str().unwrap(),
+    ]);
+    out
+}
+
+fn cmp(a: &Path, b: &Path, ctx: &str) {
+    let st = Command::new("cmp").arg(a).arg(b).status().expect("cmp");
+    assert!(
+        st.success(),
+        "[{ctx}] {} and {} differ",
+        a.display(),
+        b.display()
+    );
+}
+
+#[test]
+fn qcow2_in_every_layout_qemu_writes_is_copied_exactly() {
+    if !require(&["qemu-img", "cmp"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let raw = raw_disk(dir.path());
+    for (name, compress, opts) in [
+        ("v3", false, "compat=1.1"),
+        ("v2", false, "compat=0.10"),
+        ("deflate", true, "compat=1.1"),
+        ("zstd", true, "compression_type=zstd"),
+        ("extended-l2", false, "extended_l2=on,cluster_size=128k"),
+        ("4k-clusters", false, "cluster_size=4096"),
+        ("2m-clusters", false, "cluster_size=2M"),
+        ("prealloc-metadata", false, "preallocation=metadata"),
+        ("prealloc-falloc", false, "preallocation=falloc"),
+    ] {
+        let img = dir.path().join(format!("{name}.qcow2"));
+        let mut args = vec!["convert", "-q", "-O", "qcow2", "-o", opts];
+        if compress {
+            args.push("-c");
+        }
+        args.extend([raw.to_str().unwrap(), img.to_str().unwrap()]);
+        qemu_img(&args);
+        let want = reference(&img);
+        for_each_engine(|engine| {
+            let ctx = format!("{name}, engine {engine}");
+            let t = dir.path().join(format!("{name}-{engine}.img"));
+            let v = copy(img.to_str().unwrap(), &t, engine, &[]).success(&ctx);
+            assert_eq!(
+                num(&v, "size"),
+                file_size(&want),
+                "[{ctx}] the virtual size"
+            );
+            cmp(&want, &t, &ctx);
+            // The zero half of the disk is never written as bytes.
+            assert!(
+                num(&v, "bytes_written") <= 5 * MIB,
+                "[{ctx}] only data written: {v}"
+            );
+        });
+    }
+}
+
+#[test]
+fn qcow2_with_zero_clusters_and_subclusters_made_by_qemu_io_is_copied_exactly() {
+    if !require(&["qemu-img", "qemu-io", "cmp"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for opts in ["compat=1.1", "extended_l2=on,cluster_size=64k"] {
+        let img = dir.path().join("io.qcow2");
+        let _ = std::fs::remove_file(&img);
+        qemu_img(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            opts,
+            img.to_str().unwrap(),
+            "64M",
+        ]);
+        for w in [
+            "write -P 0xab 1M 64k",
+            "write -P 0xcd 5M 4k",
+            "write -z 1M 32k",
+            "write -P 0x11 63M 1M",
+            "write -P 0x22 7340544 1024",
+        ] {
+            sh("qemu-io", &["-f", "qcow2", "-c", w, img.to_str().unwrap()]);
+        }
+        let want = reference(&img);
+        let t = dir.path().join("io.img");
+        let _ = std::fs::remove_file(&t);
+        copy(img.to_str().unwrap(), &t, "uring", &[]).success(opts);
+        cmp(&want, &t, opts);
+        assert!(
+            allocated(&t) < 4 * MIB,
+            "[{opts}] sparse: {}",
+            allocated(&t)
+        );
+    }
+}
+
+#[test]
+fn qcow2_served_over_nbd_as_bytes_is_decoded() {
+    if !require(&["qemu-img", "nbdkit", "cmp"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let raw = raw_disk(dir.path());
+    let img = dir.path().join("z.qcow2");
+    qemu_img(&[
+        "convert",
+        "-q",
+        "-c",
+        "-O",
+        "qcow2",
+        "-o",
+        "compression_type=zstd",
+        raw.to_str().unwrap(),
+        img.to_str().unwrap(),
+    ]);
+    let want = reference(&img);
+    let srv = Server::nbdkit(dir.path(), &["file", img.to_str().unwrap()]);
+    let t = dir.path().join("t.img");
+    copy(&srv.uri(), &t, "sync", &[]).success("qcow2 over NBD");
+    cmp(&want, &t, "qcow2 over NBD");
+}
+
+#[test]
+fn a_truncated_or_hostile_qcow2_fails_by_kind_and_names_the_problem() {
+    if !require(&["qemu-img"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let raw = raw_disk(dir.path());
+    let img = dir.path().join("full.qcow2");
+    qemu_img(&[
+        "convert",
+        "-q",
+        "-O",
+        "qcow2",
+        raw.to_str().unwrap(),
+        img.to_str().unwrap(),
+    ]);
+    let bytes = std::fs::read(&img).unwrap();
+    let t = dir.path().join("t.img");
+    // Cut in the tables, and cut in the data: a truncated download is never a shorter
+    // or zero-filled disk reported complete.
+    for cut in [200_000usize, bytes.len() - 70_000] {
+        let p = dir.path().join(format!("cut-{cut}.qcow2"));
+        std::fs::write(&p, &bytes[..cut]).unwrap();
+        let _ = std::fs::remove_file(&t);
+        let r = copy(p.to_str().unwrap(), &t, "sync", &[]);
+        r.failure(
+            "truncated",
+            &["past the end of the image", "truncated or corrupt"],
+        );
+        assert_eq!(r.status.code(), Some(6), "source data: {}", r.stderr);
+    }
+    // A backing file naming a host file is refused before anything is read from it.
+    let child = dir.path().join("child.qcow2");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        img.to_str().unwrap(),
+        "-F",
+        "qcow2",
+        child.to_str().unwrap(),
+    ]);
+    let _ = std::fs::remove_file(&t);
+    let r = copy(child.to_str().unwrap(), &t, "sync", &[]);
+    r.failure(
+        "backing file",
+        &["has a backing file", "never opens a file an image names"],
+    );
+    assert_eq!(r.status.code(), Some(2), "usage: {}", r.stderr);
+    assert!(!t.exists(), "no target for a refused image");
+    // An unknown incompatible feature.
+    let mut odd = bytes.clone();
+    odd[79] |= 0x80;
+    let p = dir.path().join("odd.qcow2");
+    std::fs::write(&p, odd).unwrap();
+    copy(p.to_str().unwrap(), &t, "sync", &[]).failure(
+        "unknown feature",
+        &["unknown incompatible features (bits 0x80)"],
+    );
+}
