@@ -9,34 +9,19 @@
 # filesystem's), the rest zeroes; as qcow2 plain and zstd-compressed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/lib.sh
 size_mib=${1:-2048}; runs=${2:-3}
 scripts/setup.sh
 cargo build --release --locked -q -p ferry
 ferry=$PWD/target/release/ferry
 work=$(mktemp -d /var/tmp/ferry-qcow2.XXXXXX); trap 'rm -rf "$work"' EXIT
 raw=$work/disk.raw
-truncate -s "${size_mib}M" "$raw"
-data_mib=$((size_mib / 2)); chunk=$((data_mib / 4))
-# (head closes the pipe early: the writers' SIGPIPE is expected.)
-{ find /usr/lib /usr/share -type f -size +64k 2>/dev/null | head -8000 | xargs cat 2>/dev/null |
-  head -c "$((data_mib << 20))" > "$work/data"; } || true
-for i in 0 1 2 3; do
-  dd if="$work/data" of="$raw" bs=1M skip=$((i * chunk)) seek=$((i * size_mib / 4)) count=$chunk conv=notrunc status=none
-done
-rm "$work/data"
+make_disk "$raw" "$size_mib" $((size_mib / 2))
 qemu-img convert -O qcow2 "$raw" "$work/plain.qcow2"
 qemu-img convert -c -O qcow2 -o compression_type=zstd "$raw" "$work/zstd.qcow2"
 qemu-img convert -O raw "$work/plain.qcow2" "$work/ref.raw"
 rm "$raw"
 ls -l "$work"
-
-drop() { sync; if [ "$(id -u)" = 0 ]; then echo 3 > /proc/sys/vm/drop_caches; fi; }
-time_of() {
-  rm -f "$work/t.img"; drop
-  local t0 t1; t0=$(date +%s.%N); "$@" >/dev/null 2>&1; t1=$(date +%s.%N)
-  python3 -c "print(f'{$t1 - $t0:.3f}')"
-}
-median() { python3 -c "import statistics,sys; print(f'{statistics.median(map(float, sys.argv[1:])):.3f}')" "$@"; }
 
 printf '%-6s %-34s %9s %9s\n' image tool seconds "ferry/x"
 for img in plain zstd; do

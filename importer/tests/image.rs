@@ -50,16 +50,6 @@ fn reference(img: &Path) -> PathBuf {
     out
 }
 
-fn cmp(a: &Path, b: &Path, ctx: &str) {
-    let st = Command::new("cmp").arg(a).arg(b).status().expect("cmp");
-    assert!(
-        st.success(),
-        "[{ctx}] {} and {} differ",
-        a.display(),
-        b.display()
-    );
-}
-
 #[test]
 fn qcow2_in_every_layout_qemu_writes_is_copied_exactly() {
     if !require(&["qemu-img", "cmp"]) {
@@ -95,7 +85,7 @@ fn qcow2_in_every_layout_qemu_writes_is_copied_exactly() {
                 file_size(&want),
                 "[{ctx}] the virtual size"
             );
-            cmp(&want, &t, &ctx);
+            assert_identical(&t, &want, &ctx);
             // The zero half of the disk is never written as bytes.
             assert!(
                 num(&v, "bytes_written") <= 5 * MIB,
@@ -137,7 +127,7 @@ fn qcow2_with_zero_clusters_and_subclusters_made_by_qemu_io_is_copied_exactly() 
         let t = dir.path().join("io.img");
         let _ = std::fs::remove_file(&t);
         copy(img.to_str().unwrap(), &t, "uring", &[]).success(opts);
-        cmp(&want, &t, opts);
+        assert_identical(&t, &want, opts);
         assert!(
             allocated(&t) < 4 * MIB,
             "[{opts}] sparse: {}",
@@ -169,7 +159,7 @@ fn qcow2_served_over_nbd_as_bytes_is_decoded() {
     let srv = Server::nbdkit(dir.path(), &["file", img.to_str().unwrap()]);
     let t = dir.path().join("t.img");
     copy(&srv.uri(), &t, "sync", &[]).success("qcow2 over NBD");
-    cmp(&want, &t, "qcow2 over NBD");
+    assert_identical(&t, &want, "qcow2 over NBD");
 }
 
 #[test]

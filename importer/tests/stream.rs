@@ -45,16 +45,6 @@ fn compress(raw: &Path, tool: &str, args: &[&str], ext: &str) -> PathBuf {
     out
 }
 
-fn cmp(a: &Path, b: &Path, ctx: &str) {
-    let st = Command::new("cmp").arg(a).arg(b).status().expect("cmp");
-    assert!(
-        st.success(),
-        "[{ctx}] {} and {} differ",
-        a.display(),
-        b.display()
-    );
-}
-
 /// `ferry copy - DST` with `input` on standard input.
 fn copy_stdin(input: &Path, dst: &Path, engine: &str, extra: &[&str]) -> Run {
     let mut c = Command::new("sh");
@@ -104,7 +94,7 @@ fn compressed_raw_files_are_decompressed_as_they_stream() {
                 size,
                 "[{ctx}] the disk's size is where it ends"
             );
-            cmp(&raw, &t, &ctx);
+            assert_identical(&t, &raw, &ctx);
             // The zero run was skipped, not written: the copy stays sparse.
             assert!(
                 num(&v, "bytes_skipped") >= 8 * MIB - 1,
@@ -121,7 +111,7 @@ fn compressed_raw_files_are_decompressed_as_they_stream() {
     let t = dir.path().join("existing.img");
     fill(&t, 0xee, 40 * MIB);
     copy(zst.to_str().unwrap(), &t, "uring", &[]).success("existing file");
-    cmp(&raw, &t, "existing file");
+    assert_identical(&t, &raw, "existing file");
 }
 
 #[test]
@@ -136,13 +126,13 @@ fn a_raw_disk_on_standard_input_is_copied_exactly() {
         let t = dir.path().join(format!("stdin-{engine}.img"));
         let v = copy_stdin(&raw, &t, engine, &[]).success(&ctx);
         assert_eq!(num(&v, "size"), file_size(&raw), "[{ctx}] size");
-        cmp(&raw, &t, &ctx);
+        assert_identical(&t, &raw, &ctx);
     });
     // Compressed on standard input: decompressed too.
     let gz = compress(&raw, "gzip", &["-c"], "gz");
     let t = dir.path().join("stdin-gz.img");
     copy_stdin(&gz, &t, "sync", &[]).success("gzip on stdin");
-    cmp(&raw, &t, "gzip on stdin");
+    assert_identical(&t, &raw, "gzip on stdin");
     // A named pipe is read through standard input (given as a path it is refused, so
     // a FIFO planted in a volume can never hang the copy: errors.rs).
     let fifo = dir.path().join("fifo");
@@ -157,7 +147,7 @@ fn a_raw_disk_on_standard_input_is_copied_exactly() {
     let t = dir.path().join("fifo.img");
     copy_stdin(&fifo, &t, "uring", &[]).success("fifo on stdin");
     writer.join().unwrap();
-    cmp(&raw, &t, "fifo");
+    assert_identical(&t, &raw, "fifo");
     // An empty stream is an empty disk.
     let empty = dir.path().join("empty");
     std::fs::write(&empty, b"").unwrap();
