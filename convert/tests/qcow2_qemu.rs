@@ -199,19 +199,7 @@ fn compressed_images_in_deflate_and_zstd_map_as_qemu_reads_them() {
     let dir = tempfile::tempdir().unwrap();
     let raw = dir.path().join("d.raw");
     // Compressible text, incompressible bytes, zeroes: qemu stores the middle raw.
-    let mut d = Vec::new();
-    while d.len() < 3 << 20 {
-        d.extend_from_slice(b"ferry moves virtual disks into kubernetes volumes ");
-    }
-    d.truncate(3 << 20);
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    for _ in 0..(2 << 20) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        d.push(x as u8);
-    }
-    d.resize(8 << 20, 0);
+    let d = ferry_test_kit::mixed_disk(3 << 20, 2 << 20, 8 << 20);
     std::fs::write(&raw, &d).unwrap();
     for (name, opts, comp) in [
         (

@@ -11,24 +11,11 @@ use common::*;
 
 const MIB: u64 = 1024 * 1024;
 
-/// 8 MiB + 4000 bytes: compressible text, incompressible bytes, zeroes, an odd tail.
+/// 8 MiB + 4000 bytes: 3 MiB of text, 1 MiB of random bytes, zeroes, an odd tail.
 fn raw_disk(dir: &Path) -> PathBuf {
-    let mut d = Vec::new();
-    while d.len() < (3 * MIB) as usize {
-        d.extend_from_slice(b"ferry moves virtual disks into kubernetes volumes ");
-    }
-    d.truncate((3 * MIB) as usize);
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    for _ in 0..MIB {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        d.push(x as u8);
-    }
-    d.resize((8 * MIB) as usize, 0);
-    d.extend(b"tail".repeat(1000));
     let p = dir.join("disk.raw");
-    std::fs::write(&p, d).unwrap();
+    let (m, n) = (MIB as usize, 8 * MIB as usize);
+    std::fs::write(&p, ferry_test_kit::mixed_disk(3 * m, m, n)).unwrap();
     p
 }
 

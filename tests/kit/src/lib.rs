@@ -137,6 +137,28 @@ pub fn qemu_image(img: &Path, fmt: &str, size: &str, writes: &[&str]) {
     }
 }
 
+/// A disk image's worth of bytes in the shapes images store differently: `text` bytes of
+/// compressible text, then `random` bytes that do not compress (xorshift, fixed seed),
+/// zeroes up to `len`, and a 4000-byte tail (so the size is not a multiple of any
+/// cluster or sector).
+pub fn mixed_disk(text: usize, random: usize, len: usize) -> Vec<u8> {
+    let mut d = Vec::with_capacity(len + 4000);
+    while d.len() < text {
+        d.extend_from_slice(b"ferry moves virtual disks into kubernetes volumes ");
+    }
+    d.truncate(text);
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for _ in 0..random {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        d.push(x.to_le_bytes()[0]);
+    }
+    d.resize(len.max(d.len()), 0);
+    d.extend(b"tail".repeat(1000));
+    d
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
