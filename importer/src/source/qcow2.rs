@@ -276,13 +276,20 @@ impl Source for Qcow2Source {
                     }
                     Mapping::Compressed { host, len } => {
                         let input = read_bytes(s.inner.as_ref(), host, len).await?;
-                        let mut cluster = vec![0u8; crate::num::usize_of(cs)];
-                        ferry_convert::qcow2::decompress_cluster(
-                            s.h.compression,
-                            host,
-                            &input,
-                            &mut cluster,
-                        )
+                        // CPU work: on the blocking pool, off the threads that drive I/O.
+                        let compression = s.h.compression;
+                        let cluster = tokio::task::spawn_blocking(move || {
+                            let mut cluster = vec![0u8; crate::num::usize_of(cs)];
+                            ferry_convert::qcow2::decompress_cluster(
+                                compression,
+                                host,
+                                &input,
+                                &mut cluster,
+                            )
+                            .map(|()| cluster)
+                        })
+                        .await
+                        .map_err(|_| Error::Internal("a decompression thread failed"))?
                         .map_err(|e| s.err(e))?;
                         let w = crate::num::usize_of(within);
                         dst.copy_from_slice(&cluster[w..w + crate::num::usize_of(n)]);
