@@ -154,7 +154,12 @@ fn every_layout_qemu_writes_maps_as_qemu_reads_it() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let writes = "write -P 0xab 1M 64k; write -P 0xcd 5M 4k; write -z 1M 32k; write -P 0x11 63M 1M";
+    let writes = [
+        "write -P 0xab 1M 64k",
+        "write -P 0xcd 5M 4k",
+        "write -z 1M 32k",
+        "write -P 0x11 63M 1M",
+    ];
     for (name, opts) in [
         ("v3", "compat=1.1"),
         ("v2", "compat=0.10"),
@@ -164,22 +169,7 @@ fn every_layout_qemu_writes_maps_as_qemu_reads_it() {
         ("prealloc-metadata", "preallocation=metadata"),
     ] {
         let img = dir.path().join(format!("{name}.qcow2"));
-        run(
-            "qemu-img",
-            &[
-                "create",
-                "-q",
-                "-f",
-                "qcow2",
-                "-o",
-                opts,
-                img.to_str().unwrap(),
-                "64M",
-            ],
-        );
-        for w in writes.split("; ") {
-            run("qemu-io", &["-f", "qcow2", "-c", w, img.to_str().unwrap()]);
-        }
+        ferry_test_kit::qemu_image_with(&img, "qcow2", opts, "64M", &writes);
         let h = header(&img).unwrap_or_else(|e| panic!("[{name}] {e}"));
         assert_eq!(h.size, 64 << 20, "[{name}]");
         assert_eq!(h.extended_l2, name == "extended-l2", "[{name}]");

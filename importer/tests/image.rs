@@ -90,25 +90,19 @@ fn qcow2_with_zero_clusters_and_subclusters_made_by_qemu_io_is_copied_exactly() 
     for opts in ["compat=1.1", "extended_l2=on,cluster_size=64k"] {
         let img = dir.path().join("io.qcow2");
         let _ = std::fs::remove_file(&img);
-        qemu_img(&[
-            "create",
-            "-q",
-            "-f",
+        ferry_test_kit::qemu_image_with(
+            &img,
             "qcow2",
-            "-o",
             opts,
-            img.to_str().unwrap(),
             "64M",
-        ]);
-        for w in [
-            "write -P 0xab 1M 64k",
-            "write -P 0xcd 5M 4k",
-            "write -z 1M 32k",
-            "write -P 0x11 63M 1M",
-            "write -P 0x22 7340544 1024",
-        ] {
-            sh("qemu-io", &["-f", "qcow2", "-c", w, img.to_str().unwrap()]);
-        }
+            &[
+                "write -P 0xab 1M 64k",
+                "write -P 0xcd 5M 4k",
+                "write -z 1M 32k",
+                "write -P 0x11 63M 1M",
+                "write -P 0x22 7340544 1024",
+            ],
+        );
         let want = reference(&img);
         let t = dir.path().join("io.img");
         let _ = std::fs::remove_file(&t);

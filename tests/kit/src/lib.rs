@@ -121,12 +121,18 @@ pub fn nbdcopy(uri: &str, dst: &Path) {
 /// `qemu-img create -q -f FMT IMG SIZE`, then (with `writes`) `qemu-io -f FMT -c W...
 /// IMG`: an image of known content for qemu-nbd to serve.
 pub fn qemu_image(img: &Path, fmt: &str, size: &str, writes: &[&str]) {
-    run_ok(
-        Command::new("qemu-img")
-            .args(["create", "-q", "-f", fmt])
-            .arg(img)
-            .arg(size),
-    );
+    qemu_image_with(img, fmt, "", size, writes);
+}
+
+/// [`qemu_image`] with creation options (`-o OPTS`, e.g. `compat=0.10,cluster_size=4096`;
+/// empty: none).
+pub fn qemu_image_with(img: &Path, fmt: &str, opts: &str, size: &str, writes: &[&str]) {
+    let mut create = Command::new("qemu-img");
+    create.args(["create", "-q", "-f", fmt]);
+    if !opts.is_empty() {
+        create.args(["-o", opts]);
+    }
+    run_ok(create.arg(img).arg(size));
     if !writes.is_empty() {
         let mut io = Command::new("qemu-io");
         io.args(["-f", fmt]);
