@@ -12,16 +12,6 @@ fn require(bins: &[&str]) -> bool {
     ferry_test_kit::require_in("convert", bins)
 }
 
-fn run(prog: &str, args: &[&str]) {
-    let o = Command::new(prog).args(args).output().expect(prog);
-    assert!(
-        o.status.success(),
-        "{prog} {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
 /// The header parsed from the image's first cluster (as the importer will read it).
 fn header(img: &Path) -> Result<Header, Qcow2Error> {
     let bytes = std::fs::read(img).unwrap();
@@ -204,7 +194,7 @@ fn compressed_images_in_deflate_and_zstd_map_as_qemu_reads_them() {
         ),
     ] {
         let img = dir.path().join(format!("{name}.qcow2"));
-        run(
+        ferry_test_kit::sh(
             "qemu-img",
             &[
                 "convert",
@@ -240,11 +230,11 @@ fn what_qemu_makes_but_ferry_must_not_read_is_refused() {
     }
     let dir = tempfile::tempdir().unwrap();
     let p = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
-    run(
+    ferry_test_kit::sh(
         "qemu-img",
         &["create", "-q", "-f", "qcow2", &p("base.qcow2"), "1M"],
     );
-    run(
+    ferry_test_kit::sh(
         "qemu-img",
         &[
             "create",
@@ -262,7 +252,7 @@ fn what_qemu_makes_but_ferry_must_not_read_is_refused() {
         header(Path::new(&p("child.qcow2"))),
         Err(Qcow2Error::BackingFile)
     );
-    run(
+    ferry_test_kit::sh(
         "qemu-img",
         &[
             "create",
@@ -279,7 +269,7 @@ fn what_qemu_makes_but_ferry_must_not_read_is_refused() {
         header(Path::new(&p("ext.qcow2"))),
         Err(Qcow2Error::ExternalDataFile)
     );
-    run(
+    ferry_test_kit::sh(
         "qemu-img",
         &[
             "create",
@@ -307,7 +297,7 @@ fn hostile_headers_are_refused_by_name() {
     }
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("ok.qcow2");
-    run(
+    ferry_test_kit::sh(
         "qemu-img",
         &["create", "-q", "-f", "qcow2", img.to_str().unwrap(), "64M"],
     );
