@@ -3,14 +3,16 @@
 //! connection, and never a path named inside an image: the importer's format layer
 //! hands it bytes and readers.
 //!
-//! Image readers (qcow2, VMDK, VHD/VHDX, VDI) come here next, as maps from guest ranges
-//! to input offsets.
+//! Random-access image readers ([`qcow2`]; VMDK, VHD/VHDX and VDI next) share one
+//! shape, [`image`]: an opener that asks for the header and directories it needs, then a
+//! map from guest units to input offsets, zeroes, holes or compressed units.
 
 #![forbid(unsafe_code)]
 #![warn(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
 #![cfg_attr(test, allow(clippy::cast_possible_truncation, clippy::cast_sign_loss))]
 
 pub mod detect;
+pub mod image;
 pub mod qcow2;
 pub mod wrappers;
 

@@ -175,13 +175,8 @@ pub struct Header {
     pub snapshots: u32,
 }
 
-fn be32(b: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn be64(b: &[u8], at: usize) -> u64 {
-    (u64::from(be32(b, at)) << 32) | u64::from(be32(b, at + 4))
-}
+use crate::image::{ImageError, ImageMap, Opener, Step, Table, be32, be64};
+pub use crate::image::{Mapping, Unit};
 
 impl Header {
     /// Read and check the header from the image's first bytes: at least
@@ -351,7 +346,7 @@ impl Header {
         entry: u64,
         bitmap: u64,
         image_len: Option<u64>,
-    ) -> Result<Cluster, Qcow2Error> {
+    ) -> Result<Unit, Qcow2Error> {
         if entry & L2_COMPRESSED != 0 {
             if self.extended_l2 && bitmap != 0 {
                 return Err(Qcow2Error::BadEntry {
@@ -359,7 +354,7 @@ impl Header {
                     why: "a compressed cluster with a subcluster bitmap",
                 });
             }
-            return self.compressed(entry, image_len).map(Cluster::Whole);
+            return self.compressed(entry, image_len).map(Unit::Whole);
         }
         let off = entry & OFFSET_MASK;
         if !off.is_multiple_of(self.cluster_size()) {
@@ -375,15 +370,13 @@ impl Header {
             self.within("data cluster", off, 1, image_len)?;
         }
         if !self.extended_l2 {
-            return Ok(Cluster::Whole(
-                if self.version == 3 && entry & L2_ZERO != 0 {
-                    Mapping::Zero
-                } else if off != 0 {
-                    Mapping::Data { host: off }
-                } else {
-                    Mapping::Unallocated
-                },
-            ));
+            return Ok(Unit::Whole(if self.version == 3 && entry & L2_ZERO != 0 {
+                Mapping::Zero
+            } else if off != 0 {
+                Mapping::Data { host: off }
+            } else {
+                Mapping::Unallocated
+            }));
         }
         let (alloc, zero) = (bitmap & 0xffff_ffff, bitmap >> 32);
         if alloc & zero != 0 {
@@ -411,9 +404,9 @@ impl Header {
         }
         Ok(
             if subs.iter().all(|m| *m == subs[0]) && !matches!(subs[0], Mapping::Data { .. }) {
-                Cluster::Whole(subs[0])
+                Unit::Whole(subs[0])
             } else {
-                Cluster::Sub(Box::new(subs))
+                Unit::Parts(Box::new(subs))
             },
         )
     }
@@ -504,33 +497,159 @@ pub fn decompress_cluster(
     }
 }
 
-/// What a guest range holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mapping {
-    /// Nothing (reads as zeroes: there is no backing file).
-    Unallocated,
-    /// Zeroes, stored as a flag.
-    Zero,
-    /// Raw bytes at this host offset.
-    Data {
-        /// Offset in the image.
-        host: u64,
-    },
-    /// One cluster compressed into `len` bytes at `host` (read them all, decompress
-    /// exactly one cluster; trailing bytes belong to the next cluster or padding).
-    Compressed {
-        /// Offset in the image (not aligned).
-        host: u64,
-        /// Bytes to read.
-        len: u64,
-    },
+impl Qcow2Error {
+    /// True when the image is valid but uses what Ferry does not read.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            Qcow2Error::BackingFile
+                | Qcow2Error::ExternalDataFile
+                | Qcow2Error::Encrypted(_)
+                | Qcow2Error::UnknownFeatures(_)
+                | Qcow2Error::Version(_)
+                | Qcow2Error::CompressionType(_)
+                | Qcow2Error::TooBig(_)
+        )
+    }
 }
 
-/// What one guest cluster holds: one mapping, or one per subcluster.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Cluster {
-    /// The whole cluster.
-    Whole(Mapping),
-    /// Each of the [`SUBCLUSTERS`] subclusters.
-    Sub(Box<[Mapping; SUBCLUSTERS]>),
+/// Opens a qcow2 image: the first 4 KiB, the whole first cluster when it is larger (its
+/// header extensions), then the active L1 table.
+#[derive(Debug)]
+pub struct Qcow2Opener {
+    len: u64,
+    state: OpenState,
+}
+
+#[derive(Debug)]
+enum OpenState {
+    Start,
+    Head { asked: u64 },
+    L1(Header),
+}
+
+impl Qcow2Opener {
+    /// For an input of `len` bytes.
+    pub fn new(len: u64) -> Self {
+        Qcow2Opener {
+            len,
+            state: OpenState::Start,
+        }
+    }
+}
+
+impl Opener for Qcow2Opener {
+    fn next(&mut self, got: &[u8]) -> Result<Step, ImageError> {
+        match std::mem::replace(&mut self.state, OpenState::Start) {
+            OpenState::Start => {
+                let asked = 4096.min(self.len);
+                self.state = OpenState::Head { asked };
+                Ok(Step::Read {
+                    offset: 0,
+                    len: asked,
+                })
+            }
+            OpenState::Head { asked } => {
+                // The whole first cluster holds the header extensions.
+                let bits = got
+                    .get(20..24)
+                    .map_or(0, |_| be32(got, 20).min(MAX_CLUSTER_BITS));
+                let first = (1u64 << bits)
+                    .clamp(4096, 1 << MAX_CLUSTER_BITS)
+                    .min(self.len);
+                if first > asked {
+                    self.state = OpenState::Head { asked: first };
+                    return Ok(Step::Read {
+                        offset: 0,
+                        len: first,
+                    });
+                }
+                let h = Header::parse(got, Some(self.len))?;
+                let step = Step::Read {
+                    offset: h.l1_offset,
+                    len: h.l1_bytes(),
+                };
+                self.state = OpenState::L1(h);
+                Ok(step)
+            }
+            OpenState::L1(h) => {
+                if (got.len() as u64) < h.l1_bytes() {
+                    return Err(Qcow2Error::PastEnd {
+                        what: "L1 table",
+                        offset: h.l1_offset,
+                        end: self.len,
+                    }
+                    .into());
+                }
+                let l1 = got.chunks_exact(8).map(|c| be64(c, 0)).collect();
+                Ok(Step::Ready(Box::new(Qcow2Map {
+                    h,
+                    len: self.len,
+                    l1,
+                })))
+            }
+        }
+    }
+}
+
+/// An open qcow2 image's map: the header and the active L1 table; L2 tables are the
+/// [`Table`]s.
+#[derive(Debug)]
+pub struct Qcow2Map {
+    /// The header.
+    pub h: Header,
+    len: u64,
+    l1: Vec<u64>,
+}
+
+impl ImageMap for Qcow2Map {
+    fn name(&self) -> String {
+        format!(
+            "qcow2 v{} ({} KiB clusters{})",
+            self.h.version,
+            self.h.cluster_size() >> 10,
+            if self.h.extended_l2 {
+                ", extended L2"
+            } else {
+                ""
+            }
+        )
+    }
+
+    fn size(&self) -> u64 {
+        self.h.size
+    }
+
+    fn unit(&self) -> u64 {
+        self.h.cluster_size()
+    }
+
+    fn table(&self, index: u64) -> Result<Option<Table>, ImageError> {
+        let i = usize::try_from(index / self.h.l2_entries()).unwrap_or(usize::MAX);
+        let entry = self.l1.get(i).copied().unwrap_or(0);
+        Ok(self.h.l1_entry(entry, Some(self.len))?.map(|offset| Table {
+            offset,
+            len: self.h.l2_bytes(),
+        }))
+    }
+
+    fn lookup(&self, index: u64, table: Option<&[u8]>) -> Result<Unit, ImageError> {
+        let Some(t) = table else {
+            return Ok(Unit::Whole(Mapping::Unallocated));
+        };
+        let j = usize::try_from(index % self.h.l2_entries()).unwrap_or(0);
+        let step = if self.h.extended_l2 { 16 } else { 8 };
+        let at = j * step;
+        let entry = t.get(at..at + 8).map_or(0, |b| be64(b, 0));
+        let bitmap = if self.h.extended_l2 {
+            t.get(at + 8..at + 16).map_or(0, |b| be64(b, 0))
+        } else {
+            0
+        };
+        Ok(self.h.l2_entry(entry, bitmap, Some(self.len))?)
+    }
+
+    fn decompress(&self, host: u64, input: &[u8], out: &mut [u8]) -> Result<(), ImageError> {
+        Ok(decompress_cluster(self.h.compression, host, input, out)?)
+    }
 }

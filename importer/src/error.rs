@@ -27,13 +27,13 @@ pub enum Error {
         /// The OS error (shown in the message, so not also a `source`).
         error: std::io::Error,
     },
-    /// A disk image (qcow2) that is refused or corrupt.
+    /// A disk image that is refused or corrupt.
     #[error("{what}: {error}")]
     Image {
         /// The source.
         what: String,
         /// What is wrong.
-        error: ferry_convert::qcow2::Qcow2Error,
+        error: ferry_convert::image::ImageError,
     },
     /// The source holds an image or archive format, not a disk (only raw disks are
     /// copied so far).
@@ -368,19 +368,8 @@ impl Error {
         use ferry_vsphere::Error as S;
         match self {
             Error::Usage(_) | Error::Config(_) | Error::NotRaw { .. } => ErrorKind::Usage,
-            Error::Image { error, .. } => {
-                use ferry_convert::qcow2::Qcow2Error as Q;
-                match error {
-                    Q::BackingFile
-                    | Q::ExternalDataFile
-                    | Q::Encrypted(_)
-                    | Q::UnknownFeatures(_)
-                    | Q::Version(_)
-                    | Q::CompressionType(_)
-                    | Q::TooBig(_) => ErrorKind::Usage,
-                    _ => ErrorKind::SourceData,
-                }
-            }
+            Error::Image { error, .. } if error.is_refusal() => ErrorKind::Usage,
+            Error::Image { .. } => ErrorKind::SourceData,
             Error::Nbd(e) => match e {
                 N::Uri { .. } | N::InvalidRequest(_) => ErrorKind::Usage,
                 N::Refused { reason, .. } if *reason == "unknown export" => ErrorKind::NotFound,

@@ -22,9 +22,9 @@ enum Layer {
     /// The bytes are a compressed stream of what lies inside
     /// ([`ferry_convert::wrappers::decoder`]).
     Decompress,
-    /// A qcow2 image, read through its own map ([`super::qcow2::Qcow2Source`]); it
-    /// needs random access (from a stream it is refused).
-    Qcow2,
+    /// An image read through its own map ([`super::image::ImageSource`]); it needs
+    /// random access (from a stream it is refused).
+    Map,
 }
 
 /// How each format the copy can read is read. Formats not listed are refused
@@ -34,7 +34,7 @@ const LAYERS: &[(Format, Layer)] = &[
     (Format::Gzip, Layer::Decompress),
     (Format::Xz, Layer::Decompress),
     (Format::Zstd, Layer::Decompress),
-    (Format::Qcow2, Layer::Qcow2),
+    (Format::Qcow2, Layer::Map),
 ];
 
 fn layer_of(f: Format) -> Option<&'static Layer> {
@@ -54,7 +54,8 @@ pub async fn layer(input: Input) -> Result<Input, Error> {
             };
             match layer_of(found) {
                 Some(Layer::Disk) => Ok(Input::Disk(src)),
-                Some(Layer::Qcow2) => match super::qcow2::Qcow2Source::open(src.clone()).await {
+                Some(Layer::Map) => match super::image::ImageSource::open(src.clone(), found).await
+                {
                     Ok(q) => Ok(Input::Disk(Arc::new(q))),
                     Err(e) => {
                         src.close().await;

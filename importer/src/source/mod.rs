@@ -20,8 +20,8 @@ use ferry_cbt::ExtentMap;
 
 /// What a source's bytes hold ([`ferry_convert::detect`]).
 pub use ferry_convert::detect as format;
+pub mod image;
 pub mod layers;
-pub mod qcow2;
 pub mod stream;
 pub use local::LocalSource;
 pub use nbd::{NbdSource, NbdSourceOptions};

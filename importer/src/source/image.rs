@@ -1,0 +1,321 @@
+//! A disk image read through its own map ([`ferry_convert::image`]) on top of any
+//! random-access source (a local file, an NBD export, an HTTP URL with Range): the disk
+//! it describes is the [`Source`]. The format's [`Opener`] asks for the header and
+//! directories it needs; its [`ImageMap`] then says what each guest unit holds, so holes
+//! and zero units are never read, data is read from its input offsets (host-contiguous
+//! units in one read), and compressed units are read and decompressed one by one on the
+//! blocking pool. Tables too large to keep whole (qcow2 L2 tables, VMDK grain tables)
+//! are read when first needed and kept in a bounded cache. Nothing an image names is
+//! ever opened: the format readers refuse backing files, data files and extents
+//! elsewhere.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use ferry_cbt::{Extent, ExtentKind, ExtentMap};
+use ferry_convert::image::{
+    ImageError, ImageMap, MAX_OPEN_READ, MAX_OPEN_STEPS, MAX_TABLE_BYTES, Mapping, Step, Table,
+    Unit,
+};
+
+use super::Source;
+use super::format::Format;
+use crate::buf::{BUF_ALIGN, Buf};
+use crate::engine::BoxFuture;
+use crate::error::Error;
+
+/// Most bytes of tables kept in memory (the copy walks the disk in order, so a few
+/// tables are enough).
+pub const MAX_TABLE_CACHE_BYTES: u64 = 32 << 20;
+/// Largest guest read asked of this source.
+pub const IMAGE_MAX_READ: u64 = 8 << 20;
+/// Largest single read from the image underneath.
+pub const IMAGE_INNER_READ: u64 = 8 << 20;
+
+/// An image's disk.
+#[derive(Debug, Clone)]
+pub struct ImageSource {
+    s: Arc<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    inner: Arc<dyn Source>,
+    map: Box<dyn ImageMap>,
+    /// The image's size.
+    len: u64,
+    tables: Mutex<TableCache>,
+}
+
+#[derive(Debug, Default)]
+struct TableCache {
+    tables: HashMap<Table, Arc<Vec<u8>>>,
+    order: VecDeque<Table>,
+    bytes: u64,
+}
+
+impl ImageSource {
+    /// Open the `format` image `inner` holds: its header and directories read and
+    /// checked.
+    pub async fn open(inner: Arc<dyn Source>, format: Format) -> Result<ImageSource, Error> {
+        let len = inner.size();
+        let err = |e: ImageError| image_err(inner.as_ref(), e);
+        let mut opener = ferry_convert::image::opener(format, len).ok_or(Error::Internal(
+            "an image layer for a format without an opener",
+        ))?;
+        let mut got = Vec::new();
+        for _ in 0..MAX_OPEN_STEPS {
+            match opener.next(&got).map_err(err)? {
+                Step::Read { offset, len } => {
+                    if len > MAX_OPEN_READ {
+                        return Err(err(ImageError::OpenTooLarge("image")));
+                    }
+                    got = read_bytes(inner.as_ref(), offset, len).await?;
+                }
+                Step::Ready(map) => {
+                    tracing::info!(source = %inner.describe(), format = %map.name(), size = map.size(), "image");
+                    return Ok(ImageSource {
+                        s: Arc::new(State {
+                            inner,
+                            map,
+                            len,
+                            tables: Mutex::new(TableCache::default()),
+                        }),
+                    });
+                }
+            }
+        }
+        Err(err(ImageError::OpenTooLarge("image")))
+    }
+}
+
+/// `[offset, offset+len)` of `src`, in reads aligned as it needs.
+pub(crate) async fn read_bytes(src: &dyn Source, offset: u64, len: u64) -> Result<Vec<u8>, Error> {
+    let align = src.block_size().max(BUF_ALIGN as u64);
+    let size = src.size();
+    let end = offset.saturating_add(len).min(size);
+    let mut out = Vec::with_capacity(crate::num::usize_of(end.saturating_sub(offset)));
+    let mut at = offset / align * align;
+    let chunk = (src.max_read().min(IMAGE_INNER_READ) / align * align).max(align);
+    while at < end {
+        let n = chunk.min(end.div_ceil(align) * align - at).min(size - at);
+        let mut buf = Buf::new(crate::num::usize_of(n.div_ceil(align) * align));
+        buf.set_len(crate::num::usize_of(n));
+        let buf = src.read(at, buf).await?;
+        let from = crate::num::usize_of(offset.saturating_sub(at));
+        let to = crate::num::usize_of((end - at).min(n));
+        out.extend_from_slice(&buf.as_slice()[from.min(to)..to]);
+        at += n;
+    }
+    Ok(out)
+}
+
+impl State {
+    /// The table `t`, from the cache or the image.
+    async fn table(&self, t: Table) -> Result<Arc<Vec<u8>>, Error> {
+        if let Some(b) = self.lock().tables.get(&t) {
+            return Ok(b.clone());
+        }
+        if t.len > MAX_TABLE_BYTES {
+            return Err(self.err(ImageError::OpenTooLarge("image")));
+        }
+        let raw = read_bytes(self.inner.as_ref(), t.offset, t.len).await?;
+        if (raw.len() as u64) < t.len {
+            return Err(self.err(ImageError::PastEnd {
+                format: "image",
+                what: "table",
+                offset: t.offset,
+                end: self.len,
+            }));
+        }
+        let b = Arc::new(raw);
+        let mut c = self.lock();
+        while c.bytes + t.len > MAX_TABLE_CACHE_BYTES {
+            let Some(old) = c.order.pop_front() else {
+                break;
+            };
+            c.tables.remove(&old);
+            c.bytes -= old.len;
+        }
+        if c.tables.insert(t, b.clone()).is_none() {
+            c.order.push_back(t);
+            c.bytes += t.len;
+        }
+        Ok(b)
+    }
+
+    fn err(&self, e: ImageError) -> Error {
+        image_err(self.inner.as_ref(), e)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, TableCache> {
+        self.tables
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// What guest unit `index` holds.
+    async fn unit(&self, index: u64) -> Result<Unit, Error> {
+        let table = match self.map.table(index).map_err(|e| self.err(e))? {
+            Some(t) => Some(self.table(t).await?),
+            None => None,
+        };
+        self.map
+            .lookup(index, table.as_deref().map(Vec::as_slice))
+            .map_err(|e| self.err(e))
+    }
+
+    /// Each run of `[offset, end)` with one mapping: (guest offset, length, mapping,
+    /// offset of the run inside its mapping's unit).
+    async fn runs(&self, offset: u64, end: u64) -> Result<Vec<(u64, u64, Mapping, u64)>, Error> {
+        let us = self.map.unit();
+        let mut out: Vec<(u64, u64, Mapping, u64)> = Vec::new();
+        // Runs that continue each other (host-contiguous data, or the same zero kind)
+        // are one run: one read of the image for many units.
+        let mut push = |r: (u64, u64, Mapping, u64)| {
+            if let Some(last) = out.last_mut() {
+                let joins = match (last.2, r.2) {
+                    (Mapping::Data { host: a }, Mapping::Data { host: b }) => {
+                        a + last.3 + last.1 == b + r.3
+                    }
+                    (Mapping::Zero, Mapping::Zero)
+                    | (Mapping::Unallocated, Mapping::Unallocated) => true,
+                    _ => false,
+                };
+                if joins && last.0 + last.1 == r.0 {
+                    last.1 += r.1;
+                    return;
+                }
+            }
+            out.push(r);
+        };
+        let mut at = offset;
+        while at < end {
+            let base = at / us * us;
+            match self.unit(at / us).await? {
+                Unit::Whole(m) => {
+                    let n = (base + us).min(end) - at;
+                    push((at, n, m, at - base));
+                    at += n;
+                }
+                Unit::Parts(parts) => {
+                    let part = us / (parts.len().max(1) as u64);
+                    while at < end && at < base + us {
+                        let k = crate::num::usize_of((at - base) / part);
+                        let p0 = base + k as u64 * part;
+                        let n = (p0 + part).min(end) - at;
+                        let m = parts.get(k).copied().unwrap_or(Mapping::Unallocated);
+                        if matches!(m, Mapping::Compressed { .. }) {
+                            return Err(self
+                                .err(ImageError::corrupt("image", "a compressed part of a unit")));
+                        }
+                        push((at, n, m, at - p0));
+                        at += n;
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn kind(m: Mapping) -> ExtentKind {
+    match m {
+        Mapping::Data { .. } | Mapping::Compressed { .. } => ExtentKind::Data,
+        Mapping::Zero => ExtentKind::Zero,
+        Mapping::Unallocated => ExtentKind::Hole,
+    }
+}
+
+impl Source for ImageSource {
+    fn describe(&self) -> String {
+        format!("{} ({})", self.s.inner.describe(), self.s.map.name())
+    }
+
+    fn size(&self) -> u64 {
+        self.s.map.size()
+    }
+
+    fn block_size(&self) -> u64 {
+        512
+    }
+
+    fn max_read(&self) -> u64 {
+        IMAGE_MAX_READ
+    }
+
+    fn extents(&self, offset: u64, len: u64) -> BoxFuture<'_, Result<ExtentMap, Error>> {
+        Box::pin(async move {
+            let end = offset.saturating_add(len).min(self.s.map.size());
+            let mut map = ExtentMap::new();
+            for (at, n, m, _) in self.s.runs(offset, end).await? {
+                map.push(Extent::new(at, n, kind(m)))?;
+            }
+            Ok(map)
+        })
+    }
+
+    fn read(&self, offset: u64, mut buf: Buf) -> BoxFuture<'static, Result<Buf, Error>> {
+        let s = self.s.clone();
+        Box::pin(async move {
+            let end = offset + buf.len() as u64;
+            let us = s.map.unit();
+            for (at, n, m, within) in s.runs(offset, end).await? {
+                let to = crate::num::usize_of(at - offset);
+                let dst = &mut buf.as_mut_slice()[to..to + crate::num::usize_of(n)];
+                match m {
+                    Mapping::Unallocated | Mapping::Zero => dst.fill(0),
+                    Mapping::Data { host } => {
+                        let bytes = read_bytes(s.inner.as_ref(), host + within, n).await?;
+                        if bytes.len() as u64 != n {
+                            return Err(past_end(&s, "data", host + within));
+                        }
+                        dst.copy_from_slice(&bytes);
+                    }
+                    Mapping::Compressed { host, len } => {
+                        let input = read_bytes(s.inner.as_ref(), host, len).await?;
+                        if input.is_empty() {
+                            return Err(past_end(&s, "compressed data", host));
+                        }
+                        // CPU work: on the blocking pool, off the threads that drive I/O.
+                        let st = s.clone();
+                        let unit = tokio::task::spawn_blocking(move || {
+                            let mut unit = vec![0u8; crate::num::usize_of(us)];
+                            st.map.decompress(host, &input, &mut unit).map(|()| unit)
+                        })
+                        .await
+                        .map_err(|_| Error::Internal("a decompression thread failed"))?
+                        .map_err(|e| s.err(e))?;
+                        let w = crate::num::usize_of(within);
+                        dst.copy_from_slice(&unit[w..w + crate::num::usize_of(n)]);
+                    }
+                }
+            }
+            Ok(buf)
+        })
+    }
+
+    fn local_path(&self) -> Option<&std::path::Path> {
+        self.s.inner.local_path()
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        self.s.inner.close()
+    }
+}
+
+fn past_end(s: &State, what: &'static str, offset: u64) -> Error {
+    s.err(ImageError::PastEnd {
+        format: "image",
+        what,
+        offset,
+        end: s.len,
+    })
+}
+
+fn image_err(inner: &dyn Source, error: ImageError) -> Error {
+    Error::Image {
+        what: inner.describe(),
+        error,
+    }
+}
