@@ -48,6 +48,9 @@ pub struct ClientOptions {
     pub proxy_ca_dirs: Vec<PathBuf>,
     /// The `User-Agent` header (also sent on `CONNECT`).
     pub user_agent: String,
+    /// Headers sent with every request to the server (CDI's extra headers, basic
+    /// authorization), unless the request sets the same name.
+    pub headers: Vec<(header::HeaderName, HeaderValue)>,
 }
 
 impl Default for ClientOptions {
@@ -59,6 +62,7 @@ impl Default for ClientOptions {
             proxy: ProxyConfig::default(),
             proxy_ca_dirs: Vec::new(),
             user_agent: concat!("ferry/", env!("CARGO_PKG_VERSION")).to_string(),
+            headers: Vec::new(),
         }
     }
 }
@@ -330,6 +334,11 @@ impl Client {
             let v = HeaderValue::from_str(&self.opts.user_agent).map_err(|e| bad(e.to_string()))?;
             h.insert(header::USER_AGENT, v);
         }
+        for (name, value) in &self.opts.headers {
+            if !h.contains_key(name) {
+                h.insert(name.clone(), value.clone());
+            }
+        }
         Ok(req)
     }
 
@@ -446,6 +455,226 @@ impl Client {
                 message: e.to_string(),
             })?;
         self.send(operation, req).await
+    }
+}
+
+/// An `Authorization: Basic` value for `user` and `password`.
+pub fn basic_auth(user: &str, password: &str) -> HeaderValue {
+    let v = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    );
+    let mut v = HeaderValue::from_str(&v).unwrap_or_else(|_| HeaderValue::from_static("Basic"));
+    v.set_sensitive(true);
+    v
+}
+
+/// A response whose body is read as it arrives ([`Client::open`]).
+pub struct BodyStream {
+    body: hyper::body::Incoming,
+    /// Longest wait for the next bytes.
+    idle: Duration,
+    address: String,
+    operation: String,
+}
+
+impl fmt::Debug for BodyStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BodyStream")
+            .field("address", &self.address)
+            .field("operation", &self.operation)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BodyStream {
+    /// The next bytes of the body (None at its end). A body cut short of its declared
+    /// length, or silent for longer than the idle bound, is an error.
+    pub async fn chunk(&mut self) -> Result<Option<Bytes>, Error> {
+        loop {
+            let frame = tokio::time::timeout(self.idle, self.body.frame())
+                .await
+                .map_err(|_| Error::Timeout {
+                    operation: format!("{} on {} (no bytes)", self.operation, self.address),
+                    after: self.idle,
+                })?;
+            match frame {
+                None => return Ok(None),
+                Some(Err(e)) => {
+                    return Err(Error::Transport {
+                        address: self.address.clone(),
+                        operation: self.operation.clone(),
+                        message: e.to_string(),
+                    });
+                }
+                Some(Ok(f)) => {
+                    if let Ok(data) = f.into_data()
+                        && !data.is_empty()
+                    {
+                        return Ok(Some(data));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What [`Client::get_range_into`] got.
+#[derive(Debug)]
+pub struct RangeRead {
+    /// The response status (`206` when the range came).
+    pub status: StatusCode,
+    /// The response headers.
+    pub headers: HeaderMap,
+    /// Bytes of the destination filled (all of it on success).
+    pub filled: usize,
+}
+
+impl Client {
+    /// Send `req` on a connection of its own and return the response with its body not
+    /// yet read: for bodies read as they arrive (a whole image). The wait for each part
+    /// of the body is bounded by the call timeout, not the whole response.
+    pub async fn open(
+        &self,
+        operation: &str,
+        req: Request<Full<Bytes>>,
+    ) -> Result<(StatusCode, HeaderMap, BodyStream), Error> {
+        let req = self.prepare(operation, req)?;
+        let mut sender = self.connect().await?;
+        let after = self.opts.call_timeout;
+        let address = self.endpoint.authority();
+        let transport_err = |message: String| Error::Transport {
+            address: address.clone(),
+            operation: operation.to_string(),
+            message,
+        };
+        let resp = tokio::time::timeout(after, async {
+            sender
+                .ready()
+                .await
+                .map_err(|e| transport_err(e.to_string()))?;
+            sender
+                .send_request(req)
+                .await
+                .map_err(|e| transport_err(e.to_string()))
+        })
+        .await
+        .map_err(|_| Error::Timeout {
+            operation: format!("{operation} on {address}"),
+            after,
+        })??;
+        let (parts, body) = resp.into_parts();
+        Ok((
+            parts.status,
+            parts.headers,
+            BodyStream {
+                body,
+                idle: after,
+                address,
+                operation: operation.to_string(),
+            },
+        ))
+    }
+
+    /// `GET path` of the bytes `start .. start + dst.len()`, read straight into `dst`
+    /// on the kept-alive connection. On `206 Partial Content` the body fills `dst`
+    /// ([`RangeRead::filled`] says how far it got when the connection failed, so the
+    /// caller can ask for the rest); any other status is returned with nothing read. A
+    /// body longer than asked is an error.
+    pub async fn get_range_into(
+        &self,
+        operation: &str,
+        path: &str,
+        start: u64,
+        dst: &mut [u8],
+    ) -> Result<RangeRead, (usize, Error)> {
+        if dst.is_empty() {
+            return Err((
+                0,
+                Error::Request {
+                    operation: operation.to_string(),
+                    message: "an empty range".to_string(),
+                },
+            ));
+        }
+        let end = start + dst.len() as u64 - 1;
+        let req = Request::get(path)
+            .header(header::RANGE, format!("bytes={start}-{end}"))
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| {
+                (
+                    0,
+                    Error::Request {
+                        operation: operation.to_string(),
+                        message: e.to_string(),
+                    },
+                )
+            })?;
+        let req = self.prepare(operation, req).map_err(|e| (0, e))?;
+        let mut guard = self.conn.lock().await;
+        let mut sender = match guard.take().filter(|s| !s.is_closed()) {
+            Some(s) => s,
+            None => self.connect().await.map_err(|e| (0, e))?,
+        };
+        let after = self.opts.call_timeout;
+        let address = self.endpoint.authority();
+        let mut filled = 0usize;
+        let result = tokio::time::timeout(after, async {
+            let transport_err = |message: String| Error::Transport {
+                address: address.clone(),
+                operation: operation.to_string(),
+                message,
+            };
+            sender
+                .ready()
+                .await
+                .map_err(|e| transport_err(e.to_string()))?;
+            let resp = sender
+                .send_request(req)
+                .await
+                .map_err(|e| transport_err(e.to_string()))?;
+            let (parts, mut body) = resp.into_parts();
+            if parts.status != StatusCode::PARTIAL_CONTENT {
+                return Ok((parts, false));
+            }
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| transport_err(e.to_string()))?;
+                if let Ok(data) = frame.into_data() {
+                    let room = dst.len() - filled;
+                    if data.len() > room {
+                        return Err(transport_err(format!(
+                            "the server sent more than the {} bytes asked for",
+                            dst.len()
+                        )));
+                    }
+                    dst[filled..filled + data.len()].copy_from_slice(&data);
+                    filled += data.len();
+                }
+            }
+            Ok((parts, true))
+        })
+        .await;
+        match result {
+            Err(_) => Err((
+                filled,
+                Error::Timeout {
+                    operation: format!("{operation} on {address}"),
+                    after,
+                },
+            )),
+            Ok(Err(e)) => Err((filled, e)),
+            Ok(Ok((parts, whole))) => {
+                // A connection whose body was read to its end can carry the next request.
+                if whole {
+                    *guard = Some(sender);
+                }
+                Ok(RangeRead {
+                    status: parts.status,
+                    headers: parts.headers,
+                    filled,
+                })
+            }
+        }
     }
 }
 

@@ -29,7 +29,8 @@ pub mod proxy;
 pub mod tls;
 
 pub use client::{
-    CALL_TIMEOUT, CONNECT_TIMEOUT, Client, ClientOptions, DEFAULT_MAX_BODY_BYTES, Response,
+    BodyStream, CALL_TIMEOUT, CONNECT_TIMEOUT, Client, ClientOptions, DEFAULT_MAX_BODY_BYTES,
+    RangeRead, Response, basic_auth,
 };
 pub use endpoint::{Endpoint, Scheme};
 pub use error::Error;
@@ -39,4 +40,4 @@ pub use tls::{TlsPolicy, normalize_thumbprint, thumbprint_of};
 // Re-exported for callers building requests.
 pub use bytes::Bytes;
 pub use http_body_util::Full;
-pub use hyper::{Request, StatusCode, header};
+pub use hyper::{HeaderMap, Request, StatusCode, header};

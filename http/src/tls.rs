@@ -242,14 +242,17 @@ pub(crate) fn handshake_failure_hint(err: &rustls::Error) -> Option<String> {
     })
 }
 
-/// How the vSphere server's certificate is checked.
+/// How the server's certificate is checked.
 ///
 /// Exactly one mode applies, in this order:
 /// 1. `thumbprint`: the SHA-1 of the server's leaf certificate must equal it; the chain
 ///    and the host name are not checked (this is the identity VDDK uses too).
-/// 2. `ca_dir`: the chain must lead to one of the PEM certificates in that directory and
+/// 2. `system_roots` (unless `insecure`): the chain must lead to a system root or to a
+///    certificate in `ca_dir` (when given), valid for the host name, as CDI's HTTP
+///    source trusts the system pool plus its cert directory.
+/// 3. `ca_dir`: the chain must lead to one of the PEM certificates in that directory and
 ///    the certificate must be valid for the host name.
-/// 3. `insecure`: anything is accepted, with a loud warning naming the presented
+/// 4. `insecure`: anything is accepted, with a loud warning naming the presented
 ///    thumbprint.
 ///
 /// With none of them, [`client_config`] (and so [`crate::Client::new`]) refuses to connect.
@@ -261,6 +264,8 @@ pub struct TlsPolicy {
     pub ca_dir: Option<PathBuf>,
     /// Accept any certificate (logged as a warning).
     pub insecure: bool,
+    /// Trust the system roots as well as `ca_dir` (image servers on the internet).
+    pub system_roots: bool,
 }
 
 /// The SHA-1 thumbprint of a DER certificate, as `AA:BB:…` in upper case.
@@ -462,13 +467,19 @@ fn load_ca_dir(dir: &Path) -> Result<RootCertStore, Error> {
 /// plus the certificates in `dirs`, as CDI's `createCertPool` trusts the system pool,
 /// `/proxycerts/` and the cert directory. A directory that does not exist is skipped.
 pub fn proxy_client_config(dirs: &[PathBuf]) -> Result<Arc<ClientConfig>, Error> {
+    web_client_config(dirs, "the https:// proxy")
+}
+
+/// The system roots plus the certificates in `dirs` (skipped when missing), for the TLS
+/// connection to `what`.
+fn web_client_config(dirs: &[PathBuf], what: &str) -> Result<Arc<ClientConfig>, Error> {
     let mut roots = RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     for e in &native.errors {
         tracing::debug!(error = %e, "reading the system certificates");
     }
     let (added, _) = roots.add_parsable_certificates(native.certs);
-    tracing::debug!(system_roots = added, "trust for the proxy");
+    tracing::debug!(system_roots = added, what, "trust");
     for dir in dirs {
         if dir.is_dir() {
             add_pem_dir(&mut roots, dir)?;
@@ -476,9 +487,9 @@ pub fn proxy_client_config(dirs: &[PathBuf]) -> Result<Arc<ClientConfig>, Error>
     }
     if roots.is_empty() {
         return Err(Error::Tls {
-            message: "no certificate to verify the https:// proxy with: no system roots \
-                      and no proxy CA directory"
-                .into(),
+            message: format!(
+                "no certificate to verify {what} with: no system roots and no CA directory"
+            ),
         });
     }
     let provider = provider();
@@ -517,7 +528,10 @@ pub fn client_config(policy: &TlsPolicy) -> Result<Arc<ClientConfig>, Error> {
                 algorithms: provider.signature_verification_algorithms,
             }))
             .with_no_client_auth()
-    } else if let Some(dir) = &policy.ca_dir {
+    } else if policy.system_roots && !policy.insecure {
+        let dirs: Vec<PathBuf> = policy.ca_dir.iter().cloned().collect();
+        return web_client_config(&dirs, "the server");
+    } else if let Some(dir) = policy.ca_dir.as_ref().filter(|_| !policy.system_roots) {
         let roots = load_ca_dir(dir)?;
         let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
             .build()

@@ -27,6 +27,24 @@ pub enum Error {
         /// The OS error (shown in the message, so not also a `source`).
         error: std::io::Error,
     },
+    /// An HTTP(S) source could not be reached or read.
+    #[error("{url}: {error}")]
+    Http {
+        /// The URL (without credentials or query).
+        url: String,
+        /// What went wrong.
+        error: ferry_http::Error,
+    },
+    /// An HTTP(S) server answered with a status that is not the disk.
+    #[error("{url}: the server answered {status} {message}")]
+    HttpStatus {
+        /// The URL (without credentials or query).
+        url: String,
+        /// The status code.
+        status: u16,
+        /// What it means here.
+        message: String,
+    },
     /// A disk image that is refused or corrupt.
     #[error("{what}: {error}")]
     Image {
@@ -349,6 +367,11 @@ impl Error {
         match self {
             Error::Read { retry, .. } => *retry,
             Error::Nbd(e) => nbd_retry(e),
+            Error::Http { error, .. } if error.is_transient() => Retry::Read,
+            Error::HttpStatus {
+                status: 408 | 429 | 500..=599,
+                ..
+            } => Retry::Read,
             Error::Vddk(e) => match e {
                 V::Call { .. } => Retry::Read,
                 V::ConnectionLost { .. } | V::Timeout { .. } | V::WorkerGone => Retry::Reconnect,
@@ -368,6 +391,20 @@ impl Error {
         use ferry_vsphere::Error as S;
         match self {
             Error::Usage(_) | Error::Config(_) | Error::NotRaw { .. } => ErrorKind::Usage,
+            Error::Http { error, .. } => match error {
+                ferry_http::Error::Config(_) | ferry_http::Error::Request { .. } => {
+                    ErrorKind::Usage
+                }
+                ferry_http::Error::Tls { .. } => ErrorKind::Authentication,
+                e if e.is_transient() => ErrorKind::SourceUnreachable,
+                _ => ErrorKind::SourceData,
+            },
+            Error::HttpStatus { status, .. } => match status {
+                401 | 403 | 407 => ErrorKind::Authentication,
+                404 | 410 => ErrorKind::NotFound,
+                408 | 429 | 500..=599 => ErrorKind::SourceUnreachable,
+                _ => ErrorKind::SourceData,
+            },
             Error::Image { error, .. } if error.is_refusal() => ErrorKind::Usage,
             Error::Image { .. } => ErrorKind::SourceData,
             Error::Nbd(e) => match e {

@@ -255,7 +255,14 @@ fn median(v: &[Sample]) -> Sample {
 /// Data bytes of a source according to its extents (for the write floor).
 async fn data_bytes(src: &str, tuning: &Tuning) -> anyhow::Result<(u64, u64)> {
     let engine = ferry::engine::select(ferry::engine::EngineChoice::Sync, 8)?;
-    let s = ferry::source::open(src, &tuning.nbd(), None, engine).await?;
+    let nbd = tuning.nbd();
+    let reach = ferry::source::Reach {
+        nbd: &nbd,
+        vddk: None,
+        engine,
+        http: None,
+    };
+    let s = ferry::source::open(src, &reach, false).await?;
     let size = s.size();
     let mut data = 0;
     let mut at = 0;

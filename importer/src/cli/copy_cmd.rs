@@ -159,6 +159,7 @@ async fn vsphere_changes(
         thumbprint: Some(v.thumbprint.clone()),
         ca_dir: None,
         insecure: false,
+        system_roots: false,
     };
     let client = ferry_vsphere::Client::login(&endpoint, &v.user, v.password.expose(), &tls)
         .await
@@ -197,11 +198,13 @@ pub async fn run(mut a: CopyArgs) -> anyhow::Result<()> {
         nbd: &nbd,
         vddk: vddk.as_ref(),
         engine: engine.clone(),
+        http: None,
     };
     let src = ferry::source::open_input(&a.src, &reach).await?;
     // What the bytes hold: a raw disk as it is, a compressed one decompressed, an image
-    // refused (VDDK sources are always disks).
-    let src = if a.format == SourceFormat::Auto && vddk.is_none() {
+    // read through its map, anything else refused (VDDK sources are always disks).
+    let layered = a.format == SourceFormat::Auto && vddk.is_none();
+    let src = if layered {
         ferry::source::layers::layer(src).await?
     } else {
         src
@@ -224,16 +227,10 @@ pub async fn run(mut a: CopyArgs) -> anyhow::Result<()> {
         }
         (None, None, None) => None,
     };
-    // A lost connection opens the same source again.
-    let (spec, nbd_opts, vddk_opts, again) = (&a.src, &nbd, vddk.as_ref(), engine.clone());
-    let reopen: ferry::retry::Reopen<'_> = Box::new(move || {
-        Box::pin(ferry::source::open(
-            spec,
-            nbd_opts,
-            vddk_opts,
-            again.clone(),
-        ))
-    });
+    // A lost connection opens the same source again, with the same layers.
+    let (spec, reach) = (&a.src, &reach);
+    let reopen: ferry::retry::Reopen<'_> =
+        Box::new(move || Box::pin(ferry::source::open(spec, reach, layered)));
     let r = copy_once(
         src,
         &a.dst,

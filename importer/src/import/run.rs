@@ -84,6 +84,7 @@ pub async fn lookup(cfg: &ImportConfig) -> Result<VsphereDisk, Error> {
         thumbprint: cfg.thumbprint.clone(),
         ca_dir: cfg.cert_dir.clone(),
         insecure: cfg.insecure_tls,
+        system_roots: false,
     };
     let user = cfg.user.as_deref().unwrap_or_default();
     let password = cfg.password.as_ref().map_or("", |p| p.expose());
@@ -405,7 +406,15 @@ fn reopener(
                     .await
                     .map(|s| Arc::new(s) as Arc<dyn Source>)
                     .map_err(Error::Vddk),
-                None => crate::source::open(&cfg.endpoint, &nbd, None, engine).await,
+                None => {
+                    let reach = crate::source::Reach {
+                        nbd: &nbd,
+                        vddk: None,
+                        engine,
+                        http: None,
+                    };
+                    crate::source::open(&cfg.endpoint, &reach, false).await
+                }
             }
         })
     })
@@ -482,7 +491,13 @@ async fn open_source(
     engine: Arc<dyn IoEngine>,
 ) -> Result<Opened, Error> {
     if cfg.source != SourceKind::Vddk {
-        let source = crate::source::open(&cfg.endpoint, nbd, None, engine).await?;
+        let reach = crate::source::Reach {
+            nbd,
+            vddk: None,
+            engine,
+            http: None,
+        };
+        let source = crate::source::open(&cfg.endpoint, &reach, false).await?;
         return Ok(Opened {
             source,
             vddk_opts: None,

@@ -20,6 +20,7 @@ use ferry_cbt::ExtentMap;
 
 /// What a source's bytes hold ([`ferry_convert::detect`]).
 pub use ferry_convert::detect as format;
+pub mod http;
 pub mod image;
 pub mod layers;
 pub mod stream;
@@ -126,6 +127,8 @@ pub struct Reach<'a> {
     pub vddk: Option<&'a VddkOptions>,
     /// The I/O engine local files are read with.
     pub engine: Arc<dyn crate::engine::IoEngine>,
+    /// HTTP(S) options (defaults when None: the system roots, the environment's proxy).
+    pub http: Option<&'a http::HttpOptions>,
 }
 
 type OpenFn = for<'a> fn(&'a str, &'a Reach<'a>) -> BoxFuture<'a, Result<Input, Error>>;
@@ -162,6 +165,18 @@ const TRANSPORTS: &[Transport] = &[
                 Ok(Input::Disk(Arc::new(
                     NbdSource::connect(&uri, r.nbd).await?,
                 )))
+            })
+        },
+    },
+    Transport {
+        name: "http://, https:// (a URL)",
+        claims: http::is_http_url,
+        open: |spec, r| {
+            Box::pin(async move {
+                match r.http {
+                    Some(o) => http::open(spec, o).await,
+                    None => http::open(spec, &http::HttpOptions::default()).await,
+                }
             })
         },
     },
@@ -209,19 +224,16 @@ pub async fn open_input(spec: &str, reach: &Reach<'_>) -> Result<Input, Error> {
 }
 
 /// Open a source that can be read at any offset (the one a lost connection is
-/// reopened with): an NBD or VDDK URI or a local file or device.
-pub async fn open(
-    spec: &str,
-    nbd_opts: &NbdSourceOptions,
-    vddk_opts: Option<&VddkOptions>,
-    engine: Arc<dyn crate::engine::IoEngine>,
-) -> Result<Arc<dyn Source>, Error> {
-    let reach = Reach {
-        nbd: nbd_opts,
-        vddk: vddk_opts,
-        engine,
+/// reopened with), through the format layer when `layered` (so a reopened qcow2 file is
+/// the disk it holds again, never its bytes).
+pub async fn open(spec: &str, reach: &Reach<'_>, layered: bool) -> Result<Arc<dyn Source>, Error> {
+    let input = open_input(spec, reach).await?;
+    let input = if layered {
+        layers::layer(input).await?
+    } else {
+        input
     };
-    match open_input(spec, &reach).await? {
+    match input {
         Input::Disk(s) => Ok(s),
         Input::Stream(mut s) => {
             s.close().await;
