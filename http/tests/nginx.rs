@@ -18,53 +18,6 @@ fn content() -> Vec<u8> {
     (0..(1 << 20) + 17).map(|i: u32| (i % 251) as u8).collect()
 }
 
-/// nginx serving `root` on two loopback ports: plain HTTP and HTTPS with `cert`/`key`.
-fn nginx(dir: &Path, root: &Path, cert: &Path, key: &Path) -> (Peer, u16, u16) {
-    let (http, https) = (free_port(), free_port());
-    let d = dir.display();
-    // Also where the machine's name resolves, for the proxied tests.
-    let (_, ip) = machine_host();
-    let also = |port: u16, ssl: &str| {
-        if ip.is_loopback() && ip.is_ipv4() {
-            String::new()
-        } else {
-            format!(" listen {}{ssl};", std::net::SocketAddr::new(ip, port))
-        }
-    };
-    let conf = dir.join("nginx.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "user root;\ndaemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
-             events {{ worker_connections 64; }}\n\
-             http {{\n access_log {d}/access.log;\n client_body_temp_path {d}/body;\n\
-             proxy_temp_path {d}/proxy;\n fastcgi_temp_path {d}/fastcgi;\n uwsgi_temp_path {d}/uwsgi;\n\
-             scgi_temp_path {d}/scgi;\n\
-             server {{ listen 127.0.0.1:{http};{also_http} root {root}; }}\n\
-             server {{ listen 127.0.0.1:{https} ssl;{also_https} ssl_certificate {cert}; ssl_certificate_key {key}; root {root}; }}\n}}\n",
-            also_http = also(http, ""),
-            also_https = also(https, " ssl"),
-            root = root.display(),
-            cert = cert.display(),
-            key = key.display()
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new("nginx")
-        .arg("-c")
-        .arg(&conf)
-        .arg("-p")
-        .arg(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("nginx.stderr")).unwrap())
-        .spawn()
-        .expect("start nginx (scripts/setup.sh installs it)");
-    wait_for_port(http, &mut child, "nginx");
-    wait_for_port(https, &mut child, "nginx");
-    (Peer(child), http, https)
-}
-
 struct Site {
     _dir: tempfile::TempDir,
     _nginx: Peer,
@@ -93,7 +46,7 @@ fn site() -> Site {
         .unwrap()
         .stdout;
     let thumbprint = ferry_http::thumbprint_of(&der);
-    let (nginx, http, https) = nginx(dir.path(), &root, &cert, &key);
+    let (nginx, http, https) = nginx(dir.path(), &root, &cert, &key, "");
     Site {
         dir: dir.path().to_path_buf(),
         _dir: dir,

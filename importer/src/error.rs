@@ -45,6 +45,17 @@ pub enum Error {
         /// What it means here.
         message: String,
     },
+    /// An image that must be read at any offset arrived as a stream (an HTTP server
+    /// without Range support, standard input, a compressed image).
+    #[error(
+        "{what} holds a {format}, which is read through its map at any offset, but it arrives as a stream read once in order; a scratch copy would be needed: serve it from a server that answers Range requests, copy it from a local file, or store it uncompressed"
+    )]
+    NeedsRandomAccess {
+        /// The source, with the layers peeled.
+        what: String,
+        /// What it holds.
+        format: crate::source::format::Format,
+    },
     /// A disk image that is refused or corrupt.
     #[error("{what}: {error}")]
     Image {
@@ -174,6 +185,14 @@ pub enum UsageError {
     /// A `vddk://` source without its options.
     #[error("a vddk:// source needs its VDDK options")]
     NeedsVddkOptions,
+    /// An HTTP(S) source flag or variable that cannot be used.
+    #[error("{what}: {message}")]
+    Http {
+        /// The flag or variable, with its value.
+        what: String,
+        /// Why.
+        message: String,
+    },
     /// A delta asked of a source that tracks no changes.
     #[error("{source_name}: this source cannot report changed areas")]
     NoChangeTracking {
@@ -390,7 +409,10 @@ impl Error {
         use ferry_nbd::Error as N;
         use ferry_vsphere::Error as S;
         match self {
-            Error::Usage(_) | Error::Config(_) | Error::NotRaw { .. } => ErrorKind::Usage,
+            Error::Usage(_)
+            | Error::Config(_)
+            | Error::NotRaw { .. }
+            | Error::NeedsRandomAccess { .. } => ErrorKind::Usage,
             Error::Http { error, .. } => match error {
                 ferry_http::Error::Config(_) | ferry_http::Error::Request { .. } => {
                     ErrorKind::Usage

@@ -72,7 +72,8 @@ fn malformed_uris_are_rejected() {
         ("nbd://host:notaport/", "invalid NBD URI"),
         ("nbd+unix:///", "invalid NBD URI"),
         ("nbd+unix:///?socket=/x&bogus=1", "unknown parameter"),
-        ("http://x", "unsupported"),
+        ("ftp://x/disk.img", "unsupported"),
+        ("http://host:notaport/disk.img", "invalid URL"),
         ("nbds+unix:///?socket=/x", "TLS"),
     ];
     for (uri, phrase) in cases {
@@ -727,6 +728,8 @@ fn an_image_or_archive_is_refused_unless_raw_is_asked_for() {
         .status()
         .expect("qemu-img");
     assert!(st.success(), "qemu-img convert -O qcow2");
+    let t = dir.path().join("t.img");
+    // Inside a compression it can only be read in order: refused as needing scratch.
     for (tool, ext, phrase) in [
         ("gzip", "gz", "gzip-decompressed holds a qcow2 image"),
         ("xz", "xz", "xz-decompressed holds a qcow2 image"),
@@ -734,7 +737,13 @@ fn an_image_or_archive_is_refused_unless_raw_is_asked_for() {
     ] {
         let out = dir.path().join(format!("disk.qcow2.{ext}"));
         compress_to(tool, &qcow2, &out);
-        cases.push((out, phrase));
+        let r = copy(out.to_str().unwrap(), &t, "sync", &[]);
+        r.failure(
+            phrase,
+            &[phrase, "a scratch copy would be needed", "Range requests"],
+        );
+        assert_eq!(r.status.code(), Some(2), "[{phrase}] usage: {}", r.stderr);
+        assert!(!t.exists(), "[{phrase}] the target was not created");
     }
     let gz = dir.path().join("disk.raw.gz");
     compress_to("gzip", &raw, &gz);
@@ -744,7 +753,6 @@ fn an_image_or_archive_is_refused_unless_raw_is_asked_for() {
     let bz = dir.path().join("disk.raw.bz2");
     compress_to("bzip2", &raw, &bz);
     cases.push((bz, "bzip2-compressed file"));
-    let t = dir.path().join("t.img");
     for (img, phrase) in &cases {
         let r = copy(img.to_str().unwrap(), &t, "sync", &[]);
         r.failure(phrase, &[phrase, "not a raw disk", "--format raw"]);

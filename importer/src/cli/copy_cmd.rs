@@ -17,8 +17,9 @@ use super::vddk_args::VddkArgs;
 #[derive(Debug, Args)]
 pub struct CopyArgs {
     /// Source: an NBD URI (nbd://host[:port]/export, nbd+unix:///export?socket=PATH), a
-    /// VDDK URI (vddk://USER@HOST/?vm=moref=vm-1&file=[ds] vm/vm.vmdk&thumbprint=…), a
-    /// path, or - for standard input (read in order: no --journal, no delta).
+    /// VDDK URI (vddk://USER@HOST/?vm=moref=vm-1&file=[ds] vm/vm.vmdk&thumbprint=…), an
+    /// http:// or https:// URL, a path, or - for standard input (read in order: no
+    /// --journal, no delta).
     pub src: String,
     /// Target: a block device (at least the source's size), a file (created sparse if
     /// missing), or `null:` to read the source and discard the data (benchmarks).
@@ -27,6 +28,8 @@ pub struct CopyArgs {
     pub tuning: Tuning,
     #[command(flatten)]
     pub vddk: VddkArgs,
+    #[command(flatten)]
+    pub http: super::http_args::HttpArgs,
     /// VDDK options resolved (and the library initialised) before the runtime started.
     #[arg(skip)]
     pub vddk_resolved: Option<ferry::source::VddkOptions>,
@@ -194,11 +197,12 @@ pub async fn run(mut a: CopyArgs) -> anyhow::Result<()> {
     let engine = ferry::engine::select(a.tuning.io_engine, (a.tuning.count() * 2 + 16) as u32)?;
     let mut nbd = a.tuning.nbd();
     nbd.dirty_bitmap = a.dirty_bitmap.clone();
+    let http = a.http.options()?;
     let reach = ferry::source::Reach {
         nbd: &nbd,
         vddk: vddk.as_ref(),
         engine: engine.clone(),
-        http: None,
+        http: Some(&http),
     };
     let src = ferry::source::open_input(&a.src, &reach).await?;
     // What the bytes hold: a raw disk as it is, a compressed one decompressed, an image

@@ -2,6 +2,7 @@
 
 mod bench;
 mod copy_cmd;
+mod http_args;
 mod import_cmd;
 mod vddk_args;
 

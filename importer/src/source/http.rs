@@ -138,6 +138,25 @@ fn client_for(url: &str, opts: &HttpOptions) -> Result<(Client, String), Error> 
     Ok((c, path))
 }
 
+/// Longest header value accepted (`--http-header`, `IMPORTER_EXTRA_HEADER_n`).
+pub const MAX_HEADER_BYTES: usize = 8192;
+
+/// `Name: value` as a header (CDI's extra headers are written so).
+pub fn parse_header(s: &str) -> Result<(header::HeaderName, header::HeaderValue), String> {
+    if s.len() > MAX_HEADER_BYTES {
+        return Err(format!("longer than {MAX_HEADER_BYTES} bytes"));
+    }
+    let (name, value) = s
+        .split_once(':')
+        .ok_or_else(|| "expected \"Name: value\"".to_string())?;
+    let name = header::HeaderName::from_bytes(name.trim().as_bytes())
+        .map_err(|_| format!("{:?} is not a header name", name.trim()))?;
+    let mut value = header::HeaderValue::from_str(value.trim())
+        .map_err(|_| "the value holds characters a header cannot".to_string())?;
+    value.set_sensitive(true);
+    Ok((name, value))
+}
+
 /// The URL a redirect's `Location` names, from the URL that answered.
 fn resolve(base: &str, location: &str) -> String {
     if is_http_url(location) {

@@ -143,6 +143,12 @@ pub(crate) fn peel_blocking(mut what: String, mut reader: Bytes) -> Result<(Stri
                 what = format!("{what}, {}", wrappers::decompressed(found));
                 peeled.push(found);
             }
+            Some(Layer::Map) => {
+                return Err(Error::NeedsRandomAccess {
+                    what,
+                    format: found,
+                });
+            }
             _ => {
                 return Err(Error::NotRaw {
                     what,

@@ -1,7 +1,8 @@
 //! Independent proxy and TLS peers for tests, shared by `vsphere/tests/peers.rs` and
 //! `importer/tests/import.rs` (included there with `#[path]`): tinyproxy as a `CONNECT`
 //! proxy, socat's OpenSSL listener in front of it as an `https://` proxy, and openssl
-//! for certificates. `scripts/setup.sh` installs all three.
+//! for certificates, and nginx as a file server (`http/tests/nginx.rs`,
+//! `importer/tests/http.rs`). `scripts/setup.sh` installs them.
 
 #![allow(dead_code)]
 
@@ -173,4 +174,52 @@ pub fn connects_logged(dir: &Path) -> Vec<String> {
         .filter(|l| l.contains("Request (") && l.contains(" CONNECT "))
         .map(str::to_string)
         .collect()
+}
+
+/// nginx serving `root` on two loopback ports: plain HTTP and HTTPS with `cert`/`key`;
+/// `extra` is added to both `server` blocks (locations: redirects, limits).
+pub fn nginx(dir: &Path, root: &Path, cert: &Path, key: &Path, extra: &str) -> (Peer, u16, u16) {
+    let (http, https) = (free_port(), free_port());
+    let d = dir.display();
+    // Also where the machine's name resolves, for the proxied tests.
+    let (_, ip) = machine_host();
+    let also = |port: u16, ssl: &str| {
+        if ip.is_loopback() && ip.is_ipv4() {
+            String::new()
+        } else {
+            format!(" listen {}{ssl};", std::net::SocketAddr::new(ip, port))
+        }
+    };
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "user root;\ndaemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+             events {{ worker_connections 64; }}\n\
+             http {{\n access_log {d}/access.log;\n client_body_temp_path {d}/body;\n\
+             proxy_temp_path {d}/proxy;\n fastcgi_temp_path {d}/fastcgi;\n uwsgi_temp_path {d}/uwsgi;\n\
+             scgi_temp_path {d}/scgi;\n\
+             server {{ listen 127.0.0.1:{http};{also_http} root {root}; {extra} }}\n\
+             server {{ listen 127.0.0.1:{https} ssl;{also_https} ssl_certificate {cert}; ssl_certificate_key {key}; root {root}; {extra} }}\n}}\n",
+            also_http = also(http, ""),
+            also_https = also(https, " ssl"),
+            root = root.display(),
+            cert = cert.display(),
+            key = key.display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new("nginx")
+        .arg("-c")
+        .arg(&conf)
+        .arg("-p")
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("nginx.stderr")).unwrap())
+        .spawn()
+        .expect("start nginx (scripts/setup.sh installs it)");
+    wait_for_port(http, &mut child, "nginx");
+    wait_for_port(https, &mut child, "nginx");
+    (Peer(child), http, https)
 }

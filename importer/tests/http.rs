@@ -1,0 +1,361 @@
+//! HTTP(S) sources against real servers started here: nginx (Range support; HTTPS with a
+//! test CA; redirects), python's http.server (no Range support), tinyproxy, and a small
+//! python server that cuts responses mid-body. Every copy is compared with `cmp`
+//! against `qemu-img convert -O raw` of the same image; failures are asserted by exit
+//! code (their kind) and message.
+
+mod common;
+
+#[path = "../../vsphere/tests/support/proxy_peers.rs"]
+mod proxy_peers;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use common::*;
+use proxy_peers::{
+    Peer, ca_and_server_cert, free_port, machine_host, nginx, tinyproxy, wait_for_port,
+};
+
+const MIB: usize = 1 << 20;
+
+fn tools() -> bool {
+    require(&["nginx", "qemu-img", "python3", "gzip", "zstd", "openssl"])
+}
+
+/// A web root holding a raw disk and the same disk as images and compressed files, with
+/// each one's reference (`qemu-img convert -O raw`, or the raw disk).
+struct Files {
+    root: PathBuf,
+    raw: PathBuf,
+}
+
+fn files(dir: &Path) -> Files {
+    let root = dir.join("www");
+    std::fs::create_dir_all(&root).unwrap();
+    // 12 MiB + 4000 bytes: text, random bytes, zeroes, an odd tail.
+    let raw = root.join("disk.raw");
+    std::fs::write(&raw, ferry_test_kit::mixed_disk(4 * MIB, 3 * MIB, 12 * MIB)).unwrap();
+    let r = raw.to_str().unwrap();
+    let at = |n: &str| root.join(n).to_str().unwrap().to_string();
+    sh(
+        "qemu-img",
+        &["convert", "-q", "-O", "qcow2", r, &at("disk.qcow2")],
+    );
+    sh(
+        "qemu-img",
+        &[
+            "convert",
+            "-q",
+            "-c",
+            "-O",
+            "qcow2",
+            "-o",
+            "compression_type=zstd",
+            r,
+            &at("disk.zstd.qcow2"),
+        ],
+    );
+    sh("gzip", &["-k", "-f", r]);
+    sh("zstd", &["-q", "-f", r, "-o", &at("disk.raw.zst")]);
+    Files { root, raw }
+}
+
+/// `qemu-img convert -O raw` of `img` (raw files are their own reference).
+fn reference(img: &Path) -> PathBuf {
+    let name = img.file_name().unwrap().to_str().unwrap();
+    if name.contains(".raw") {
+        return img.with_file_name("disk.raw");
+    }
+    let out = img.with_extension("ref");
+    sh(
+        "qemu-img",
+        &[
+            "convert",
+            "-q",
+            "-O",
+            "raw",
+            img.to_str().unwrap(),
+            out.to_str().unwrap(),
+        ],
+    );
+    out
+}
+
+fn check(url: &str, t: &Path, img: &Path, extra: &[&str], ctx: &str) {
+    let _ = std::fs::remove_file(t);
+    copy(url, t, "uring", extra).success(ctx);
+    assert_identical(t, &reference(img), ctx);
+}
+
+/// The 206 and 200 answers in nginx's access log.
+fn statuses(log: &Path) -> (usize, usize) {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let n = |code: &str| {
+        text.lines()
+            .filter(|l| l.contains(&format!("\" {code} ")))
+            .count()
+    };
+    (n("206"), n("200"))
+}
+
+#[test]
+fn images_from_a_range_server_are_read_through_their_maps_over_http_and_https() {
+    if !tools() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let f = files(dir.path());
+    let (ca, cert, key) = ca_and_server_cert(dir.path());
+    let cas = dir.path().join("cas");
+    std::fs::create_dir(&cas).unwrap();
+    std::fs::copy(&ca, cas.join("ca.crt")).unwrap();
+    let (_nginx, http, https) = nginx(
+        dir.path(),
+        &f.root,
+        &cert,
+        &key,
+        "location = /old.qcow2 { return 302 /disk.zstd.qcow2; } \
+         location = /moved { return 301 http://127.0.0.1:$server_port/disk.qcow2; } \
+         location = /loop { return 302 /loop; }",
+    );
+    let t = dir.path().join("t.img");
+    for name in [
+        "disk.raw",
+        "disk.raw.gz",
+        "disk.raw.zst",
+        "disk.qcow2",
+        "disk.zstd.qcow2",
+    ] {
+        let img = f.root.join(name);
+        check(
+            &format!("http://127.0.0.1:{http}/{name}"),
+            &t,
+            &img,
+            &[],
+            name,
+        );
+    }
+    let (ranged, whole) = statuses(&dir.path().join("access.log"));
+    assert!(
+        ranged > 10,
+        "ranged GETs: {ranged} 206 answers, {whole} 200"
+    );
+    // Redirects, relative and absolute, are followed; a loop is not.
+    let zq = f.root.join("disk.zstd.qcow2");
+    check(
+        &format!("http://127.0.0.1:{http}/old.qcow2"),
+        &t,
+        &zq,
+        &[],
+        "302",
+    );
+    check(
+        &format!("http://127.0.0.1:{http}/moved"),
+        &t,
+        &f.root.join("disk.qcow2"),
+        &[],
+        "301",
+    );
+    let _ = std::fs::remove_file(&t);
+    let r = copy(&format!("http://127.0.0.1:{http}/loop"), &t, "sync", &[]);
+    r.failure("redirect loop", &["more than 10 redirects"]);
+    assert!(!t.exists(), "no target for a redirect loop");
+    // Not found: exit 5 (not_found).
+    let r = copy(
+        &format!("http://127.0.0.1:{http}/nothing.qcow2"),
+        &t,
+        "sync",
+        &[],
+    );
+    r.failure("404", &["404"]);
+    assert_eq!(r.status.code(), Some(5), "404 is not_found");
+    // HTTPS: the test CA trusted with --http-ca-dir; without it the system roots do not
+    // know the server (exit 4, authentication); --http-insecure accepts it.
+    let url = format!("https://127.0.0.1:{https}/disk.zstd.qcow2");
+    check(
+        &url,
+        &t,
+        &zq,
+        &["--http-ca-dir", cas.to_str().unwrap()],
+        "https + CA",
+    );
+    let _ = std::fs::remove_file(&t);
+    let r = copy(&url, &t, "sync", &[]);
+    r.failure("https, unknown CA", &["TLS"]);
+    assert_eq!(
+        r.status.code(),
+        Some(4),
+        "an unknown CA is an authentication failure"
+    );
+    check(&url, &t, &zq, &["--http-insecure"], "https insecure");
+}
+
+#[test]
+fn a_server_without_ranges_streams_what_streams_and_refuses_what_needs_a_map() {
+    if !tools() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let f = files(dir.path());
+    let port = free_port();
+    let child = Command::new("python3")
+        .args(["-m", "http.server", "--bind", "127.0.0.1", "--directory"])
+        .arg(&f.root)
+        .arg(port.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut peer = Peer(child);
+    wait_for_port(port, &mut peer.0, "python3 -m http.server");
+    let t = dir.path().join("t.img");
+    for name in ["disk.raw", "disk.raw.gz", "disk.raw.zst"] {
+        check(
+            &format!("http://127.0.0.1:{port}/{name}"),
+            &t,
+            &f.root.join(name),
+            &[],
+            name,
+        );
+    }
+    let _ = std::fs::remove_file(&t);
+    let r = copy(
+        &format!("http://127.0.0.1:{port}/disk.qcow2"),
+        &t,
+        "sync",
+        &[],
+    );
+    r.failure(
+        "qcow2 without Range",
+        &["holds a qcow2 image", "a scratch copy would be needed"],
+    );
+    assert_eq!(r.status.code(), Some(2), "a usage refusal");
+    assert!(!t.exists(), "no target for a refused image");
+    let _ = f.raw;
+}
+
+/// A python server that answers ranges (`ranges`) or not (`plain`) and cuts every
+/// third response (or, `plain`, the first) after half its body.
+const CUTTING_SERVER: &str = r#"
+import http.server, os, socket, sys
+root, port, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+count = [0]
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *a):
+        pass
+    def do_GET(self):
+        data = open(os.path.join(root, self.path.lstrip("/")), "rb").read()
+        rng = self.headers.get("Range")
+        count[0] += 1
+        if mode == "ranges" and rng and rng.startswith("bytes="):
+            a, b = rng[6:].split("-")
+            a = int(a)
+            b = min(int(b) if b else len(data) - 1, len(data) - 1)
+            body = data[a:b + 1]
+            self.send_response(206)
+            self.send_header("Content-Range", "bytes %d-%d/%d" % (a, b, len(data)))
+        else:
+            body = data
+            self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        cut = count[0] == 1 if mode == "plain" else count[0] % 3 == 0
+        if cut and len(body) > 1:
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+            self.close_connection = True
+            return
+        self.wfile.write(body)
+http.server.ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
+"#;
+
+fn cutting_server(dir: &Path, root: &Path, mode: &str) -> (Peer, u16) {
+    let script = dir.join(format!("cut-{mode}.py"));
+    std::fs::write(&script, CUTTING_SERVER).unwrap();
+    let port = free_port();
+    let child = Command::new("python3")
+        .arg(&script)
+        .arg(root)
+        .arg(port.to_string())
+        .arg(mode)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut peer = Peer(child);
+    wait_for_port(port, &mut peer.0, "the cutting server");
+    (peer, port)
+}
+
+#[test]
+fn a_dropped_connection_resumes_at_its_byte_with_ranges_and_fails_without() {
+    if !tools() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let f = files(dir.path());
+    let t = dir.path().join("t.img");
+    {
+        let (_srv, port) = cutting_server(dir.path(), &f.root, "ranges");
+        for name in ["disk.qcow2", "disk.zstd.qcow2", "disk.raw"] {
+            check(
+                &format!("http://127.0.0.1:{port}/{name}"),
+                &t,
+                &f.root.join(name),
+                &[],
+                &format!("{name}, every third response cut"),
+            );
+        }
+    }
+    let (_srv, port) = cutting_server(dir.path(), &f.root, "plain");
+    let _ = std::fs::remove_file(&t);
+    let r = copy(
+        &format!("http://127.0.0.1:{port}/disk.raw.gz"),
+        &t,
+        "sync",
+        &[],
+    );
+    let line = r.failure("a cut body without ranges", &["disk.raw.gz"]);
+    assert!(
+        line.contains("cannot resume") || line.contains("ended after"),
+        "{line}"
+    );
+}
+
+#[test]
+fn images_come_through_a_proxy() {
+    if !tools() || !require(&["tinyproxy"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let f = files(dir.path());
+    let (_, cert, key) = ca_and_server_cert(dir.path());
+    let (_nginx, http, _) = nginx(dir.path(), &f.root, &cert, &key, "");
+    let pdir = dir.path().join("tinyproxy");
+    std::fs::create_dir(&pdir).unwrap();
+    let (_proxy, pport) = tinyproxy(&pdir, "");
+    let (host, ip) = machine_host();
+    assert!(
+        ip.is_loopback(),
+        "{host} resolves to {ip}: this test needs a loopback address"
+    );
+    let t = dir.path().join("t.img");
+    let url = format!("http://{host}:{http}/disk.zstd.qcow2");
+    let mut c = copy_cmd(&url, &t, &["--io-engine", "sync"]);
+    c.env("http_proxy", format!("http://127.0.0.1:{pport}"))
+        .env_remove("no_proxy")
+        .env_remove("NO_PROXY");
+    run(c, RUN_LIMIT).success("through tinyproxy");
+    assert_identical(
+        &t,
+        &reference(&f.root.join("disk.zstd.qcow2")),
+        "through tinyproxy",
+    );
+    let log = std::fs::read_to_string(pdir.join("tinyproxy.log")).unwrap_or_default();
+    assert!(log.contains(&format!("GET {url}")), "{log}");
+}
