@@ -5,8 +5,7 @@
 #[path = "../../vsphere/tests/support/proxy_peers.rs"]
 mod proxy_peers;
 
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use ferry_http::{
     Client, ClientOptions, Endpoint, Error, ProxyConfig, Scheme, StatusCode, TlsPolicy,
