@@ -250,6 +250,8 @@ pub async fn copy(
         let mut stats = d.stats;
         progress.set_phase("flushing");
         sink.flush().await?;
+        // A source that checks its input (a checksum) says so before the copy is done.
+        source.finish().await?;
         if let Some(j) = &opts.journal {
             j.finish()?;
         }

@@ -56,6 +56,14 @@ pub enum Error {
         /// What it holds.
         format: crate::source::format::Format,
     },
+    /// The source's bytes do not have the checksum given, or it could not be computed.
+    #[error("{what}: {message}")]
+    Checksum {
+        /// The source.
+        what: String,
+        /// Expected and calculated.
+        message: String,
+    },
     /// A disk image that is refused or corrupt.
     #[error("{what}: {error}")]
     Image {
@@ -427,6 +435,7 @@ impl Error {
                 408 | 429 | 500..=599 => ErrorKind::SourceUnreachable,
                 _ => ErrorKind::SourceData,
             },
+            Error::Checksum { .. } => ErrorKind::SourceData,
             Error::Image { error, .. } if error.is_refusal() => ErrorKind::Usage,
             Error::Image { .. } => ErrorKind::SourceData,
             Error::Nbd(e) => match e {

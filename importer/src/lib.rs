@@ -11,6 +11,7 @@
 #![cfg_attr(test, allow(clippy::cast_possible_truncation, clippy::cast_sign_loss))]
 
 pub mod buf;
+pub mod checksum;
 pub mod copy;
 pub mod delta;
 #[allow(unsafe_code)]

@@ -359,3 +359,54 @@ fn images_come_through_a_proxy() {
     let log = std::fs::read_to_string(pdir.join("tinyproxy.log")).unwrap_or_default();
     assert!(log.contains(&format!("GET {url}")), "{log}");
 }
+
+/// `sha256sum FILE` (an independent hash).
+fn sha256sum(p: &Path) -> String {
+    let out = sh("sha256sum", &[p.to_str().unwrap()]);
+    out.split_whitespace().next().unwrap().to_string()
+}
+
+#[test]
+fn a_checksum_covers_the_downloaded_bytes_and_a_mismatch_fails_the_copy() {
+    if !tools() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let f = files(dir.path());
+    let (_, cert, key) = ca_and_server_cert(dir.path());
+    let (_nginx, http, _) = nginx(dir.path(), &f.root, &cert, &key, "");
+    let t = dir.path().join("t.img");
+    for name in ["disk.zstd.qcow2", "disk.raw.gz", "disk.raw"] {
+        let img = f.root.join(name);
+        let good = format!("sha256:{}", sha256sum(&img));
+        for src in [
+            format!("http://127.0.0.1:{http}/{name}"),
+            img.to_str().unwrap().to_string(),
+        ] {
+            check(
+                &src,
+                &t,
+                &img,
+                &["--checksum", &good],
+                &format!("{src} {good}"),
+            );
+            let _ = std::fs::remove_file(&t);
+            let bad = format!("sha256:{}", "0".repeat(64));
+            let r = copy(&src, &t, "sync", &["--checksum", &bad]);
+            let line = r.failure(&src, &["checksum mismatch", &bad, &good["sha256:".len()..]]);
+            assert_eq!(
+                r.status.code(),
+                Some(6),
+                "a mismatch is source_data: {line}"
+            );
+        }
+    }
+    let r = copy(
+        &f.raw.to_string_lossy(),
+        &t,
+        "sync",
+        &["--checksum", "sha256:12"],
+    );
+    r.failure("a short checksum", &["expected 64 hex characters"]);
+    assert_eq!(r.status.code(), Some(2));
+}

@@ -261,6 +261,7 @@ async fn data_bytes(src: &str, tuning: &Tuning) -> anyhow::Result<(u64, u64)> {
         vddk: None,
         engine,
         http: None,
+        checksum: None,
     };
     let s = ferry::source::open(src, &reach, false).await?;
     let size = s.size();

@@ -49,6 +49,11 @@ pub struct CopyArgs {
     /// resumes where it stopped. Removed when the copy completes.
     #[arg(long, value_name = "PATH")]
     pub journal: Option<PathBuf>,
+    /// The checksum of the source's bytes as read (before decompression or decoding),
+    /// `md5|sha1|sha256|sha512:HEX`; a mismatch fails the copy (the target is left
+    /// incomplete).
+    #[arg(long, value_name = "ALG:HEX")]
+    pub checksum: Option<ferry::checksum::Checksum>,
     /// Print one JSON summary object on stdout.
     #[arg(long)]
     pub json: bool,
@@ -203,6 +208,10 @@ pub async fn run(mut a: CopyArgs) -> anyhow::Result<()> {
         vddk: vddk.as_ref(),
         engine: engine.clone(),
         http: Some(&http),
+        checksum: a
+            .checksum
+            .clone()
+            .map(|c| ferry::checksum::ChecksumState::new(c, a.src.clone())),
     };
     let src = ferry::source::open_input(&a.src, &reach).await?;
     // What the bytes hold: a raw disk as it is, a compressed one decompressed, an image

@@ -412,6 +412,7 @@ fn reopener(
                         vddk: None,
                         engine,
                         http: None,
+                        checksum: None,
                     };
                     crate::source::open(&cfg.endpoint, &reach, false).await
                 }
@@ -496,6 +497,7 @@ async fn open_source(
             vddk: None,
             engine,
             http: None,
+            checksum: None,
         };
         let source = crate::source::open(&cfg.endpoint, &reach, false).await?;
         return Ok(Opened {

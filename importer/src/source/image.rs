@@ -299,6 +299,10 @@ impl Source for ImageSource {
         self.s.inner.local_path()
     }
 
+    fn finish(&self) -> BoxFuture<'_, Result<(), Error>> {
+        self.s.inner.finish()
+    }
+
     fn close(&self) -> BoxFuture<'_, ()> {
         self.s.inner.close()
     }

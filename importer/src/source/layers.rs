@@ -78,7 +78,18 @@ pub async fn layer(input: Input) -> Result<Input, Error> {
             }
         }
         Input::Stream(s) => match s.into_bytes() {
-            Ok((what, reader, under)) => peel(what, reader, under).await,
+            Ok((what, reader, under, check)) => {
+                let peeled = peel(what, reader, under).await?;
+                Ok(match (peeled, check) {
+                    (Input::Stream(s), Some(c)) => match s.into_bytes() {
+                        Ok((what, reader, under, _)) => Input::Stream(Box::new(
+                            ReadStream::new(what, None, reader, under).checked(c),
+                        )),
+                        Err(s) => Input::Stream(s),
+                    },
+                    (other, _) => other,
+                })
+            }
             Err(s) => Ok(Input::Stream(s)),
         },
     }

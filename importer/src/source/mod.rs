@@ -69,6 +69,11 @@ pub trait Source: Send + Sync + std::fmt::Debug {
     }
     /// Fill `buf` (its current length) from `offset`.
     fn read(&self, offset: u64, buf: Buf) -> BoxFuture<'static, Result<Buf, Error>>;
+    /// Called once when every byte of the copy is durable, before it is reported
+    /// complete: a source that checks its input (a checksum) fails here.
+    fn finish(&self) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(async { Ok(()) })
+    }
     /// The local file or device this source reads, if it is one (so no other file of
     /// the copy, e.g. its journal, can be it).
     fn local_path(&self) -> Option<&std::path::Path> {
@@ -129,6 +134,8 @@ pub struct Reach<'a> {
     pub engine: Arc<dyn crate::engine::IoEngine>,
     /// HTTP(S) options (defaults when None: the system roots, the environment's proxy).
     pub http: Option<&'a http::HttpOptions>,
+    /// The checksum of the source's bytes, checked before the copy completes.
+    pub checksum: Option<Arc<crate::checksum::ChecksumState>>,
 }
 
 type OpenFn = for<'a> fn(&'a str, &'a Reach<'a>) -> BoxFuture<'a, Result<Input, Error>>;
@@ -210,7 +217,13 @@ const TRANSPORTS: &[Transport] = &[
 /// they are (see [`layers::layer`] for what they hold).
 pub async fn open_input(spec: &str, reach: &Reach<'_>) -> Result<Input, Error> {
     match TRANSPORTS.iter().find(|t| (t.claims)(spec)) {
-        Some(t) => (t.open)(spec, reach).await,
+        Some(t) => {
+            let input = (t.open)(spec, reach).await?;
+            Ok(match &reach.checksum {
+                Some(c) => checksummed(input, c.clone()),
+                None => input,
+            })
+        }
         None => Err(UsageError::UnsupportedSource {
             spec: spec.to_string(),
             transports: TRANSPORTS
@@ -220,6 +233,24 @@ pub async fn open_input(spec: &str, reach: &Reach<'_>) -> Result<Input, Error> {
                 .join(", "),
         }
         .into()),
+    }
+}
+
+/// `input` with its bytes hashed into `state` as they are read (under every format
+/// layer: the checksum is of what was downloaded).
+fn checksummed(input: Input, state: Arc<crate::checksum::ChecksumState>) -> Input {
+    match input {
+        Input::Disk(s) => Input::Disk(Arc::new(crate::checksum::HashingSource::new(s, state))),
+        Input::Stream(s) => match s.into_bytes() {
+            Ok((what, reader, under, _)) => {
+                let size = None;
+                let tee = crate::checksum::HashTee::new(reader, state.clone());
+                Input::Stream(Box::new(
+                    stream::ReadStream::new(what, size, Box::new(tee), under).checked(state),
+                ))
+            }
+            Err(s) => Input::Stream(s),
+        },
     }
 }
 

@@ -55,7 +55,12 @@ pub trait StreamSource: Send + std::fmt::Debug {
 }
 
 /// A byte stream's parts: its description, its reader, and what that reads from.
-pub type ByteParts = (String, Box<dyn Read + Send>, Option<Arc<dyn Source>>);
+pub type ByteParts = (
+    String,
+    Box<dyn Read + Send>,
+    Option<Arc<dyn Source>>,
+    Option<Arc<crate::checksum::ChecksumState>>,
+);
 
 /// A blocking reader as a [`StreamSource`]: every piece is read on tokio's blocking
 /// pool, so a slow pipe or a decompressor never stalls the writes in flight.
@@ -67,6 +72,8 @@ pub struct ReadStream {
     at: u64,
     /// What the reader reads from, closed with the stream.
     under: Option<Arc<dyn Source>>,
+    /// The checksum of the bytes under the reader, checked at the end.
+    check: Option<Arc<crate::checksum::ChecksumState>>,
 }
 
 impl std::fmt::Debug for ReadStream {
@@ -93,7 +100,14 @@ impl ReadStream {
             reader: Some(reader),
             at: 0,
             under,
+            check: None,
         }
+    }
+
+    /// The same stream, its end checked against `check` (which the reader's bytes feed).
+    pub fn checked(mut self, check: Arc<crate::checksum::ChecksumState>) -> ReadStream {
+        self.check = Some(check);
+        self
     }
 }
 
@@ -144,6 +158,14 @@ impl StreamSource for ReadStream {
             self.reader = Some(reader);
             let mut buf = buf;
             if n == 0 {
+                // A random-access source under a decoder finishes its own checks (its
+                // checksum reads what the decoder left); a stream's is checked here.
+                if let Some(u) = &self.under {
+                    u.finish().await?;
+                }
+                if let Some(c) = &self.check {
+                    c.check()?;
+                }
                 return Ok(Piece::End(buf));
             }
             buf.set_len(n);
@@ -154,7 +176,7 @@ impl StreamSource for ReadStream {
 
     fn into_bytes(self: Box<Self>) -> Result<ByteParts, Box<dyn StreamSource>> {
         match (self.at, self.reader) {
-            (0, Some(reader)) => Ok((self.what, reader, self.under)),
+            (0, Some(reader)) => Ok((self.what, reader, self.under, self.check)),
             (at, reader) => Err(Box::new(ReadStream {
                 at,
                 reader,
