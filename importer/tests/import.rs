@@ -2652,3 +2652,155 @@ fn cdi_pod_against_govmomis_vcenter_simulator() {
         assert_vddk_closed(&pod, what);
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// CDI's http source (issue 11)
+
+/// A zstd-compressed qcow2 and a gzip-compressed raw disk served by nginx over HTTP and
+/// HTTPS (a test CA), one location requiring an extra header; the images' references.
+struct Site {
+    _nginx: proxy_peers::Peer,
+    http: u16,
+    https: u16,
+    cas: PathBuf,
+    qcow2: PathBuf,
+    reference: PathBuf,
+}
+
+fn http_site(dir: &Path) -> Site {
+    let root = dir.join("www");
+    std::fs::create_dir_all(root.join("private")).unwrap();
+    let raw = dir.join("disk.raw");
+    std::fs::write(&raw, ferry_test_kit::mixed_disk(3 << 20, 2 << 20, 9 << 20)).unwrap();
+    let qcow2 = root.join("disk.qcow2");
+    ferry_test_kit::sh(
+        "qemu-img",
+        &[
+            "convert",
+            "-q",
+            "-c",
+            "-O",
+            "qcow2",
+            "-o",
+            "compression_type=zstd",
+            raw.to_str().unwrap(),
+            qcow2.to_str().unwrap(),
+        ],
+    );
+    std::fs::copy(&qcow2, root.join("private/disk.qcow2")).unwrap();
+    let reference = dir.join("disk.ref");
+    ferry_test_kit::sh(
+        "qemu-img",
+        &[
+            "convert",
+            "-q",
+            "-O",
+            "raw",
+            qcow2.to_str().unwrap(),
+            reference.to_str().unwrap(),
+        ],
+    );
+    let (ca, cert, key) = proxy_peers::ca_and_server_cert(dir);
+    let cas = dir.join("cas");
+    std::fs::create_dir_all(&cas).unwrap();
+    std::fs::copy(&ca, cas.join("ca.crt")).unwrap();
+    let (nginx, http, https) = proxy_peers::nginx(
+        dir,
+        &root,
+        &cert,
+        &key,
+        "location /private/ { if ($http_x_token != \"s3cret\") { return 403; } }",
+    );
+    Site {
+        _nginx: nginx,
+        http,
+        https,
+        cas,
+        qcow2,
+        reference,
+    }
+}
+
+fn http_pod(url: &str) -> Pod {
+    let mut pod = Pod::bare();
+    pod.set("IMPORTER_SOURCE", "http")
+        .set("IMPORTER_ENDPOINT", url)
+        .set("IMPORTER_CONTENTTYPE", "kubevirt")
+        .set("OWNER_UID", OWNER_UID)
+        .set("PREALLOCATION", "false")
+        .set("INSECURE_TLS", "false");
+    pod
+}
+
+#[test]
+fn cdi_http_imports_stream_an_image_into_the_volume_and_check_its_checksum() {
+    if !require(&["nginx", "qemu-img", "openssl", "sha256sum", "cmp"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let s = http_site(dir.path());
+    let size = file_size(&s.reference);
+    let sum = ferry_test_kit::sh("sha256sum", &[s.qcow2.to_str().unwrap()]);
+    let sum = format!("sha256:{}", sum.split_whitespace().next().unwrap());
+    // Plain HTTP, with CDI's checksum and a requested size larger than the disk.
+    let mut pod = http_pod(&format!("http://127.0.0.1:{}/disk.qcow2", s.http));
+    pod.set("IMPORTER_CHECKSUM", &sum)
+        .set("IMPORTER_IMAGE_SIZE", "16Mi");
+    let r = pod.run();
+    assert_success(&r, "http qcow2");
+    let img = pod.disk_img();
+    assert_eq!(file_size(&img), 16 * MIB, "grown to IMPORTER_IMAGE_SIZE");
+    assert_prefix_identical(&img, &s.reference, size, "http qcow2");
+    assert_zero_tail(&img, size, "http qcow2");
+    assert_termination_json(
+        &pod,
+        &json!({
+            "scratchSpaceRequired": false,
+            "preallocationApplied": false,
+            "message": "Import Complete"
+        }),
+        "http qcow2",
+    );
+    // A wrong checksum: CDI's failure, no disk reported complete.
+    let mut pod = http_pod(&format!("http://127.0.0.1:{}/disk.qcow2", s.http));
+    pod.set("IMPORTER_CHECKSUM", &format!("sha256:{}", "ab".repeat(32)));
+    let r = pod.run();
+    assert_pod_failure(&pod, &r, "checksum mismatch", &["checksum mismatch"]);
+    // An invalid checksum is named before any connection.
+    let mut pod = http_pod(&format!("http://127.0.0.1:{}/disk.qcow2", s.http));
+    pod.set("IMPORTER_CHECKSUM", "sha256:12");
+    let r = pod.run();
+    assert_pod_failure(
+        &pod,
+        &r,
+        "invalid checksum",
+        &["IMPORTER_CHECKSUM", "expected 64 hex characters"],
+    );
+    // HTTPS with IMPORTER_CERT_DIR (the test CA), and a header CDI passes as
+    // IMPORTER_EXTRA_HEADER_<n>.
+    let url = format!("https://127.0.0.1:{}/private/disk.qcow2", s.https);
+    let mut pod = http_pod(&url);
+    pod.set("IMPORTER_CERT_DIR", s.cas.to_str().unwrap())
+        .set("IMPORTER_EXTRA_HEADER_0", "X-Token: s3cret");
+    let r = pod.run();
+    assert_success(&r, "https, cert dir, extra header");
+    assert_identical(
+        &pod.disk_img(),
+        &s.reference,
+        "https, cert dir, extra header",
+    );
+    // Without the header: 403, an authentication failure.
+    let mut pod = http_pod(&url);
+    pod.set("IMPORTER_CERT_DIR", s.cas.to_str().unwrap());
+    let r = pod.run();
+    assert_pod_failure(&pod, &r, "403", &["403"]);
+    // Without the CA the system roots do not know the test server.
+    let pod = http_pod(&url);
+    let r = pod.run();
+    assert_pod_failure(&pod, &r, "unknown CA", &["TLS"]);
+    // archive content is not a disk image.
+    let mut pod = http_pod(&format!("http://127.0.0.1:{}/disk.qcow2", s.http));
+    pod.set("IMPORTER_CONTENTTYPE", "archive");
+    let r = pod.run();
+    assert_pod_failure(&pod, &r, "archive", &["IMPORTER_CONTENTTYPE"]);
+}

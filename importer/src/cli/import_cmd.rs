@@ -44,6 +44,9 @@ pub struct ImportArgs {
     /// SHA-1 thumbprint of the vSphere endpoint's certificate.
     #[arg(long, env = ferry_contract::env::IMPORTER_THUMBPRINT)]
     pub thumbprint: Option<String>,
+    /// Checksum of the downloaded bytes (http sources), `md5|sha1|sha256|sha512:HEX`.
+    #[arg(long, env = ferry_contract::env::IMPORTER_CHECKSUM)]
+    pub checksum: Option<String>,
     /// Snapshot to copy (snapshot-123).
     #[arg(long, env = ferry_contract::env::IMPORTER_CURRENT_CHECKPOINT)]
     pub current_checkpoint: Option<String>,
@@ -179,6 +182,11 @@ impl ImportArgs {
             &self.thumbprint,
         );
         put(
+            ferry_contract::env::IMPORTER_CHECKSUM,
+            "checksum",
+            &self.checksum,
+        );
+        put(
             ferry_contract::env::IMPORTER_CURRENT_CHECKPOINT,
             "current-checkpoint",
             &self.current_checkpoint,
@@ -281,7 +289,7 @@ impl ImportArgs {
     pub fn buf_count_for(&self, source: SourceKind) -> u64 {
         self.buf_count.unwrap_or(match source {
             SourceKind::Vddk => DEFAULT_VDDK_BUF_COUNT,
-            SourceKind::Nbd | SourceKind::Blank => DEFAULT_BUF_COUNT,
+            SourceKind::Nbd | SourceKind::Blank | SourceKind::Http => DEFAULT_BUF_COUNT,
         })
     }
 

@@ -34,6 +34,8 @@ pub enum SourceKind {
     Nbd,
     /// A blank image (`none`): Forklift's disks that virt-v2v fills afterwards.
     Blank,
+    /// An image at an `http://` or `https://` URL (CDI's `http` source).
+    Http,
 }
 
 /// Where to write.
@@ -125,6 +127,8 @@ pub struct ImportConfig {
     pub cert_dir: Option<PathBuf>,
     /// CA certificates for an `https://` proxy (CDI mounts them at `/proxycerts/`).
     pub proxy_cert_dir: PathBuf,
+    /// The downloaded bytes' checksum (http sources).
+    pub checksum: Option<crate::checksum::Checksum>,
     /// Where the target is.
     pub target: Target,
     /// The VDDK distribution.
@@ -167,11 +171,14 @@ pub fn validate(
         "vddk" => SourceKind::Vddk,
         "nbd" => SourceKind::Nbd,
         "none" => SourceKind::Blank,
+        "http" => SourceKind::Http,
         other => {
             return Err(err(
                 inputs,
                 ferry_contract::env::IMPORTER_SOURCE,
-                format!("unsupported source {other:?}: use vddk, nbd or none (a blank image)"),
+                format!(
+                    "unsupported source {other:?}: use vddk, nbd, http or none (a blank image)"
+                ),
             ));
         }
     };
@@ -349,6 +356,26 @@ pub fn validate(
             ferry_contract::env::IMPORTER_ENDPOINT,
             format!("{endpoint:?} is not an NBD URI (nbd://… or nbd+unix://…)"),
         ));
+    } else if source == SourceKind::Http && !crate::source::http::is_http_url(&endpoint) {
+        return Err(err(
+            inputs,
+            ferry_contract::env::IMPORTER_ENDPOINT,
+            format!(
+                "{:?} is not an http:// or https:// URL",
+                crate::source::http::redact(&endpoint)
+            ),
+        ));
+    }
+    // As CDI: a checksum applies to http sources, and must parse wherever it is given.
+    let checksum = match inputs.get(ferry_contract::env::IMPORTER_CHECKSUM) {
+        None => None,
+        Some(c) => Some(
+            c.parse::<crate::checksum::Checksum>()
+                .map_err(|e| err(inputs, ferry_contract::env::IMPORTER_CHECKSUM, e))?,
+        ),
+    };
+    if checksum.is_some() && source != SourceKind::Http {
+        tracing::warn!("IMPORTER_CHECKSUM applies to http sources only; ignored");
     }
     let target = if block_device.exists() {
         Target::Block(block_device.to_owned())
@@ -404,6 +431,7 @@ pub fn validate(
         journal: inputs
             .get(ferry_contract::env::FERRY_JOURNAL)
             .map(PathBuf::from),
+        checksum: checksum.filter(|_| source == SourceKind::Http),
     })
 }
 

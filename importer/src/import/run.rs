@@ -395,11 +395,13 @@ fn state_paths(cfg: &ImportConfig) -> (Option<std::path::PathBuf>, Option<std::p
 fn reopener(
     cfg: &ImportConfig,
     vddk_opts: Option<VddkOptions>,
+    http: Option<HttpReach>,
     nbd: NbdSourceOptions,
     engine: Arc<dyn IoEngine>,
 ) -> crate::retry::Reopen<'_> {
     Box::new(move || {
-        let (vddk_opts, nbd, engine) = (vddk_opts.clone(), nbd.clone(), engine.clone());
+        let (vddk_opts, http, nbd, engine) =
+            (vddk_opts.clone(), http.clone(), nbd.clone(), engine.clone());
         Box::pin(async move {
             match &vddk_opts {
                 Some(o) => crate::source::VddkSource::open(o)
@@ -411,14 +413,118 @@ fn reopener(
                         nbd: &nbd,
                         vddk: None,
                         engine,
-                        http: None,
-                        checksum: None,
+                        http: http.as_ref().map(|h| &h.options),
+                        checksum: http.as_ref().and_then(|h| h.checksum.clone()),
                     };
-                    crate::source::open(&cfg.endpoint, &reach, false).await
+                    // An image over HTTP is reopened through its format layers.
+                    crate::source::open(&cfg.endpoint, &reach, http.is_some()).await
                 }
             }
         })
     })
+}
+
+/// How an http source is reached again (its options and the checksum it feeds).
+#[derive(Debug, Clone)]
+struct HttpReach {
+    options: crate::source::http::HttpOptions,
+    checksum: Option<Arc<crate::checksum::ChecksumState>>,
+}
+
+/// Most `IMPORTER_EXTRA_HEADER_*` variables and `/extraheaders` files read.
+pub const MAX_EXTRA_HEADERS: usize = 64;
+/// Where CDI mounts the secrets holding extra headers.
+pub const SECRET_EXTRA_HEADERS_DIR: &str = "/extraheaders";
+/// The prefix of CDI's extra header variables.
+pub const EXTRA_HEADER_PREFIX: &str = "IMPORTER_EXTRA_HEADER_";
+
+/// CDI's extra headers: the values of `IMPORTER_EXTRA_HEADER_*` and the files under
+/// `/extraheaders/<n>/` (dot-named entries skipped, as Kubernetes' `..data` links), each
+/// `Name: value`; a value without `:` is skipped, as CDI skips it.
+fn extra_headers(
+    secret_dir: &std::path::Path,
+) -> Result<
+    Vec<(
+        ferry_http::header::HeaderName,
+        ferry_http::header::HeaderValue,
+    )>,
+    Error,
+> {
+    let mut raw: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| k.starts_with(EXTRA_HEADER_PREFIX))
+        .collect();
+    raw.sort();
+    let mut found: Vec<(String, String)> = raw;
+    if let Ok(dirs) = std::fs::read_dir(secret_dir) {
+        let mut dirs: Vec<_> = dirs.flatten().collect();
+        dirs.sort_by_key(std::fs::DirEntry::file_name);
+        for d in dirs {
+            let name = d.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') || !d.path().is_dir() {
+                continue;
+            }
+            let Ok(files) = std::fs::read_dir(d.path()) else {
+                continue;
+            };
+            for f in files.flatten() {
+                let fname = f.file_name().to_string_lossy().into_owned();
+                if fname.starts_with('.') || !f.path().is_file() {
+                    continue;
+                }
+                let meta = f.metadata().map(|m| m.len()).unwrap_or(0);
+                if meta > crate::source::http::MAX_HEADER_BYTES as u64 {
+                    return Err(crate::error::UsageError::Http {
+                        what: f.path().display().to_string(),
+                        message: "an extra header longer than the most accepted".into(),
+                    }
+                    .into());
+                }
+                let text = std::fs::read_to_string(f.path()).unwrap_or_default();
+                found.push((f.path().display().to_string(), text));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (what, value) in found {
+        if !value.contains(':') {
+            continue;
+        }
+        if out.len() >= MAX_EXTRA_HEADERS {
+            return Err(crate::error::UsageError::Http {
+                what: EXTRA_HEADER_PREFIX.to_string() + "*",
+                message: format!("more than {MAX_EXTRA_HEADERS} extra headers"),
+            }
+            .into());
+        }
+        let h = crate::source::http::parse_header(value.trim_end_matches(['\r', '\n']))
+            .map_err(|message| crate::error::UsageError::Http { what, message })?;
+        out.push(h);
+    }
+    Ok(out)
+}
+
+/// The HTTP options of an http import: the system roots plus `IMPORTER_CERT_DIR` (or
+/// any certificate with `INSECURE_TLS`), the environment's proxy trusting
+/// `/proxycerts/` and the cert directory, basic authorization from the access key and
+/// secret when both are set, CDI's extra headers and user agent.
+fn http_options(cfg: &ImportConfig) -> Result<crate::source::http::HttpOptions, Error> {
+    let mut o = crate::source::http::HttpOptions::default();
+    o.tls.ca_dir = cfg.cert_dir.clone();
+    o.tls.insecure = cfg.insecure_tls;
+    o.client.proxy_ca_dirs = std::iter::once(cfg.proxy_cert_dir.clone())
+        .chain(cfg.cert_dir.clone())
+        .collect();
+    o.client.headers = extra_headers(std::path::Path::new(SECRET_EXTRA_HEADERS_DIR))?;
+    if let (Some(u), Some(p)) = (&cfg.user, &cfg.password)
+        && !u.is_empty()
+        && !p.expose().is_empty()
+    {
+        o.client.headers.push((
+            ferry_http::header::AUTHORIZATION,
+            ferry_http::basic_auth(u, p.expose()),
+        ));
+    }
+    Ok(o)
 }
 
 /// A filesystem volume's usable size for a full copy, checked to hold the disk. A delta
@@ -472,7 +578,9 @@ fn plan_for(cfg: &ImportConfig, changed: Option<(String, ExtentMap)>) -> crate::
 
 /// What opening an import's source found.
 struct Opened {
-    source: Arc<dyn Source>,
+    source: crate::source::Input,
+    /// An http source's options (a lost connection reopens with them).
+    http: Option<HttpReach>,
     /// The options it was opened with (a lost connection reopens with them).
     vddk_opts: Option<VddkOptions>,
     /// A delta's change ID and changed areas.
@@ -491,6 +599,32 @@ async fn open_source(
     nbd: &NbdSourceOptions,
     engine: Arc<dyn IoEngine>,
 ) -> Result<Opened, Error> {
+    if cfg.source == SourceKind::Http {
+        let h = HttpReach {
+            options: http_options(cfg)?,
+            checksum: cfg.checksum.clone().map(|c| {
+                crate::checksum::ChecksumState::new(c, crate::source::http::redact(&cfg.endpoint))
+            }),
+        };
+        let reach = crate::source::Reach {
+            nbd,
+            vddk: None,
+            engine,
+            http: Some(&h.options),
+            checksum: h.checksum.clone(),
+        };
+        let input = crate::source::open_input(&cfg.endpoint, &reach).await?;
+        let source = crate::source::layers::layer(input).await?;
+        return Ok(Opened {
+            source,
+            http: Some(h),
+            vddk_opts: None,
+            changed: None,
+            round: None,
+            esx_host: None,
+            vddk_version: None,
+        });
+    }
     if cfg.source != SourceKind::Vddk {
         let reach = crate::source::Reach {
             nbd,
@@ -501,7 +635,8 @@ async fn open_source(
         };
         let source = crate::source::open(&cfg.endpoint, &reach, false).await?;
         return Ok(Opened {
-            source,
+            source: crate::source::Input::Disk(source),
+            http: None,
             vddk_opts: None,
             changed: None,
             round: None,
@@ -516,7 +651,8 @@ async fn open_source(
         .map_err(Error::Vddk)?;
     Ok(Opened {
         vddk_version: Some(vddk_version(src.library_path())),
-        source: Arc::new(src),
+        source: crate::source::Input::Disk(Arc::new(src)),
+        http: None,
         vddk_opts: Some(opts),
         changed: disk.changed.clone(),
         round: Some(Round {
@@ -547,29 +683,45 @@ pub async fn run(
     progress.set_phase("connecting");
     let nbd = NbdSourceOptions::new(crate::num::usize_of(t.connections), t.timeout, true);
     let Opened {
-        source,
+        mut source,
+        http,
         vddk_opts,
         changed,
         round,
         esx_host,
         vddk_version: vddk_version_found,
     } = open_source(cfg, t, &nbd, engine.clone()).await?;
+    // The disk's size, known before a byte is written (an image's virtual size from
+    // its header); a compressed stream says it only at its end.
     let size = source.size();
     let target = cfg.target.path();
-    let usable = match check_usable(cfg, &target, size, changed.is_some()) {
+    let usable = match size.map(|s| check_usable(cfg, &target, s, changed.is_some())) {
+        None => match &cfg.target {
+            Target::Filesystem { dir } if changed.is_none() => {
+                usable_for(dir, &target, cfg).map(Some)
+            }
+            _ => Ok(None),
+        },
+        Some(u) => u,
+    };
+    let usable = match usable {
         Ok(u) => u,
         Err(e) => {
             source.close().await;
             return Err(e);
         }
     };
-    let (journal_path, marker) = state_paths(cfg);
-    let reopen = reopener(cfg, vddk_opts, nbd, engine.clone());
+    let (mut journal_path, marker) = state_paths(cfg);
+    if matches!(source, crate::source::Input::Stream(_)) {
+        // Read once in order: nothing to resume from.
+        journal_path = None;
+    }
+    let reopen = reopener(cfg, vddk_opts, http, nbd, engine.clone());
     let plan = plan_for(cfg, changed);
     let keep_larger = plan.changes.is_some();
     let fs_mode = matches!(cfg.target, Target::Filesystem { .. });
     let job = crate::job::Job {
-        source: crate::source::Input::Disk(source.clone()),
+        source,
         reopen: Some(reopen),
         target: &target,
         plan,
@@ -596,7 +748,7 @@ pub async fn run(
             // (usable is already bounded by the requested size).
             grow_to: cfg.image_size.and(usable),
             round_marker: marker.clone().zip(round).map(|(m, mut r)| {
-                r.size = size;
+                r.size = size.unwrap_or_default();
                 (m, r)
             }),
             // As CDI leaves it: group-writable for the pod's fsGroup (virt-launcher).
