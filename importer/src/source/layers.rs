@@ -230,7 +230,7 @@ mod tests {
     }
 
     #[test]
-    fn a_compression_is_peeled_once_and_an_image_inside_is_refused() {
+    fn a_compression_is_peeled_once_and_a_random_access_image_inside_is_refused() {
         use std::io::Write;
         let gz = |b: &[u8]| {
             let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
@@ -260,13 +260,14 @@ mod tests {
         assert!(
             matches!(
                 e,
-                Error::NotRaw {
+                Error::NeedsRandomAccess {
                     format: Format::Qcow2,
                     ..
                 }
             ),
             "{e:?}"
         );
+        assert!(e.to_string().contains("scratch"), "{e}");
     }
 
     #[test]
