@@ -160,3 +160,30 @@ pub fn qcow2_header(data: &[u8]) {
         }
     }
 }
+
+/// Largest virtual disk the image fuzz entry reads whole (larger ones: their first units).
+pub const MAX_FUZZ_DISK: u64 = 64 << 20;
+/// Units looked up of a disk larger than [`MAX_FUZZ_DISK`].
+pub const MAX_FUZZ_UNITS: u64 = 4096;
+
+/// A whole image file of `format` (qcow2, VMDK, VHD, VHDX, VDI): opened through its
+/// opener (every read it asks for served from `data`), then read through its map: the
+/// whole disk when it is small, else its first units. Errors are fine; panics, hangs
+/// and allocations the input's size does not justify are not.
+pub fn image(format: ferry_convert::Format, data: &[u8]) {
+    use ferry_convert::image::BlockingImage;
+    let Ok(mut img) = BlockingImage::open(std::io::Cursor::new(data), data.len() as u64, format)
+    else {
+        return;
+    };
+    let (size, unit) = (img.map().size(), img.map().unit().max(1));
+    if size <= MAX_FUZZ_DISK {
+        let _ = img.read_all();
+    } else {
+        for i in 0..size.div_ceil(unit).min(MAX_FUZZ_UNITS) {
+            if img.unit(i).is_err() {
+                break;
+            }
+        }
+    }
+}

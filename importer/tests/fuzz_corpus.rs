@@ -113,3 +113,11 @@ fn qcow2_header_corpus_replays_without_panic() {
         ferry::fuzzing::qcow2_header(&b);
     }
 }
+
+#[test]
+fn image_qcow2_corpus_replays_without_panic() {
+    for (p, b) in corpus("image_qcow2") {
+        eprintln!("{}", p.display());
+        ferry::fuzzing::image(ferry::source::format::Format::Qcow2, &b);
+    }
+}
