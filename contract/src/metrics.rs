@@ -27,6 +27,10 @@ pub const FERRY_SKIPPED_BYTES: &str = "ferry_import_skipped_bytes";
 pub const FERRY_COVERED_BYTES: &str = "ferry_import_covered_bytes";
 /// Source failures retried (counter).
 pub const FERRY_RETRIES: &str = "ferry_import_retries";
+/// Bytes received from an HTTP source: the file as downloaded (counter).
+pub const FERRY_DOWNLOADED_BYTES: &str = "ferry_import_downloaded_bytes";
+/// The HTTP source's size as downloaded, when known (gauge).
+pub const FERRY_DOWNLOAD_SIZE_BYTES: &str = "ferry_import_download_size_bytes";
 /// The disk size (gauge).
 pub const FERRY_SIZE_BYTES: &str = "ferry_import_size_bytes";
 /// Bytes per second over the last window (gauge).

@@ -172,6 +172,8 @@ pub struct CopyStats {
     pub retries: u64,
     /// A delta: only changed areas were copied.
     pub delta: bool,
+    /// Bytes received from an HTTP source (the file as downloaded; 0 for others).
+    pub bytes_downloaded: u64,
 }
 
 impl CopyStats {

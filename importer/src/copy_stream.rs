@@ -102,6 +102,7 @@ pub async fn copy_stream(
     progress.set_durable(size);
     stats.size = size;
     stats.seconds = start.elapsed().as_secs_f64();
+    stats.bytes_downloaded = progress.downloaded();
     Ok(stats)
 }
 

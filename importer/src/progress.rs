@@ -1,8 +1,36 @@
-//! Progress counters shared by the pipeline and whoever reports them (a terminal bar
-//! now; metrics and log lines in [`crate::report`]).
+//! Progress counters shared by the pipeline and whoever reports them (the terminal bar
+//! of `ferry copy`, metrics and log lines in [`crate::report`]).
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Bytes received from a source's transport (an HTTP body: the compressed file, the
+/// image file) and how many it has, when known. Shared by every reader of one job; the
+/// source counts, [`Progress`] reports.
+#[derive(Debug, Default, Clone)]
+pub struct Downloaded {
+    received: Arc<AtomicU64>,
+    size: Arc<AtomicU64>,
+}
+
+impl Downloaded {
+    /// Bytes received so far.
+    pub fn get(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+    /// Count `n` bytes received.
+    pub fn add(&self, n: u64) {
+        self.received.fetch_add(n, Ordering::Relaxed);
+    }
+    /// The source's size in bytes (0: unknown).
+    pub fn size(&self) -> u64 {
+        self.size.load(Ordering::Relaxed)
+    }
+    /// Record the source's size, once it is known.
+    pub fn set_size(&self, n: u64) {
+        self.size.store(n, Ordering::Relaxed);
+    }
+}
 
 /// Live counters of one copy.
 #[derive(Debug, Default)]
@@ -17,6 +45,7 @@ pub struct Progress {
     retries: AtomicU64,
     durable: AtomicU64,
     whole: AtomicU64,
+    downloaded: Downloaded,
     phase: Mutex<&'static str>,
     engine: Mutex<&'static str>,
 }
@@ -44,6 +73,10 @@ pub struct ProgressSnapshot {
     /// The disk's size when `total` counts only the changed bytes of a delta; 0
     /// otherwise.
     pub whole: u64,
+    /// Bytes received from the source's transport (HTTP), 0 for other sources.
+    pub downloaded: u64,
+    /// How many bytes the source's transport has (0: unknown or not HTTP).
+    pub download_size: u64,
     /// Current phase name.
     pub phase: &'static str,
     /// I/O engine writing the target (`uring`, `sync`; empty until known).
@@ -83,6 +116,15 @@ impl Progress {
     /// Count one retry (a read again, or a reconnect).
     pub fn add_retry(&self) {
         self.retries.fetch_add(1, Ordering::Relaxed);
+    }
+    /// The counter a source counts the bytes it receives in (a clone: give it to the
+    /// source's options before opening it).
+    pub fn downloaded_counter(&self) -> Downloaded {
+        self.downloaded.clone()
+    }
+    /// Bytes received from the source's transport so far.
+    pub fn downloaded(&self) -> u64 {
+        self.downloaded.get()
     }
     /// Retries so far.
     pub fn retries(&self) -> u64 {
@@ -169,6 +211,8 @@ impl Progress {
             in_flight: self.in_flight(),
             retries: self.retries(),
             whole: self.whole.load(Ordering::Relaxed),
+            downloaded: self.downloaded.get(),
+            download_size: self.downloaded.size(),
             phase: self.phase(),
             engine: self.engine(),
         }

@@ -148,6 +148,7 @@ pub async fn copy_retrying(
                         stats.bytes_skipped = progress.skipped();
                     }
                     stats.retries = progress.retries();
+                    stats.bytes_downloaded = progress.downloaded();
                     stats.seconds = started.elapsed().as_secs_f64();
                     return Ok(stats);
                 }

@@ -136,6 +136,28 @@ fn images_from_a_range_server_are_read_through_their_maps_over_http_and_https() 
             name,
         );
     }
+    // Progress counts the bytes downloaded: the whole raw file (plus the few bytes
+    // sniffed), and of a compressed qcow2 what its map pointed at (each compressed
+    // cluster's sectors, which may overlap the next one's: a little more than the file).
+    for (name, whole) in [("disk.raw", true), ("disk.zstd.qcow2", false)] {
+        let _ = std::fs::remove_file(&t);
+        let r = copy(&format!("http://127.0.0.1:{http}/{name}"), &t, "uring", &[]);
+        r.success(name);
+        let stats: serde_json::Value = serde_json::from_str(r.stdout.trim()).unwrap();
+        let got = stats["bytes_downloaded"].as_u64().unwrap();
+        let file = std::fs::metadata(f.root.join(name)).unwrap().len();
+        if whole {
+            assert!(
+                (file..file + MIB as u64).contains(&got),
+                "{name}: {got} downloaded of {file}"
+            );
+        } else {
+            assert!(
+                (file / 2..file + file / 16).contains(&got),
+                "{name}: {got} downloaded of {file}"
+            );
+        }
+    }
     let (ranged, whole) = statuses(&dir.path().join("access.log"));
     assert!(
         ranged > 10,

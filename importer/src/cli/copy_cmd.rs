@@ -202,7 +202,9 @@ pub async fn run(mut a: CopyArgs) -> anyhow::Result<()> {
     let engine = ferry::engine::select(a.tuning.io_engine, (a.tuning.count() * 2 + 16) as u32)?;
     let mut nbd = a.tuning.nbd();
     nbd.dirty_bitmap = a.dirty_bitmap.clone();
-    let http = a.http.options()?;
+    let progress = Arc::new(Progress::new());
+    let mut http = a.http.options()?;
+    http.downloaded = progress.downloaded_counter();
     let reach = ferry::source::Reach {
         nbd: &nbd,
         vddk: vddk.as_ref(),
@@ -222,7 +224,6 @@ pub async fn run(mut a: CopyArgs) -> anyhow::Result<()> {
     } else {
         src
     };
-    let progress = Arc::new(Progress::new());
     let bar =
         (!a.no_progress && std::io::stderr().is_terminal()).then(|| spawn_bar(progress.clone()));
     let changes = match (&a.dirty_bitmap, &a.changed_extents, &a.changed_since) {
@@ -290,8 +291,38 @@ fn spawn_bar(p: Arc<Progress>) -> tokio::task::JoinHandle<()> {
         loop {
             bar.set_length(p.total().max(1));
             bar.set_position(p.done());
-            bar.set_message(p.phase());
+            let s = p.snapshot();
+            bar.set_message(download_message(s.phase, s.downloaded, s.download_size));
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     })
+}
+
+/// The bar's message: the phase, and for an HTTP source the bytes downloaded (of how
+/// many, when known).
+fn download_message(phase: &str, downloaded: u64, size: u64) -> String {
+    let mib = |n: u64| n as f64 / f64::from(1u32 << 20);
+    match (downloaded, size) {
+        (0, 0) => phase.to_string(),
+        (d, 0) => format!("{phase}, {:.1} MiB downloaded", mib(d)),
+        (d, n) => format!("{phase}, {:.1}/{:.1} MiB downloaded", mib(d), mib(n)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::download_message;
+
+    #[test]
+    fn the_bar_names_the_download_only_for_http_sources() {
+        assert_eq!(download_message("copying", 0, 0), "copying");
+        assert_eq!(
+            download_message("copying", 3 << 20, 0),
+            "copying, 3.0 MiB downloaded"
+        );
+        assert_eq!(
+            download_message("flushing", 1 << 19, 4 << 20),
+            "flushing, 0.5/4.0 MiB downloaded"
+        );
+    }
 }

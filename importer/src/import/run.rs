@@ -598,10 +598,13 @@ async fn open_source(
     t: &ImportTuning,
     nbd: &NbdSourceOptions,
     engine: Arc<dyn IoEngine>,
+    progress: &Progress,
 ) -> Result<Opened, Error> {
     if cfg.source == SourceKind::Http {
+        let mut options = http_options(cfg)?;
+        options.downloaded = progress.downloaded_counter();
         let h = HttpReach {
-            options: http_options(cfg)?,
+            options,
             checksum: cfg.checksum.clone().map(|c| {
                 crate::checksum::ChecksumState::new(c, crate::source::http::redact(&cfg.endpoint))
             }),
@@ -690,7 +693,7 @@ pub async fn run(
         round,
         esx_host,
         vddk_version: vddk_version_found,
-    } = open_source(cfg, t, &nbd, engine.clone()).await?;
+    } = open_source(cfg, t, &nbd, engine.clone(), &progress).await?;
     // The disk's size, known before a byte is written (an image's virtual size from
     // its header); a compressed stream says it only at its end.
     let size = source.size();

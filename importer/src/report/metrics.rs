@@ -53,6 +53,8 @@ struct Inner {
     skipped: Counter,
     covered: Counter,
     retries: Counter,
+    downloaded: Counter,
+    download_size: Gauge,
     size: Gauge,
     throughput: Gauge<f64, AtomicU64>,
     in_flight: Gauge,
@@ -130,6 +132,17 @@ impl Metrics {
             ferry_contract::metrics::FERRY_RETRIES,
             "Transient source failures retried (reads read again, connections opened again)",
         );
+        let downloaded = counter(
+            &mut registry,
+            ferry_contract::metrics::FERRY_DOWNLOADED_BYTES,
+            "Bytes received from an HTTP source (the file as downloaded)",
+        );
+        let download_size = Gauge::default();
+        registry.register(
+            ferry_contract::metrics::FERRY_DOWNLOAD_SIZE_BYTES,
+            "Bytes the HTTP source has as downloaded (0 while unknown)",
+            download_size.clone(),
+        );
         let size = Gauge::default();
         registry.register(
             ferry_contract::metrics::FERRY_SIZE_BYTES,
@@ -172,6 +185,8 @@ impl Metrics {
             skipped,
             covered,
             retries,
+            downloaded,
+            download_size,
             size,
             throughput,
             in_flight,
@@ -193,6 +208,10 @@ impl Metrics {
         advance(&self.0.skipped, s.skipped);
         advance(&self.0.covered, s.done());
         advance(&self.0.retries, s.retries);
+        advance(&self.0.downloaded, s.downloaded);
+        self.0
+            .download_size
+            .set(i64::try_from(s.download_size).unwrap_or(i64::MAX));
         self.0.size.set(i64::try_from(s.total).unwrap_or(i64::MAX));
         self.0
             .in_flight
@@ -215,6 +234,7 @@ impl Metrics {
         advance(&self.0.skipped, stats.bytes_skipped);
         advance(&self.0.covered, stats.size);
         advance(&self.0.retries, stats.retries);
+        advance(&self.0.downloaded, stats.bytes_downloaded);
         self.0.in_flight.set(0);
         if !stats.engine.is_empty() {
             self.set_engine(&stats.engine);
@@ -401,6 +421,36 @@ mod tests {
     }
 
     #[test]
+    fn an_http_sources_download_is_counted_and_its_size_is_a_gauge() {
+        let m = Metrics::new("u");
+        m.update(&ProgressSnapshot {
+            total: 1 << 30,
+            downloaded: 5000,
+            download_size: 300_000,
+            phase: "copying",
+            ..Default::default()
+        });
+        let body = m.encode();
+        assert!(
+            body.contains("ferry_import_downloaded_bytes_total 5000\n"),
+            "{body}"
+        );
+        assert!(
+            body.contains("ferry_import_download_size_bytes 300000\n"),
+            "{body}"
+        );
+        m.finish(&CopyStats {
+            size: 1 << 30,
+            bytes_downloaded: 300_000,
+            ..Default::default()
+        });
+        assert!(
+            m.encode()
+                .contains("ferry_import_downloaded_bytes_total 300000\n")
+        );
+    }
+
+    #[test]
     fn percent_floors_and_caps() {
         assert_eq!(percent(0, 0), None);
         assert_eq!(percent(0, 10), Some(0));
@@ -462,6 +512,8 @@ mod tests {
             in_flight: 7,
             retries: 3,
             whole: 0,
+            downloaded: 0,
+            download_size: 0,
             phase: "copying",
             engine: "uring",
         });

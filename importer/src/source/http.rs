@@ -15,7 +15,6 @@
 
 use std::io::Read;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use ferry_cbt::{Extent, ExtentKind, ExtentMap};
@@ -29,6 +28,7 @@ use super::stream::ReadStream;
 use crate::buf::Buf;
 use crate::engine::BoxFuture;
 use crate::error::{Error, Retry};
+pub use crate::progress::Downloaded;
 
 /// Most redirects followed before the URL is given up on (Go's client stops at 10).
 pub const MAX_REDIRECTS: usize = 10;
@@ -66,20 +66,6 @@ impl Default for HttpOptions {
             connections: DEFAULT_HTTP_CONNECTIONS,
             downloaded: Downloaded::default(),
         }
-    }
-}
-
-/// Bytes received from HTTP sources, for progress (shared by every reader of one job).
-#[derive(Debug, Default, Clone)]
-pub struct Downloaded(Arc<AtomicU64>);
-
-impl Downloaded {
-    /// Bytes so far.
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
-    fn add(&self, n: usize) {
-        self.0.fetch_add(n as u64, Ordering::Relaxed);
     }
 }
 
@@ -237,12 +223,14 @@ pub async fn open(url: &str, opts: &HttpOptions) -> Result<super::Input, Error> 
                     ));
                 };
                 drop(body);
+                downloaded.set_size(total);
                 let s = HttpSource::new(&url, client, path, total, opts, downloaded.clone())?;
                 tracing::info!(url = %redact(&url), size = total, connections = s.s.clients.len(), "HTTP source serves ranges");
                 return Ok(super::Input::Disk(Arc::new(s)));
             }
             StatusCode::OK => {
                 let len = content_length(&headers);
+                downloaded.set_size(len.unwrap_or(0));
                 tracing::info!(url = %redact(&url), size = ?len, "HTTP source without ranges: read in order, once");
                 let reader = HttpStream {
                     body,
@@ -371,7 +359,7 @@ impl Shared {
                             ));
                         }
                     }
-                    self.downloaded.add(r.filled);
+                    self.downloaded.add(r.filled as u64);
                     filled += r.filled;
                     if filled < dst.len() && r.filled == 0 {
                         return Err(read_err(
@@ -396,7 +384,7 @@ impl Shared {
                     ));
                 }
                 Err((n, e)) => {
-                    self.downloaded.add(n);
+                    self.downloaded.add(n as u64);
                     filled += n;
                     if !e.is_transient() {
                         return Err(http_err(&self.url, e));
@@ -495,7 +483,7 @@ impl Read for HttpStream {
         while self.chunk.is_empty() {
             match self.handle.block_on(self.body.chunk()) {
                 Ok(Some(c)) => {
-                    self.downloaded.add(c.len());
+                    self.downloaded.add(c.len() as u64);
                     self.got += c.len() as u64;
                     self.chunk = c;
                 }
