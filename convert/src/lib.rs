@@ -14,6 +14,7 @@
 pub mod detect;
 pub mod image;
 pub mod qcow2;
+pub mod tar;
 pub mod wrappers;
 
 pub use detect::{Format, HEAD_BYTES, TAIL_BYTES, detect};

@@ -72,6 +72,14 @@ pub enum Error {
         /// What is wrong.
         error: ferry_convert::image::ImageError,
     },
+    /// An archive (an OVA, a tar) that is corrupt, or whose disk cannot be chosen.
+    #[error("{what}: {error}")]
+    Archive {
+        /// The source.
+        what: String,
+        /// What is wrong.
+        error: ferry_convert::tar::TarError,
+    },
     /// The source holds an image or archive format, not a disk (only raw disks are
     /// copied so far).
     #[error("{what} holds a {format}, not a raw disk; Ferry reads raw disks (also gzip-, xz- or zstd-compressed) and qcow2 images (from a file or NBD) so far: {}, or give --format raw to copy its bytes as they are", .format.how_to_read())]
@@ -438,6 +446,8 @@ impl Error {
             Error::Checksum { .. } => ErrorKind::SourceData,
             Error::Image { error, .. } if error.is_refusal() => ErrorKind::Usage,
             Error::Image { .. } => ErrorKind::SourceData,
+            Error::Archive { error, .. } if error.is_refusal() => ErrorKind::Usage,
+            Error::Archive { .. } => ErrorKind::SourceData,
             Error::Nbd(e) => match e {
                 N::Uri { .. } | N::InvalidRequest(_) => ErrorKind::Usage,
                 N::Refused { reason, .. } if *reason == "unknown export" => ErrorKind::NotFound,

@@ -135,9 +135,39 @@ pub const MAX_FUZZ_STREAM_OUTPUT: u64 = 16 << 20;
 pub fn stream_layers(data: &[u8]) {
     use std::io::Read;
     let reader: Box<dyn Read + Send> = Box::new(std::io::Cursor::new(data.to_vec()));
-    if let Ok((_, r)) = crate::source::layers::peel_blocking("fuzz".into(), reader) {
+    if let Ok((_, r)) = crate::source::layers::peel_blocking("fuzz".into(), reader, None) {
         let mut sink = std::io::sink();
         let _ = std::io::copy(&mut r.take(MAX_FUZZ_STREAM_OUTPUT), &mut sink);
+    }
+}
+
+/// A tar archive (an OVA) as both sources read one: its headers walked at the offsets
+/// they name (random access) and a member picked, unnamed and by the first member's
+/// name; then as a stream, the member read through [`ferry_convert::tar::MemberReader`]
+/// to its end or [`MAX_FUZZ_STREAM_OUTPUT`], and the rest of the archive walked.
+pub fn tar(data: &[u8]) {
+    use ferry_convert::tar::{Event, MemberReader, Walker, pick};
+    use std::io::Read;
+    let mut w = Walker::new();
+    let mut members = Vec::new();
+    loop {
+        let (off, len) = w.want();
+        let from = usize::try_from(off).unwrap_or(usize::MAX).min(data.len());
+        let to = from
+            .saturating_add(usize::try_from(len).unwrap_or(usize::MAX))
+            .min(data.len());
+        match w.feed(&data[from..to]) {
+            Ok(Some(Event::Member(m))) => members.push(m),
+            Ok(Some(Event::End)) | Err(_) => break,
+            Ok(None) => {}
+        }
+    }
+    let first = members.first().map(|m| m.name.clone());
+    for wanted in [None, first.as_deref()] {
+        let _ = pick(&members, wanted);
+        if let Ok(r) = MemberReader::open(std::io::Cursor::new(data), wanted) {
+            let _ = std::io::copy(&mut r.take(MAX_FUZZ_STREAM_OUTPUT), &mut std::io::sink());
+        }
     }
 }
 

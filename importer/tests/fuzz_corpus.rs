@@ -115,6 +115,14 @@ fn qcow2_header_corpus_replays_without_panic() {
 }
 
 #[test]
+fn tar_corpus_replays_without_panic() {
+    for (p, b) in corpus("tar") {
+        eprintln!("{}", p.display());
+        ferry::fuzzing::tar(&b);
+    }
+}
+
+#[test]
 fn image_qcow2_corpus_replays_without_panic() {
     for (p, b) in corpus("image_qcow2") {
         eprintln!("{}", p.display());

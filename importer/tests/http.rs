@@ -20,7 +20,9 @@ use proxy_peers::{
 const MIB: usize = 1 << 20;
 
 fn tools() -> bool {
-    require(&["nginx", "qemu-img", "python3", "gzip", "zstd", "openssl"])
+    require(&[
+        "nginx", "qemu-img", "python3", "gzip", "zstd", "openssl", "tar",
+    ])
 }
 
 /// A web root holding a raw disk and the same disk as images and compressed files, with
@@ -58,12 +60,25 @@ fn files(dir: &Path) -> Files {
     );
     sh("gzip", &["-k", "-f", r]);
     sh("zstd", &["-q", "-f", r, "-o", &at("disk.raw.zst")]);
+    // OVAs: the disk after a descriptor, as tar writes them.
+    std::fs::write(root.join("vm.ovf"), "<Envelope/>").unwrap();
+    for disk in ["disk.qcow2", "disk.raw"] {
+        let ova = at(&format!("{disk}.ova"));
+        let root_s = root.to_str().unwrap();
+        sh(
+            "tar",
+            &["--format=ustar", "-cf", &ova, "-C", root_s, "vm.ovf", disk],
+        );
+    }
     Files { root, raw }
 }
 
 /// `qemu-img convert -O raw` of `img` (raw files are their own reference).
 fn reference(img: &Path) -> PathBuf {
     let name = img.file_name().unwrap().to_str().unwrap();
+    if let Some(inner) = name.strip_suffix(".ova") {
+        return reference(&img.with_file_name(inner));
+    }
     if name.contains(".raw") {
         return img.with_file_name("disk.raw");
     }
@@ -126,6 +141,7 @@ fn images_from_a_range_server_are_read_through_their_maps_over_http_and_https() 
         "disk.raw.zst",
         "disk.qcow2",
         "disk.zstd.qcow2",
+        "disk.qcow2.ova",
     ] {
         let img = f.root.join(name);
         check(
@@ -233,7 +249,7 @@ fn a_server_without_ranges_streams_what_streams_and_refuses_what_needs_a_map() {
     let mut peer = Peer(child);
     wait_for_port(port, &mut peer.0, "python3 -m http.server");
     let t = dir.path().join("t.img");
-    for name in ["disk.raw", "disk.raw.gz", "disk.raw.zst"] {
+    for name in ["disk.raw", "disk.raw.gz", "disk.raw.zst", "disk.raw.ova"] {
         check(
             &format!("http://127.0.0.1:{port}/{name}"),
             &t,
@@ -255,6 +271,16 @@ fn a_server_without_ranges_streams_what_streams_and_refuses_what_needs_a_map() {
     );
     assert_eq!(r.status.code(), Some(2), "a usage refusal");
     assert!(!t.exists(), "no target for a refused image");
+    let r = copy(
+        &format!("http://127.0.0.1:{port}/disk.qcow2.ova"),
+        &t,
+        "sync",
+        &[],
+    );
+    r.failure(
+        "qcow2 in an OVA without Range",
+        &["member disk.qcow2", "a scratch copy would be needed"],
+    );
     let _ = f.raw;
 }
 

@@ -204,3 +204,169 @@ fn a_truncated_or_hostile_qcow2_fails_by_kind_and_names_the_problem() {
         &["unknown incompatible features (bits 0x80)"],
     );
 }
+
+/// An OVA as `tar` writes it (ustar, GNU and pax headers) and as python's tarfile
+/// writes it: the OVF descriptor first, then the disks.
+fn ova(dir: &Path, name: &str, format: &str, members: &[&Path]) -> PathBuf {
+    let out = dir.join(name);
+    let mut cmd = std::process::Command::new("tar");
+    cmd.arg(format!("--format={format}"))
+        .arg("-cf")
+        .arg(&out)
+        .arg("-C")
+        .arg(dir);
+    for m in members {
+        cmd.arg(m.file_name().unwrap());
+    }
+    assert!(cmd.status().unwrap().success(), "tar {name}");
+    out
+}
+
+fn ovf(dir: &Path, disks: &[&str]) -> PathBuf {
+    let p = dir.join("vm.ovf");
+    let refs: String = disks
+        .iter()
+        .map(|d| format!("<File ovf:href=\"{d}\" ovf:id=\"{d}\"/>"))
+        .collect();
+    std::fs::write(
+        &p,
+        format!("<?xml version=\"1.0\"?><Envelope><References>{refs}</References></Envelope>"),
+    )
+    .unwrap();
+    p
+}
+
+#[test]
+fn an_ovas_disk_is_read_in_place_from_a_file_and_passed_through_from_a_stream() {
+    if !require(&["qemu-img", "tar", "python3"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let raw = raw_disk(d);
+    let img = d.join("disk.qcow2");
+    qemu_img(&[
+        "convert",
+        "-q",
+        "-O",
+        "qcow2",
+        raw.to_str().unwrap(),
+        img.to_str().unwrap(),
+    ]);
+    let want = reference(&img);
+    let t = d.join("t.img");
+    let one = ovf(d, &["disk.qcow2"]);
+    for format in ["ustar", "gnu", "pax"] {
+        let a = ova(d, &format!("{format}.ova"), format, &[&one, &img]);
+        let _ = std::fs::remove_file(&t);
+        copy(a.to_str().unwrap(), &t, "uring", &[]).success(format);
+        assert_identical(&t, &want, format);
+    }
+    // python's tarfile (PAX by default), a raw disk inside: from a file, and as a stream.
+    let py = d.join("py.ova");
+    sh(
+        "python3",
+        &[
+            "-c",
+            "import sys, tarfile\n\
+             with tarfile.open(sys.argv[1], 'w') as t:\n\
+             \x20   t.add(sys.argv[2], 'vm.ovf'); t.add(sys.argv[3], 'disk.raw')",
+            py.to_str().unwrap(),
+            one.to_str().unwrap(),
+            raw.to_str().unwrap(),
+        ],
+    );
+    let _ = std::fs::remove_file(&t);
+    copy(py.to_str().unwrap(), &t, "uring", &[]).success("tarfile");
+    assert_identical(&t, &raw, "tarfile");
+    let _ = std::fs::remove_file(&t);
+    copy_stdin(&py, &t, "sync", &[]).success("tarfile on stdin");
+    assert_identical(&t, &raw, "tarfile on stdin");
+    // A qcow2 inside an archive on a stream needs random access.
+    let _ = std::fs::remove_file(&t);
+    let r = copy_stdin(&d.join("ustar.ova"), &t, "sync", &[]);
+    r.failure(
+        "qcow2 in a streamed OVA",
+        &["member disk.qcow2", "scratch copy would be needed"],
+    );
+    assert_eq!(r.status.code(), Some(2));
+}
+
+#[test]
+fn an_ova_with_two_disks_needs_one_named_and_a_bad_archive_fails_by_kind() {
+    if !require(&["qemu-img", "tar"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let raw = raw_disk(d);
+    let img = d.join("disk.qcow2");
+    qemu_img(&[
+        "convert",
+        "-q",
+        "-O",
+        "qcow2",
+        raw.to_str().unwrap(),
+        img.to_str().unwrap(),
+    ]);
+    let two = ovf(d, &["disk.raw", "disk.qcow2"]);
+    let a = ova(d, "two.ova", "ustar", &[&two, &raw, &img]);
+    let t = d.join("t.img");
+    // Unnamed: refused up front from a file (every member listed) and from a stream
+    // (the OVF names two disks), exit 2, no target.
+    let r = copy(a.to_str().unwrap(), &t, "sync", &[]);
+    r.failure(
+        "two disks",
+        &["holds 2 disks (disk.raw, disk.qcow2): name the one to copy"],
+    );
+    assert_eq!(r.status.code(), Some(2));
+    assert!(!t.exists());
+    let r = copy_stdin(&a, &t, "sync", &[]);
+    r.failure("two disks on stdin", &["holds 2 disks"]);
+    assert_eq!(r.status.code(), Some(2));
+    // Named, by the member's name: either one, from a file; the raw one from a stream.
+    copy(a.to_str().unwrap(), &t, "sync", &["--member", "disk.qcow2"]).success("named qcow2");
+    assert_identical(&t, &reference(&img), "named qcow2");
+    let _ = std::fs::remove_file(&t);
+    copy_stdin(&a, &t, "sync", &["--member", "disk.raw"]).success("named raw on stdin");
+    assert_identical(&t, &raw, "named raw on stdin");
+    let _ = std::fs::remove_file(&t);
+    let r = copy(
+        a.to_str().unwrap(),
+        &t,
+        "sync",
+        &["--member", "nothing.vmdk"],
+    );
+    r.failure("not found", &["no member \"nothing.vmdk\"", "disk.raw"]);
+    assert_eq!(r.status.code(), Some(2));
+    // A symlink named as the disk is refused: nothing an archive names is opened.
+    std::os::unix::fs::symlink("/etc/hostname", d.join("link.img")).unwrap();
+    let l = ova(d, "link.ova", "ustar", &[&d.join("link.img")]);
+    let r = copy(l.to_str().unwrap(), &t, "sync", &["--member", "link.img"]);
+    r.failure(
+        "symlink",
+        &["member \"link.img\" is a link, not a disk image"],
+    );
+    assert_eq!(r.status.code(), Some(2));
+    // Cut inside the disk member: a file and a stream both fail (exit 6), never a
+    // shorter disk.
+    let bytes = std::fs::read(&a).unwrap();
+    let cut = d.join("cut.ova");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let _ = std::fs::remove_file(&t);
+    let r = copy(cut.to_str().unwrap(), &t, "sync", &["--member", "disk.raw"]);
+    r.failure("cut file", &["truncated"]);
+    assert_eq!(r.status.code(), Some(6));
+    let _ = std::fs::remove_file(&t);
+    let r = copy_stdin(&cut, &t, "sync", &["--member", "disk.raw"]);
+    r.failure("cut stream", &["truncated"]);
+    assert_ne!(r.status.code(), Some(0));
+    // A corrupt header checksum.
+    let mut bad = bytes.clone();
+    bad[0] ^= 0x20;
+    std::fs::write(&cut, &bad).unwrap();
+    let r = copy(cut.to_str().unwrap(), &t, "sync", &[]);
+    // The first header no longer sums: not even recognised as a tar member list.
+    assert_ne!(r.status.code(), Some(0), "{}", r.stderr);
+    assert!(r.stderr.contains("checksum"), "{}", r.stderr);
+}

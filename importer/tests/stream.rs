@@ -45,22 +45,6 @@ fn compress(raw: &Path, tool: &str, args: &[&str], ext: &str) -> PathBuf {
     out
 }
 
-/// `ferry copy - DST` with `input` on standard input.
-fn copy_stdin(input: &Path, dst: &Path, engine: &str, extra: &[&str]) -> Run {
-    let mut c = Command::new("sh");
-    c.arg("-c")
-        .arg(format!(
-            "exec \"$0\" copy - \"$1\" --json --no-progress --io-engine {engine} {} < \"$2\"",
-            extra.join(" ")
-        ))
-        .arg(FERRY)
-        .arg(dst)
-        .arg(input)
-        .env_remove("FERRY_LOG")
-        .env("NO_COLOR", "1");
-    run(c, RUN_LIMIT)
-}
-
 #[test]
 fn compressed_raw_files_are_decompressed_as_they_stream() {
     if !require(&["gzip", "xz", "zstd", "cmp"]) {

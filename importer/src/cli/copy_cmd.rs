@@ -54,6 +54,10 @@ pub struct CopyArgs {
     /// incomplete).
     #[arg(long, value_name = "ALG:HEX")]
     pub checksum: Option<ferry::checksum::Checksum>,
+    /// The disk to copy from an archive source (an OVA, a tar): a member's name, or
+    /// its last component. Without it an archive must hold exactly one disk image.
+    #[arg(long, value_name = "NAME")]
+    pub member: Option<String>,
     /// Print one JSON summary object on stdout.
     #[arg(long)]
     pub json: bool,
@@ -214,13 +218,14 @@ pub async fn run(mut a: CopyArgs) -> anyhow::Result<()> {
             .checksum
             .clone()
             .map(|c| ferry::checksum::ChecksumState::new(c, a.src.clone())),
+        member: a.member.as_deref(),
     };
     let src = ferry::source::open_input(&a.src, &reach).await?;
     // What the bytes hold: a raw disk as it is, a compressed one decompressed, an image
     // read through its map, anything else refused (VDDK sources are always disks).
     let layered = a.format == SourceFormat::Auto && vddk.is_none();
     let src = if layered {
-        ferry::source::layers::layer(src).await?
+        ferry::source::layers::layer(src, a.member.as_deref()).await?
     } else {
         src
     };

@@ -415,6 +415,7 @@ fn reopener(
                         engine,
                         http: http.as_ref().map(|h| &h.options),
                         checksum: http.as_ref().and_then(|h| h.checksum.clone()),
+                        member: None,
                     };
                     // An image over HTTP is reopened through its format layers.
                     crate::source::open(&cfg.endpoint, &reach, http.is_some()).await
@@ -615,9 +616,10 @@ async fn open_source(
             engine,
             http: Some(&h.options),
             checksum: h.checksum.clone(),
+            member: None,
         };
         let input = crate::source::open_input(&cfg.endpoint, &reach).await?;
-        let source = crate::source::layers::layer(input).await?;
+        let source = crate::source::layers::layer(input, None).await?;
         return Ok(Opened {
             source,
             http: Some(h),
@@ -635,6 +637,7 @@ async fn open_source(
             engine,
             http: None,
             checksum: None,
+            member: None,
         };
         let source = crate::source::open(&cfg.endpoint, &reach, false).await?;
         return Ok(Opened {

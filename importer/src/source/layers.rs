@@ -13,6 +13,7 @@ use super::stream::{ReadStream, SourceReader, StreamSource};
 use super::{Input, Source};
 use crate::error::{Error, Retry};
 
+use ferry_convert::tar;
 use ferry_convert::wrappers::{self, Bytes};
 
 /// What a recognised format becomes.
@@ -25,6 +26,10 @@ enum Layer {
     /// An image read through its own map ([`super::image::ImageSource`]); it needs
     /// random access (from a stream it is refused).
     Map,
+    /// A tar archive (an OVA): one member chosen ([`super::archive`]) and looked at
+    /// again; read in place from a random-access source, passed through from a stream.
+    /// An archive inside an archive is refused.
+    Archive,
 }
 
 /// How each format the copy can read is read. Formats not listed are refused
@@ -35,6 +40,7 @@ const LAYERS: &[(Format, Layer)] = &[
     (Format::Xz, Layer::Decompress),
     (Format::Zstd, Layer::Decompress),
     (Format::Qcow2, Layer::Map),
+    (Format::Tar, Layer::Archive),
 ];
 
 fn layer_of(f: Format) -> Option<&'static Layer> {
@@ -42,7 +48,16 @@ fn layer_of(f: Format) -> Option<&'static Layer> {
 }
 
 /// Look at what `input` holds and put the layers on it that turn it into a disk.
-pub async fn layer(input: Input) -> Result<Input, Error> {
+/// `member` names the disk to copy from an archive (None: its only disk).
+pub async fn layer(input: Input, member: Option<&str>) -> Result<Input, Error> {
+    layer_within(input, member, false).await
+}
+
+async fn layer_within(
+    input: Input,
+    member: Option<&str>,
+    in_archive: bool,
+) -> Result<Input, Error> {
     match input {
         Input::Disk(src) => {
             let found = match super::sniff_disk(src.as_ref()).await {
@@ -65,9 +80,20 @@ pub async fn layer(input: Input) -> Result<Input, Error> {
                 Some(Layer::Decompress) => {
                     let what = src.describe();
                     let reader: Bytes = Box::new(SourceReader::new(src.clone()));
-                    peel(what, reader, Some(src)).await
+                    peel(what, reader, Some(src), member).await
                 }
-                None => {
+                Some(Layer::Archive) if !in_archive => {
+                    match super::archive::MemberSource::open(src.clone(), member).await {
+                        Ok(m) => {
+                            Box::pin(layer_within(Input::Disk(Arc::new(m)), member, true)).await
+                        }
+                        Err(e) => {
+                            src.close().await;
+                            Err(e)
+                        }
+                    }
+                }
+                _ => {
                     let what = src.describe();
                     src.close().await;
                     Err(Error::NotRaw {
@@ -79,7 +105,7 @@ pub async fn layer(input: Input) -> Result<Input, Error> {
         }
         Input::Stream(s) => match s.into_bytes() {
             Ok((what, reader, under, check)) => {
-                let peeled = peel(what, reader, under).await?;
+                let peeled = peel(what, reader, under, member).await?;
                 Ok(match (peeled, check) {
                     (Input::Stream(s), Some(c)) => match s.into_bytes() {
                         Ok((what, reader, under, _)) => Input::Stream(Box::new(
@@ -98,13 +124,16 @@ pub async fn layer(input: Input) -> Result<Input, Error> {
 /// A byte stream (`what`, read by `reader`) made a disk: its head looked at, decoded
 /// while it is compressed with a compression not yet peeled, until it is raw. `under`
 /// is what the reader reads from, closed with the stream (or now, on a refusal).
+/// `member` names the disk of an archive.
 pub async fn peel(
     what: String,
     reader: Bytes,
     under: Option<Arc<dyn Source>>,
+    member: Option<&str>,
 ) -> Result<Input, Error> {
     let w = what.clone();
-    let peeled = tokio::task::spawn_blocking(move || peel_blocking(w, reader))
+    let m = member.map(str::to_string);
+    let peeled = tokio::task::spawn_blocking(move || peel_blocking(w, reader, m.as_deref()))
         .await
         .map_err(|e| Error::Read {
             offset: 0,
@@ -127,7 +156,11 @@ pub async fn peel(
 
 /// What [`peel`] does, on a blocking thread. Returns the stream's description ("PATH,
 /// gzip-decompressed") and its disk bytes.
-pub(crate) fn peel_blocking(mut what: String, mut reader: Bytes) -> Result<(String, Bytes), Error> {
+pub(crate) fn peel_blocking(
+    mut what: String,
+    mut reader: Bytes,
+    member: Option<&str>,
+) -> Result<(String, Bytes), Error> {
     let mut peeled: Vec<Format> = Vec::new();
     loop {
         let mut head = Vec::with_capacity(format::HEAD_BYTES);
@@ -159,6 +192,22 @@ pub(crate) fn peel_blocking(mut what: String, mut reader: Bytes) -> Result<(Stri
                     what,
                     format: found,
                 });
+            }
+            Some(Layer::Archive) if !peeled.contains(&found) => {
+                let r = tar::MemberReader::open(reader, member).map_err(|e| match e {
+                    tar::OpenError::Tar(error) => Error::Archive {
+                        what: what.clone(),
+                        error,
+                    },
+                    tar::OpenError::Io(e) => Error::Read {
+                        offset: 0,
+                        message: format!("{what}: {e}"),
+                        retry: Retry::Never,
+                    },
+                })?;
+                what = format!("{what}, member {}", r.member().name);
+                reader = Box::new(r);
+                peeled.push(found);
             }
             _ => {
                 return Err(Error::NotRaw {
@@ -197,6 +246,7 @@ mod tests {
         crate::test_support::rt().block_on(peel(
             "test".into(),
             Box::new(std::io::Cursor::new(bytes)),
+            None,
             None,
         ))
     }

@@ -20,6 +20,7 @@ use ferry_cbt::ExtentMap;
 
 /// What a source's bytes hold ([`ferry_convert::detect`]).
 pub use ferry_convert::detect as format;
+pub mod archive;
 pub mod http;
 pub mod image;
 pub mod layers;
@@ -136,6 +137,8 @@ pub struct Reach<'a> {
     pub http: Option<&'a http::HttpOptions>,
     /// The checksum of the source's bytes, checked before the copy completes.
     pub checksum: Option<Arc<crate::checksum::ChecksumState>>,
+    /// The disk to copy from an archive (an OVA's member), when it holds several.
+    pub member: Option<&'a str>,
 }
 
 type OpenFn = for<'a> fn(&'a str, &'a Reach<'a>) -> BoxFuture<'a, Result<Input, Error>>;
@@ -260,7 +263,7 @@ fn checksummed(input: Input, state: Arc<crate::checksum::ChecksumState>) -> Inpu
 pub async fn open(spec: &str, reach: &Reach<'_>, layered: bool) -> Result<Arc<dyn Source>, Error> {
     let input = open_input(spec, reach).await?;
     let input = if layered {
-        layers::layer(input).await?
+        layers::layer(input, reach.member).await?
     } else {
         input
     };

@@ -135,6 +135,22 @@ fn collect(mut r: impl Read + Send + 'static) -> JoinHandle<String> {
     })
 }
 
+/// `ferry copy - DST` with `input` on standard input.
+pub fn copy_stdin(input: &Path, dst: &Path, engine: &str, extra: &[&str]) -> Run {
+    let mut c = Command::new("sh");
+    c.arg("-c")
+        .arg(format!(
+            "exec \"$0\" copy - \"$1\" --json --no-progress --io-engine {engine} {} < \"$2\"",
+            extra.join(" ")
+        ))
+        .arg(FERRY)
+        .arg(dst)
+        .arg(input)
+        .env_remove("FERRY_LOG")
+        .env("NO_COLOR", "1");
+    run(c, RUN_LIMIT)
+}
+
 /// Start `cmd` with stdout and stderr captured and stdin closed.
 pub fn spawn(mut cmd: Command) -> Running {
     let what = format!("{cmd:?}");
