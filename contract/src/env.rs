@@ -63,6 +63,8 @@ pub const IMPORTER_CERT_DIR: &str = "IMPORTER_CERT_DIR";
 pub const IMPORTER_PROXY_CERT_DIR: &str = "IMPORTER_PROXY_CERT_DIR";
 /// Ferry: the filesystem target's directory instead of `/data`.
 pub const FERRY_DATA_DIR: &str = "FERRY_DATA_DIR";
+/// Ferry's override of the scratch directory (tests; CDI mounts `/scratch`).
+pub const FERRY_SCRATCH_DIR: &str = "FERRY_SCRATCH_DIR";
 /// Ferry: the block target instead of `/dev/cdi-block-volume`.
 pub const FERRY_BLOCK_DEVICE: &str = "FERRY_BLOCK_DEVICE";
 /// Ferry: the metrics listener instead of `[::]:8443` (`off` for none).
@@ -86,6 +88,9 @@ pub const VDDK_CONFIG_FILE: &str = "VDDK_CONFIG_FILE";
 pub const DEFAULT_BLOCK_DEVICE: &str = "/dev/cdi-block-volume";
 /// Where CDI mounts a filesystem-mode target's volume.
 pub const DEFAULT_DATA_DIR: &str = "/data";
+/// CDI's scratch volume (`common.ScratchDataDir`), mounted only when the controller
+/// restarted the pod after a termination message with `scratchSpaceRequired: true`.
+pub const DEFAULT_SCRATCH_DIR: &str = "/scratch";
 /// The image file name in filesystem mode.
 pub const DISK_IMG: &str = "disk.img";
 /// Where CDI mounts extra VDDK arguments.

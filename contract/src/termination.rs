@@ -34,7 +34,8 @@ pub struct VddkInfo {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TerminationMessage {
-    /// Always false: Ferry never needs scratch space.
+    /// True only when an image that needs random access arrived as a stream and no
+    /// scratch volume is mounted: CDI then starts the pod again with one.
     #[serde(default)]
     pub scratch_space_required: bool,
     /// Whether preallocation really happened (not merely whether it was asked for).

@@ -48,7 +48,7 @@ pub enum Error {
     /// An image that must be read at any offset arrived as a stream (an HTTP server
     /// without Range support, standard input, a compressed image).
     #[error(
-        "{what} holds a {format}, which is read through its map at any offset, but it arrives as a stream read once in order; a scratch copy would be needed: serve it from a server that answers Range requests, copy it from a local file, or store it uncompressed"
+        "{what} holds a {format}, which is read through its map at any offset, but it arrives as a stream read once in order; a scratch copy would be needed: give --scratch DIR (room for the whole image), serve it from a server that answers Range requests, copy it from a local file, or store it uncompressed"
     )]
     NeedsRandomAccess {
         /// The source, with the layers peeled.
@@ -71,6 +71,14 @@ pub enum Error {
         what: String,
         /// What is wrong.
         error: ferry_convert::image::ImageError,
+    },
+    /// The scratch directory could not hold the staged image.
+    #[error("scratch directory {}: {message}", dir.display())]
+    Scratch {
+        /// The directory.
+        dir: std::path::PathBuf,
+        /// What failed, with the OS error.
+        message: String,
     },
     /// An archive (an OVA, a tar) that is corrupt, or whose disk cannot be chosen.
     #[error("{what}: {error}")]
@@ -190,6 +198,12 @@ pub enum Error {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum UsageError {
+    /// `--scratch` is not a directory.
+    #[error("--scratch {}: not a directory", dir.display())]
+    ScratchNotADirectory {
+        /// What was given.
+        dir: std::path::PathBuf,
+    },
     /// No transport claims the source string.
     #[error("unsupported source {spec:?}: give {transports}")]
     UnsupportedSource {
@@ -448,6 +462,7 @@ impl Error {
             Error::Image { .. } => ErrorKind::SourceData,
             Error::Archive { error, .. } if error.is_refusal() => ErrorKind::Usage,
             Error::Archive { .. } => ErrorKind::SourceData,
+            Error::Scratch { .. } => ErrorKind::TargetIo,
             Error::Nbd(e) => match e {
                 N::Uri { .. } | N::InvalidRequest(_) => ErrorKind::Usage,
                 N::Refused { reason, .. } if *reason == "unknown export" => ErrorKind::NotFound,

@@ -135,7 +135,9 @@ pub const MAX_FUZZ_STREAM_OUTPUT: u64 = 16 << 20;
 pub fn stream_layers(data: &[u8]) {
     use std::io::Read;
     let reader: Box<dyn Read + Send> = Box::new(std::io::Cursor::new(data.to_vec()));
-    if let Ok((_, r)) = crate::source::layers::peel_blocking("fuzz".into(), reader, None) {
+    if let Ok(crate::source::layers::Peeled::Disk(_, r)) =
+        crate::source::layers::peel_blocking("fuzz".into(), reader, None)
+    {
         let mut sink = std::io::sink();
         let _ = std::io::copy(&mut r.take(MAX_FUZZ_STREAM_OUTPUT), &mut sink);
     }

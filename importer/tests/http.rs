@@ -281,7 +281,34 @@ fn a_server_without_ranges_streams_what_streams_and_refuses_what_needs_a_map() {
         "qcow2 in an OVA without Range",
         &["member disk.qcow2", "a scratch copy would be needed"],
     );
-    let _ = f.raw;
+    // Given a scratch directory, such images are staged there (and the file is gone
+    // afterwards); one that is not a directory is a usage error.
+    let scratch = dir.path().join("scratch");
+    std::fs::create_dir(&scratch).unwrap();
+    let s = scratch.to_str().unwrap();
+    for name in ["disk.qcow2", "disk.zstd.qcow2", "disk.qcow2.ova"] {
+        check(
+            &format!("http://127.0.0.1:{port}/{name}"),
+            &t,
+            &f.root.join(name),
+            &["--scratch", s],
+            &format!("{name} staged"),
+        );
+        assert_eq!(
+            std::fs::read_dir(&scratch).unwrap().count(),
+            0,
+            "{name}: scratch left empty"
+        );
+    }
+    let _ = std::fs::remove_file(&t);
+    let r = copy(
+        &format!("http://127.0.0.1:{port}/disk.qcow2"),
+        &t,
+        "sync",
+        &["--scratch", f.raw.to_str().unwrap()],
+    );
+    r.failure("scratch not a dir", &["--scratch", "not a directory"]);
+    assert_eq!(r.status.code(), Some(2));
 }
 
 /// A python server that answers ranges (`ranges`) or not (`plain`) and cuts every

@@ -259,6 +259,9 @@ impl Pod {
             p.dir.path().join("no-block-device").display().to_string(),
         );
         let addr = p.metrics_addr.clone();
+        // No scratch volume unless a test makes this directory.
+        let scratch = p.dir.path().join("scratch").display().to_string();
+        p.set("FERRY_SCRATCH_DIR", &scratch);
         p.set("FERRY_DATA_DIR", &data)
             .set("FERRY_BLOCK_DEVICE", &nodev)
             .set("FERRY_METRICS_ADDR", &addr)
@@ -2688,6 +2691,8 @@ fn http_site(dir: &Path) -> Site {
         ],
     );
     std::fs::copy(&qcow2, root.join("private/disk.qcow2")).unwrap();
+    std::fs::create_dir_all(root.join("norange")).unwrap();
+    std::fs::copy(&qcow2, root.join("norange/disk.qcow2")).unwrap();
     let reference = dir.join("disk.ref");
     ferry_test_kit::sh(
         "qemu-img",
@@ -2709,7 +2714,8 @@ fn http_site(dir: &Path) -> Site {
         &root,
         &cert,
         &key,
-        "location /private/ { if ($http_x_token != \"s3cret\") { return 403; } }",
+        "location /private/ { if ($http_x_token != \"s3cret\") { return 403; } } \
+         location /norange/ { max_ranges 0; }",
     );
     Site {
         _nginx: nginx,
@@ -2803,4 +2809,54 @@ fn cdi_http_imports_stream_an_image_into_the_volume_and_check_its_checksum() {
     pod.set("IMPORTER_CONTENTTYPE", "archive");
     let r = pod.run();
     assert_pod_failure(&pod, &r, "archive", &["IMPORTER_CONTENTTYPE"]);
+}
+
+#[test]
+fn cdi_http_without_ranges_asks_for_scratch_space_and_stages_a_qcow2_there() {
+    if !require(&["nginx", "qemu-img", "openssl", "cmp"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let s = http_site(dir.path());
+    let url = format!("http://127.0.0.1:{}/norange/disk.qcow2", s.http);
+    // No scratch volume: CDI's contract, exit 0 with scratchSpaceRequired (its
+    // controller then restarts the pod with one); nothing written.
+    let pod = http_pod(&url);
+    let r = pod.run();
+    assert_success(&r, "scratch required");
+    assert_termination_json(
+        &pod,
+        &json!({
+            "scratchSpaceRequired": true,
+            "preallocationApplied": false,
+            "message": "Import Complete"
+        }),
+        "scratch required",
+    );
+    assert!(
+        !pod.disk_img().exists() || allocated(&pod.disk_img()) == 0,
+        "nothing written without scratch"
+    );
+    // With the scratch volume mounted: staged there, read through its map, and the
+    // scratch file gone afterwards.
+    let pod = http_pod(&url);
+    let scratch = pod.dir.path().join("scratch");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let r = pod.run();
+    assert_success(&r, "staged");
+    assert_identical(&pod.disk_img(), &s.reference, "staged");
+    assert_eq!(
+        std::fs::read_dir(&scratch).unwrap().count(),
+        0,
+        "scratch left empty"
+    );
+    assert_termination_json(
+        &pod,
+        &json!({
+            "scratchSpaceRequired": false,
+            "preallocationApplied": false,
+            "message": "Import Complete"
+        }),
+        "staged",
+    );
 }

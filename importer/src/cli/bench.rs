@@ -262,7 +262,7 @@ async fn data_bytes(src: &str, tuning: &Tuning) -> anyhow::Result<(u64, u64)> {
         engine,
         http: None,
         checksum: None,
-        member: None,
+        layering: Default::default(),
     };
     let s = ferry::source::open(src, &reach, false).await?;
     let size = s.size();

@@ -58,6 +58,12 @@ pub struct CopyArgs {
     /// its last component. Without it an archive must hold exactly one disk image.
     #[arg(long, value_name = "NAME")]
     pub member: Option<String>,
+    /// A directory where an image that needs random access (qcow2, a VMDK that is not a
+    /// stream) but arrives as a stream (a server without Range support, a compressed
+    /// image, standard input) is staged, zero runs as holes, and read from there; it
+    /// needs room for the whole image. Without it such an image is refused.
+    #[arg(long, value_name = "DIR")]
+    pub scratch: Option<PathBuf>,
     /// Print one JSON summary object on stdout.
     #[arg(long)]
     pub json: bool,
@@ -203,6 +209,11 @@ pub async fn run(mut a: CopyArgs) -> anyhow::Result<()> {
         None => None,
     };
     a.tuning.validate()?;
+    if let Some(dir) = a.scratch.as_ref().filter(|d| !d.is_dir()) {
+        return Err(
+            ferry::Error::from(UsageError::ScratchNotADirectory { dir: dir.clone() }).into(),
+        );
+    }
     let engine = ferry::engine::select(a.tuning.io_engine, (a.tuning.count() * 2 + 16) as u32)?;
     let mut nbd = a.tuning.nbd();
     nbd.dirty_bitmap = a.dirty_bitmap.clone();
@@ -218,14 +229,23 @@ pub async fn run(mut a: CopyArgs) -> anyhow::Result<()> {
             .checksum
             .clone()
             .map(|c| ferry::checksum::ChecksumState::new(c, a.src.clone())),
-        member: a.member.as_deref(),
+        layering: ferry::source::layers::Layering {
+            member: a.member.as_deref(),
+            scratch: a
+                .scratch
+                .as_deref()
+                .map(|dir| ferry::source::scratch::Scratch {
+                    dir,
+                    engine: engine.clone(),
+                }),
+        },
     };
     let src = ferry::source::open_input(&a.src, &reach).await?;
     // What the bytes hold: a raw disk as it is, a compressed one decompressed, an image
     // read through its map, anything else refused (VDDK sources are always disks).
     let layered = a.format == SourceFormat::Auto && vddk.is_none();
     let src = if layered {
-        ferry::source::layers::layer(src, a.member.as_deref()).await?
+        ferry::source::layers::layer(src, &reach.layering).await?
     } else {
         src
     };

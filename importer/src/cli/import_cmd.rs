@@ -99,6 +99,11 @@ pub struct ImportArgs {
     /// The filesystem-mode volume (the image is DIR/disk.img).
     #[arg(long, env = ferry_contract::env::FERRY_DATA_DIR, default_value = config::DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
+    /// Where an image that needs random access but arrives as a stream (a server
+    /// without Range support) is staged, when the directory exists (CDI mounts its
+    /// scratch volume there); without it the import ends asking CDI for scratch space.
+    #[arg(long, env = ferry_contract::env::FERRY_SCRATCH_DIR, default_value = ferry_contract::env::DEFAULT_SCRATCH_DIR)]
+    pub scratch_dir: PathBuf,
     /// Address of the HTTPS metrics endpoint ("off" to disable); the default takes IPv6
     /// and IPv4 (IPv4 only on a host without IPv6), like CDI's importer on ":8443".
     #[arg(long, env = ferry_contract::env::FERRY_METRICS_ADDR, default_value = "[::]:8443")]
@@ -355,6 +360,7 @@ impl ImportArgs {
             transports: self.transports.clone(),
             unbuffered: self.unbuffered,
             compression: self.compression,
+            scratch_dir: self.scratch_dir.is_dir().then(|| self.scratch_dir.clone()),
         }
     }
 }
@@ -401,10 +407,12 @@ pub async fn run(a: ImportArgs, cfg: ImportConfig) -> anyhow::Result<()> {
         }
     };
     let samplers = ferry::report::spawn_samplers(progress.clone(), metrics.clone());
+    let tuning = a.tuning(&cfg);
+    let scratch_dir = tuning.scratch_dir.clone();
     let work = async {
         let engine =
             ferry::engine::select(a.io_engine, (a.buf_count_for(cfg.source) * 2 + 16) as u32)?;
-        ferry::import::run::run(&cfg, &a.tuning(&cfg), engine, progress.clone())
+        ferry::import::run::run(&cfg, &tuning, engine, progress.clone())
             .await
             .map_err(anyhow::Error::from)
     };
@@ -437,6 +445,24 @@ pub async fn run(a: ImportArgs, cfg: ImportConfig) -> anyhow::Result<()> {
                 retries = o.stats.retries, seconds = o.stats.seconds, engine = %o.stats.engine,
                 "Import Complete"
             );
+            Ok(())
+        }
+        Err(e)
+            if scratch_dir.is_none()
+                && matches!(
+                    e.downcast_ref::<ferry::Error>(),
+                    Some(ferry::Error::NeedsRandomAccess { .. })
+                ) =>
+        {
+            // CDI's contract: exit 0 with scratchSpaceRequired, and its controller
+            // starts the pod again with a scratch volume at /scratch.
+            tracing::warn!(error = %format!("{e:#}"), "scratch space required: ending so that CDI mounts a scratch volume");
+            let msg = TerminationMessage {
+                scratch_space_required: true,
+                ..TerminationMessage::default()
+            };
+            termination::write_success(&termination_log, &msg)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
             Ok(())
         }
         Err(e) => {

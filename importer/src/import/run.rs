@@ -43,6 +43,8 @@ pub struct ImportTuning {
     pub compression: Compression,
     /// How transient source failures are retried.
     pub retry: crate::retry::RetryPolicy,
+    /// The scratch directory, when one is mounted.
+    pub scratch_dir: Option<std::path::PathBuf>,
 }
 
 /// What the import did, for the termination message.
@@ -415,7 +417,7 @@ fn reopener(
                         engine,
                         http: http.as_ref().map(|h| &h.options),
                         checksum: http.as_ref().and_then(|h| h.checksum.clone()),
-                        member: None,
+                        layering: Default::default(),
                     };
                     // An image over HTTP is reopened through its format layers.
                     crate::source::open(&cfg.endpoint, &reach, http.is_some()).await
@@ -616,10 +618,20 @@ async fn open_source(
             engine,
             http: Some(&h.options),
             checksum: h.checksum.clone(),
-            member: None,
+            layering: Default::default(),
         };
         let input = crate::source::open_input(&cfg.endpoint, &reach).await?;
-        let source = crate::source::layers::layer(input, None).await?;
+        let how = crate::source::layers::Layering {
+            member: None,
+            scratch: t
+                .scratch_dir
+                .as_deref()
+                .map(|dir| crate::source::scratch::Scratch {
+                    dir,
+                    engine: reach.engine.clone(),
+                }),
+        };
+        let source = crate::source::layers::layer(input, &how).await?;
         return Ok(Opened {
             source,
             http: Some(h),
@@ -637,7 +649,7 @@ async fn open_source(
             engine,
             http: None,
             checksum: None,
-            member: None,
+            layering: Default::default(),
         };
         let source = crate::source::open(&cfg.endpoint, &reach, false).await?;
         return Ok(Opened {

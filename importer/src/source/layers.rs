@@ -43,21 +43,28 @@ const LAYERS: &[(Format, Layer)] = &[
     (Format::Tar, Layer::Archive),
 ];
 
+/// What the user said about the layers: which member of an archive is the disk, and
+/// where an image that needs random access but arrives as a stream may be staged.
+#[derive(Debug, Clone, Default)]
+pub struct Layering<'a> {
+    /// The disk of an archive (None: its only disk).
+    pub member: Option<&'a str>,
+    /// A scratch directory (None: such an image is refused).
+    pub scratch: Option<super::scratch::Scratch<'a>>,
+}
+
 fn layer_of(f: Format) -> Option<&'static Layer> {
     LAYERS.iter().find(|(g, _)| *g == f).map(|(_, l)| l)
 }
 
-/// Look at what `input` holds and put the layers on it that turn it into a disk.
-/// `member` names the disk to copy from an archive (None: its only disk).
-pub async fn layer(input: Input, member: Option<&str>) -> Result<Input, Error> {
-    layer_within(input, member, false).await
+/// Look at what `input` holds and put the layers on it that turn it into a disk, as
+/// `how` says (an archive's member, a scratch directory).
+pub async fn layer(input: Input, how: &Layering<'_>) -> Result<Input, Error> {
+    layer_within(input, how, false).await
 }
 
-async fn layer_within(
-    input: Input,
-    member: Option<&str>,
-    in_archive: bool,
-) -> Result<Input, Error> {
+async fn layer_within(input: Input, how: &Layering<'_>, in_archive: bool) -> Result<Input, Error> {
+    let member = how.member;
     match input {
         Input::Disk(src) => {
             let found = match super::sniff_disk(src.as_ref()).await {
@@ -80,13 +87,11 @@ async fn layer_within(
                 Some(Layer::Decompress) => {
                     let what = src.describe();
                     let reader: Bytes = Box::new(SourceReader::new(src.clone()));
-                    peel(what, reader, Some(src), member).await
+                    peel(what, reader, Some(src), how, None, in_archive).await
                 }
                 Some(Layer::Archive) if !in_archive => {
                     match super::archive::MemberSource::open(src.clone(), member).await {
-                        Ok(m) => {
-                            Box::pin(layer_within(Input::Disk(Arc::new(m)), member, true)).await
-                        }
+                        Ok(m) => Box::pin(layer_within(Input::Disk(Arc::new(m)), how, true)).await,
                         Err(e) => {
                             src.close().await;
                             Err(e)
@@ -105,16 +110,7 @@ async fn layer_within(
         }
         Input::Stream(s) => match s.into_bytes() {
             Ok((what, reader, under, check)) => {
-                let peeled = peel(what, reader, under, member).await?;
-                Ok(match (peeled, check) {
-                    (Input::Stream(s), Some(c)) => match s.into_bytes() {
-                        Ok((what, reader, under, _)) => Input::Stream(Box::new(
-                            ReadStream::new(what, None, reader, under).checked(c),
-                        )),
-                        Err(s) => Input::Stream(s),
-                    },
-                    (other, _) => other,
-                })
+                peel(what, reader, under, how, check, in_archive).await
             }
             Err(s) => Ok(Input::Stream(s)),
         },
@@ -123,16 +119,19 @@ async fn layer_within(
 
 /// A byte stream (`what`, read by `reader`) made a disk: its head looked at, decoded
 /// while it is compressed with a compression not yet peeled, until it is raw. `under`
-/// is what the reader reads from, closed with the stream (or now, on a refusal).
-/// `member` names the disk of an archive.
+/// is what the reader reads from, closed with the stream (or now, on a refusal);
+/// `check` the checksum the reader's bytes feed, checked at the stream's end. An image
+/// that needs random access is staged to `how.scratch` when there is one, else refused.
 pub async fn peel(
     what: String,
     reader: Bytes,
     under: Option<Arc<dyn Source>>,
-    member: Option<&str>,
+    how: &Layering<'_>,
+    check: Option<Arc<crate::checksum::ChecksumState>>,
+    in_archive: bool,
 ) -> Result<Input, Error> {
     let w = what.clone();
-    let m = member.map(str::to_string);
+    let m = how.member.map(str::to_string);
     let peeled = tokio::task::spawn_blocking(move || peel_blocking(w, reader, m.as_deref()))
         .await
         .map_err(|e| Error::Read {
@@ -141,26 +140,95 @@ pub async fn peel(
             retry: Retry::Never,
         })
         .and_then(|r| r);
-    match peeled {
-        Ok((described, reader)) => Ok(Input::Stream(Box::new(ReadStream::new(
-            described, None, reader, under,
-        )) as Box<dyn StreamSource>)),
-        Err(e) => {
-            if let Some(s) = under {
-                s.close().await;
-            }
-            Err(e)
+    let staged = match peeled {
+        Ok(Peeled::Disk(described, reader)) => {
+            let s = ReadStream::new(described, None, reader, under);
+            return Ok(Input::Stream(Box::new(match check {
+                Some(c) => s.checked(c),
+                None => s,
+            }) as Box<dyn StreamSource>));
+        }
+        Ok(Peeled::NeedsMap {
+            what,
+            format,
+            reader,
+            archive,
+        }) => match &how.scratch {
+            None => Err(Error::NeedsRandomAccess { what, format }),
+            Some(scratch) => stage_and_check(&what, reader, scratch, under.as_deref(), check)
+                .await
+                .map(|src| (src, archive)),
+        },
+        Err(e) => Err(e),
+    };
+    if let Some(s) = &under {
+        s.close().await;
+    }
+    let (src, archive) = staged?;
+    // The staged file is read like a local image (its member already chosen).
+    let how = Layering {
+        member: None,
+        scratch: None,
+    };
+    Box::pin(layer_within(Input::Disk(src), &how, in_archive || archive)).await
+}
+
+/// Stage the stream to scratch; the bytes under it (now all read) are checked before
+/// the staged copy is read.
+async fn stage_and_check(
+    what: &str,
+    reader: Bytes,
+    scratch: &super::scratch::Scratch<'_>,
+    under: Option<&dyn Source>,
+    check: Option<Arc<crate::checksum::ChecksumState>>,
+) -> Result<Arc<dyn Source>, Error> {
+    let (src, _) = super::scratch::stage(what, reader, scratch).await?;
+    if let Some(u) = under {
+        u.finish().await?;
+    }
+    if let Some(c) = check {
+        c.check()?;
+    }
+    Ok(src)
+}
+
+impl std::fmt::Debug for Peeled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Peeled::Disk(what, _) => f.debug_tuple("Disk").field(what).finish(),
+            Peeled::NeedsMap { what, format, .. } => f
+                .debug_struct("NeedsMap")
+                .field("what", what)
+                .field("format", format)
+                .finish_non_exhaustive(),
         }
     }
 }
 
-/// What [`peel`] does, on a blocking thread. Returns the stream's description ("PATH,
-/// gzip-decompressed") and its disk bytes.
-pub(crate) fn peel_blocking(
+/// What [`peel_blocking`] made of a stream.
+pub enum Peeled {
+    /// A disk: its description and bytes.
+    Disk(String, Bytes),
+    /// An image that needs random access.
+    NeedsMap {
+        /// The stream, described.
+        what: String,
+        /// Its format.
+        format: Format,
+        /// Its bytes, from the first.
+        reader: Bytes,
+        /// Whether it was a member of an archive.
+        archive: bool,
+    },
+}
+
+/// What [`peel`] does, on a blocking thread: the stream's description ("PATH,
+/// gzip-decompressed") and its disk bytes, or the image in it that needs random access.
+pub fn peel_blocking(
     mut what: String,
     mut reader: Bytes,
     member: Option<&str>,
-) -> Result<(String, Bytes), Error> {
+) -> Result<Peeled, Error> {
     let mut peeled: Vec<Format> = Vec::new();
     loop {
         let mut head = Vec::with_capacity(format::HEAD_BYTES);
@@ -175,7 +243,7 @@ pub(crate) fn peel_blocking(
         let found = format::detect(&head, None);
         reader = Box::new(std::io::Cursor::new(head).chain(reader));
         match layer_of(found) {
-            Some(Layer::Disk) => return Ok((what, reader)),
+            Some(Layer::Disk) => return Ok(Peeled::Disk(what, reader)),
             Some(Layer::Decompress) if !peeled.contains(&found) => {
                 let decoded = wrappers::decoder(found, reader)
                     .ok_or(Error::Internal("a decompressing layer without a decoder"))?;
@@ -188,9 +256,11 @@ pub(crate) fn peel_blocking(
                 peeled.push(found);
             }
             Some(Layer::Map) => {
-                return Err(Error::NeedsRandomAccess {
+                return Ok(Peeled::NeedsMap {
                     what,
                     format: found,
+                    reader,
+                    archive: peeled.contains(&Format::Tar),
                 });
             }
             Some(Layer::Archive) if !peeled.contains(&found) => {
@@ -247,7 +317,9 @@ mod tests {
             "test".into(),
             Box::new(std::io::Cursor::new(bytes)),
             None,
+            &Layering::default(),
             None,
+            false,
         ))
     }
 

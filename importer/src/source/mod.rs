@@ -24,6 +24,7 @@ pub mod archive;
 pub mod http;
 pub mod image;
 pub mod layers;
+pub mod scratch;
 pub mod stream;
 pub use local::LocalSource;
 pub use nbd::{NbdSource, NbdSourceOptions};
@@ -137,8 +138,9 @@ pub struct Reach<'a> {
     pub http: Option<&'a http::HttpOptions>,
     /// The checksum of the source's bytes, checked before the copy completes.
     pub checksum: Option<Arc<crate::checksum::ChecksumState>>,
-    /// The disk to copy from an archive (an OVA's member), when it holds several.
-    pub member: Option<&'a str>,
+    /// Which member of an archive is the disk, and where an image that arrives as a
+    /// stream but needs random access may be staged.
+    pub layering: layers::Layering<'a>,
 }
 
 type OpenFn = for<'a> fn(&'a str, &'a Reach<'a>) -> BoxFuture<'a, Result<Input, Error>>;
@@ -263,7 +265,7 @@ fn checksummed(input: Input, state: Arc<crate::checksum::ChecksumState>) -> Inpu
 pub async fn open(spec: &str, reach: &Reach<'_>, layered: bool) -> Result<Arc<dyn Source>, Error> {
     let input = open_input(spec, reach).await?;
     let input = if layered {
-        layers::layer(input, reach.member).await?
+        layers::layer(input, &reach.layering).await?
     } else {
         input
     };

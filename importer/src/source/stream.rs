@@ -112,7 +112,7 @@ impl ReadStream {
 }
 
 /// Read into `buf` until it is full or the reader ends; the bytes read.
-fn fill(reader: &mut dyn Read, buf: &mut Buf) -> std::io::Result<usize> {
+pub(crate) fn fill(reader: &mut dyn Read, buf: &mut Buf) -> std::io::Result<usize> {
     let want = buf.capacity();
     buf.set_len(want);
     let slice = buf.as_mut_slice();
