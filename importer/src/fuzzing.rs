@@ -136,7 +136,7 @@ pub fn stream_layers(data: &[u8]) {
     use std::io::Read;
     let reader: Box<dyn Read + Send> = Box::new(std::io::Cursor::new(data.to_vec()));
     if let Ok(crate::source::layers::Peeled::Disk(_, r)) =
-        crate::source::layers::peel_blocking("fuzz".into(), reader, None)
+        crate::source::layers::peel_blocking("fuzz".into(), reader, None, None)
     {
         let mut sink = std::io::sink();
         let _ = std::io::copy(&mut r.take(MAX_FUZZ_STREAM_OUTPUT), &mut sink);

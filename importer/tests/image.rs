@@ -370,3 +370,48 @@ fn an_ova_with_two_disks_needs_one_named_and_a_bad_archive_fails_by_kind() {
     assert_ne!(r.status.code(), Some(0), "{}", r.stderr);
     assert!(r.stderr.contains("checksum"), "{}", r.stderr);
 }
+
+#[test]
+fn format_overrides_what_the_first_bytes_say() {
+    if !require(&["qemu-img", "cmp"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let raw = raw_disk(d);
+    let img = d.join("disk.qcow2");
+    qemu_img(&[
+        "convert",
+        "-q",
+        "-O",
+        "qcow2",
+        raw.to_str().unwrap(),
+        img.to_str().unwrap(),
+    ]);
+    let t = d.join("t.img");
+    let i = img.to_str().unwrap();
+    copy(i, &t, "sync", &["--format", "qcow2"]).success("forced qcow2");
+    assert_identical(&t, &reference(&img), "forced qcow2");
+    // raw: the image file's own bytes (a raw disk that holds an image is copied as is).
+    let _ = std::fs::remove_file(&t);
+    copy(i, &t, "sync", &["--format", "raw"]).success("forced raw");
+    assert_identical(&t, &img, "forced raw");
+    // A raw disk read as qcow2 names what is missing.
+    let _ = std::fs::remove_file(&t);
+    let r = copy(raw.to_str().unwrap(), &t, "sync", &["--format", "qcow2"]);
+    r.failure("raw as qcow2", &["not a qcow2 image"]);
+    assert!(!t.exists(), "no target");
+    // On a stream a forced qcow2 needs scratch.
+    let r = copy_stdin(&img, &t, "sync", &["--format", "qcow2"]);
+    r.failure("forced qcow2 on stdin", &["scratch copy would be needed"]);
+    let scratch = d.join("scratch");
+    std::fs::create_dir(&scratch).unwrap();
+    copy_stdin(
+        &img,
+        &t,
+        "sync",
+        &["--format", "qcow2", "--scratch", scratch.to_str().unwrap()],
+    )
+    .success("forced qcow2 on stdin, staged");
+    assert_identical(&t, &reference(&img), "forced qcow2 on stdin, staged");
+}

@@ -70,10 +70,12 @@ pub struct CopyArgs {
     /// No progress bar even on a terminal.
     #[arg(long)]
     pub no_progress: bool,
-    /// What the source holds: `auto` decompresses a gzip-, xz- or zstd-compressed raw
-    /// disk as it streams and refuses an image or archive format (qcow2, VMDK, VHD(X),
-    /// VDI, bzip2, tar) found in its bytes; `raw` copies the bytes as they are. VDDK
-    /// sources are always disks.
+    /// What the source holds. `auto` looks at its first bytes (and, at any offset, its
+    /// last sector): compressed files are decompressed, images read through their maps,
+    /// archives opened, anything else refused. `raw` copies the bytes as they are (a
+    /// raw disk whose first bytes happen to look like an image). An image format reads
+    /// the source as that format, whatever its bytes look like. VDDK sources are
+    /// always disks.
     #[arg(long, value_enum, default_value = "auto")]
     pub format: SourceFormat,
 }
@@ -81,10 +83,36 @@ pub struct CopyArgs {
 /// `--format`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SourceFormat {
-    /// Decompress a compressed raw disk; refuse an image or archive format.
+    /// What the first bytes say.
     Auto,
-    /// Copy the bytes as they are.
+    /// The bytes as they are.
     Raw,
+    /// A qcow2 image.
+    Qcow2,
+    /// A VMDK image (monolithicSparse, streamOptimized).
+    Vmdk,
+    /// A VHD image (fixed or dynamic), qemu's `vpc`.
+    #[value(alias = "vpc")]
+    Vhd,
+    /// A VHDX image.
+    Vhdx,
+    /// A VDI image.
+    Vdi,
+}
+
+impl SourceFormat {
+    /// The format it forces (None: `auto`, or `raw`, which takes no layers at all).
+    fn forced(self) -> Option<ferry::source::format::Format> {
+        use ferry::source::format::Format;
+        match self {
+            SourceFormat::Auto | SourceFormat::Raw => None,
+            SourceFormat::Qcow2 => Some(Format::Qcow2),
+            SourceFormat::Vmdk => Some(Format::Vmdk),
+            SourceFormat::Vhd => Some(Format::Vhd),
+            SourceFormat::Vhdx => Some(Format::Vhdx),
+            SourceFormat::Vdi => Some(Format::Vdi),
+        }
+    }
 }
 
 /// What a copy does beyond a plain full copy.
@@ -238,12 +266,13 @@ pub async fn run(mut a: CopyArgs) -> anyhow::Result<()> {
                     dir,
                     engine: engine.clone(),
                 }),
+            forced: a.format.forced(),
         },
     };
     let src = ferry::source::open_input(&a.src, &reach).await?;
     // What the bytes hold: a raw disk as it is, a compressed one decompressed, an image
     // read through its map, anything else refused (VDDK sources are always disks).
-    let layered = a.format == SourceFormat::Auto && vddk.is_none();
+    let layered = a.format != SourceFormat::Raw && vddk.is_none();
     let src = if layered {
         ferry::source::layers::layer(src, &reach.layering).await?
     } else {

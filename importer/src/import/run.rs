@@ -630,6 +630,7 @@ async fn open_source(
                     dir,
                     engine: reach.engine.clone(),
                 }),
+            forced: None,
         };
         let source = crate::source::layers::layer(input, &how).await?;
         return Ok(Opened {

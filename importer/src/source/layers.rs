@@ -51,6 +51,9 @@ pub struct Layering<'a> {
     pub member: Option<&'a str>,
     /// A scratch directory (None: such an image is refused).
     pub scratch: Option<super::scratch::Scratch<'a>>,
+    /// What the source's bytes are, as the user says (`--format`), instead of what
+    /// their first bytes look like.
+    pub forced: Option<Format>,
 }
 
 fn layer_of(f: Format) -> Option<&'static Layer> {
@@ -65,14 +68,22 @@ pub async fn layer(input: Input, how: &Layering<'_>) -> Result<Input, Error> {
 
 async fn layer_within(input: Input, how: &Layering<'_>, in_archive: bool) -> Result<Input, Error> {
     let member = how.member;
+    // Only the outermost bytes are what --format says; what lies inside is looked at.
+    let inner = Layering {
+        forced: None,
+        ..how.clone()
+    };
     match input {
         Input::Disk(src) => {
-            let found = match super::sniff_disk(src.as_ref()).await {
-                Ok(f) => f,
-                Err(e) => {
-                    src.close().await;
-                    return Err(e);
-                }
+            let found = match how.forced {
+                Some(f) => f,
+                None => match super::sniff_disk(src.as_ref()).await {
+                    Ok(f) => f,
+                    Err(e) => {
+                        src.close().await;
+                        return Err(e);
+                    }
+                },
             };
             match layer_of(found) {
                 Some(Layer::Disk) => Ok(Input::Disk(src)),
@@ -87,11 +98,14 @@ async fn layer_within(input: Input, how: &Layering<'_>, in_archive: bool) -> Res
                 Some(Layer::Decompress) => {
                     let what = src.describe();
                     let reader: Bytes = Box::new(SourceReader::new(src.clone()));
-                    peel(what, reader, Some(src), how, None, in_archive).await
+                    // Detected, never forced: peel looks at the same first bytes.
+                    peel(what, reader, Some(src), &inner, None, in_archive).await
                 }
                 Some(Layer::Archive) if !in_archive => {
                     match super::archive::MemberSource::open(src.clone(), member).await {
-                        Ok(m) => Box::pin(layer_within(Input::Disk(Arc::new(m)), how, true)).await,
+                        Ok(m) => {
+                            Box::pin(layer_within(Input::Disk(Arc::new(m)), &inner, true)).await
+                        }
                         Err(e) => {
                             src.close().await;
                             Err(e)
@@ -132,14 +146,16 @@ pub async fn peel(
 ) -> Result<Input, Error> {
     let w = what.clone();
     let m = how.member.map(str::to_string);
-    let peeled = tokio::task::spawn_blocking(move || peel_blocking(w, reader, m.as_deref()))
-        .await
-        .map_err(|e| Error::Read {
-            offset: 0,
-            message: format!("{what}: the reading thread failed: {e}"),
-            retry: Retry::Never,
-        })
-        .and_then(|r| r);
+    let forced = how.forced;
+    let peeled =
+        tokio::task::spawn_blocking(move || peel_blocking(w, reader, m.as_deref(), forced))
+            .await
+            .map_err(|e| Error::Read {
+                offset: 0,
+                message: format!("{what}: the reading thread failed: {e}"),
+                retry: Retry::Never,
+            })
+            .and_then(|r| r);
     let staged = match peeled {
         Ok(Peeled::Disk(described, reader)) => {
             let s = ReadStream::new(described, None, reader, under);
@@ -157,18 +173,19 @@ pub async fn peel(
             None => Err(Error::NeedsRandomAccess { what, format }),
             Some(scratch) => stage_and_check(&what, reader, scratch, under.as_deref(), check)
                 .await
-                .map(|src| (src, archive)),
+                .map(|src| (src, archive, format)),
         },
         Err(e) => Err(e),
     };
     if let Some(s) = &under {
         s.close().await;
     }
-    let (src, archive) = staged?;
+    let (src, archive, format) = staged?;
     // The staged file is read like a local image (its member already chosen).
     let how = Layering {
         member: None,
         scratch: None,
+        forced: Some(format),
     };
     Box::pin(layer_within(Input::Disk(src), &how, in_archive || archive)).await
 }
@@ -228,6 +245,7 @@ pub fn peel_blocking(
     mut what: String,
     mut reader: Bytes,
     member: Option<&str>,
+    mut forced: Option<Format>,
 ) -> Result<Peeled, Error> {
     let mut peeled: Vec<Format> = Vec::new();
     loop {
@@ -240,7 +258,7 @@ pub fn peel_blocking(
                 message: format!("{what}: {e}"),
                 retry: Retry::Never,
             })?;
-        let found = format::detect(&head, None);
+        let found = forced.take().unwrap_or_else(|| format::detect(&head, None));
         reader = Box::new(std::io::Cursor::new(head).chain(reader));
         match layer_of(found) {
             Some(Layer::Disk) => return Ok(Peeled::Disk(what, reader)),
