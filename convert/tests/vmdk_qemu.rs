@@ -196,7 +196,35 @@ fn stream_optimized_from_qemu_reads_the_same_through_the_map_and_in_order() {
         let (kind, msg) = stream_err(read_stream(cut).unwrap_err());
         assert_eq!(kind, std::io::ErrorKind::UnexpectedEof, "[{name}] {msg}");
         assert!(msg.contains("truncated"), "[{name}] {msg}");
+        // Without the zero sectors after the last grain (no end-of-stream marker): the
+        // grain tables up front say every grain was read.
+        let bare = &b[..last_data.next_multiple_of(512)];
+        let streamed = read_stream(bare).unwrap_or_else(|e| panic!("[{name}] bare: {e}"));
+        assert!(streamed == want, "[{name}] the bare stream's disk");
+        // Cut just before the last grain's marker: a grain the tables name is missing.
+        let last = grain_markers(&b).pop().expect("grains");
+        let (kind, msg) = stream_err(read_stream(&b[..last]).unwrap_err());
+        assert_eq!(kind, std::io::ErrorKind::UnexpectedEof, "[{name}] {msg}");
+        assert!(
+            msg.contains("before the last grain its grain tables name"),
+            "[{name}] {msg}"
+        );
     }
+}
+
+/// Where the grain markers of a stream in qemu's layout are (from its overHead on).
+fn grain_markers(b: &[u8]) -> Vec<usize> {
+    let mut at = usize::try_from(le64(b, 64)).unwrap() * 512;
+    let mut out = Vec::new();
+    while at + 12 <= b.len() {
+        let size = usize::try_from(le32(b, at + 8)).unwrap();
+        if size == 0 {
+            break;
+        }
+        out.push(at);
+        at += (12 + size).next_multiple_of(512);
+    }
+    out
 }
 
 #[test]
@@ -505,10 +533,8 @@ fn hostile_descriptors_are_refused_naming_the_file() {
         "{e}"
     );
     // A parent, a split createType, an extent of another size.
-    let child = format!(
-        "# Disk DescriptorFile\nversion=1\nCID=1\nparentCID=abcdef01\nparentFileNameHint=\"base.vmdk\"\ncreateType=\"monolithicSparse\"\nRW 8192 SPARSE \"c.vmdk\"\n"
-    );
-    let e = err(&with_descriptor(&good, &child));
+    let child = "# Disk DescriptorFile\nversion=1\nCID=1\nparentCID=abcdef01\nparentFileNameHint=\"base.vmdk\"\ncreateType=\"monolithicSparse\"\nRW 8192 SPARSE \"c.vmdk\"\n";
+    let e = err(&with_descriptor(&good, child));
     assert!(
         e.is_refusal() && e.to_string().contains("delta of a parent"),
         "{e}"
