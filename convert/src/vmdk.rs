@@ -220,12 +220,12 @@ impl Header {
 
     /// The disk's size in bytes.
     pub fn size(&self) -> u64 {
-        self.capacity * SECTOR
+        self.capacity.saturating_mul(SECTOR)
     }
 
     /// Bytes per grain.
     pub fn grain_bytes(&self) -> u64 {
-        self.grain * SECTOR
+        self.grain.saturating_mul(SECTOR)
     }
 
     /// Grain directory entries the capacity needs.
@@ -499,7 +499,7 @@ enum OpenState {
     Head,
     Descriptor(Header),
     Footer(Header),
-    Directory(Header),
+    Directory { h: Header, at_end: bool },
     Done,
 }
 
@@ -530,10 +530,10 @@ impl VmdkOpener {
                 len: FOOTER_BYTES,
             });
         }
-        self.directory(h)
+        self.directory(h, false)
     }
 
-    fn directory(&mut self, h: Header) -> Result<Step, ImageError> {
+    fn directory(&mut self, h: Header, at_end: bool) -> Result<Step, ImageError> {
         let (offset, len) = gd_range(&h)?;
         if h.gd_offset == 0 || ranges_overlap(offset, len, 0, HEADER_BYTES) {
             return Err(ImageError::corrupt(
@@ -548,7 +548,7 @@ impl VmdkOpener {
         if len > MAX_OPEN_READ {
             return Err(ImageError::OpenTooLarge(FORMAT));
         }
-        self.state = OpenState::Directory(h);
+        self.state = OpenState::Directory { h, at_end };
         Ok(Step::Read { offset, len })
     }
 }
@@ -633,9 +633,9 @@ impl Opener for VmdkOpener {
                 let at = self.len.saturating_sub(FOOTER_BYTES);
                 need(got, FOOTER_BYTES, "stream footer", at, self.len)?;
                 let f = footer(&h, got)?;
-                self.directory(f)
+                self.directory(f, true)
             }
-            OpenState::Directory(h) => {
+            OpenState::Directory { h, at_end } => {
                 let (offset, len) = gd_range(&h)?;
                 need(got, len, "grain directory", offset, self.len)?;
                 let gd = got
@@ -647,6 +647,7 @@ impl Opener for VmdkOpener {
                     h,
                     len: self.len,
                     gd,
+                    gd_at_end: at_end,
                 })))
             }
             OpenState::Done => Err(ImageError::corrupt(FORMAT, "the opener was asked again")),
@@ -700,6 +701,8 @@ pub struct VmdkMap {
     pub h: Header,
     len: u64,
     gd: Vec<u32>,
+    /// The header said GD_AT_END (VMware's stream layout): the footer's header is `h`.
+    gd_at_end: bool,
 }
 
 impl VmdkMap {
@@ -727,15 +730,23 @@ impl VmdkMap {
 impl ImageMap for VmdkMap {
     fn name(&self) -> String {
         format!(
-            "VMDK {} ({} KiB grains{})",
+            "VMDK {} ({} grains{}{})",
             if self.h.is_stream() {
                 "streamOptimized"
             } else {
                 "monolithicSparse"
             },
-            self.h.grain_bytes() >> 10,
+            match self.h.grain_bytes() {
+                g if g >= 1024 => format!("{} KiB", g >> 10),
+                g => format!("{g} B"),
+            },
             if self.h.zeroed_grain() {
                 ", zeroed grains"
+            } else {
+                ""
+            },
+            if self.gd_at_end {
+                ", directory at the end"
             } else {
                 ""
             }
@@ -1098,7 +1109,9 @@ impl<R: Read> VmdkStreamReader<R> {
                         .collect();
                     t.sort_unstable();
                     t.dedup();
-                    missed_table = t.iter().any(|t| *t <= s || *t >= prefix);
+                    missed_table = t
+                        .iter()
+                        .any(|t| *t <= s || t.saturating_add(h.gt_bytes()) > prefix);
                     tables = Some(t);
                 }
                 continue;
@@ -1110,7 +1123,10 @@ impl<R: Read> VmdkStreamReader<R> {
                     if s < start + gt {
                         let take = usize::try_from((start + gt - s).min(SECTOR)).unwrap_or(0);
                         for c in sector[..take].chunks_exact(4) {
-                            max_entry = max_entry.max(u64::from(le32(c, 0)));
+                            let e = le32(c, 0);
+                            if !(e == GTE_ZEROED && h.zeroed_grain()) {
+                                max_entry = max_entry.max(u64::from(e));
+                            }
                         }
                     }
                 }

@@ -167,6 +167,8 @@ fn stream_optimized_from_qemu_reads_the_same_through_the_map_and_in_order() {
         );
         let b = std::fs::read(&img).unwrap();
         assert!(is_stream_optimized(&b), "[{name}]");
+        let n = open_bytes(&b).unwrap().map().name();
+        assert_eq!(n, "VMDK streamOptimized (64 KiB grains)", "[{name}]");
         let want = qemu_raw(&img);
         assert_eq!(
             want.len(),
@@ -273,6 +275,11 @@ fn vmware_layout_streams_from_vmdkstream_read_both_ways() {
             "[{name}] VMware's layout"
         );
         assert!(is_stream_optimized(&b), "[{name}]");
+        let n = open_bytes(&b).unwrap().map().name();
+        assert_eq!(
+            n, "VMDK streamOptimized (64 KiB grains, directory at the end)",
+            "[{name}]"
+        );
         let want = qemu_raw(&img);
         assert!(
             want == disk,
