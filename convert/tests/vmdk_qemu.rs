@@ -133,6 +133,9 @@ fn every_sparse_layout_qemu_writes_reads_as_qemu_converts_it() {
             "[{name}] zeroed grains"
         );
         assert!(!is_stream_optimized(&b), "[{name}] not a stream");
+        let (kind, msg) = stream_err(read_stream(&b).unwrap_err());
+        assert_eq!(kind, std::io::ErrorKind::InvalidData, "[{name}]");
+        assert!(msg.contains("it needs random access"), "[{name}] {msg}");
     }
 }
 
