@@ -206,6 +206,7 @@ pub fn within(
 pub fn opener(format: Format, len: u64) -> Option<Box<dyn Opener>> {
     match format {
         Format::Qcow2 => Some(Box::new(crate::qcow2::Qcow2Opener::new(len))),
+        Format::Vmdk => Some(Box::new(crate::vmdk::VmdkOpener::new(len))),
         _ => None,
     }
 }

@@ -219,3 +219,18 @@ pub fn image(format: ferry_convert::Format, data: &[u8]) {
         }
     }
 }
+
+/// Largest disk the VMDK stream fuzz entry decodes.
+pub const MAX_FUZZ_VMDK_STREAM: u64 = 64 << 20;
+
+/// A streamOptimized VMDK arriving in order: `ferry_convert::vmdk::VmdkStreamReader`
+/// over the bytes, read to its end (a disk of at most [`MAX_FUZZ_VMDK_STREAM`]). Errors
+/// are fine; panics, hangs and allocations the input does not justify are not.
+pub fn vmdk_stream(data: &[u8]) {
+    use std::io::Read;
+    let Ok(r) = ferry_convert::vmdk::VmdkStreamReader::open_with_limit(data, MAX_FUZZ_VMDK_STREAM)
+    else {
+        return;
+    };
+    let _ = std::io::copy(&mut r.take(MAX_FUZZ_VMDK_STREAM), &mut std::io::sink());
+}

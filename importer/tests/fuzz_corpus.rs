@@ -129,3 +129,19 @@ fn image_qcow2_corpus_replays_without_panic() {
         ferry::fuzzing::image(ferry::source::format::Format::Qcow2, &b);
     }
 }
+
+#[test]
+fn image_vmdk_corpus_replays_without_panic() {
+    for (p, b) in corpus("image_vmdk") {
+        eprintln!("{}", p.display());
+        ferry::fuzzing::image(ferry::source::format::Format::Vmdk, &b);
+    }
+}
+
+#[test]
+fn vmdk_stream_corpus_replays_without_panic() {
+    for (p, b) in corpus("vmdk_stream") {
+        eprintln!("{}", p.display());
+        ferry::fuzzing::vmdk_stream(&b);
+    }
+}
