@@ -135,7 +135,7 @@ pub const MAX_FUZZ_STREAM_OUTPUT: u64 = 16 << 20;
 pub fn stream_layers(data: &[u8]) {
     use std::io::Read;
     let reader: Box<dyn Read + Send> = Box::new(std::io::Cursor::new(data.to_vec()));
-    if let Ok(crate::source::layers::Peeled::Disk(_, r)) =
+    if let Ok(crate::source::layers::Peeled::Disk(_, r, _)) =
         crate::source::layers::peel_blocking("fuzz".into(), reader, None, None)
     {
         let mut sink = std::io::sink();

@@ -58,6 +58,19 @@ fn files(dir: &Path) -> Files {
             &at("disk.zstd.qcow2"),
         ],
     );
+    sh(
+        "qemu-img",
+        &[
+            "convert",
+            "-q",
+            "-O",
+            "vmdk",
+            "-o",
+            "subformat=streamOptimized",
+            r,
+            &at("disk.stream.vmdk"),
+        ],
+    );
     sh("gzip", &["-k", "-f", r]);
     sh("zstd", &["-q", "-f", r, "-o", &at("disk.raw.zst")]);
     // OVAs: the disk after a descriptor, as tar writes them.
@@ -142,6 +155,7 @@ fn images_from_a_range_server_are_read_through_their_maps_over_http_and_https() 
         "disk.qcow2",
         "disk.zstd.qcow2",
         "disk.qcow2.ova",
+        "disk.stream.vmdk",
     ] {
         let img = f.root.join(name);
         check(
@@ -249,7 +263,13 @@ fn a_server_without_ranges_streams_what_streams_and_refuses_what_needs_a_map() {
     let mut peer = Peer(child);
     wait_for_port(port, &mut peer.0, "python3 -m http.server");
     let t = dir.path().join("t.img");
-    for name in ["disk.raw", "disk.raw.gz", "disk.raw.zst", "disk.raw.ova"] {
+    for name in [
+        "disk.raw",
+        "disk.raw.gz",
+        "disk.raw.zst",
+        "disk.raw.ova",
+        "disk.stream.vmdk",
+    ] {
         check(
             &format!("http://127.0.0.1:{port}/{name}"),
             &t,

@@ -415,3 +415,115 @@ fn format_overrides_what_the_first_bytes_say() {
     .success("forced qcow2 on stdin, staged");
     assert_identical(&t, &reference(&img), "forced qcow2 on stdin, staged");
 }
+
+/// VMware's own streamOptimized layout (grain directory at the end, after a footer),
+/// written by python3-vmdkstream; None when it is not installed.
+fn vmware_stream(raw: &Path, out: &Path) -> Option<PathBuf> {
+    let py = "/usr/bin/python3";
+    let ok = std::process::Command::new(py)
+        .args(["-c", "import VMDKstream"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        skip("python3-vmdkstream (module VMDKstream) is not installed");
+        return None;
+    }
+    sh(
+        py,
+        &[
+            "-c",
+            "import sys, VMDKstream; VMDKstream.convert_to_stream(sys.argv[1], sys.argv[2])",
+            raw.to_str().unwrap(),
+            out.to_str().unwrap(),
+        ],
+    );
+    Some(out.to_path_buf())
+}
+
+#[test]
+fn vmdks_are_read_through_their_maps_and_streams_in_order() {
+    if !require(&["qemu-img", "gzip", "tar", "cmp"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let raw = raw_disk(d);
+    let r = raw.to_str().unwrap();
+    let t = d.join("t.img");
+    let mut images = Vec::new();
+    for (name, opts) in [
+        ("sparse.vmdk", "subformat=monolithicSparse"),
+        ("zeroed.vmdk", "subformat=monolithicSparse,zeroed_grain=on"),
+        ("stream.vmdk", "subformat=streamOptimized"),
+    ] {
+        let p = d.join(name);
+        qemu_img(&[
+            "convert",
+            "-q",
+            "-O",
+            "vmdk",
+            "-o",
+            opts,
+            r,
+            p.to_str().unwrap(),
+        ]);
+        images.push(p);
+    }
+    // VMDKstream's disks are whole sectors: its input is the first 8 MiB.
+    let raw8 = d.join("disk8.raw");
+    std::fs::write(&raw8, &std::fs::read(&raw).unwrap()[..8 << 20]).unwrap();
+    let vmware = vmware_stream(&raw8, &d.join("vmware.vmdk"));
+    // From a file, through the map: every layout.
+    for img in &images {
+        let ctx = img.file_name().unwrap().to_str().unwrap();
+        let _ = std::fs::remove_file(&t);
+        copy(img.to_str().unwrap(), &t, "uring", &[]).success(ctx);
+        assert_identical(&t, &reference(img), ctx);
+    }
+    if let Some(v) = &vmware {
+        let _ = std::fs::remove_file(&t);
+        copy(v.to_str().unwrap(), &t, "uring", &[]).success("vmware layout");
+        assert_identical(&t, &raw8, "vmware layout");
+    }
+    // As a stream (stdin, gzip-compressed, inside an OVA): streamOptimized decoded in
+    // order, its size known from the header; a sparse VMDK needs random access.
+    let mut streams = vec![(d.join("stream.vmdk"), reference(&d.join("stream.vmdk")))];
+    streams.extend(vmware.map(|v| (v, raw8.clone())));
+    for (img, want) in &streams {
+        let ctx = format!("{} on stdin", img.display());
+        copy_stdin(img, &t, "sync", &[]).success(&ctx);
+        assert_identical(&t, want, &ctx);
+        let gz = img.with_extension("vmdk.gz");
+        sh("gzip", &["-k", "-f", img.to_str().unwrap()]);
+        copy(gz.to_str().unwrap(), &t, "sync", &[]).success("gzip'd stream");
+        assert_identical(&t, want, "gzip'd stream");
+        let ova = ova(d, "s.ova", "ustar", &[&ovf(d, &["x.vmdk"]), img]);
+        copy_stdin(&ova, &t, "sync", &[]).success("stream in an OVA on stdin");
+        assert_identical(&t, want, "stream in an OVA on stdin");
+    }
+    let r = copy_stdin(&d.join("sparse.vmdk"), &t, "sync", &[]);
+    r.failure(
+        "sparse on stdin",
+        &["VMDK image", "scratch copy would be needed"],
+    );
+    assert_eq!(r.status.code(), Some(2));
+    // A stream cut short fails, never a shorter disk (exit 6).
+    let bytes = std::fs::read(d.join("stream.vmdk")).unwrap();
+    let cut = d.join("cut.vmdk");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let _ = std::fs::remove_file(&t);
+    let r = copy_stdin(&cut, &t, "sync", &[]);
+    r.failure("cut stream", &["truncated"]);
+    assert_eq!(r.status.code(), Some(6), "{}", r.stderr);
+    // A FLAT extent naming a host file: refused, the file never opened.
+    let desc = d.join("flat.vmdk");
+    std::fs::write(
+        &desc,
+        "# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\n\
+         createType=\"monolithicFlat\"\nRW 8 FLAT \"/etc/hostname\" 0\n",
+    )
+    .unwrap();
+    let r = copy(desc.to_str().unwrap(), &t, "sync", &[]);
+    r.failure("flat extent", &["/etc/hostname"]);
+    assert_eq!(r.status.code(), Some(2), "{}", r.stderr);
+}

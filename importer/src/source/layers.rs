@@ -13,8 +13,9 @@ use super::stream::{ReadStream, SourceReader, StreamSource};
 use super::{Input, Source};
 use crate::error::{Error, Retry};
 
-use ferry_convert::tar;
+use ferry_convert::image::ImageError;
 use ferry_convert::wrappers::{self, Bytes};
+use ferry_convert::{tar, vmdk};
 
 /// What a recognised format becomes.
 enum Layer {
@@ -40,6 +41,8 @@ const LAYERS: &[(Format, Layer)] = &[
     (Format::Xz, Layer::Decompress),
     (Format::Zstd, Layer::Decompress),
     (Format::Qcow2, Layer::Map),
+    // A streamOptimized VMDK also reads in order, from a stream ([`peel_blocking`]).
+    (Format::Vmdk, Layer::Map),
     (Format::Tar, Layer::Archive),
 ];
 
@@ -157,8 +160,8 @@ pub async fn peel(
             })
             .and_then(|r| r);
     let staged = match peeled {
-        Ok(Peeled::Disk(described, reader)) => {
-            let s = ReadStream::new(described, None, reader, under);
+        Ok(Peeled::Disk(described, reader, size)) => {
+            let s = ReadStream::new(described, size, reader, under);
             return Ok(Input::Stream(Box::new(match check {
                 Some(c) => s.checked(c),
                 None => s,
@@ -212,7 +215,7 @@ async fn stage_and_check(
 impl std::fmt::Debug for Peeled {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Peeled::Disk(what, _) => f.debug_tuple("Disk").field(what).finish(),
+            Peeled::Disk(what, _, size) => f.debug_tuple("Disk").field(what).field(size).finish(),
             Peeled::NeedsMap { what, format, .. } => f
                 .debug_struct("NeedsMap")
                 .field("what", what)
@@ -224,8 +227,9 @@ impl std::fmt::Debug for Peeled {
 
 /// What [`peel_blocking`] made of a stream.
 pub enum Peeled {
-    /// A disk: its description and bytes.
-    Disk(String, Bytes),
+    /// A disk: its description, bytes, and size when known before they are read (a
+    /// VMDK stream's capacity).
+    Disk(String, Bytes, Option<u64>),
     /// An image that needs random access.
     NeedsMap {
         /// The stream, described.
@@ -237,6 +241,22 @@ pub enum Peeled {
         /// Whether it was a member of an archive.
         archive: bool,
     },
+}
+
+/// A stream decoder's error: the image's own (a refusal or corruption, by kind) when it
+/// holds one, else a read error.
+fn stream_err(what: &str, e: std::io::Error) -> Error {
+    match e.get_ref().and_then(|x| x.downcast_ref::<ImageError>()) {
+        Some(error) => Error::Image {
+            what: what.to_string(),
+            error: error.clone(),
+        },
+        None => Error::Read {
+            offset: 0,
+            message: format!("{what}: {e}"),
+            retry: Retry::Never,
+        },
+    }
 }
 
 /// What [`peel`] does, on a blocking thread: the stream's description ("PATH,
@@ -259,9 +279,19 @@ pub fn peel_blocking(
                 retry: Retry::Never,
             })?;
         let found = forced.take().unwrap_or_else(|| format::detect(&head, None));
+        let first = head.clone();
         reader = Box::new(std::io::Cursor::new(head).chain(reader));
         match layer_of(found) {
-            Some(Layer::Disk) => return Ok(Peeled::Disk(what, reader)),
+            Some(Layer::Disk) => return Ok(Peeled::Disk(what, reader, None)),
+            Some(Layer::Map) if found == Format::Vmdk && vmdk::is_stream_optimized(&first) => {
+                let r = vmdk::VmdkStreamReader::open(reader).map_err(|e| stream_err(&what, e))?;
+                let size = r.size();
+                return Ok(Peeled::Disk(
+                    format!("{what}, VMDK stream"),
+                    Box::new(r),
+                    Some(size),
+                ));
+            }
             Some(Layer::Decompress) if !peeled.contains(&found) => {
                 let decoded = wrappers::decoder(found, reader)
                     .ok_or(Error::Internal("a decompressing layer without a decoder"))?;
