@@ -109,7 +109,12 @@ pub fn detect(head: &[u8], tail: Option<&[u8]>) -> Format {
     if at(0, b"QED\0") {
         return Format::Qed;
     }
-    if at(0, b"KDMV") || at(0, b"COWD") || at(0, b"# Disk DescriptorFile") {
+    // A descriptor as VMware writes it, and as VMDKstream does ("Descriptor File").
+    if at(0, b"KDMV")
+        || at(0, b"COWD")
+        || at(0, b"# Disk DescriptorFile")
+        || at(0, b"# Disk Descriptor File")
+    {
         return Format::Vmdk;
     }
     if at(0, b"vhdxfile") {
@@ -166,6 +171,9 @@ mod tests {
         tail[..8].copy_from_slice(b"conectix");
         assert_eq!(detect(&[0u8; 16], Some(&tail)), Format::Vhd);
         assert_eq!(detect(b"BZh9", None), Format::Bzip2);
+        // Descriptor files as VMware and VMDKstream write them.
+        assert_eq!(detect(b"# Disk DescriptorFile\n", None), Format::Vmdk);
+        assert_eq!(detect(b"# Disk Descriptor File\n", None), Format::Vmdk);
         assert_eq!(detect(&[0x1f, 0x8b, 0x08, 0x00], None), Format::Gzip);
         assert_eq!(detect(&[0x1f, 0x8b, 0x07, 0x00], None), Format::Raw);
         assert_eq!(detect(&[0x1f, 0x8b, 0x08, 0xff], None), Format::Raw);
