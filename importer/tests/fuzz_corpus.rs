@@ -121,3 +121,27 @@ fn image_qcow2_corpus_replays_without_panic() {
         ferry::fuzzing::image(ferry::source::format::Format::Qcow2, &b);
     }
 }
+
+#[test]
+fn image_vhd_corpus_replays_without_panic() {
+    for (p, b) in corpus("image_vhd") {
+        eprintln!("{}", p.display());
+        ferry::fuzzing::image(ferry::source::format::Format::Vhd, &b);
+    }
+}
+
+#[test]
+fn image_vhdx_corpus_replays_without_panic() {
+    for (p, b) in corpus("image_vhdx") {
+        eprintln!("{}", p.display());
+        ferry::fuzzing::image(ferry::source::format::Format::Vhdx, &b);
+    }
+}
+
+#[test]
+fn image_vdi_corpus_replays_without_panic() {
+    for (p, b) in corpus("image_vdi") {
+        eprintln!("{}", p.display());
+        ferry::fuzzing::image(ferry::source::format::Format::Vdi, &b);
+    }
+}
