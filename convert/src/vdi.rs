@@ -219,6 +219,7 @@ impl Opener for VdiOpener {
             let at = h.offset_data + u64::from(e) * bs;
             within(FORMAT, "block", at, bs, self.len)?;
             starts.push(at);
+            crate::vhd::too_many(FORMAT, starts.len(), self.len / bs)?;
         }
         crate::vhd::check_blocks(
             FORMAT,

@@ -207,7 +207,7 @@ pub(crate) fn check_blocks(
         if w[1] - w[0] < len {
             return Err(ImageError::corrupt(
                 format,
-                format!("two blocks overlap at {:#x}", w[1]),
+                format!("blocks overlap at {:#x}", w[1]),
             ));
         }
     }
@@ -224,6 +224,18 @@ pub(crate) fn check_blocks(
                 format!("a block at {:#x} overlaps the {what}", starts[i - 1]),
             ));
         }
+    }
+    Ok(())
+}
+
+/// More allocated blocks than an input of that many blocks holds: some overlap (found
+/// before a hostile table makes the list of blocks large).
+pub(crate) fn too_many(format: &'static str, n: usize, fit: u64) -> Result<(), ImageError> {
+    if n as u64 > fit {
+        return Err(ImageError::corrupt(
+            format,
+            format!("blocks overlap: more are allocated than the image holds ({fit})"),
+        ));
     }
     Ok(())
 }
@@ -350,6 +362,7 @@ impl Opener for VhdOpener {
                     let at = u64::from(e) * 512;
                     within(FORMAT, "block", at, block, self.footer_at())?;
                     starts.push(at);
+                    too_many(FORMAT, starts.len(), self.len / block)?;
                 }
                 check_blocks(
                     FORMAT,

@@ -533,6 +533,7 @@ impl Opener for VhdxOpener {
                             let at = e & OFFSET_MASK;
                             within(FORMAT, "block", at, bs, self.len)?;
                             starts.push(at);
+                            crate::vhd::too_many(FORMAT, starts.len(), self.len / bs)?;
                         }
                         PAYLOAD_PARTIALLY_PRESENT => {
                             return Err(ImageError::corrupt(
