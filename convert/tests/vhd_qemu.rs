@@ -638,3 +638,89 @@ fn the_fuzz_seeds_open_and_read_as_qemu_reads_them() {
         }
     }
 }
+
+/// Mutate the seeds (bytes flipped where the metadata is, checksums then made right so
+/// the mutation reaches past them, and cuts), open each and read it: errors are fine,
+/// panics and reads past the input are not.
+#[test]
+fn mutated_seeds_never_panic() {
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut rand = move |n: usize| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        usize::try_from(x % n.max(1) as u64).unwrap()
+    };
+    for (dir, format) in [
+        ("image_vhd", Format::Vhd),
+        ("image_vhdx", Format::Vhdx),
+        ("image_vdi", Format::Vdi),
+    ] {
+        let (mut opened, mut refused) = (0, 0);
+        for e in std::fs::read_dir(corpus.join(dir)).unwrap() {
+            let seed = std::fs::read(e.unwrap().path()).unwrap();
+            for round in 0..200 {
+                let mut b = seed.clone();
+                // Where the metadata is: the VHD footers, dynamic header and BAT; the VHDX
+                // headers, region table, metadata and BAT; the VDI header and block map.
+                let spots: Vec<(usize, usize)> = match format {
+                    Format::Vhd => vec![(0, 2048), (b.len() - 512, 512)],
+                    Format::Vhdx => vec![
+                        (64 << 10, 128),
+                        (128 << 10, 128),
+                        (192 << 10, 128),
+                        (1 << 20, 72 << 10),
+                    ],
+                    _ => vec![(0, 1024)],
+                };
+                for _ in 0..1 + rand(4) {
+                    let (s, n) = spots[rand(spots.len())];
+                    let at = (s + rand(n)).min(b.len() - 1);
+                    b[at] = match rand(4) {
+                        0 => 0xff,
+                        1 => 0,
+                        _ => b[at] ^ (1 << rand(8)),
+                    };
+                }
+                match format {
+                    Format::Vhd => {
+                        let n = b.len();
+                        for s in [0, n - 512] {
+                            let c = ferry_convert::vhd::checksum(&b[s..s + 512]);
+                            b[s + 64..s + 68].copy_from_slice(&c.to_be_bytes());
+                        }
+                    }
+                    Format::Vhdx => {
+                        for (h, n) in [(64 << 10, 4096), (128 << 10, 4096), (192 << 10, 64 << 10)] {
+                            let c = ferry_convert::vhdx::crc32c(&b[h..h + n], 4);
+                            b[h + 4..h + 8].copy_from_slice(&c.to_le_bytes());
+                        }
+                    }
+                    _ => {}
+                }
+                if round % 10 == 9 {
+                    b.truncate(rand(b.len()));
+                }
+                let Ok(mut image) = open(b, format) else {
+                    refused += 1;
+                    continue;
+                };
+                opened += 1;
+                let (size, unit) = (image.map().size(), image.map().unit());
+                if size <= 16 << 20 {
+                    let _ = image.read_all();
+                } else {
+                    for i in 0..size.div_ceil(unit).min(64) {
+                        let _ = image.unit(i);
+                    }
+                }
+            }
+        }
+        eprintln!("{dir}: {opened} mutants opened, {refused} refused");
+        assert!(
+            opened > 0 && refused > 0,
+            "{dir}: the mutations reach both ways"
+        );
+    }
+}
