@@ -724,3 +724,41 @@ fn mutated_seeds_never_panic() {
         );
     }
 }
+
+#[test]
+fn the_largest_sparse_images_qemu_makes_open_within_the_caps() {
+    if !require(&["qemu-img"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for (fmt, format, size) in [
+        ("vpc", Format::Vhd, "2040G"),
+        ("vhdx", Format::Vhdx, "64T"),
+        ("vdi", Format::Vdi, "8T"),
+    ] {
+        let img = dir.path().join(format!("big.{fmt}"));
+        ferry_test_kit::qemu_image(&img, fmt, size, &[]);
+        let f = std::fs::File::open(&img).unwrap();
+        let len = f.metadata().unwrap().len();
+        let mut image =
+            BlockingImage::open(f, len, format).unwrap_or_else(|e| panic!("[{fmt}] {e}"));
+        assert_eq!(image.map().size(), qemu_size(&img, fmt), "[{fmt}]");
+        let last = image.map().size().div_ceil(image.map().unit()) - 1;
+        assert!(
+            matches!(
+                image.unit(last).unwrap(),
+                Unit::Whole(Mapping::Unallocated | Mapping::Zero)
+            ),
+            "[{fmt}] the last unit is a hole"
+        );
+        std::fs::remove_file(&img).unwrap();
+    }
+    // One more VDI block than the cap.
+    let img = dir.path().join("over.vdi");
+    ferry_test_kit::qemu_image(&img, "vdi", "8193G", &[]);
+    let e = open_err(std::fs::read(&img).unwrap(), Format::Vdi);
+    assert!(
+        e.is_refusal() && e.to_string().contains("the most Ferry"),
+        "{e}"
+    );
+}
