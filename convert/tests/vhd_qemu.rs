@@ -762,3 +762,55 @@ fn the_largest_sparse_images_qemu_makes_open_within_the_caps() {
         "{e}"
     );
 }
+
+#[test]
+fn vhdx_blocks_past_the_first_chunk_skip_the_sector_bitmap_entry() {
+    if !require(&["qemu-img", "qemu-io"]) {
+        return;
+    }
+    // 256 MiB blocks and 512-byte sectors: a sector bitmap entry after every 16 payload
+    // entries, so block 18 is BAT entry 19.
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("chunks.vhdx");
+    ferry_test_kit::qemu_image_with(
+        &img,
+        "vhdx",
+        "block_size=256M",
+        "5G",
+        &["write -P 0x77 4608M 64k", "write -P 0x66 1G 4k"],
+    );
+    ferry_test_kit::sh(
+        "qemu-io",
+        &[
+            "-f",
+            "vhdx",
+            "-c",
+            "read -P 0x77 4608M 64k",
+            img.to_str().unwrap(),
+        ],
+    );
+    let f = std::fs::File::open(&img).unwrap();
+    let len = f.metadata().unwrap().len();
+    let mut image = BlockingImage::open(f, len, Format::Vhdx).unwrap();
+    assert_eq!(image.map().size(), qemu_size(&img, "vhdx"));
+    let mut file = std::fs::File::open(&img).unwrap();
+    for (unit, within_block, fill) in [
+        (4u64, 0u64, 0x66u8),
+        (18, 4608 * (1 << 20) - 18 * (256 << 20), 0x77),
+    ] {
+        let Unit::Whole(Mapping::Data { host }) = image.unit(unit).unwrap() else {
+            panic!("unit {unit} is data");
+        };
+        let got = ferry_convert::image::read_at(&mut file, host + within_block, 4096).unwrap();
+        assert!(
+            got.iter().all(|&b| b == fill),
+            "unit {unit}: the bytes qemu wrote"
+        );
+    }
+    for unit in [0, 15, 16, 17, 19] {
+        assert!(
+            !matches!(image.unit(unit).unwrap(), Unit::Whole(Mapping::Data { .. })),
+            "unit {unit} was never written"
+        );
+    }
+}
