@@ -13,7 +13,10 @@
 //! at least 512 bytes or over [`MAX_BLOCK_SIZE`], a BAT of more than
 //! [`MAX_TABLE_ENTRIES`] entries or too small for the disk, and blocks that overlap each
 //! other or the image's metadata or lie past the end of the input (a truncated download
-//! must fail, never read as zeroes).
+//! must fail, never read as zeroes). The footer must be in the last 512 bytes: a dynamic
+//! disk that has only its copy at offset 0 is cut short (qemu would open it from the copy).
+//! As qemu 10, a footer whose checksum is wrong is refused; the dynamic header's checksum
+//! is not checked (qemu does not either).
 
 use crate::image::{ImageError, ImageMap, Mapping, Opener, Step, Table, Unit, be32, be64, within};
 
