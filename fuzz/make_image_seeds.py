@@ -63,7 +63,7 @@ def vhd_dynamic(size, block, allocated):
 
 
 def vhd_fixed(size, fill):
-    return bytes([fill]) * (size // 2) + bytes(size - size // 2) + vhd_footer(2, size, 0xFFFFFFFFFFFFFFFF)
+    return bytes(size // 2) + bytes([fill]) * (size - size // 2) + vhd_footer(2, size, 0xFFFFFFFFFFFFFFFF)
 
 
 # ---- VDI -------------------------------------------------------------------------
