@@ -207,6 +207,9 @@ pub fn opener(format: Format, len: u64) -> Option<Box<dyn Opener>> {
     match format {
         Format::Qcow2 => Some(Box::new(crate::qcow2::Qcow2Opener::new(len))),
         Format::Vmdk => Some(Box::new(crate::vmdk::VmdkOpener::new(len))),
+        Format::Vhd => Some(Box::new(crate::vhd::VhdOpener::new(len))),
+        Format::Vhdx => Some(Box::new(crate::vhdx::VhdxOpener::new(len))),
+        Format::Vdi => Some(Box::new(crate::vdi::VdiOpener::new(len))),
         _ => None,
     }
 }

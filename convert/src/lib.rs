@@ -3,7 +3,7 @@
 //! connection, and never a path named inside an image: the importer's format layer
 //! hands it bytes and readers.
 //!
-//! Random-access image readers ([`qcow2`], [`vmdk`]; VHD/VHDX and VDI next) share one
+//! Random-access image readers ([`qcow2`], [`vmdk`], [`vhd`], [`vhdx`], [`vdi`]) share one
 //! shape, [`image`]: an opener that asks for the header and directories it needs, then a
 //! map from guest units to input offsets, zeroes, holes or compressed units.
 
@@ -15,6 +15,9 @@ pub mod detect;
 pub mod image;
 pub mod qcow2;
 pub mod tar;
+pub mod vdi;
+pub mod vhd;
+pub mod vhdx;
 pub mod vmdk;
 pub mod wrappers;
 

@@ -145,3 +145,27 @@ fn vmdk_stream_corpus_replays_without_panic() {
         ferry::fuzzing::vmdk_stream(&b);
     }
 }
+
+#[test]
+fn image_vhd_corpus_replays_without_panic() {
+    for (p, b) in corpus("image_vhd") {
+        eprintln!("{}", p.display());
+        ferry::fuzzing::image(ferry::source::format::Format::Vhd, &b);
+    }
+}
+
+#[test]
+fn image_vhdx_corpus_replays_without_panic() {
+    for (p, b) in corpus("image_vhdx") {
+        eprintln!("{}", p.display());
+        ferry::fuzzing::image(ferry::source::format::Format::Vhdx, &b);
+    }
+}
+
+#[test]
+fn image_vdi_corpus_replays_without_panic() {
+    for (p, b) in corpus("image_vdi") {
+        eprintln!("{}", p.display());
+        ferry::fuzzing::image(ferry::source::format::Format::Vdi, &b);
+    }
+}
