@@ -88,9 +88,9 @@ pub enum Error {
         /// What is wrong.
         error: ferry_convert::tar::TarError,
     },
-    /// The source holds an image or archive format, not a disk (only raw disks are
-    /// copied so far).
-    #[error("{what} holds a {format}, not a raw disk; Ferry reads raw disks (also gzip-, xz- or zstd-compressed) and qcow2 images (from a file or NBD) so far: {}, or give --format raw to copy its bytes as they are", .format.how_to_read())]
+    /// The source holds a format Ferry does not read (or one already peeled: a gzip in a
+    /// gzip, a tar in a tar), not a disk.
+    #[error("{what} holds a {format}, not a raw disk; Ferry reads raw disks and ISOs, gzip-, xz- and zstd-compressed files, tar archives (OVAs), and qcow2, VMDK, VHD, VHDX and VDI images: {}, or give --format raw to copy its bytes as they are", .format.how_to_read())]
     NotRaw {
         /// The source.
         what: String,

@@ -43,6 +43,9 @@ const LAYERS: &[(Format, Layer)] = &[
     (Format::Qcow2, Layer::Map),
     // A streamOptimized VMDK also reads in order, from a stream ([`peel_blocking`]).
     (Format::Vmdk, Layer::Map),
+    (Format::Vhd, Layer::Map),
+    (Format::Vhdx, Layer::Map),
+    (Format::Vdi, Layer::Map),
     (Format::Tar, Layer::Archive),
 ];
 
