@@ -133,6 +133,17 @@ pub enum Qcow2Error {
         /// Why.
         why: &'static str,
     },
+    /// A table or cluster that lies on the image's own metadata (its header cluster or
+    /// its L1 table): a corrupt or hostile image.
+    #[error("qcow2 {what} at {offset:#x} overlaps the image's {with}: the image is corrupt")]
+    Overlap {
+        /// "L2 table", "data cluster", "compressed cluster".
+        what: &'static str,
+        /// Its offset.
+        offset: u64,
+        /// "header", "L1 table".
+        with: &'static str,
+    },
     /// An L2 entry that no valid image holds.
     #[error("qcow2 L2 entry {entry:#018x} is invalid: {why}")]
     BadEntry {
@@ -282,6 +293,28 @@ impl Header {
         self.within("L1 table", self.l1_offset, self.l1_bytes(), image_len)
     }
 
+    /// `[offset, offset+len)` does not overlap the header cluster or the L1 table.
+    pub fn clear_of_metadata(
+        &self,
+        what: &'static str,
+        offset: u64,
+        len: u64,
+    ) -> Result<(), Qcow2Error> {
+        let end = offset.saturating_add(len.max(1));
+        let cs = self.cluster_size();
+        let l1_end = self
+            .l1_offset
+            .saturating_add(self.l1_bytes().next_multiple_of(cs));
+        let with = if offset < cs {
+            "header"
+        } else if self.l1_entries > 0 && offset < l1_end && end > self.l1_offset {
+            "L1 table"
+        } else {
+            return Ok(());
+        };
+        Err(Qcow2Error::Overlap { what, offset, with })
+    }
+
     /// `[offset, offset+len)` lies inside an image of `image_len` bytes (when known).
     pub fn within(
         &self,
@@ -336,6 +369,7 @@ impl Header {
             });
         }
         self.within("L2 table", off, self.l2_bytes(), image_len)?;
+        self.clear_of_metadata("L2 table", off, self.l2_bytes())?;
         Ok(Some(off))
     }
 
@@ -368,6 +402,7 @@ impl Header {
         // allocated ones are stored).
         if off != 0 {
             self.within("data cluster", off, 1, image_len)?;
+            self.clear_of_metadata("data cluster", off, self.cluster_size())?;
         }
         if !self.extended_l2 {
             return Ok(Unit::Whole(if self.version == 3 && entry & L2_ZERO != 0 {
@@ -434,6 +469,7 @@ impl Header {
             }
             len = len.min(end - host);
         }
+        self.clear_of_metadata("compressed cluster", host, len)?;
         Ok(Mapping::Compressed { host, len })
     }
 }

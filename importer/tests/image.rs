@@ -203,6 +203,31 @@ fn a_truncated_or_hostile_qcow2_fails_by_kind_and_names_the_problem() {
         "unknown feature",
         &["unknown incompatible features (bits 0x80)"],
     );
+    // An L2 table that is the L1 table itself, and a data cluster on the L1 table: the
+    // image's own metadata is never read as data (exit 6).
+    let be = |b: &[u8], at: usize| u64::from_be_bytes(b[at..at + 8].try_into().unwrap());
+    let l1 = usize::try_from(be(&bytes, 40)).unwrap();
+    let mut looped = bytes.clone();
+    looped[l1..l1 + 8].copy_from_slice(&((1u64 << 63) | l1 as u64).to_be_bytes());
+    let p = dir.path().join("l1-loop.qcow2");
+    std::fs::write(&p, &looped).unwrap();
+    let r = copy(p.to_str().unwrap(), &t, "sync", &[]);
+    r.failure(
+        "L2 on L1",
+        &["L2 table at", "overlaps the image's L1 table"],
+    );
+    assert_eq!(r.status.code(), Some(6));
+    let l2 = usize::try_from(be(&bytes, l1) & 0x00ff_ffff_ffff_fe00).unwrap();
+    let mut on_l1 = bytes.clone();
+    on_l1[l2..l2 + 8].copy_from_slice(&((1u64 << 63) | l1 as u64).to_be_bytes());
+    let p = dir.path().join("on-l1.qcow2");
+    std::fs::write(&p, &on_l1).unwrap();
+    let r = copy(p.to_str().unwrap(), &t, "sync", &[]);
+    r.failure(
+        "data on L1",
+        &["data cluster at", "overlaps the image's L1 table"],
+    );
+    assert_eq!(r.status.code(), Some(6));
 }
 
 /// An OVA as `tar` writes it (ustar, GNU and pax headers) and as python's tarfile
