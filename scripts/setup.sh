@@ -20,7 +20,8 @@ command -v bzip2 >/dev/null || need+=(bzip2)
 command -v mkfifo >/dev/null || need+=(coreutils)
 # VMware-style streamOptimized VMDKs (grain directory at the end, with a footer) for the
 # image tests: qemu-img writes only its own layout.
-python3 -c 'import VMDKstream' 2>/dev/null || need+=(python3-vmdkstream)
+# Debian's module, for Debian's python (`python3` on PATH may be another one).
+/usr/bin/python3 -c 'import VMDKstream' 2>/dev/null || need+=(python3-vmdkstream)
 # Independent TLS and proxy peers for the vSphere client's tests: tinyproxy (CONNECT),
 # socat's OpenSSL listener (an https:// proxy in front of it), openssl s_server.
 command -v tinyproxy >/dev/null || need+=(tinyproxy)
