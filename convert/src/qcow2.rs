@@ -515,22 +515,68 @@ pub fn decompress_cluster(
 ) -> Result<(), Qcow2Error> {
     let bad = |why: &'static str| Qcow2Error::Compressed { host, why };
     match compression {
-        Compression::Deflate => {
-            let mut d = flate2::Decompress::new(false);
+        Compression::Deflate => DEFLATE.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            let d = slot.get_or_insert_with(|| flate2::Decompress::new(false));
+            d.reset(false);
             match d.decompress(input, out, flate2::FlushDecompress::Finish) {
                 Ok(_) if d.total_out() == out.len() as u64 => Ok(()),
                 Ok(_) => Err(bad("it decompresses to less than a cluster")),
                 Err(_) => Err(bad("it is not a deflate stream")),
             }
-        }
-        Compression::Zstd => {
-            use std::io::Read;
-            let mut d = zstd::stream::read::Decoder::with_buffer(input)
-                .map_err(|_| bad("the zstd decoder cannot start"))?;
-            d.read_exact(out)
-                .map_err(|_| bad("it does not decompress to a cluster of zstd data"))
+        }),
+        Compression::Zstd => ZSTD.with(|cell| {
+            use zstd::stream::raw::Operation;
+            let mut slot = cell.borrow_mut();
+            let d = match slot.as_mut() {
+                Some(d) => {
+                    d.reinit()
+                        .map_err(|_| bad("the zstd decoder cannot start"))?;
+                    d
+                }
+                None => slot.insert(
+                    zstd::stream::raw::Decoder::new()
+                        .map_err(|_| bad("the zstd decoder cannot start"))?,
+                ),
+            };
+            zstd_cluster(d, input, out).map_err(|()| {
+                // A decoder left mid-frame is dropped, not reused.
+                *slot = None;
+                bad("it does not decompress to a cluster of zstd data")
+            })
+        }),
+    }
+}
+
+thread_local! {
+    /// One raw-deflate decompressor per thread, reset for every cluster.
+    static DEFLATE: std::cell::RefCell<Option<flate2::Decompress>> =
+        const { std::cell::RefCell::new(None) };
+    /// One zstd decompression context per thread, reused for every cluster (making
+    /// one costs more than decompressing a small cluster).
+    static ZSTD: std::cell::RefCell<Option<zstd::stream::raw::Decoder<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Decode zstd frames from `input` until `out` is full; what follows is ignored.
+fn zstd_cluster(
+    d: &mut zstd::stream::raw::Decoder<'static>,
+    input: &[u8],
+    out: &mut [u8],
+) -> Result<(), ()> {
+    use zstd::stream::raw::Operation;
+    let (mut read, mut written) = (0, 0);
+    while written < out.len() {
+        let st = d
+            .run_on_buffers(&input[read..], &mut out[written..])
+            .map_err(|_| ())?;
+        read += st.bytes_read;
+        written += st.bytes_written;
+        if st.bytes_read == 0 && st.bytes_written == 0 {
+            return Err(());
         }
     }
+    Ok(())
 }
 
 impl Qcow2Error {

@@ -259,35 +259,29 @@ impl Source for ImageSource {
         let s = self.s.clone();
         Box::pin(async move {
             let end = offset + buf.len() as u64;
-            let us = s.map.unit();
-            for (at, n, m, within) in s.runs(offset, end).await? {
+            let runs = s.runs(offset, end).await?;
+            let mut i = 0;
+            while i < runs.len() {
+                let (at, n, m, within) = runs[i];
                 let to = crate::num::usize_of(at - offset);
-                let dst = &mut buf.as_mut_slice()[to..to + crate::num::usize_of(n)];
                 match m {
-                    Mapping::Unallocated | Mapping::Zero => dst.fill(0),
+                    Mapping::Unallocated | Mapping::Zero => {
+                        buf.as_mut_slice()[to..to + crate::num::usize_of(n)].fill(0);
+                        i += 1;
+                    }
                     Mapping::Data { host } => {
                         let bytes = read_bytes(s.inner.as_ref(), host + within, n).await?;
                         if bytes.len() as u64 != n {
                             return Err(past_end(&s, "data", host + within));
                         }
-                        dst.copy_from_slice(&bytes);
+                        buf.as_mut_slice()[to..to + crate::num::usize_of(n)]
+                            .copy_from_slice(&bytes);
+                        i += 1;
                     }
-                    Mapping::Compressed { host, len } => {
-                        let input = read_bytes(s.inner.as_ref(), host, len).await?;
-                        if input.is_empty() {
-                            return Err(past_end(&s, "compressed data", host));
-                        }
-                        // CPU work: on the blocking pool, off the threads that drive I/O.
-                        let st = s.clone();
-                        let unit = tokio::task::spawn_blocking(move || {
-                            let mut unit = vec![0u8; crate::num::usize_of(us)];
-                            st.map.decompress(host, &input, &mut unit).map(|()| unit)
-                        })
-                        .await
-                        .map_err(|_| Error::Internal("a decompression thread failed"))?
-                        .map_err(|e| s.err(e))?;
-                        let w = crate::num::usize_of(within);
-                        dst.copy_from_slice(&unit[w..w + crate::num::usize_of(n)]);
+                    Mapping::Compressed { .. } => {
+                        let j = compressed_group(&runs, i);
+                        buf = decompress_group(&s, offset, runs[i..j].to_vec(), buf).await?;
+                        i = j;
                     }
                 }
             }
@@ -306,6 +300,77 @@ impl Source for ImageSource {
     fn close(&self) -> BoxFuture<'_, ()> {
         self.s.inner.close()
     }
+}
+
+/// The end of the group of compressed runs starting at `runs[i]` whose input lies in
+/// one span of at most [`IMAGE_INNER_READ`] bytes (compressed clusters are packed one
+/// after the other: a group is one read of the image).
+fn compressed_group(runs: &[(u64, u64, Mapping, u64)], i: usize) -> usize {
+    let Some((_, _, Mapping::Compressed { host, len }, _)) = runs.get(i) else {
+        return i + 1;
+    };
+    let (lo, mut hi) = (*host, host.saturating_add(*len));
+    let mut j = i + 1;
+    while let Some((_, _, Mapping::Compressed { host, len }, _)) = runs.get(j) {
+        let h = host.saturating_add(*len);
+        if *host < lo || h.max(hi) - lo > IMAGE_INNER_READ {
+            break;
+        }
+        hi = hi.max(h);
+        j += 1;
+    }
+    j
+}
+
+/// Read the input of a group of compressed runs at once and decompress them on the
+/// blocking pool (CPU work, off the threads that drive I/O), each straight into `buf`
+/// (which holds guest bytes from `offset`) when it covers a whole unit.
+async fn decompress_group(
+    s: &Arc<State>,
+    offset: u64,
+    group: Vec<(u64, u64, Mapping, u64)>,
+    buf: Buf,
+) -> Result<Buf, Error> {
+    let span = |r: &(u64, u64, Mapping, u64)| match r.2 {
+        Mapping::Compressed { host, len } => (host, host.saturating_add(len)),
+        _ => (0, 0),
+    };
+    let lo = group.iter().map(|r| span(r).0).min().unwrap_or(0);
+    let hi = group.iter().map(|r| span(r).1).max().unwrap_or(0);
+    let input = read_bytes(s.inner.as_ref(), lo, hi - lo).await?;
+    let st = s.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut buf = buf;
+        let us = st.map.unit();
+        let mut unit = Vec::new();
+        for (at, n, m, within) in group {
+            let Mapping::Compressed { host, len } = m else {
+                continue;
+            };
+            let from = crate::num::usize_of(host - lo);
+            if from >= input.len() {
+                return Err(past_end(&st, "compressed data", host));
+            }
+            let to = input.len().min(from + crate::num::usize_of(len));
+            let dst_at = crate::num::usize_of(at - offset);
+            let dst = &mut buf.as_mut_slice()[dst_at..dst_at + crate::num::usize_of(n)];
+            if within == 0 && n == us {
+                st.map
+                    .decompress(host, &input[from..to], dst)
+                    .map_err(|e| st.err(e))?;
+            } else {
+                unit.resize(crate::num::usize_of(us), 0);
+                st.map
+                    .decompress(host, &input[from..to], &mut unit)
+                    .map_err(|e| st.err(e))?;
+                let w = crate::num::usize_of(within);
+                dst.copy_from_slice(&unit[w..w + crate::num::usize_of(n)]);
+            }
+        }
+        Ok(buf)
+    })
+    .await
+    .map_err(|_| Error::Internal("a decompression thread failed"))?
 }
 
 fn past_end(s: &State, what: &'static str, offset: u64) -> Error {
