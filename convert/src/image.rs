@@ -101,6 +101,15 @@ pub trait ImageMap: Send + Sync + Debug {
     /// What unit `index` holds, given the bytes of the table [`ImageMap::table`] named
     /// (None when it named none).
     fn lookup(&self, index: u64, table: Option<&[u8]>) -> Result<Unit, ImageError>;
+    /// How many units from `index` on (at least 1) are unallocated as `index` is, given
+    /// the same table (None: the one [`ImageMap::table`] named none for): an empty
+    /// qcow2 L1 entry or VMDK grain directory entry covers a whole table's units, and a
+    /// run of empty entries in a table its units, so a walk of a huge empty disk takes
+    /// one step per run, not per unit. Only asked when `index` itself is unallocated.
+    fn unallocated_run(&self, index: u64, table: Option<&[u8]>) -> u64 {
+        let _ = (index, table);
+        1
+    }
     /// Decompress one [`Mapping::Compressed`] unit read at `host` into `out` (one unit).
     fn decompress(&self, host: u64, input: &[u8], out: &mut [u8]) -> Result<(), ImageError> {
         let _ = (input, out);

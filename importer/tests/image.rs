@@ -621,3 +621,42 @@ fn vhd_vhdx_and_vdi_images_qemu_writes_are_copied_exactly_from_files_and_nbd() {
         }
     }
 }
+
+#[test]
+fn huge_mostly_empty_images_are_walked_by_runs_and_their_data_lands_in_place() {
+    if !require(&["qemu-img", "qemu-io"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let t = d.join("t.img");
+    // 64 GiB, data at the start, past the first L2 table / grain table, and at the end.
+    for (fmt, name) in [("qcow2", "big.qcow2"), ("vmdk", "big.vmdk")] {
+        let img = d.join(name);
+        let p = img.to_str().unwrap();
+        qemu_img(&["create", "-q", "-f", fmt, p, "64G"]);
+        for (byte, at) in [(0xa1, "0"), (0xb2, "40G"), (0xc3, "68719411200")] {
+            sh(
+                "qemu-io",
+                &["-f", fmt, "-c", &format!("write -q -P {byte} {at} 64k"), p],
+            );
+        }
+        let _ = std::fs::remove_file(&t);
+        copy(p, &t, "uring", &[]).success(name);
+        // qemu-img compares sparse files by their allocation, without reading 64 GiB.
+        sh(
+            "qemu-img",
+            &[
+                "compare",
+                "-q",
+                "-f",
+                "raw",
+                "-F",
+                fmt,
+                t.to_str().unwrap(),
+                p,
+            ],
+        );
+        assert!(allocated(&t) < 16 << 20, "{name}: the holes stay holes");
+    }
+}

@@ -154,15 +154,25 @@ impl State {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// What guest unit `index` holds.
-    async fn unit(&self, index: u64) -> Result<Unit, Error> {
+    /// What guest unit `index` holds, and for how many units from it on (more than one
+    /// only for a run of unallocated units: [`ImageMap::unallocated_run`]).
+    async fn unit(&self, index: u64) -> Result<(Unit, u64), Error> {
         let table = match self.map.table(index).map_err(|e| self.err(e))? {
             Some(t) => Some(self.table(t).await?),
             None => None,
         };
-        self.map
+        let unit = self
+            .map
             .lookup(index, table.as_deref().map(Vec::as_slice))
-            .map_err(|e| self.err(e))
+            .map_err(|e| self.err(e))?;
+        let run = match unit {
+            Unit::Whole(Mapping::Unallocated) => self
+                .map
+                .unallocated_run(index, table.as_deref().map(Vec::as_slice))
+                .max(1),
+            _ => 1,
+        };
+        Ok((unit, run))
     }
 
     /// Each run of `[offset, end)` with one mapping: (guest offset, length, mapping,
@@ -193,12 +203,12 @@ impl State {
         while at < end {
             let base = at / us * us;
             match self.unit(at / us).await? {
-                Unit::Whole(m) => {
-                    let n = (base + us).min(end) - at;
+                (Unit::Whole(m), run) => {
+                    let n = base.saturating_add(run.saturating_mul(us)).min(end) - at;
                     push((at, n, m, at - base));
                     at += n;
                 }
-                Unit::Parts(parts) => {
+                (Unit::Parts(parts), _) => {
                     let part = us / (parts.len().max(1) as u64);
                     while at < end && at < base + us {
                         let k = crate::num::usize_of((at - base) / part);
