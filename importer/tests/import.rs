@@ -1074,9 +1074,9 @@ fn each_invalid_variable_is_named_before_any_connection() {
             &["IMPORTER_IMAGE_SIZE", "big"],
         ),
         (
-            "IMPORTER_SOURCE=http",
-            &[("IMPORTER_SOURCE", Some("http"))],
-            &["IMPORTER_SOURCE", "http"],
+            "IMPORTER_SOURCE=s3",
+            &[("IMPORTER_SOURCE", Some("s3"))],
+            &["IMPORTER_SOURCE", "s3"],
         ),
         (
             "IMPORTER_ENDPOINT missing",
