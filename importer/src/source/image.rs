@@ -110,6 +110,52 @@ pub(crate) async fn read_bytes(src: &dyn Source, offset: u64, len: u64) -> Resul
     Ok(out)
 }
 
+/// Bytes of a source read by [`read_span`]: a slice of the one aligned buffer they were
+/// read into, or (a span longer than one read) the reads joined.
+pub(crate) enum Span {
+    /// `buf[from..to]`.
+    One {
+        /// The buffer read.
+        buf: Buf,
+        /// Where the wanted bytes start in it.
+        from: usize,
+        /// Where they end.
+        to: usize,
+    },
+    /// Several reads, joined.
+    Joined(Vec<u8>),
+}
+
+impl std::ops::Deref for Span {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Span::One { buf, from, to } => &buf.as_slice()[*from..*to],
+            Span::Joined(v) => v,
+        }
+    }
+}
+
+/// `[offset, offset+len)` of `src` (fewer bytes at its end) without a second copy when
+/// one aligned read covers it: the hot path of data and compressed units.
+pub(crate) async fn read_span(src: &dyn Source, offset: u64, len: u64) -> Result<Span, Error> {
+    let align = src.block_size().max(BUF_ALIGN as u64);
+    let size = src.size();
+    let end = offset.saturating_add(len).min(size);
+    let at = offset / align * align;
+    let chunk = (src.max_read().min(IMAGE_INNER_READ) / align * align).max(align);
+    let n = (end.div_ceil(align) * align).min(size).saturating_sub(at);
+    if end <= offset || n > chunk {
+        return read_bytes(src, offset, len).await.map(Span::Joined);
+    }
+    let mut buf = Buf::new(crate::num::usize_of(n.div_ceil(align) * align));
+    buf.set_len(crate::num::usize_of(n));
+    let buf = src.read(at, buf).await?;
+    let from = crate::num::usize_of(offset - at);
+    let to = crate::num::usize_of(end - at).min(buf.len()).max(from);
+    Ok(Span::One { buf, from, to })
+}
+
 impl State {
     /// The table `t`, from the cache or the image.
     async fn table(&self, t: Table) -> Result<Arc<Vec<u8>>, Error> {
@@ -270,6 +316,21 @@ impl Source for ImageSource {
         Box::pin(async move {
             let end = offset + buf.len() as u64;
             let runs = s.runs(offset, end).await?;
+            // One host-contiguous data run for the whole request: read straight into
+            // the pool's buffer.
+            if let [(at, n, Mapping::Data { host }, within)] = runs[..] {
+                let (h, bs) = (host + within, s.inner.block_size().max(1));
+                let h_end = h.saturating_add(n);
+                if at == offset
+                    && n == buf.len() as u64
+                    && h.is_multiple_of(bs)
+                    && (h_end.is_multiple_of(bs) || h_end == s.inner.size())
+                    && h_end <= s.inner.size()
+                    && n <= s.inner.max_read()
+                {
+                    return s.inner.read(h, buf).await;
+                }
+            }
             let mut i = 0;
             while i < runs.len() {
                 let (at, n, m, within) = runs[i];
@@ -280,7 +341,7 @@ impl Source for ImageSource {
                         i += 1;
                     }
                     Mapping::Data { host } => {
-                        let bytes = read_bytes(s.inner.as_ref(), host + within, n).await?;
+                        let bytes = read_span(s.inner.as_ref(), host + within, n).await?;
                         if bytes.len() as u64 != n {
                             return Err(past_end(&s, "data", host + within));
                         }
@@ -310,6 +371,16 @@ impl Source for ImageSource {
     fn close(&self) -> BoxFuture<'_, ()> {
         self.s.inner.close()
     }
+}
+
+/// Decompressions running at once, process-wide: one per CPU.
+fn decompress_slots() -> &'static tokio::sync::Semaphore {
+    static SLOTS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    SLOTS.get_or_init(|| {
+        tokio::sync::Semaphore::new(
+            std::thread::available_parallelism().map_or(2, std::num::NonZero::get),
+        )
+    })
 }
 
 /// The end of the group of compressed runs starting at `runs[i]` whose input lies in
@@ -347,8 +418,13 @@ async fn decompress_group(
     };
     let lo = group.iter().map(|r| span(r).0).min().unwrap_or(0);
     let hi = group.iter().map(|r| span(r).1).max().unwrap_or(0);
-    let input = read_bytes(s.inner.as_ref(), lo, hi - lo).await?;
+    let input = read_span(s.inner.as_ref(), lo, hi - lo).await?;
     let st = s.clone();
+    // As many decompressing threads as CPUs: more only add threads and contexts.
+    let _slot = decompress_slots()
+        .acquire()
+        .await
+        .map_err(|_| Error::Internal("the decompression slots closed"))?;
     tokio::task::spawn_blocking(move || {
         let mut buf = buf;
         let us = st.map.unit();
