@@ -48,6 +48,8 @@ pub struct Member {
     pub offset: u64,
     /// Its data's length.
     pub size: u64,
+    /// Its permission bits (`0o7777` of the header's mode).
+    pub mode: u32,
 }
 
 impl Member {
@@ -80,9 +82,12 @@ pub enum TarError {
         /// The archive's length.
         end: u64,
     },
-    /// More members than [`MAX_TAR_MEMBERS`].
-    #[error("the archive has more than {MAX_TAR_MEMBERS} members")]
-    TooManyMembers,
+    /// More members than the walk allows ([`MAX_TAR_MEMBERS`] when choosing a disk).
+    #[error("the archive has more than {max} members")]
+    TooManyMembers {
+        /// The most allowed.
+        max: usize,
+    },
     /// No member looks like a disk.
     #[error("the archive holds no disk image (members: {members})")]
     NoDisk {
@@ -125,7 +130,7 @@ impl TarError {
                 | TarError::Ambiguous { .. }
                 | TarError::NotFound { .. }
                 | TarError::NotAFile { .. }
-                | TarError::TooManyMembers
+                | TarError::TooManyMembers { .. }
         )
     }
 }
@@ -160,6 +165,8 @@ pub struct Walker {
     /// A size for the next member (pax `size`).
     size: Option<u64>,
     members: usize,
+    /// The most members walked ([`MAX_TAR_MEMBERS`] unless set).
+    max_members: usize,
     ended: bool,
 }
 
@@ -270,7 +277,17 @@ impl Walker {
             name: None,
             size: None,
             members: 0,
+            max_members: MAX_TAR_MEMBERS,
             ended: false,
+        }
+    }
+
+    /// A walk that allows up to `max` members (an archive of files unpacked into a
+    /// volume has more than an OVA).
+    pub fn with_max_members(max: usize) -> Walker {
+        Walker {
+            max_members: max,
+            ..Walker::new()
         }
     }
 
@@ -379,8 +396,10 @@ impl Walker {
             return Ok(None);
         }
         self.members += 1;
-        if self.members > MAX_TAR_MEMBERS {
-            return Err(TarError::TooManyMembers);
+        if self.members > self.max_members {
+            return Err(TarError::TooManyMembers {
+                max: self.max_members,
+            });
         }
         let name = match self.name.take() {
             Some(n) => n,
@@ -408,11 +427,13 @@ impl Walker {
         } else {
             size
         };
+        let mode = u32::try_from(number(&h[100..108], at, "mode")? & 0o7777).unwrap_or(0o644);
         let m = Member {
             name,
             kind,
             offset: data,
             size,
+            mode,
         };
         self.at = m
             .next()
@@ -686,6 +707,32 @@ fn step(input: &mut impl Read, walker: &mut Walker, at: &mut u64) -> Result<Even
             return Ok(ev);
         }
     }
+}
+
+/// Walk the archive arriving on `input` to its end with `walker`, handing each member
+/// and a reader of exactly its data to `each` (what it leaves unread is read past);
+/// the input after the end-of-archive blocks is read too. A member cut short, or an
+/// archive that ends inside a header, is an error.
+pub fn for_each_member<R: Read>(
+    mut input: R,
+    mut walker: Walker,
+    mut each: impl FnMut(&Member, &mut dyn Read) -> std::io::Result<()>,
+) -> Result<(), OpenError> {
+    let mut at = 0u64;
+    loop {
+        match step(&mut input, &mut walker, &mut at)? {
+            Event::End => break,
+            Event::Member(m) => {
+                let mut data = (&mut input).take(m.size);
+                each(&m, &mut data)?;
+                let read = m.size - data.limit();
+                at += read;
+                skip_to(&mut input, &mut at, walker.want().0, &m)?;
+            }
+        }
+    }
+    std::io::copy(&mut input, &mut std::io::sink())?;
+    Ok(())
 }
 
 /// Read up to `cap` bytes of member `m`'s data (at the input's position, its start).

@@ -198,6 +198,11 @@ pub enum Error {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum UsageError {
+    /// `IMPORTER_CONTENTTYPE=archive` onto a block device.
+    #[error(
+        "IMPORTER_CONTENTTYPE=archive unpacks files into a filesystem volume, not onto a block device"
+    )]
+    ArchiveNeedsFilesystem,
     /// `--scratch` is not a directory.
     #[error("--scratch {}: not a directory", dir.display())]
     ScratchNotADirectory {

@@ -2860,3 +2860,112 @@ fn cdi_http_without_ranges_asks_for_scratch_space_and_stages_a_qcow2_there() {
         "staged",
     );
 }
+
+#[test]
+fn cdi_archive_content_is_unpacked_into_the_volume() {
+    if !require(&[
+        "nginx", "qemu-img", "openssl", "tar", "gzip", "diff", "python3",
+    ]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let s = http_site(dir.path());
+    // A tree of files: text, random bytes, an empty file, a nested directory, modes.
+    let tree = dir.path().join("tree");
+    std::fs::create_dir_all(tree.join("sub/deeper")).unwrap();
+    std::fs::write(tree.join("a.txt"), "hello\n".repeat(1000)).unwrap();
+    std::fs::write(
+        tree.join("sub/blob.bin"),
+        ferry_test_kit::mixed_disk(1 << 20, 1 << 20, 3 << 20),
+    )
+    .unwrap();
+    std::fs::write(tree.join("sub/deeper/empty"), b"").unwrap();
+    std::fs::write(tree.join("run.sh"), "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(
+        tree.join("run.sh"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let www = dir.path().join("www");
+    let tar = |name: &str, extra: &[&str]| {
+        let mut c = std::process::Command::new("tar");
+        c.args(extra)
+            .arg("-cf")
+            .arg(www.join(name))
+            .arg("-C")
+            .arg(&tree)
+            .arg(".");
+        assert!(c.status().unwrap().success(), "tar {name}");
+    };
+    tar("files.tar", &[]);
+    tar("files.tar.gz", &["-z"]);
+    for name in ["files.tar", "files.tar.gz"] {
+        let mut pod = http_pod(&format!("http://127.0.0.1:{}/{name}", s.http));
+        pod.set("IMPORTER_CONTENTTYPE", "archive");
+        let r = pod.run();
+        assert_success(&r, name);
+        let data = pod.dir.path().join("data");
+        let st = std::process::Command::new("diff")
+            .arg("-r")
+            .arg(&tree)
+            .arg(&data)
+            .status()
+            .unwrap();
+        assert!(st.success(), "{name}: the volume holds the tree");
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(data.join("run.sh"))
+                .unwrap()
+                .permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o755, "{name}: modes kept");
+        assert_termination_json(
+            &pod,
+            &json!({
+                "scratchSpaceRequired": false,
+                "preallocationApplied": false,
+                "message": "Import Complete"
+            }),
+            name,
+        );
+    }
+    // A member that climbs out of the volume, and a symbolic link: refused by name,
+    // nothing written outside.
+    let evil = dir.path().join("evil");
+    std::fs::create_dir_all(evil.join("d")).unwrap();
+    std::fs::write(evil.join("x"), b"x").unwrap();
+    // (GNU tar strips a leading ../ when it writes; python's tarfile keeps it.)
+    ferry_test_kit::sh(
+        "python3",
+        &[
+            "-c",
+            "import io, sys, tarfile\n\
+             with tarfile.open(sys.argv[1], 'w', format=tarfile.USTAR_FORMAT) as t:\n\
+             \x20   i = tarfile.TarInfo('d/../../x'); i.size = 1\n\
+             \x20   t.addfile(i, io.BytesIO(b'x'))",
+            www.join("climb.tar").to_str().unwrap(),
+        ],
+    );
+    std::os::unix::fs::symlink("/etc/hostname", evil.join("link")).unwrap();
+    let st = std::process::Command::new("tar")
+        .arg("-cf")
+        .arg(www.join("link.tar"))
+        .arg("-C")
+        .arg(&evil)
+        .arg("link")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    for (name, phrase) in [
+        ("climb.tar", "outside the volume"),
+        ("link.tar", "not a regular file or a directory"),
+    ] {
+        let mut pod = http_pod(&format!("http://127.0.0.1:{}/{name}", s.http));
+        pod.set("IMPORTER_CONTENTTYPE", "archive");
+        let r = pod.run();
+        assert_pod_failure(&pod, &r, name, &[phrase]);
+        assert!(
+            !pod.dir.path().join("x").exists(),
+            "{name}: nothing outside the volume"
+        );
+    }
+}

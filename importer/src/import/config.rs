@@ -129,6 +129,8 @@ pub struct ImportConfig {
     pub proxy_cert_dir: PathBuf,
     /// The downloaded bytes' checksum (http sources).
     pub checksum: Option<crate::checksum::Checksum>,
+    /// CDI's `archive` content type: the source is a tar unpacked into the volume.
+    pub archive: bool,
     /// Where the target is.
     pub target: Target,
     /// The VDDK distribution.
@@ -182,13 +184,14 @@ pub fn validate(
             ));
         }
     };
-    // CDI's `archive` content type unpacks a tar into the volume; Ferry writes disk
-    // images only. CDI's own words for the blank case.
-    match (
+    // CDI's `archive` content type unpacks a tar into the volume (http sources here).
+    // CDI's own words for the blank case.
+    let archive = match (
         source,
         inputs.get(ferry_contract::env::IMPORTER_CONTENTTYPE),
     ) {
-        (_, None | Some("kubevirt")) => {}
+        (_, None | Some("kubevirt")) => false,
+        (SourceKind::Http, Some("archive")) => true,
         (SourceKind::Blank, Some(other)) => {
             return Err(err(
                 inputs,
@@ -201,11 +204,11 @@ pub fn validate(
                 inputs,
                 ferry_contract::env::IMPORTER_CONTENTTYPE,
                 format!(
-                    "content type {other:?} is not supported: Ferry writes disk images (kubevirt)"
+                    "content type {other:?} is not supported here: Ferry writes disk images (kubevirt), and unpacks archives from http sources"
                 ),
             ));
         }
-    }
+    };
     let endpoint = match (source, inputs.get(ferry_contract::env::IMPORTER_ENDPOINT)) {
         (SourceKind::Blank, e) => e.unwrap_or_default().to_string(),
         (_, Some(e)) => e.to_string(),
@@ -432,6 +435,7 @@ pub fn validate(
             .get(ferry_contract::env::FERRY_JOURNAL)
             .map(PathBuf::from),
         checksum: checksum.filter(|_| source == SourceKind::Http),
+        archive,
     })
 }
 

@@ -5,3 +5,4 @@
 pub mod config;
 pub mod messages;
 pub mod run;
+pub mod unpack;

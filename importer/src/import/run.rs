@@ -684,6 +684,39 @@ async fn open_source(
     })
 }
 
+/// CDI's `archive` content type: the endpoint's tar unpacked into the filesystem
+/// volume ([`super::unpack`]).
+async fn unpack_archive(
+    cfg: &ImportConfig,
+    engine: Arc<dyn IoEngine>,
+    progress: Arc<Progress>,
+) -> Result<Outcome, Error> {
+    let Target::Filesystem { dir } = &cfg.target else {
+        return Err(crate::error::UsageError::ArchiveNeedsFilesystem.into());
+    };
+    let mut options = http_options(cfg)?;
+    options.downloaded = progress.downloaded_counter();
+    let nbd = NbdSourceOptions::new(1, std::time::Duration::from_secs(60), true);
+    let reach = crate::source::Reach {
+        nbd: &nbd,
+        vddk: None,
+        engine,
+        http: Some(&options),
+        checksum: cfg.checksum.clone().map(|c| {
+            crate::checksum::ChecksumState::new(c, crate::source::http::redact(&cfg.endpoint))
+        }),
+        layering: Default::default(),
+    };
+    let input = crate::source::open_input(&cfg.endpoint, &reach).await?;
+    let stats = super::unpack::unpack(input, dir, progress).await?;
+    Ok(Outcome {
+        stats,
+        preallocation_applied: false,
+        vddk_version: None,
+        esx_host: None,
+    })
+}
+
 /// Run the import: open the source (VDDK after the vSphere lookup, or NBD), check the
 /// volume's usable space, and run the job: copy, grow a disk.img to the requested size,
 /// flush, write the round marker.
@@ -700,6 +733,9 @@ pub async fn run(
         return blank(cfg, engine, progress).await;
     }
     progress.set_phase("connecting");
+    if cfg.archive {
+        return unpack_archive(cfg, engine, progress).await;
+    }
     let nbd = NbdSourceOptions::new(crate::num::usize_of(t.connections), t.timeout, true);
     let Opened {
         mut source,
