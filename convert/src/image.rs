@@ -191,6 +191,25 @@ impl ImageError {
     }
 }
 
+/// For [`ImageMap::unallocated_run`]: unit `index` of a table of `per_table` entries of
+/// `entry_bytes` each: the units to the table's end when there is no table, else the
+/// entries from it on that are all zero bits (at least 1, at most to the table's end).
+pub fn empty_run(index: u64, per_table: u64, table: Option<&[u8]>, entry_bytes: usize) -> u64 {
+    let n = per_table.max(1);
+    let (j, rest) = (index % n, n - index % n);
+    let Some(t) = table else { return rest };
+    let from = usize::try_from(j)
+        .unwrap_or(usize::MAX)
+        .saturating_mul(entry_bytes);
+    let empty = t
+        .get(from..)
+        .unwrap_or(&[])
+        .chunks_exact(entry_bytes.max(1))
+        .take_while(|e| e.iter().all(|b| *b == 0))
+        .count() as u64;
+    empty.clamp(1, rest)
+}
+
 /// `[offset, offset+len)` lies inside an input of `end` bytes.
 pub fn within(
     format: &'static str,
@@ -371,5 +390,21 @@ impl<R: Read + Seek> BlockingImage<R> {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::empty_run;
+
+    #[test]
+    fn an_empty_run_ends_at_the_first_entry_in_use_or_the_tables_end() {
+        let mut t = vec![0u8; 4 * 8];
+        t[2 * 8 + 7] = 1;
+        assert_eq!(empty_run(0, 4, Some(&t), 8), 2);
+        assert_eq!(empty_run(3, 4, Some(&t), 8), 1);
+        assert_eq!(empty_run(4 + 1, 4, None, 8), 3);
+        // A table shorter than its entries never runs past itself.
+        assert_eq!(empty_run(0, 4, Some(&t[..8]), 8), 1);
     }
 }

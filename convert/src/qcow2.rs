@@ -716,21 +716,9 @@ impl ImageMap for Qcow2Map {
     }
 
     fn unallocated_run(&self, index: u64, table: Option<&[u8]>) -> u64 {
-        let n = self.h.l2_entries().max(1);
-        let (j, rest) = (index % n, n - index % n);
-        let Some(t) = table else { return rest };
         // Entries (and, extended, their bitmaps) that are all zero bits: unallocated.
         let step = if self.h.extended_l2 { 16 } else { 8 };
-        let from = usize::try_from(j)
-            .unwrap_or(usize::MAX)
-            .saturating_mul(step);
-        let empty = t
-            .get(from..)
-            .unwrap_or(&[])
-            .chunks_exact(step)
-            .take_while(|e| e.iter().all(|b| *b == 0))
-            .count() as u64;
-        empty.clamp(1, rest)
+        crate::image::empty_run(index, self.h.l2_entries(), table, step)
     }
 
     fn lookup(&self, index: u64, table: Option<&[u8]>) -> Result<Unit, ImageError> {

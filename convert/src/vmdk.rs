@@ -782,17 +782,7 @@ impl ImageMap for VmdkMap {
     }
 
     fn unallocated_run(&self, index: u64, table: Option<&[u8]>) -> u64 {
-        let n = u64::from(self.h.gtes_per_gt).max(1);
-        let (j, rest) = (index % n, n - index % n);
-        let Some(t) = table else { return rest };
-        let from = usize::try_from(j).unwrap_or(usize::MAX).saturating_mul(4);
-        let empty = t
-            .get(from..)
-            .unwrap_or(&[])
-            .chunks_exact(4)
-            .take_while(|e| e.iter().all(|b| *b == 0))
-            .count() as u64;
-        empty.clamp(1, rest)
+        crate::image::empty_run(index, u64::from(self.h.gtes_per_gt), table, 4)
     }
 
     fn lookup(&self, index: u64, table: Option<&[u8]>) -> Result<Unit, ImageError> {
