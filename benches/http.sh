@@ -106,7 +106,8 @@ printf '%-12s %-40s %8s %8s %8s %12s %8s\n' target tool wall_s cpu_s rss_MiB scr
 run_target file "$work/t.img"
 if [ "$(id -u)" = 0 ] && losetup -f >/dev/null 2>&1; then
   truncate -s "${size_mib}M" "$work/loop.img"
-  loopdev=$(losetup -f --show "$work/loop.img")
+  # Direct I/O to the backing file: a block device without a second page cache.
+  loopdev=$(losetup --direct-io=on -f --show "$work/loop.img")
   run_target "loop device" "$loopdev"
 else
   echo "loop device: skipped (needs root and a free loop device)"
