@@ -373,6 +373,21 @@ impl Source for ImageSource {
     }
 }
 
+/// Compressed input read and not yet decompressed, at most, process-wide: enough for
+/// every HTTP connection to have a read in flight and every CPU a unit to decompress.
+pub const MAX_COMPRESSED_IN_FLIGHT: u64 = 8 << 20;
+/// The budget's unit.
+const INPUT_PERMIT_BYTES: u64 = 64 << 10;
+
+fn input_budget() -> &'static tokio::sync::Semaphore {
+    static BUDGET: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    BUDGET.get_or_init(|| {
+        tokio::sync::Semaphore::new(crate::num::usize_of(
+            MAX_COMPRESSED_IN_FLIGHT / INPUT_PERMIT_BYTES,
+        ))
+    })
+}
+
 /// Decompressions running at once, process-wide: one per CPU.
 fn decompress_slots() -> &'static tokio::sync::Semaphore {
     static SLOTS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
@@ -418,6 +433,15 @@ async fn decompress_group(
     };
     let lo = group.iter().map(|r| span(r).0).min().unwrap_or(0);
     let hi = group.iter().map(|r| span(r).1).max().unwrap_or(0);
+    // Compressed input is held within a process-wide budget while it is read and
+    // decompressed (reads waiting for a connection hold their buffers too).
+    let want = (hi - lo)
+        .div_ceil(INPUT_PERMIT_BYTES)
+        .clamp(1, MAX_COMPRESSED_IN_FLIGHT / INPUT_PERMIT_BYTES);
+    let _budget = input_budget()
+        .acquire_many(u32::try_from(want).unwrap_or(u32::MAX))
+        .await
+        .map_err(|_| Error::Internal("the compressed input budget closed"))?;
     let input = read_span(s.inner.as_ref(), lo, hi - lo).await?;
     let st = s.clone();
     // As many decompressing threads as CPUs: more only add threads and contexts.
