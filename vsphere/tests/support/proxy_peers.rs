@@ -43,7 +43,19 @@ pub fn wait_for_port(port: u16, child: &mut Child, what: &str) {
 pub struct Peer(pub Child);
 
 impl Drop for Peer {
+    /// SIGTERM first, so that nginx's master stops its workers (killed outright, it
+    /// would leave them running with the port bound); SIGKILL after 3 s.
     fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        while std::time::Instant::now() < until {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
