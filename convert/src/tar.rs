@@ -586,6 +586,15 @@ pub enum OpenError {
     Io(#[from] std::io::Error),
 }
 
+impl From<OpenError> for std::io::Error {
+    fn from(e: OpenError) -> std::io::Error {
+        match e {
+            OpenError::Tar(t) => io(t),
+            OpenError::Io(e) => e,
+        }
+    }
+}
+
 impl<R: Read> MemberReader<R> {
     /// Walk `input` to the member named `wanted` (or, unnamed, the first that looks like
     /// a disk when the archive's OVF descriptor, if it comes first, names at most one).
@@ -658,10 +667,7 @@ impl<R: Read> MemberReader<R> {
     /// Read the rest of the archive after the member: walk it to its end.
     fn finish(&mut self) -> std::io::Result<()> {
         loop {
-            match step(&mut self.input, &mut self.walker, &mut self.at).map_err(|e| match e {
-                OpenError::Tar(t) => io(t),
-                OpenError::Io(e) => e,
-            })? {
+            match step(&mut self.input, &mut self.walker, &mut self.at)? {
                 Event::End => break,
                 Event::Member(m) => {
                     if self.unnamed && m.kind == Kind::File && is_disk_name(&m.name) {
@@ -670,12 +676,7 @@ impl<R: Read> MemberReader<R> {
                             disks: format!("{}, {}", self.member.name, m.name),
                         }));
                     }
-                    skip_to(&mut self.input, &mut self.at, self.walker.want().0, &m).map_err(
-                        |e| match e {
-                            OpenError::Tar(t) => io(t),
-                            OpenError::Io(e) => e,
-                        },
-                    )?;
+                    skip_to(&mut self.input, &mut self.at, self.walker.want().0, &m)?;
                 }
             }
         }
@@ -779,12 +780,7 @@ impl<R: Read> Read for MemberReader<R> {
         }
         if self.left == 0 {
             let m = self.member.clone();
-            skip_to(&mut self.input, &mut self.at, self.walker.want().0, &m).map_err(
-                |e| match e {
-                    OpenError::Tar(t) => io(t),
-                    OpenError::Io(e) => e,
-                },
-            )?;
+            skip_to(&mut self.input, &mut self.at, self.walker.want().0, &m)?;
             self.finish()?;
             self.done = true;
             return Ok(0);

@@ -24,6 +24,9 @@ use crate::source::format::{self, Format};
 use crate::source::stream::SourceReader;
 use crate::source::{Input, Source};
 
+/// Bytes of a member read and written at once.
+pub const UNPACK_CHUNK: usize = 1 << 20;
+
 /// The most members an archive unpacked into a volume may have.
 pub const MAX_UNPACK_MEMBERS: usize = 1 << 20;
 
@@ -100,16 +103,11 @@ fn unpack_blocking(
     // A compression around the tar (peeled once), then the tar.
     let mut peeled = false;
     loop {
-        let mut head = Vec::with_capacity(format::HEAD_BYTES);
-        (&mut reader)
-            .take(format::HEAD_BYTES as u64)
-            .read_to_end(&mut head)
-            .map_err(|e| unpack_err(what, e))?;
-        let found = format::detect(&head, None);
-        reader = Box::new(std::io::Cursor::new(head).chain(reader));
-        match found {
+        let (head, whole) = crate::source::layers::head_of(what, reader)?;
+        reader = whole;
+        match format::detect(&head, None) {
             Format::Tar => break,
-            Format::Gzip | Format::Xz | Format::Zstd if !peeled => {
+            found @ (Format::Gzip | Format::Xz | Format::Zstd) if !peeled => {
                 reader = wrappers::decoder(found, reader)
                     .ok_or(Error::Internal("a decompressing layer without a decoder"))?
                     .map_err(|e| unpack_err(what, e))?;
@@ -127,6 +125,7 @@ fn unpack_blocking(
     }
     let mut done = Unpacked::default();
     let mut dirs: Vec<PathBuf> = vec![dir.to_path_buf()];
+    let mut buf = vec![0u8; UNPACK_CHUNK];
     let each = |m: &Member, data: &mut dyn Read| -> std::io::Result<()> {
         let path = match place(dir, &m.name).map_err(std::io::Error::other)? {
             Some(p) => p,
@@ -158,7 +157,6 @@ fn unpack_blocking(
                     .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
                     .mode(m.mode)
                     .open(&path)?;
-                let mut buf = vec![0u8; 1 << 20];
                 loop {
                     let n = data.read(&mut buf)?;
                     if n == 0 {

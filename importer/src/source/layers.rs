@@ -246,6 +246,22 @@ pub enum Peeled {
     },
 }
 
+/// The first [`format::HEAD_BYTES`] of a stream (fewer when it is shorter), and the
+/// stream again from its first byte.
+pub(crate) fn head_of(what: &str, mut reader: Bytes) -> Result<(Vec<u8>, Bytes), Error> {
+    let mut head = Vec::with_capacity(format::HEAD_BYTES);
+    (&mut reader)
+        .take(format::HEAD_BYTES as u64)
+        .read_to_end(&mut head)
+        .map_err(|e| Error::Read {
+            offset: 0,
+            message: format!("{what}: {e}"),
+            retry: Retry::Never,
+        })?;
+    let whole = Box::new(std::io::Cursor::new(head.clone()).chain(reader));
+    Ok((head, whole))
+}
+
 /// A stream decoder's error: the image's own (a refusal or corruption, by kind) when it
 /// holds one, else a read error.
 fn stream_err(what: &str, e: std::io::Error) -> Error {
@@ -272,18 +288,11 @@ pub fn peel_blocking(
 ) -> Result<Peeled, Error> {
     let mut peeled: Vec<Format> = Vec::new();
     loop {
-        let mut head = Vec::with_capacity(format::HEAD_BYTES);
-        (&mut reader)
-            .take(format::HEAD_BYTES as u64)
-            .read_to_end(&mut head)
-            .map_err(|e| Error::Read {
-                offset: 0,
-                message: format!("{what}: {e}"),
-                retry: Retry::Never,
-            })?;
-        let found = forced.take().unwrap_or_else(|| format::detect(&head, None));
-        let first = head.clone();
-        reader = Box::new(std::io::Cursor::new(head).chain(reader));
+        let (first, whole) = head_of(&what, reader)?;
+        reader = whole;
+        let found = forced
+            .take()
+            .unwrap_or_else(|| format::detect(&first, None));
         match layer_of(found) {
             Some(Layer::Disk) => return Ok(Peeled::Disk(what, reader, None)),
             Some(Layer::Map) if found == Format::Vmdk && vmdk::is_stream_optimized(&first) => {
