@@ -802,6 +802,141 @@ impl<R: Read> Read for MemberReader<R> {
     }
 }
 
+/// An archive arriving as a stream, walked member by member: [`Entries::next`] gives the
+/// next member (reading past what was left of the one before), reads give the current
+/// member's data, and at the end-of-archive the rest of the input is read too (so
+/// whoever hashes it sees every byte). A member cut short is an error.
+pub struct Entries<R: Read> {
+    input: R,
+    walker: Walker,
+    at: u64,
+    /// The current member and how much of its data is left.
+    cur: Option<(Member, u64)>,
+    ended: bool,
+}
+
+impl<R: Read> std::fmt::Debug for Entries<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Entries")
+            .field("at", &self.at)
+            .field("cur", &self.cur)
+            .field("ended", &self.ended)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R: Read> Entries<R> {
+    /// Walk `input` from its first byte with `walker`.
+    pub fn new(input: R, walker: Walker) -> Entries<R> {
+        Entries {
+            input,
+            walker,
+            at: 0,
+            cur: None,
+            ended: false,
+        }
+    }
+
+    /// The next member, or None at the end of the archive (the input then read to its
+    /// end).
+    pub fn next_member(&mut self) -> Result<Option<Member>, OpenError> {
+        if self.ended {
+            return Ok(None);
+        }
+        if let Some((m, _)) = self.cur.take() {
+            skip_to(&mut self.input, &mut self.at, self.walker.want().0, &m)?;
+        }
+        match step(&mut self.input, &mut self.walker, &mut self.at)? {
+            Event::End => {
+                self.at += std::io::copy(&mut self.input, &mut std::io::sink())?;
+                self.ended = true;
+                Ok(None)
+            }
+            Event::Member(m) => {
+                self.cur = Some((m.clone(), m.size));
+                Ok(Some(m))
+            }
+        }
+    }
+
+    /// Bytes of the archive read so far.
+    pub fn position(&self) -> u64 {
+        self.at
+    }
+}
+
+impl<R: Read> Read for Entries<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let Some((m, left)) = self.cur.as_mut() else {
+            return Ok(0);
+        };
+        if *left == 0 || buf.is_empty() {
+            return Ok(0);
+        }
+        let n = usize::try_from(*left).unwrap_or(usize::MAX).min(buf.len());
+        let got = self.input.read(&mut buf[..n])?;
+        if got == 0 {
+            return Err(io(TarError::Truncated {
+                what: format!("member {}", m.name),
+                offset: m.offset,
+                end: self.at,
+            }));
+        }
+        *left -= got as u64;
+        self.at += got as u64;
+        Ok(got)
+    }
+}
+
+/// The directory a container disk image keeps its disk in (KubeVirt's containerDisk:
+/// `COPY disk.img /disk/`).
+pub const CONTAINER_DISK_DIR: &str = "disk/";
+/// The prefix of an OCI whiteout file's name.
+pub const WHITEOUT_PREFIX: &str = ".wh.";
+
+/// What a container image layer's member is to the search for its disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContainerEntry {
+    /// A regular file under `/disk/`: the disk.
+    Disk,
+    /// Anything outside `/disk/`, and the directory itself: passed over.
+    Other,
+    /// Something under `/disk/` that cannot be read as the disk or hides it (a
+    /// whiteout, a link, a directory, a device): refused, with what it is.
+    Refused(String),
+}
+
+/// Classify `m` of a container image layer ([`ContainerEntry`]).
+pub fn container_entry(m: &Member) -> ContainerEntry {
+    let name = m.name.trim_start_matches('/');
+    let dir = CONTAINER_DISK_DIR.trim_end_matches('/');
+    if name == dir || name == CONTAINER_DISK_DIR {
+        return match m.kind {
+            Kind::Directory => ContainerEntry::Other,
+            Kind::Link => ContainerEntry::Refused(format!("/{dir} is a link")),
+            _ => ContainerEntry::Other,
+        };
+    }
+    if name == format!("{WHITEOUT_PREFIX}{dir}") {
+        return ContainerEntry::Refused(format!("a whiteout ({name}) deletes /{dir}"));
+    }
+    let Some(inner) = name.strip_prefix(CONTAINER_DISK_DIR) else {
+        return ContainerEntry::Other;
+    };
+    let base = inner
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or(inner);
+    if base.starts_with(WHITEOUT_PREFIX) {
+        return ContainerEntry::Refused(format!("{name} is a whiteout"));
+    }
+    match m.kind {
+        Kind::File => ContainerEntry::Disk,
+        k => ContainerEntry::Refused(format!("{name} is {}", what_kind(k))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1062,6 +1197,84 @@ mod tests {
         }
         for n in ["vm.ovf", "vm.mf", "vm.cert", "disk", "x.nvram", "a.tar"] {
             assert!(!is_disk_name(n), "{n}");
+        }
+    }
+
+    #[test]
+    fn entries_walk_a_stream_and_read_each_member() {
+        let a = archive(&[
+            ("a.txt", b"hello", b'0'),
+            ("disk/", b"", b'5'),
+            ("disk/disk.img", &[9u8; 700], b'0'),
+        ]);
+        let mut tail = a.clone();
+        tail.extend([0u8; 4096]);
+        let mut e = Entries::new(&tail[..], Walker::new());
+        let m = e.next_member().unwrap().unwrap();
+        assert_eq!(m.name, "a.txt");
+        // Not read: passed over by the next call.
+        let d = e.next_member().unwrap().unwrap();
+        assert_eq!(container_entry(&d), ContainerEntry::Other);
+        let f = e.next_member().unwrap().unwrap();
+        assert_eq!(container_entry(&f), ContainerEntry::Disk);
+        let mut data = Vec::new();
+        e.read_to_end(&mut data).unwrap();
+        assert_eq!(data, vec![9u8; 700]);
+        assert!(e.next_member().unwrap().is_none());
+        assert_eq!(e.position(), tail.len() as u64);
+
+        // Cut inside the member's data.
+        let cut = &a[..1536 + 100 + 512];
+        let mut e = Entries::new(cut, Walker::new());
+        e.next_member().unwrap();
+        e.next_member().unwrap();
+        e.next_member().unwrap();
+        let err = std::io::copy(&mut e, &mut std::io::sink()).unwrap_err();
+        assert!(err.to_string().contains("truncated"), "{err}");
+    }
+
+    #[test]
+    fn container_entries_under_disk_are_the_disk_or_refused() {
+        let m = |name: &str, kind: Kind| Member {
+            name: name.into(),
+            kind,
+            offset: 0,
+            size: 0,
+            mode: 0o644,
+        };
+        assert_eq!(
+            container_entry(&m("disk/x.qcow2", Kind::File)),
+            ContainerEntry::Disk
+        );
+        assert_eq!(
+            container_entry(&m("/disk/x", Kind::File)),
+            ContainerEntry::Disk
+        );
+        assert_eq!(
+            container_entry(&m("disk", Kind::Directory)),
+            ContainerEntry::Other
+        );
+        assert_eq!(
+            container_entry(&m("etc/.wh.x", Kind::File)),
+            ContainerEntry::Other
+        );
+        assert_eq!(
+            container_entry(&m("diskette/x", Kind::File)),
+            ContainerEntry::Other
+        );
+        for (name, kind, why) in [
+            ("disk/.wh.x.img", Kind::File, "whiteout"),
+            ("disk/.wh..wh..opq", Kind::File, "whiteout"),
+            (".wh.disk", Kind::File, "deletes /disk"),
+            ("disk/x.img", Kind::Link, "a link"),
+            ("disk", Kind::Link, "is a link"),
+            ("disk/sub/", Kind::Directory, "a directory"),
+            ("disk/fifo", Kind::Other(b'6'), "type"),
+        ] {
+            match container_entry(&m(name, kind)) {
+                ContainerEntry::Refused(r) => assert!(r.contains(why), "{name}: {r}"),
+                other => panic!("{name}: {other:?}"),
+            }
         }
     }
 }

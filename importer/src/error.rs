@@ -45,6 +45,14 @@ pub enum Error {
         /// What it means here.
         message: String,
     },
+    /// A `docker://` source: the registry, its manifests, or the disk in its layers.
+    #[error("{reference}: {error}")]
+    Registry {
+        /// The image reference.
+        reference: String,
+        /// What went wrong.
+        error: crate::source::registry::RegistryError,
+    },
     /// An image that must be read at any offset arrived as a stream (an HTTP server
     /// without Range support, standard input, a compressed image).
     #[error(
@@ -463,6 +471,7 @@ impl Error {
                 _ => ErrorKind::SourceData,
             },
             Error::Checksum { .. } => ErrorKind::SourceData,
+            Error::Registry { error, .. } => error.kind(),
             Error::Image { error, .. } if error.is_refusal() => ErrorKind::Usage,
             Error::Image { .. } => ErrorKind::SourceData,
             Error::Archive { error, .. } if error.is_refusal() => ErrorKind::Usage,

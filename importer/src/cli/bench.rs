@@ -261,6 +261,7 @@ async fn data_bytes(src: &str, tuning: &Tuning) -> anyhow::Result<(u64, u64)> {
         vddk: None,
         engine,
         http: None,
+        registry: None,
         checksum: None,
         layering: Default::default(),
     };

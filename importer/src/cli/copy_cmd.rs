@@ -253,6 +253,7 @@ pub async fn run(mut a: CopyArgs) -> anyhow::Result<()> {
         vddk: vddk.as_ref(),
         engine: engine.clone(),
         http: Some(&http),
+        registry: None,
         checksum: a
             .checksum
             .clone()

@@ -416,6 +416,7 @@ fn reopener(
                         vddk: None,
                         engine,
                         http: http.as_ref().map(|h| &h.options),
+                        registry: None,
                         checksum: http.as_ref().and_then(|h| h.checksum.clone()),
                         layering: Default::default(),
                     };
@@ -617,6 +618,7 @@ async fn open_source(
             vddk: None,
             engine,
             http: Some(&h.options),
+            registry: None,
             checksum: h.checksum.clone(),
             layering: Default::default(),
         };
@@ -649,6 +651,7 @@ async fn open_source(
             vddk: None,
             engine,
             http: None,
+            registry: None,
             checksum: None,
             layering: Default::default(),
         };
@@ -702,6 +705,7 @@ async fn unpack_archive(
         vddk: None,
         engine,
         http: Some(&options),
+        registry: None,
         checksum: cfg.checksum.clone().map(|c| {
             crate::checksum::ChecksumState::new(c, crate::source::http::redact(&cfg.endpoint))
         }),

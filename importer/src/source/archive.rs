@@ -62,6 +62,12 @@ pub async fn members(src: &dyn Source) -> Result<Vec<Member>, Error> {
 }
 
 impl MemberSource {
+    /// Member `member` of `under`, already chosen (its place checked against the
+    /// archive's size by [`members`]).
+    pub fn new(under: Arc<dyn Source>, member: Member) -> Self {
+        MemberSource { under, member }
+    }
+
     /// The member of `under` named `wanted`, or its only disk.
     pub async fn open(under: Arc<dyn Source>, wanted: Option<&str>) -> Result<Self, Error> {
         let all = members(under.as_ref()).await?;

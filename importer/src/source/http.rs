@@ -103,7 +103,7 @@ fn status_err(url: &str, status: StatusCode, what: &str) -> Error {
 }
 
 /// A client for `url` and the path (and query) to ask it for.
-fn client_for(url: &str, opts: &HttpOptions) -> Result<(Client, String), Error> {
+pub(crate) fn client_for(url: &str, opts: &HttpOptions) -> Result<(Client, String), Error> {
     let (ep, parsed) = Endpoint::parse(url, Scheme::Https).map_err(|m| {
         http_err(
             url,
@@ -144,7 +144,7 @@ pub fn parse_header(s: &str) -> Result<(header::HeaderName, header::HeaderValue)
 }
 
 /// The URL a redirect's `Location` names, from the URL that answered.
-fn resolve(base: &str, location: &str) -> String {
+pub(crate) fn resolve(base: &str, location: &str) -> String {
     if is_http_url(location) {
         return location.to_string();
     }
@@ -163,6 +163,16 @@ fn resolve(base: &str, location: &str) -> String {
     let dir = &path[..path.rfind('/').map_or(0, |i| i + 1)];
     let dir = if dir.is_empty() { "/" } else { dir };
     format!("{}{dir}{location}", &base[..path_start])
+}
+
+/// The `host[:port]` of a URL, lower-cased (for comparing redirect hops).
+fn host_of(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+    authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, h)| h)
+        .to_ascii_lowercase()
 }
 
 /// `bytes START-END/TOTAL` → (START, END, TOTAL).
@@ -192,7 +202,9 @@ fn content_length(h: &HeaderMap) -> Option<u64> {
 pub async fn open(url: &str, opts: &HttpOptions) -> Result<super::Input, Error> {
     let downloaded = &opts.downloaded;
     let mut url = url.to_string();
+    let mut hop_opts: Option<HttpOptions> = None;
     for _ in 0..=MAX_REDIRECTS {
+        let opts = hop_opts.as_ref().unwrap_or(opts);
         let (client, path) = client_for(&url, opts)?;
         let req = Request::get(path.as_str())
             .header(header::RANGE, "bytes=0-")
@@ -210,6 +222,15 @@ pub async fn open(url: &str, opts: &HttpOptions) -> Result<super::Input, Error> 
                 .ok_or_else(|| status_err(&url, status, "a redirect without a usable Location"))?;
             let next = resolve(&url, loc);
             tracing::info!(from = %redact(&url), to = %redact(&next), status = status.as_u16(), "redirected");
+            // As Go's client: credentials are not sent on to another host (a registry's
+            // blob redirected to a signed storage URL would even be refused with them).
+            if host_of(&next) != host_of(&url) {
+                let mut o = opts.clone();
+                o.client
+                    .headers
+                    .retain(|(n, _)| *n != header::AUTHORIZATION && *n != header::COOKIE);
+                hop_opts = Some(o);
+            }
             url = next;
             continue;
         }

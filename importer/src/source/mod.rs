@@ -24,6 +24,7 @@ pub mod archive;
 pub mod http;
 pub mod image;
 pub mod layers;
+pub mod registry;
 pub mod scratch;
 pub mod stream;
 pub use local::LocalSource;
@@ -136,6 +137,9 @@ pub struct Reach<'a> {
     pub engine: Arc<dyn crate::engine::IoEngine>,
     /// HTTP(S) options (defaults when None: the system roots, the environment's proxy).
     pub http: Option<&'a http::HttpOptions>,
+    /// Registry options for `docker://` sources (None: anonymous, over HTTPS, with
+    /// [`Reach::http`]'s TLS and proxy settings).
+    pub registry: Option<&'a registry::RegistryOptions>,
     /// The checksum of the source's bytes, checked before the copy completes.
     pub checksum: Option<Arc<crate::checksum::ChecksumState>>,
     /// Which member of an archive is the disk, and where an image that arrives as a
@@ -188,6 +192,24 @@ const TRANSPORTS: &[Transport] = &[
                 match r.http {
                     Some(o) => http::open(spec, o).await,
                     None => http::open(spec, &http::HttpOptions::default()).await,
+                }
+            })
+        },
+    },
+    Transport {
+        name: "docker:// (a container image's /disk/ file)",
+        claims: registry::is_registry_ref,
+        open: |spec, r| {
+            Box::pin(async move {
+                match r.registry {
+                    Some(o) => registry::open(spec, o).await,
+                    None => {
+                        let o = registry::RegistryOptions {
+                            http: r.http.cloned().unwrap_or_default(),
+                            ..Default::default()
+                        };
+                        registry::open(spec, &o).await
+                    }
                 }
             })
         },
