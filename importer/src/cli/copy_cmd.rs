@@ -18,8 +18,9 @@ use super::vddk_args::VddkArgs;
 pub struct CopyArgs {
     /// Source: an NBD URI (nbd://host[:port]/export, nbd+unix:///export?socket=PATH), a
     /// VDDK URI (vddk://USER@HOST/?vm=moref=vm-1&file=[ds] vm/vm.vmdk&thumbprint=…), an
-    /// http:// or https:// URL, a path, or - for standard input (read in order: no
-    /// --journal, no delta).
+    /// http:// or https:// URL, a container image holding a disk under /disk/
+    /// (docker://REGISTRY/REPO:TAG or @sha256:…), a path, or - for standard input (read
+    /// in order: no --journal, no delta).
     pub src: String,
     /// Target: a block device (at least the source's size), a file (created sparse if
     /// missing), or `null:` to read the source and discard the data (benchmarks).
@@ -30,6 +31,8 @@ pub struct CopyArgs {
     pub vddk: VddkArgs,
     #[command(flatten)]
     pub http: super::http_args::HttpArgs,
+    #[command(flatten)]
+    pub registry: super::http_args::RegistryArgs,
     /// VDDK options resolved (and the library initialised) before the runtime started.
     #[arg(skip)]
     pub vddk_resolved: Option<ferry::source::VddkOptions>,
@@ -248,12 +251,13 @@ pub async fn run(mut a: CopyArgs) -> anyhow::Result<()> {
     let progress = Arc::new(Progress::new());
     let mut http = a.http.options()?;
     http.downloaded = progress.downloaded_counter();
+    let registry = a.registry.options(&http)?;
     let reach = ferry::source::Reach {
         nbd: &nbd,
         vddk: vddk.as_ref(),
         engine: engine.clone(),
         http: Some(&http),
-        registry: None,
+        registry: Some(&registry),
         checksum: a
             .checksum
             .clone()

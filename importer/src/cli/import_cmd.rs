@@ -47,6 +47,10 @@ pub struct ImportArgs {
     /// Checksum of the downloaded bytes (http sources), `md5|sha1|sha256|sha512:HEX`.
     #[arg(long, env = ferry_contract::env::IMPORTER_CHECKSUM)]
     pub checksum: Option<String>,
+    /// The architecture to take from a multi-architecture image (registry sources),
+    /// which the image must then say it is.
+    #[arg(long, env = ferry_contract::env::IMPORTER_REGISTRY_IMAGE_ARCHITECTURE)]
+    pub registry_image_architecture: Option<String>,
     /// Snapshot to copy (snapshot-123).
     #[arg(long, env = ferry_contract::env::IMPORTER_CURRENT_CHECKPOINT)]
     pub current_checkpoint: Option<String>,
@@ -192,6 +196,11 @@ impl ImportArgs {
             &self.checksum,
         );
         put(
+            ferry_contract::env::IMPORTER_REGISTRY_IMAGE_ARCHITECTURE,
+            "registry-image-architecture",
+            &self.registry_image_architecture,
+        );
+        put(
             ferry_contract::env::IMPORTER_CURRENT_CHECKPOINT,
             "current-checkpoint",
             &self.current_checkpoint,
@@ -294,7 +303,9 @@ impl ImportArgs {
     pub fn buf_count_for(&self, source: SourceKind) -> u64 {
         self.buf_count.unwrap_or(match source {
             SourceKind::Vddk => DEFAULT_VDDK_BUF_COUNT,
-            SourceKind::Nbd | SourceKind::Blank | SourceKind::Http => DEFAULT_BUF_COUNT,
+            SourceKind::Nbd | SourceKind::Blank | SourceKind::Http | SourceKind::Registry => {
+                DEFAULT_BUF_COUNT
+            }
         })
     }
 

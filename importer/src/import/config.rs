@@ -36,6 +36,9 @@ pub enum SourceKind {
     Blank,
     /// An image at an `http://` or `https://` URL (CDI's `http` source).
     Http,
+    /// A container image holding the disk under `/disk/` (CDI's `registry` source,
+    /// `docker://…`).
+    Registry,
 }
 
 /// Where to write.
@@ -129,6 +132,9 @@ pub struct ImportConfig {
     pub proxy_cert_dir: PathBuf,
     /// The downloaded bytes' checksum (http sources).
     pub checksum: Option<crate::checksum::Checksum>,
+    /// The architecture a registry image must be (CDI's
+    /// `IMPORTER_REGISTRY_IMAGE_ARCHITECTURE`).
+    pub registry_architecture: Option<String>,
     /// CDI's `archive` content type: the source is a tar unpacked into the volume.
     pub archive: bool,
     /// Where the target is.
@@ -174,12 +180,13 @@ pub fn validate(
         "nbd" => SourceKind::Nbd,
         "none" => SourceKind::Blank,
         "http" => SourceKind::Http,
+        "registry" => SourceKind::Registry,
         other => {
             return Err(err(
                 inputs,
                 ferry_contract::env::IMPORTER_SOURCE,
                 format!(
-                    "unsupported source {other:?}: use vddk, nbd, http or none (a blank image)"
+                    "unsupported source {other:?}: use vddk, nbd, http, registry or none (a blank image)"
                 ),
             ));
         }
@@ -359,6 +366,13 @@ pub fn validate(
             ferry_contract::env::IMPORTER_ENDPOINT,
             format!("{endpoint:?} is not an NBD URI (nbd://… or nbd+unix://…)"),
         ));
+    } else if source == SourceKind::Registry && !crate::source::registry::is_registry_ref(&endpoint)
+    {
+        return Err(err(
+            inputs,
+            ferry_contract::env::IMPORTER_ENDPOINT,
+            format!("{endpoint:?} is not a docker:// image reference (docker://REGISTRY/REPO:TAG)"),
+        ));
     } else if source == SourceKind::Http && !crate::source::http::is_http_url(&endpoint) {
         return Err(err(
             inputs,
@@ -435,6 +449,10 @@ pub fn validate(
             .get(ferry_contract::env::FERRY_JOURNAL)
             .map(PathBuf::from),
         checksum: checksum.filter(|_| source == SourceKind::Http),
+        registry_architecture: inputs
+            .get(ferry_contract::env::IMPORTER_REGISTRY_IMAGE_ARCHITECTURE)
+            .filter(|_| source == SourceKind::Registry)
+            .map(str::to_string),
         archive,
     })
 }

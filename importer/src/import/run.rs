@@ -416,7 +416,7 @@ fn reopener(
                         vddk: None,
                         engine,
                         http: http.as_ref().map(|h| &h.options),
-                        registry: None,
+                        registry: http.as_ref().and_then(|h| h.registry.as_ref()),
                         checksum: http.as_ref().and_then(|h| h.checksum.clone()),
                         layering: Default::default(),
                     };
@@ -432,6 +432,8 @@ fn reopener(
 #[derive(Debug, Clone)]
 struct HttpReach {
     options: crate::source::http::HttpOptions,
+    /// A registry source's options.
+    registry: Option<crate::source::registry::RegistryOptions>,
     checksum: Option<Arc<crate::checksum::ChecksumState>>,
 }
 
@@ -511,6 +513,29 @@ fn extra_headers(
 /// any certificate with `INSECURE_TLS`), the environment's proxy trusting
 /// `/proxycerts/` and the cert directory, basic authorization from the access key and
 /// secret when both are set, CDI's extra headers and user agent.
+/// A registry source's options, as CDI's registry data source takes them: the access
+/// key variables are the registry's user and password, `INSECURE_TLS` marks an
+/// insecure registry (HTTPS unchecked, or plain HTTP), `IMPORTER_CERT_DIR` its CAs.
+fn registry_options(
+    cfg: &ImportConfig,
+    http: &crate::source::http::HttpOptions,
+) -> crate::source::registry::RegistryOptions {
+    let mut http = http.clone();
+    // The credentials are the registry's (Basic or a token server's), never a header
+    // sent to every host.
+    http.client
+        .headers
+        .retain(|(n, _)| *n != ferry_http::header::AUTHORIZATION);
+    http.tls.insecure = false;
+    crate::source::registry::RegistryOptions {
+        http,
+        user: cfg.user.clone().filter(|_| cfg.password.is_some()),
+        password: cfg.password.clone(),
+        insecure: cfg.insecure_tls,
+        architecture: cfg.registry_architecture.clone(),
+    }
+}
+
 fn http_options(cfg: &ImportConfig) -> Result<crate::source::http::HttpOptions, Error> {
     let mut o = crate::source::http::HttpOptions::default();
     o.tls.ca_dir = cfg.cert_dir.clone();
@@ -604,10 +629,13 @@ async fn open_source(
     engine: Arc<dyn IoEngine>,
     progress: &Progress,
 ) -> Result<Opened, Error> {
-    if cfg.source == SourceKind::Http {
+    if matches!(cfg.source, SourceKind::Http | SourceKind::Registry) {
         let mut options = http_options(cfg)?;
         options.downloaded = progress.downloaded_counter();
+        let registry =
+            (cfg.source == SourceKind::Registry).then(|| registry_options(cfg, &options));
         let h = HttpReach {
+            registry,
             options,
             checksum: cfg.checksum.clone().map(|c| {
                 crate::checksum::ChecksumState::new(c, crate::source::http::redact(&cfg.endpoint))
@@ -618,7 +646,7 @@ async fn open_source(
             vddk: None,
             engine,
             http: Some(&h.options),
-            registry: None,
+            registry: h.registry.as_ref(),
             checksum: h.checksum.clone(),
             layering: Default::default(),
         };

@@ -503,7 +503,7 @@ impl Api {
                             ))));
                         }
                     }
-                    return Ok((want, c, layers));
+                    return Ok((got, c, layers));
                 }
             }
         }
