@@ -234,3 +234,46 @@ pub fn vmdk_stream(data: &[u8]) {
     };
     let _ = std::io::copy(&mut r.take(MAX_FUZZ_VMDK_STREAM), &mut std::io::sink());
 }
+
+/// What a registry sends: a manifest or index (with and without a `Content-Type`), an
+/// image config, a `WWW-Authenticate` challenge, a token answer, and a reference as a
+/// user or CDI writes it. Whatever parses must be within the caps.
+pub fn registry(data: &[u8]) {
+    use crate::source::registry::{auth, manifest, reference};
+    for ct in [
+        None,
+        Some(manifest::OCI_MANIFEST),
+        Some(manifest::OCI_INDEX),
+        Some("application/json"),
+    ] {
+        match manifest::Manifest::parse(data, ct) {
+            Ok(manifest::Manifest::Image { layers, .. }) => {
+                assert!(layers.len() <= manifest::MAX_LAYERS);
+            }
+            Ok(manifest::Manifest::Index(m)) => {
+                assert!(m.len() <= manifest::MAX_INDEX_ENTRIES);
+                let _ = manifest::pick_platform(&m, "amd64", Some("v8"));
+            }
+            Err(_) => {}
+        }
+    }
+    let _ = manifest::ImageConfig::parse(data);
+    if let Ok(t) = auth::parse_token(data) {
+        assert!(t.token.len() <= auth::MAX_TOKEN_BYTES);
+    }
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let _ = auth::parse_challenges(text.split('\n'));
+    if let Ok(r) = reference::Reference::parse(text) {
+        assert!(r.repository.len() <= reference::MAX_REPOSITORY_BYTES);
+        // What is printed parses to the same reference.
+        assert_eq!(
+            reference::Reference::parse(&r.to_string())
+                .ok()
+                .map(|x| x.repository),
+            Some(r.repository)
+        );
+    }
+    let _ = reference::Reference::parse(&format!("docker://{text}"));
+}

@@ -169,3 +169,11 @@ fn image_vdi_corpus_replays_without_panic() {
         ferry::fuzzing::image(ferry::source::format::Format::Vdi, &b);
     }
 }
+
+#[test]
+fn registry_corpus_replays_without_panic() {
+    for (p, b) in corpus("registry") {
+        eprintln!("{}", p.display());
+        ferry::fuzzing::registry(&b);
+    }
+}
