@@ -19,6 +19,7 @@ pub mod engine;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod http_server;
 pub mod import;
 pub mod job;
 pub mod journal;
