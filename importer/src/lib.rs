@@ -29,6 +29,7 @@ pub mod report;
 pub mod retry;
 pub mod round;
 pub mod sink;
+pub mod upload;
 pub mod source;
 #[cfg(test)]
 mod test_support;
