@@ -15,9 +15,39 @@ use tokio::sync::oneshot;
 use super::multipart::Multipart;
 use crate::progress::Downloaded;
 
+/// Most bytes of a body read and dropped after its upload failed or was refused.
+pub const DRAIN_LIMIT_BYTES: u64 = 64 << 20;
+/// Longest such a body is read and dropped.
+pub const DRAIN_TIME: Duration = Duration::from_secs(10);
+
+/// Read and drop what is left of `body` (at most [`DRAIN_LIMIT_BYTES`], for at most
+/// [`DRAIN_TIME`]), so that the answer to a refused or failed upload reaches a client
+/// still sending: closing a connection with unread bytes resets it, and the answer with
+/// it (Go's server does the same).
+pub async fn drain<B>(mut body: B)
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+{
+    let mut left = DRAIN_LIMIT_BYTES;
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        while let Some(Ok(f)) = body.frame().await {
+            let n = f.data_ref().map_or(0, |d| d.len() as u64);
+            if n >= left {
+                break;
+            }
+            left -= n;
+        }
+    })
+    .await;
+}
+
 /// A request body read in order on a blocking thread.
-pub struct UploadBody<B> {
-    body: B,
+pub struct UploadBody<B>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin + Send + 'static,
+{
+    /// The body (taken by [`Drop`] to drain what is left).
+    body: Option<B>,
     handle: tokio::runtime::Handle,
     /// The Content-Length, when the client sent one.
     len: Option<u64>,
@@ -30,10 +60,33 @@ pub struct UploadBody<B> {
     downloaded: Downloaded,
     /// Told once every byte of the image has arrived (the async paths answer then).
     received: Option<oneshot::Sender<()>>,
+    /// Told once what is left of the body after this reader is dropped has been read.
+    drained: Option<oneshot::Sender<()>>,
     ended: bool,
 }
 
-impl<B> std::fmt::Debug for UploadBody<B> {
+impl<B> Drop for UploadBody<B>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin + Send + 'static,
+{
+    fn drop(&mut self) {
+        // Also after the image's end: a form's epilogue may still be on its way.
+        if let Some(b) = self.body.take() {
+            let drained = self.drained.take();
+            self.handle.spawn(async move {
+                drain(b).await;
+                if let Some(tx) = drained {
+                    let _ = tx.send(());
+                }
+            });
+        }
+    }
+}
+
+impl<B> std::fmt::Debug for UploadBody<B>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin + Send + 'static,
+{
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UploadBody")
             .field("len", &self.len)
@@ -45,7 +98,7 @@ impl<B> std::fmt::Debug for UploadBody<B> {
 
 impl<B> UploadBody<B>
 where
-    B: hyper::body::Body<Data = Bytes> + Unpin + Send,
+    B: hyper::body::Body<Data = Bytes> + Unpin + Send + 'static,
     B::Error: std::fmt::Display,
 {
     /// Read `body` (of `len` bytes when given); `multipart` takes the file part out of
@@ -63,7 +116,7 @@ where
             downloaded.set_size(n);
         }
         UploadBody {
-            body,
+            body: Some(body),
             handle: tokio::runtime::Handle::current(),
             len,
             got: 0,
@@ -72,8 +125,16 @@ where
             idle,
             downloaded,
             received: Some(received),
+            drained: None,
             ended: false,
         }
+    }
+
+    /// `tx` is told once the rest of the body has been read after this reader is
+    /// dropped (an answer to a failed upload waits for it).
+    pub fn drained(mut self, tx: oneshot::Sender<()>) -> Self {
+        self.drained = Some(tx);
+        self
     }
 
     fn fail(&self, what: String) -> std::io::Error {
@@ -104,9 +165,13 @@ where
 
     /// Wait for the next frame and take its bytes.
     fn pull(&mut self) -> std::io::Result<()> {
+        let Some(body) = self.body.as_mut() else {
+            return Ok(());
+        };
+        let idle = self.idle;
         let frame = self
             .handle
-            .block_on(async { tokio::time::timeout(self.idle, self.body.frame()).await });
+            .block_on(async { tokio::time::timeout(idle, body.frame()).await });
         let frame = match frame {
             Err(_) => {
                 return Err(self.fail(format!("stalled for {}s", self.idle.as_secs())));
@@ -148,7 +213,7 @@ where
 
 impl<B> Read for UploadBody<B>
 where
-    B: hyper::body::Body<Data = Bytes> + Unpin + Send,
+    B: hyper::body::Body<Data = Bytes> + Unpin + Send + 'static,
     B::Error: std::fmt::Display,
 {
     fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {

@@ -429,7 +429,22 @@ async fn answer(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Full<By
             path_token,
         } => {
             let path_token = path_token.map(str::to_string);
-            upload(shared, req, form, asynchronous, path_token.as_deref()).await
+            match refusal(&shared, &req, form, path_token.as_deref()) {
+                Some(r) => {
+                    // A client waiting for `100 Continue` is answered at once, its body
+                    // never asked for; one already sending is read first, so the
+                    // answer reaches it rather than a reset.
+                    let waits = req
+                        .headers()
+                        .get(header::EXPECT)
+                        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+                    if !waits {
+                        body::drain(req.into_body()).await;
+                    }
+                    r
+                }
+                None => upload(shared, req, form, asynchronous).await,
+            }
         }
     }
 }
@@ -437,43 +452,34 @@ async fn answer(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Full<By
 /// `/metrics`, for [`crate::report::server::respond_to`].
 const METRICS_GET: &str = crate::report::server::METRICS_PATH;
 
-async fn upload(
-    shared: Arc<Shared>,
-    req: Request<Incoming>,
+/// Why this upload request is refused (auth, form, another upload), if it is; a
+/// request that is not refused has claimed the one upload.
+fn refusal(
+    shared: &Shared,
+    req: &Request<Incoming>,
     form: bool,
-    asynchronous: bool,
     path_token: Option<&str>,
-) -> Response<Full<Bytes>> {
-    match presented(&req, path_token) {
+) -> Option<Response<Full<Bytes>>> {
+    match presented(req, path_token) {
         None => {
             tracing::warn!(path = req.uri().path(), "an upload without a token");
-            return text(
+            return Some(text(
                 StatusCode::UNAUTHORIZED,
                 "an upload token is required: Authorization: Bearer TOKEN, or /upload/TOKEN\n",
-            );
+            ));
         }
         Some(t)
             if t.len() > MAX_TOKEN_BYTES
                 || !token_matches(&t, shared.settings.token.as_bytes()) =>
         {
             tracing::warn!(path = req.uri().path(), "an upload with a wrong token");
-            return text(StatusCode::FORBIDDEN, "the upload token is wrong\n");
+            return Some(text(StatusCode::FORBIDDEN, "the upload token is wrong\n"));
         }
         Some(_) => {}
     }
-    let multipart = if form {
-        let ct = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        match multipart::boundary(ct) {
-            Ok(b) => Some(multipart::Multipart::new(&b)),
-            Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
-        }
-    } else {
-        None
-    };
+    if form && let Err(e) = multipart::boundary(content_type(req)) {
+        return Some(text(StatusCode::BAD_REQUEST, format!("{e}\n")));
+    }
     {
         let mut phase = shared
             .phase
@@ -482,24 +488,51 @@ async fn upload(
         match *phase {
             Phase::Uploading => {
                 tracing::warn!("an upload while one is in progress");
-                return text(
+                return Some(text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "an upload is already in progress\n",
-                );
+                ));
             }
             Phase::Done => {
                 tracing::warn!("an upload after the upload completed");
-                return text(StatusCode::CONFLICT, "the upload is already complete\n");
+                return Some(text(
+                    StatusCode::CONFLICT,
+                    "the upload is already complete\n",
+                ));
             }
             Phase::Failed => {
-                return text(
+                return Some(text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "the upload failed; the server is stopping\n",
-                );
+                ));
             }
             Phase::Idle => *phase = Phase::Uploading,
         }
     }
+    None
+}
+
+fn content_type(req: &Request<Incoming>) -> &str {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+/// The upload claimed by [`refusal`]: its body handed to [`UploadServer::serve_one`].
+async fn upload(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+    form: bool,
+    asynchronous: bool,
+) -> Response<Full<Bytes>> {
+    let multipart = if form {
+        multipart::boundary(content_type(&req))
+            .ok()
+            .map(|b| multipart::Multipart::new(&b))
+    } else {
+        None
+    };
     let len = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -514,6 +547,7 @@ async fn upload(
         "upload started"
     );
     let (received_tx, received) = oneshot::channel();
+    let (drained_tx, drained) = oneshot::channel();
     let (answer_tx, answer_rx) = oneshot::channel();
     let downloaded = shared.progress.downloaded_counter();
     let body = body::UploadBody::new(
@@ -523,7 +557,8 @@ async fn upload(
         shared.settings.body_idle,
         downloaded,
         received_tx,
-    );
+    )
+    .drained(drained_tx);
     let raw_len = if form { None } else { len };
     // The copy runs in the server's owner ([`UploadServer::serve_one`]): a client that
     // goes away ends the body, not the copy.
@@ -541,10 +576,23 @@ async fn upload(
                 tracing::info!("every byte received; answering the async upload while the copy goes on");
                 return text(StatusCode::OK, "Upload received; writing the disk goes on\n");
             }
-            a = answer_rx => return a.unwrap_or_else(|_| internal()),
+            a = answer_rx => return after_drain(a.unwrap_or_else(|_| internal()), drained).await,
         }
     }
-    answer_rx.await.unwrap_or_else(|_| internal())
+    after_drain(answer_rx.await.unwrap_or_else(|_| internal()), drained).await
+}
+
+/// A failure is answered once the rest of the body has been read (bounded by
+/// [`body::DRAIN_TIME`]): closing a connection with unread bytes resets it, and a
+/// client still sending would lose the answer.
+async fn after_drain(
+    r: Response<Full<Bytes>>,
+    drained: oneshot::Receiver<()>,
+) -> Response<Full<Bytes>> {
+    if !r.status().is_success() {
+        let _ = tokio::time::timeout(body::DRAIN_TIME + Duration::from_secs(1), drained).await;
+    }
+    r
 }
 
 fn internal() -> Response<Full<Bytes>> {
