@@ -169,3 +169,11 @@ fn image_vdi_corpus_replays_without_panic() {
         ferry::fuzzing::image(ferry::source::format::Format::Vdi, &b);
     }
 }
+
+#[test]
+fn multipart_corpus_replays_without_panic() {
+    for (p, b) in corpus("multipart") {
+        eprintln!("{}", p.display());
+        ferry::fuzzing::multipart(&b);
+    }
+}
