@@ -445,7 +445,11 @@ impl Client {
     /// cap. The connection is bounded by the connect timeout; the request by nothing
     /// but the body's own pace (the caller bounds it), since an upload takes as long
     /// as its bytes take. A streamed body cannot be sent again: there is no retry.
-    pub async fn send_streaming<B>(&self, operation: &str, req: Request<B>) -> Result<Response, Error>
+    pub async fn send_streaming<B>(
+        &self,
+        operation: &str,
+        req: Request<B>,
+    ) -> Result<Response, Error>
     where
         B: hyper::body::Body + Send + 'static,
         B::Data: Send,

@@ -241,7 +241,12 @@ async fn serve_connection(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.read_buffer_bytes.max(limits.max_header_bytes).max(8192))
+        .max_buf_size(
+            limits
+                .read_buffer_bytes
+                .max(limits.max_header_bytes)
+                .max(8192),
+        )
         .max_header_size(limits.max_header_bytes)
         .keep_alive(true);
     let conn = watcher.watch(builder.serve_connection(TokioIo::new(io), service));

@@ -29,9 +29,9 @@ pub mod report;
 pub mod retry;
 pub mod round;
 pub mod sink;
-pub mod upload;
 pub mod source;
 #[cfg(test)]
 mod test_support;
+pub mod upload;
 
 pub use error::Error;

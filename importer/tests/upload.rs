@@ -37,17 +37,35 @@ fn openssl(d: &Path, args: &[&str]) {
 }
 
 fn pki(d: &Path) -> Pki {
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
     let mut ca = vec!["req", "-x509"];
     ca.extend(ec);
     ca.extend([
-        "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=ferry test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=ferry test CA",
     ]);
     openssl(d, &ca);
     let mut csr = vec!["req"];
     csr.extend(ec);
     csr.extend([
-        "-keyout", "key.pem", "-out", "leaf.csr", "-subj", "/CN=localhost",
+        "-keyout",
+        "key.pem",
+        "-out",
+        "leaf.csr",
+        "-subj",
+        "/CN=localhost",
     ]);
     openssl(d, &csr);
     std::fs::write(
@@ -58,8 +76,21 @@ fn pki(d: &Path) -> Pki {
     openssl(
         d,
         &[
-            "x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-            "-CAcreateserial", "-out", "cert.pem", "-days", "2", "-extfile", "leaf.ext",
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "cert.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "leaf.ext",
         ],
     );
     Pki {
@@ -103,7 +134,10 @@ impl Server {
         let proc = spawn(c);
         let start = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(start.elapsed() < READY_WAIT, "the upload server did not listen");
+            assert!(
+                start.elapsed() < READY_WAIT,
+                "the upload server did not listen"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         Server {
@@ -184,14 +218,21 @@ fn the_seeds_curl_t_to_upload_token_writes_the_raw_disk() {
     assert_eq!(curl(&pki, &[&s.url("/healthz")]), (200, "OK".into()));
     assert_eq!(curl(&pki, &[&s.url("/upload")]).0, 200, "ingress readiness");
     let url = s.url(&format!("/upload/{TOKEN}"));
-    let (code, body) = curl(&pki, &[&url, "--progress-bar", "-T", disk.to_str().unwrap()]);
+    let (code, body) = curl(
+        &pki,
+        &[&url, "--progress-bar", "-T", disk.to_str().unwrap()],
+    );
     assert_eq!(code, 200, "{body}");
-    assert!(body.contains("Upload Complete: 6291456 bytes received"), "{body}");
+    assert!(
+        body.contains("Upload Complete: 6291456 bytes received"),
+        "{body}"
+    );
     let (run, msg) = s.end();
     assert_complete(&run, &msg, "curl -T");
     assert_identical(&target, &disk, "curl -T");
     assert!(
-        run.stderr.contains("Transferred 6291456/6291456 bytes (100%)"),
+        run.stderr
+            .contains("Transferred 6291456/6291456 bytes (100%)"),
         "the progress log: {}",
         run.stderr
     );
@@ -307,7 +348,11 @@ fn ferry_upload_of_a_qcow2_stages_it_in_scratch() {
         .arg(&q)
         .output()
         .unwrap();
-    assert!(o.status.success(), "qemu-img compare: {}", String::from_utf8_lossy(&o.stdout));
+    assert!(
+        o.status.success(),
+        "qemu-img compare: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
     assert_eq!(file_size(&target), 6 << 20);
 }
 
@@ -325,7 +370,11 @@ fn a_qcow2_without_scratch_is_refused_with_cdis_words() {
     let s = Server::start(d, &pki, &target, &[]);
     let (code, body) = curl(
         &pki,
-        &["-T", q.to_str().unwrap(), &s.url(&format!("/upload/{TOKEN}"))],
+        &[
+            "-T",
+            q.to_str().unwrap(),
+            &s.url(&format!("/upload/{TOKEN}")),
+        ],
     );
     assert_eq!(code, 500, "{body}");
     assert!(body.starts_with("Saving stream failed: "), "{body}");
@@ -352,7 +401,13 @@ fn no_token_is_401_a_wrong_one_403_and_the_right_one_still_uploads() {
     assert_eq!(body, "the upload token is wrong\n");
     let (code, _) = curl(
         &pki,
-        &["-T", f, "-H", "Authorization: Bearer nope", &s.url("/v1beta1/upload")],
+        &[
+            "-T",
+            f,
+            "-H",
+            "Authorization: Bearer nope",
+            &s.url("/v1beta1/upload"),
+        ],
     );
     assert_eq!(code, 403);
     // ferry upload with a wrong token: one error line naming the status and the answer.
@@ -406,12 +461,22 @@ fn a_client_that_goes_away_half_way_leaves_the_target_incomplete() {
     let client = python_client(&pki, s.port, 3 << 20, 6 << 20, 0.2).wait(RUN_LIMIT);
     assert!(client.status.success(), "{}", client.stderr);
     let (run, msg) = s.end();
-    let line = run.failure("half an upload", &["the upload", "after 3145728 of 6291456 bytes"]);
-    assert!(line.contains("broke off") || line.contains("ended"), "{line}");
+    let line = run.failure(
+        "half an upload",
+        &["the upload", "after 3145728 of 6291456 bytes"],
+    );
+    assert!(
+        line.contains("broke off") || line.contains("ended"),
+        "{line}"
+    );
     assert!(msg.starts_with("Unable to process data: "), "{msg}");
     assert!(msg.contains("after 3145728 of 6291456 bytes"), "{msg}");
     assert!(!msg.contains("Upload Complete"));
-    assert!(run.stderr.contains("the target is incomplete"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("the target is incomplete"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]
@@ -447,11 +512,18 @@ fn a_second_upload_while_one_runs_is_503_and_metrics_show_the_bytes() {
         .unwrap();
     let (code, body) = curl(
         &pki,
-        &["-T", small.to_str().unwrap(), &s.url(&format!("/upload/{TOKEN}"))],
+        &[
+            "-T",
+            small.to_str().unwrap(),
+            &s.url(&format!("/upload/{TOKEN}")),
+        ],
     );
     assert_eq!(code, 503, "{body}");
     assert_eq!(body, "an upload is already in progress\n");
     let _ = first.wait(RUN_LIMIT);
     let (run, _) = s.end();
-    run.failure("the first upload broke off", &["after 1048576 of 2097152 bytes"]);
+    run.failure(
+        "the first upload broke off",
+        &["after 1048576 of 2097152 bytes"],
+    );
 }

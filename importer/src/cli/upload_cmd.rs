@@ -71,13 +71,15 @@ pub async fn run(a: UploadArgs) -> anyhow::Result<()> {
     let ca_dir = match &a.ca {
         Some(p) if p.is_file() => {
             let d = tempfile::tempdir()?;
-            std::fs::copy(p, d.path().join("ca.pem")).map_err(|e| {
-                usage(format!("--ca {}: {e}", p.display()))
-            })?;
+            std::fs::copy(p, d.path().join("ca.pem"))
+                .map_err(|e| usage(format!("--ca {}: {e}", p.display())))?;
             Some(d)
         }
         Some(p) if !p.is_dir() => {
-            return Err(usage(format!("--ca {}: no such file or directory", p.display())));
+            return Err(usage(format!(
+                "--ca {}: no such file or directory",
+                p.display()
+            )));
         }
         _ => None,
     };

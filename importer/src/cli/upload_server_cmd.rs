@@ -70,9 +70,9 @@ pub struct UploadServerArgs {
 /// The listen address: `--listen`, else CDI's LISTEN_ADDRESS and LISTEN_PORT.
 fn listen_addr(a: &UploadServerArgs) -> Result<SocketAddr, String> {
     if let Some(l) = &a.listen {
-        return l
-            .parse()
-            .map_err(|_| format!("--listen {l:?}: expected HOST:PORT, e.g. [::]:8443 or 127.0.0.1:8443"));
+        return l.parse().map_err(|_| {
+            format!("--listen {l:?}: expected HOST:PORT, e.g. [::]:8443 or 127.0.0.1:8443")
+        });
     }
     let host = std::env::var(env::LISTEN_ADDRESS).unwrap_or_default();
     let port = match std::env::var(env::LISTEN_PORT) {
@@ -184,7 +184,11 @@ pub async fn run(a: UploadServerArgs) -> anyhow::Result<()> {
     };
     let (addr, settings) = match listen_addr(&a).and_then(|addr| Ok((addr, settings(&a)?))) {
         Ok(x) => x,
-        Err(e) => return Err(fail(ferry::Error::from(ferry::error::UsageError::Upload { message: e }).into())),
+        Err(e) => {
+            return Err(fail(
+                ferry::Error::from(ferry::error::UsageError::Upload { message: e }).into(),
+            ));
+        }
     };
     let tls = if a.insecure_plain_http {
         tracing::warn!("serving uploads over plain HTTP (--insecure-plain-http)");

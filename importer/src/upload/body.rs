@@ -139,10 +139,7 @@ where
 
     fn fail(&self, what: String) -> std::io::Error {
         let of = self.len.map(|n| format!(" of {n}")).unwrap_or_default();
-        std::io::Error::other(format!(
-            "the upload {what} after {}{of} bytes",
-            self.got
-        ))
+        std::io::Error::other(format!("the upload {what} after {}{of} bytes", self.got))
     }
 
     /// The end of the image: checked, then announced.
@@ -153,8 +150,7 @@ where
             return Err(self.fail("ended".into()));
         }
         if let Some(m) = &self.multipart {
-            m.finish()
-                .map_err(|e| self.fail(format!("failed ({e})")))?;
+            m.finish().map_err(|e| self.fail(format!("failed ({e})")))?;
         }
         self.ended = true;
         if let Some(tx) = self.received.take() {
@@ -239,9 +235,8 @@ mod tests {
     use http_body_util::StreamBody;
     use hyper::body::Frame;
 
-    type TestBody = StreamBody<
-        futures::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, std::io::Error>>>,
-    >;
+    type TestBody =
+        StreamBody<futures::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, std::io::Error>>>>;
 
     fn body(chunks: &[&[u8]], fail: bool) -> TestBody {
         let mut v: Vec<Result<Frame<Bytes>, std::io::Error>> = chunks
@@ -291,10 +286,17 @@ mod tests {
         assert!(!received);
         let (r, received, _) = read_all(body(&[b"abc"], true), None, None);
         let e = r.unwrap_err().to_string();
-        assert!(e.contains("broke off (connection reset) after 3 bytes"), "{e}");
+        assert!(
+            e.contains("broke off (connection reset) after 3 bytes"),
+            "{e}"
+        );
         assert!(!received);
         let (r, _, _) = read_all(body(&[b"abcdefgh"], false), Some(7), None);
-        assert!(r.unwrap_err().to_string().contains("more than its Content-Length"));
+        assert!(
+            r.unwrap_err()
+                .to_string()
+                .contains("more than its Content-Length")
+        );
     }
 
     #[test]
@@ -310,7 +312,11 @@ mod tests {
         assert!(received);
         assert_eq!(n, form.len() as u64);
         let (r, received, _) = read_all(body(&[head], false), None, Some(Multipart::new("XX")));
-        assert!(r.unwrap_err().to_string().contains("the body ended inside the file part"));
+        assert!(
+            r.unwrap_err()
+                .to_string()
+                .contains("the body ended inside the file part")
+        );
         assert!(!received);
     }
 }

@@ -226,7 +226,8 @@ impl UploadServer {
         if settings.token.is_empty() {
             return Err(UploadError::NoToken);
         }
-        let listener = http_server::bind(addr).map_err(|error| UploadError::Bind { addr, error })?;
+        let listener =
+            http_server::bind(addr).map_err(|error| UploadError::Bind { addr, error })?;
         let (tx, uploads) = mpsc::channel(1);
         let shared = Arc::new(Shared {
             settings,
@@ -694,11 +695,8 @@ async fn copy_upload(
             .map(|a| a.saturating_add(allocated_bytes(&s.target)));
         match available {
             Ok(a) => {
-                let usable = crate::import::run::usable_space(
-                    a,
-                    s.image_size,
-                    s.filesystem_overhead,
-                );
+                let usable =
+                    crate::import::run::usable_space(a, s.image_size, s.filesystem_overhead);
                 if let Some(size) = size
                     && size > usable
                 {
@@ -776,7 +774,10 @@ mod tests {
         );
         assert_eq!(route(&Method::GET, "/upload"), Route::Ready);
         assert_eq!(route(&Method::GET, "/upload/x"), Route::Ready);
-        assert_eq!(route(&Method::HEAD, "/v1alpha1/upload-async"), Route::AsyncProbe);
+        assert_eq!(
+            route(&Method::HEAD, "/v1alpha1/upload-async"),
+            Route::AsyncProbe
+        );
         assert_eq!(route(&Method::HEAD, "/v1beta1/upload"), Route::WrongMethod);
         assert_eq!(route(&Method::GET, "/v1beta1/upload"), Route::WrongMethod);
         assert_eq!(route(&post, "/upload/a/b"), Route::NotFound);

@@ -93,7 +93,9 @@ pub fn boundary(content_type: &str) -> Result<String, MultipartError> {
     // RFC 2046 bchars; a space may not end it.
     let bchar = |c: u8| c.is_ascii_alphanumeric() || b"'()+_,-./:=? ".contains(&c);
     if !b.bytes().all(bchar) || b.ends_with(' ') {
-        return Err(bad("has a boundary with characters RFC 2046 does not allow"));
+        return Err(bad(
+            "has a boundary with characters RFC 2046 does not allow",
+        ));
     }
     Ok(b)
 }
