@@ -15,3 +15,4 @@ pub mod exit;
 pub mod metrics;
 pub mod round;
 pub mod termination;
+pub mod upload;

@@ -251,7 +251,12 @@ impl Client {
         Ok(Box::new(TokioIo::new(upgraded)))
     }
 
-    async fn connect_inner(&self) -> Result<Sender, Error> {
+    async fn connect_inner<B>(&self) -> Result<SendRequest<B>, Error>
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let address = self.endpoint.authority();
         let stream: Box<dyn Stream> = match (&self.proxy, self.endpoint.scheme) {
             (None, _) => {
@@ -290,7 +295,12 @@ impl Client {
         Ok(sender)
     }
 
-    async fn connect(&self) -> Result<Sender, Error> {
+    async fn connect<B>(&self) -> Result<SendRequest<B>, Error>
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let after = self.opts.connect_timeout;
         tokio::time::timeout(after, self.connect_inner())
             .await
@@ -303,11 +313,7 @@ impl Client {
     /// The request with what every request carries: the URI in the form the connection
     /// needs (absolute through a plain-HTTP proxy), `Host`, `User-Agent`, and
     /// `Proxy-Authorization` for a plain-HTTP proxy.
-    fn prepare(
-        &self,
-        operation: &str,
-        mut req: Request<Full<Bytes>>,
-    ) -> Result<Request<Full<Bytes>>, Error> {
+    fn prepare<B>(&self, operation: &str, mut req: Request<B>) -> Result<Request<B>, Error> {
         let bad = |message: String| Error::Request {
             operation: operation.to_string(),
             message,
@@ -342,12 +348,17 @@ impl Client {
         Ok(req)
     }
 
-    async fn exchange(
+    async fn exchange<B>(
         &self,
-        sender: &mut Sender,
+        sender: &mut SendRequest<B>,
         operation: &str,
-        req: Request<Full<Bytes>>,
-    ) -> Result<Response, Error> {
+        req: Request<B>,
+    ) -> Result<Response, Error>
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let transport_err = |message: String| Error::Transport {
             address: self.endpoint.authority(),
             operation: operation.to_string(),
@@ -427,6 +438,26 @@ impl Client {
             *guard = Some(sender);
         }
         result
+    }
+
+    /// Send `req` with a body produced as it is sent (an upload: chunks read from a
+    /// file) on a connection of its own, and read the whole response within the body
+    /// cap. The connection is bounded by the connect timeout; the request by nothing
+    /// but the body's own pace (the caller bounds it), since an upload takes as long
+    /// as its bytes take. A streamed body cannot be sent again: there is no retry.
+    pub async fn send_streaming<B>(
+        &self,
+        operation: &str,
+        req: Request<B>,
+    ) -> Result<Response, Error>
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let req = self.prepare(operation, req)?;
+        let mut sender = self.connect::<B>().await?;
+        self.exchange(&mut sender, operation, req).await
     }
 
     /// `GET path`, optionally of the bytes `range` only (`Range: bytes=start-(end-1)`).

@@ -211,6 +211,12 @@ pub enum UsageError {
         "IMPORTER_CONTENTTYPE=archive unpacks files into a filesystem volume, not onto a block device"
     )]
     ArchiveNeedsFilesystem,
+    /// The upload server's settings (flags or their environment variables).
+    #[error("upload server: {message}")]
+    Upload {
+        /// What is wrong, naming the flag or variable.
+        message: String,
+    },
     /// `--scratch` is not a directory.
     #[error("--scratch {}: not a directory", dir.display())]
     ScratchNotADirectory {

@@ -277,3 +277,38 @@ pub fn registry(data: &[u8]) {
     }
     let _ = reference::Reference::parse(&format!("docker://{text}"));
 }
+
+/// An upload's `multipart/form-data` body: the first line is the Content-Type, the rest
+/// the body, fed in chunks whose sizes the first byte chooses. Never panics, the file's
+/// bytes are never more than the body's, and the chunking changes nothing: the same
+/// bytes, or an error either way.
+pub fn multipart(data: &[u8]) {
+    use crate::upload::multipart::{Multipart, boundary};
+    let cut = data.iter().position(|b| *b == b'\n').unwrap_or(data.len());
+    let content_type = String::from_utf8_lossy(&data[..cut]);
+    let body = data.get(cut + 1..).unwrap_or_default();
+    let b = boundary(&content_type).unwrap_or_else(|_| "XyZ".to_string());
+    let read = |chunk: usize| -> Result<Vec<u8>, crate::upload::multipart::MultipartError> {
+        let mut m = Multipart::new(&b);
+        let mut out = Vec::new();
+        for c in body.chunks(chunk.max(1)) {
+            let n = m.feed(c, &mut out)?;
+            assert!(n <= c.len());
+            if m.is_done() {
+                assert_eq!(m.feed(c, &mut out)?, 0, "nothing is taken after the end");
+                break;
+            }
+            assert_eq!(n, c.len(), "all is taken before the end");
+        }
+        m.finish()?;
+        assert!(out.len() <= body.len());
+        Ok(out)
+    };
+    let whole = read(body.len());
+    let chunked = read(1 + usize::from(data.first().copied().unwrap_or(0)) % 97);
+    match (&whole, &chunked) {
+        (Ok(a), Ok(b)) => assert_eq!(a, b, "the chunking changed the file"),
+        (Err(_), Err(_)) => {}
+        _ => panic!("the chunking changed the outcome: {whole:?} vs {chunked:?}"),
+    }
+}

@@ -19,6 +19,7 @@ pub mod engine;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod http_server;
 pub mod import;
 pub mod job;
 pub mod journal;
@@ -31,5 +32,6 @@ pub mod sink;
 pub mod source;
 #[cfg(test)]
 mod test_support;
+pub mod upload;
 
 pub use error::Error;

@@ -43,7 +43,10 @@ fn main() -> ExitCode {
     };
     // The import pod logs JSON lines when not on a terminal (as CDI's controller and log
     // collectors expect); copy and bench keep human-readable lines.
-    let import = matches!(args.command, cli::Command::Import(_));
+    let import = matches!(
+        args.command,
+        cli::Command::Import(_) | cli::Command::UploadServer(_)
+    );
     let json = if import { None } else { Some(false) };
     if let Err(e) = ferry::report::logging::init(args.verbose, json) {
         eprintln!("ferry: warning: {e}");

@@ -177,3 +177,11 @@ fn registry_corpus_replays_without_panic() {
         ferry::fuzzing::registry(&b);
     }
 }
+
+#[test]
+fn multipart_corpus_replays_without_panic() {
+    for (p, b) in corpus("multipart") {
+        eprintln!("{}", p.display());
+        ferry::fuzzing::multipart(&b);
+    }
+}

@@ -4,6 +4,8 @@ mod bench;
 mod copy_cmd;
 mod http_args;
 mod import_cmd;
+mod upload_cmd;
+mod upload_server_cmd;
 mod vddk_args;
 
 use std::time::Duration;
@@ -49,6 +51,11 @@ pub enum Command {
     /// The import pod's entrypoint: KubeVirt CDI's importer contract (environment
     /// variables, /metrics on :8443, termination message).
     Import(Box<import_cmd::ImportArgs>),
+    /// The upload pod's entrypoint: serve one upload over HTTPS (KubeVirt CDI's upload
+    /// server contract, Deckhouse's `/upload/<token>` URL) into a file or block device.
+    UploadServer(Box<upload_server_cmd::UploadServerArgs>),
+    /// Send a disk image to an upload server, with a progress bar.
+    Upload(upload_cmd::UploadArgs),
     /// Internal: run a command and report its wall time, CPU time and peak RSS.
     #[command(name = "__measure", hide = true)]
     Measure(bench::MeasureArgs),
@@ -315,6 +322,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         };
         return import_cmd::run(*a, cfg).await;
     }
+    if let Command::UploadServer(a) = cli.command {
+        // Signals end it through its own select, so the termination message is written.
+        return upload_server_cmd::run(*a).await;
+    }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|error| ferry::Error::Signals {
             signal: "SIGTERM",
@@ -325,7 +336,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Copy(a) => copy_cmd::run(*a).await,
             Command::Bench(a) => bench::run(a).await,
             Command::Measure(a) => bench::measure(a),
-            Command::Import(_) => unreachable!("handled above"),
+            Command::Upload(a) => upload_cmd::run(a).await,
+            Command::Import(_) | Command::UploadServer(_) => unreachable!("handled above"),
         }
     };
     tokio::select! {

@@ -4,12 +4,11 @@
 //!
 //! The body is OpenMetrics text (`application/openmetrics-text; version=1.0.0`), which
 //! carries the CDI series byte for byte as the Prometheus text format would. Requests
-//! are bounded: at most [`MAX_CONNECTIONS`] connections, a TLS handshake and request
-//! headers must arrive within [`HANDSHAKE_TIMEOUT`] / [`HEADER_READ_TIMEOUT`], headers
-//! are capped at [`MAX_HEADER_BYTES`], request bodies are never read, and a connection
-//! lives at most [`CONNECTION_LIFETIME`].
+//! are bounded ([`crate::http_server`]): at most [`MAX_CONNECTIONS`] connections, a TLS
+//! handshake and request headers must arrive within [`HANDSHAKE_TIMEOUT`] /
+//! [`HEADER_READ_TIMEOUT`], headers are capped at [`MAX_HEADER_BYTES`], request bodies
+//! are never read, and a connection lives at most [`CONNECTION_LIFETIME`].
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,20 +17,14 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use rustls::ServerConfig;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
-use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
 
 use super::ReportError;
 use super::metrics::Metrics;
+use crate::http_server::{self, Limits, Running};
 
 /// The port CDI's importer serves metrics on (container port named `metrics`).
 pub const DEFAULT_METRICS_PORT: u16 = 8443;
@@ -53,56 +46,26 @@ pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(120);
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// Names in the self-signed certificate.
 pub const CERT_NAMES: [&str; 2] = ["ferry-importer", "localhost"];
+/// Backlog of the metrics listener.
+pub const LISTEN_BACKLOG: i32 = http_server::LISTEN_BACKLOG;
+
+/// The metrics endpoint's bounds.
+pub const LIMITS: Limits = Limits {
+    max_connections: MAX_CONNECTIONS,
+    handshake_timeout: HANDSHAKE_TIMEOUT,
+    header_read_timeout: HEADER_READ_TIMEOUT,
+    max_header_bytes: MAX_HEADER_BYTES,
+    read_buffer_bytes: MAX_HEADER_BYTES,
+    connection_lifetime: Some(CONNECTION_LIFETIME),
+    shutdown_grace: SHUTDOWN_GRACE,
+};
 
 /// A running metrics endpoint. Dropping it stops accepting connections; call
 /// [`MetricsServer::shutdown`] to also wait for requests being answered.
 #[derive(Debug)]
 pub struct MetricsServer {
-    local_addr: SocketAddr,
+    running: Running,
     certificate: CertificateDer<'static>,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
-}
-
-/// Backlog of the metrics listener.
-pub const LISTEN_BACKLOG: i32 = 128;
-
-/// Listen on `addr`. The IPv6 wildcard (`[::]:PORT`, the pod default, as CDI's Go
-/// listener on `:8443`) takes IPv4 too (IPV6_V6ONLY off, whatever the host's default);
-/// on a host without IPv6 it falls back to `0.0.0.0:PORT` and says so.
-fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    use nix::sys::socket::{
-        AddressFamily, Backlog, SockFlag, SockType, SockaddrIn6, bind, listen, setsockopt, socket,
-        sockopt,
-    };
-    let SocketAddr::V6(v6) = addr else {
-        return std::net::TcpListener::bind(addr);
-    };
-    if !v6.ip().is_unspecified() {
-        return std::net::TcpListener::bind(addr);
-    }
-    let dual = (|| -> nix::Result<std::net::TcpListener> {
-        let fd = socket(
-            AddressFamily::Inet6,
-            SockType::Stream,
-            SockFlag::SOCK_CLOEXEC,
-            None,
-        )?;
-        setsockopt(&fd, sockopt::ReuseAddr, &true)?;
-        setsockopt(&fd, sockopt::Ipv6V6Only, &false)?;
-        bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn6::from(v6))?;
-        listen(&fd, Backlog::new(LISTEN_BACKLOG)?)?;
-        Ok(std::net::TcpListener::from(fd))
-    })();
-    match dual {
-        Ok(l) => Ok(l),
-        Err(e @ (nix::Error::EAFNOSUPPORT | nix::Error::EADDRNOTAVAIL)) => {
-            let v4 = SocketAddr::from(([0, 0, 0, 0], v6.port()));
-            tracing::info!(error = %e, "no IPv6 on this host; serving metrics on IPv4 only ({v4})");
-            std::net::TcpListener::bind(v4)
-        }
-        Err(e) => Err(e.into()),
-    }
 }
 
 /// Serve `metrics` over HTTPS on `addr` (in a pod `[::]:8443`: IPv6 and IPv4) with a
@@ -112,35 +75,31 @@ pub async fn serve_metrics(
     metrics: Metrics,
 ) -> Result<MetricsServer, ReportError> {
     let (config, certificate) = tls_config()?;
-    let listener = listen(addr)
-        .and_then(|l| {
-            l.set_nonblocking(true)?;
-            TcpListener::from_std(l)
-        })
-        .map_err(|error| ReportError::Bind { addr, error })?;
-    let local_addr = listener
-        .local_addr()
-        .map_err(|error| ReportError::Bind { addr, error })?;
-    let (stop, stop_rx) = oneshot::channel();
-    let task = tokio::spawn(accept_loop(
+    let listener = http_server::bind(addr).map_err(|error| ReportError::Bind { addr, error })?;
+    let handler: http_server::Handler = Arc::new(move |req: Request<Incoming>| {
+        let answer = respond(&metrics, &req);
+        Box::pin(async move { answer })
+    });
+    let running = http_server::spawn(
         listener,
-        TlsAcceptor::from(Arc::new(config)),
-        metrics,
-        stop_rx,
-    ));
+        Some(TlsAcceptor::from(Arc::new(config))),
+        LIMITS,
+        handler,
+        "metrics",
+    )
+    .map_err(|error| ReportError::Bind { addr, error })?;
+    let local_addr = running.local_addr();
     tracing::info!(addr = %local_addr, "serving metrics on https://{local_addr}{METRICS_PATH}");
     Ok(MetricsServer {
-        local_addr,
+        running,
         certificate,
-        stop: Some(stop),
-        task: Some(task),
     })
 }
 
 impl MetricsServer {
     /// The address bound (the real port when 0 was asked for).
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.running.local_addr()
     }
 
     /// The self-signed certificate (DER) the endpoint presents.
@@ -150,13 +109,8 @@ impl MetricsServer {
 
     /// Stop accepting, let requests being answered finish (at most [`SHUTDOWN_GRACE`]),
     /// then close every connection.
-    pub async fn shutdown(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
-        }
+    pub async fn shutdown(self) {
+        self.running.shutdown().await;
     }
 }
 
@@ -165,92 +119,18 @@ fn tls_config() -> Result<(ServerConfig, CertificateDer<'static>), ReportError> 
     let key = rcgen::generate_simple_self_signed(names).map_err(ReportError::Certificate)?;
     let cert = key.cert.der().clone();
     let private = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.signing_key.serialize_der()));
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(ReportError::Tls)?
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.clone()], private)
-        .map_err(ReportError::Tls)?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let config = http_server::tls_config(vec![cert.clone()], private).map_err(ReportError::Tls)?;
     Ok((config, cert))
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    metrics: Metrics,
-    mut stop: oneshot::Receiver<()>,
-) {
-    let graceful = GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let mut conns = JoinSet::new();
-    loop {
-        tokio::select! {
-            _ = &mut stop => break,
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
-            r = listener.accept() => match r {
-                Ok((tcp, peer)) => {
-                    let Ok(slot) = slots.clone().try_acquire_owned() else {
-                        tracing::debug!(%peer, "metrics: too many connections; closing");
-                        continue;
-                    };
-                    conns.spawn(serve_connection(
-                        tcp,
-                        acceptor.clone(),
-                        metrics.clone(),
-                        graceful.watcher(),
-                        slot,
-                    ));
-                }
-                Err(e) => {
-                    // Out of descriptors and the like: do not spin.
-                    tracing::debug!(error = %e, "metrics: accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
-        }
-    }
-    drop(listener);
-    let _ = tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await;
-    conns.shutdown().await;
+/// The answer of the metrics endpoint (also served by the upload server on its port).
+pub fn respond(metrics: &Metrics, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    respond_to(metrics, req.method(), req.uri().path())
 }
 
-async fn serve_connection(
-    tcp: TcpStream,
-    acceptor: TlsAcceptor,
-    metrics: Metrics,
-    watcher: Watcher,
-    _slot: OwnedSemaphorePermit,
-) {
-    let _ = tcp.set_nodelay(true);
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
-            tracing::debug!(error = %e, "metrics: TLS handshake failed");
-            return;
-        }
-        Err(_) => return,
-    };
-    let service = service_fn(move |req: Request<Incoming>| {
-        let metrics = metrics.clone();
-        async move { Ok::<_, Infallible>(respond(&metrics, &req)) }
-    });
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(MAX_HEADER_BYTES)
-        .max_header_size(MAX_HEADER_BYTES)
-        .keep_alive(true);
-    let conn = builder.serve_connection(TokioIo::new(tls), service);
-    if let Ok(Err(e)) = tokio::time::timeout(CONNECTION_LIFETIME, watcher.watch(conn)).await {
-        tracing::debug!(error = %e, "metrics: connection ended");
-    }
-}
-
-fn respond(metrics: &Metrics, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-    let (status, content_type, body) = match (req.method(), req.uri().path()) {
+/// [`respond`] for a method and path.
+pub fn respond_to(metrics: &Metrics, method: &Method, path: &str) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = match (method, path) {
         (&Method::GET | &Method::HEAD, METRICS_PATH) => (
             StatusCode::OK,
             METRICS_CONTENT_TYPE,
@@ -287,6 +167,7 @@ mod tests {
     use rustls::pki_types::{ServerName, UnixTime};
     use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
     use tokio_rustls::TlsConnector;
 
     use super::*;
