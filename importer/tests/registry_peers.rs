@@ -510,3 +510,37 @@ fn corrupt_blob_and_http_behaviour() {
         "{head}"
     );
 }
+
+/// A 4 GiB sparse disk (1 MiB of data at 1 GiB) streamed into a zstd and a gzip layer
+/// and pushed: the harness never holds a file in memory. Slow in a debug build (the
+/// uncompressed tar is hashed for its diff_id): run it by name with `--ignored`.
+#[test]
+#[ignore]
+fn big_sparse_disk() {
+    let Some(reg) = Registry::start(Options::default()) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = tmp.path().join("big.img");
+    let f = std::fs::File::create(&disk).unwrap();
+    f.set_len(4 << 30).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &random_bytes(MIB, 17), 1 << 30).unwrap();
+    for compression in [Compression::Zstd, Compression::Gzip] {
+        let t0 = Instant::now();
+        let layout =
+            container_disk(&disk, compression).build(&tmp.path().join(format!("{compression:?}")));
+        let built = t0.elapsed();
+        let pushed = reg.push(&layout, &format!("big/disk:{compression:?}"));
+        let l = &pushed.layers()[0];
+        note(&format!(
+            "4 GiB sparse disk, {compression:?}: layer of {} bytes built in {built:?}, pushed in {:?}",
+            l.size, pushed.push_took
+        ));
+        let mut c = reg.curl(&format!("/v2/big/disk/blobs/{}", l.digest));
+        let out = tmp.path().join("blob");
+        c.arg("-o").arg(&out);
+        ferry_test_kit::run_ok(&mut c);
+        assert_eq!(sha256_digest(&std::fs::read(&out).unwrap()), l.digest);
+        std::fs::remove_dir_all(tmp.path().join(format!("{compression:?}"))).unwrap();
+    }
+}

@@ -195,10 +195,8 @@ impl fmt::Debug for Registry {
 
 /// The tools a registry with `opts` needs.
 pub fn tools(opts: Options) -> Vec<&'static str> {
-    let mut t = vec!["docker-registry", "skopeo", "curl"];
-    if opts.tls || matches!(opts.auth, Auth::Token | Auth::TokenAnonymousPull) {
-        t.push("openssl");
-    }
+    // openssl: certificates, token signatures, and the layers' digests.
+    let mut t = vec!["docker-registry", "skopeo", "curl", "openssl"];
     match opts.auth {
         Auth::None => {}
         Auth::Basic => t.push("htpasswd"),
@@ -1205,10 +1203,53 @@ impl Layer {
     }
 }
 
+/// sha256 by `openssl dgst` in a child process fed through a pipe: a layer's bytes
+/// may be many GiB, and the sha2 crate hashes ~30 MB/s in a debug build (openssl
+/// ~1 GB/s).
+struct Sha256Pipe {
+    child: Child,
+    stdin: Option<std::process::ChildStdin>,
+}
+
+impl Sha256Pipe {
+    fn new() -> Sha256Pipe {
+        let mut child = Command::new("openssl")
+            .args(["dgst", "-sha256", "-r"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start openssl dgst");
+        let stdin = child.stdin.take();
+        Sha256Pipe { child, stdin }
+    }
+
+    fn update(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.stdin.as_mut().expect("open").write_all(buf)
+    }
+
+    /// `sha256:HEX`.
+    fn finish(mut self) -> String {
+        drop(self.stdin.take());
+        let mut out = String::new();
+        self.child
+            .stdout
+            .take()
+            .expect("stdout")
+            .read_to_string(&mut out)
+            .expect("read openssl dgst");
+        let st = self.child.wait().expect("wait for openssl dgst");
+        assert!(st.success(), "openssl dgst failed: {st}");
+        let hex = out.split_whitespace().next().unwrap_or_default();
+        assert_eq!(hex.len(), 64, "openssl dgst printed {out:?}");
+        format!("sha256:{hex}")
+    }
+}
+
 /// A writer that hashes (sha256) and counts what passes through.
 struct Hashing<W> {
     inner: W,
-    hash: Sha256,
+    hash: Sha256Pipe,
     n: u64,
 }
 
@@ -1216,24 +1257,20 @@ impl<W: Write> Hashing<W> {
     fn new(inner: W) -> Self {
         Hashing {
             inner,
-            hash: Sha256::new(),
+            hash: Sha256Pipe::new(),
             n: 0,
         }
     }
 
     fn finish(self) -> (W, String, u64) {
-        (
-            self.inner,
-            format!("sha256:{}", hex(&self.hash.finalize())),
-            self.n,
-        )
+        (self.inner, self.hash.finish(), self.n)
     }
 }
 
 impl<W: Write> Write for Hashing<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
-        self.hash.update(&buf[..n]);
+        self.hash.update(&buf[..n])?;
         self.n += n as u64;
         Ok(n)
     }
