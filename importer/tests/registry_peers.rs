@@ -250,7 +250,8 @@ fn token_auth_over_tls() {
     );
 }
 
-/// Anonymous clients get a pull token; pushes still need the credentials.
+/// Anonymous clients get a pull token; pushes still need the credentials. The token
+/// server's other answers: wrong credentials, the OAuth2 POST, a wrong service.
 #[test]
 fn token_anonymous_pull() {
     let Some(reg) = Registry::start(Options {
@@ -275,22 +276,28 @@ fn token_anonymous_pull() {
     assert_eq!(last["user"], "");
     assert_eq!(last["access"][0]["actions"], serde_json::json!(["pull"]));
     // Wrong credentials are refused, not treated as anonymous.
-    let mut c = Command::new("curl");
-    c.args([
-        "-s",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        "-u",
-        "ferry:wrong",
-    ])
-    .arg(format!(
-        "{}?service={}",
-        reg.realm().unwrap(),
-        registry::SERVICE
-    ));
-    assert_eq!(ferry_test_kit::run_ok(&mut c), "401");
+    let realm = reg.realm().unwrap();
+    let code = |args: &[&str]| {
+        let mut c = Command::new("curl");
+        c.args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+            .args(args);
+        ferry_test_kit::run_ok(&mut c)
+    };
+    let get = format!("{realm}?service={}", registry::SERVICE);
+    assert_eq!(code(&["-u", "ferry:wrong", &get]), "401");
+    // The OAuth2 password grant (POST) answers too; a wrong service is refused.
+    let form = |pw: &str| {
+        format!(
+            "grant_type=password&username={}&password={pw}&service={}&scope=repository:public/disk:pull",
+            registry::USER,
+            registry::SERVICE
+        )
+    };
+    assert_eq!(code(&["--data", &form(registry::PASSWORD), &realm]), "200");
+    assert_eq!(code(&["--data", &form("wrong"), &realm]), "401");
+    assert_eq!(code(&[&format!("{realm}?service=other")]), "400");
+    let last = reg.token_requests().pop().unwrap();
+    assert_eq!(last["status"], 400);
 }
 
 /// An index of linux/amd64 and linux/arm64/v8, each image with its own disk.
