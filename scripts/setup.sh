@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what Ferry's example, tests and benchmarks need on a fresh Debian machine:
 # the real NBD peers (nbdkit, nbdcopy/nbdinfo, qemu-img/qemu-nbd/qemu-io), fio, and the
-# proxy and TLS peers (tinyproxy, socat, openssl), and govmomi's vCenter simulator.
+# proxy and TLS peers (tinyproxy, socat, openssl), container registry peers
+# (docker-registry, skopeo), and govmomi's vCenter simulator.
 # Idempotent: does nothing when everything is already there.
 set -euo pipefail
 
@@ -29,6 +30,14 @@ command -v socat >/dev/null || need+=(socat)
 command -v openssl >/dev/null || need+=(openssl)
 # nginx serves files (whole and ranged GETs, HTTP and HTTPS) to ferry-http's tests.
 command -v nginx >/dev/null || need+=(nginx-light)
+# Container registry peers for the registry source's tests (importer/tests/support/
+# registry.rs): distribution 2.8 as a registry, skopeo to push the test images,
+# htpasswd (bcrypt) for basic auth, curl for the checks from outside; the token server
+# is tests/registry/token_server.py (python3 and openssl, above).
+command -v docker-registry >/dev/null || need+=(docker-registry)
+command -v skopeo >/dev/null || need+=(skopeo)
+command -v htpasswd >/dev/null || need+=(apache2-utils)
+command -v curl >/dev/null || need+=(curl)
 # govmomi's vCenter simulator, an independent vCenter: tests/vcsim/main.go is built
 # against Debian's govmomi source (GOPATH mode, offline) by the tests that use it.
 command -v go >/dev/null || need+=(golang-go)
