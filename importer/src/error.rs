@@ -428,6 +428,33 @@ pub enum Retry {
     Never,
 }
 
+/// A typed [`Error`] carried through a blocking reader's `std::io::Error` (a source read
+/// by a decoder), so its kind survives to the copy's end.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+struct Carried(Error);
+
+impl Error {
+    /// This error as an I/O error a [`std::io::Read`] can return; [`Error::from_io`]
+    /// gets it back.
+    pub fn into_io(self) -> std::io::Error {
+        std::io::Error::other(Carried(self))
+    }
+
+    /// The error [`Error::into_io`] carried in `e`, or `e` as it was.
+    pub fn from_io(e: std::io::Error) -> Result<Error, std::io::Error> {
+        if !e.get_ref().is_some_and(|i| i.is::<Carried>()) {
+            return Err(e);
+        }
+        let kind = e.kind();
+        match e.into_inner().map(|i| i.downcast::<Carried>()) {
+            Some(Ok(c)) => Ok(c.0),
+            Some(Err(other)) => Err(std::io::Error::new(kind, other)),
+            None => Err(std::io::Error::from(kind)),
+        }
+    }
+}
+
 impl Error {
     /// Whether and how this failure may be retried.
     pub fn retry(&self) -> Retry {

@@ -20,6 +20,8 @@
 mod common;
 #[path = "../../vsphere/tests/support/proxy_peers.rs"]
 mod proxy_peers;
+#[path = "support/registry.rs"]
+mod registry;
 #[path = "../../vsphere/tests/support/vcsim.rs"]
 mod vcsim;
 
@@ -2968,4 +2970,150 @@ fn cdi_archive_content_is_unpacked_into_the_volume() {
             "{name}: nothing outside the volume"
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// CDI's registry source (issue 12)
+
+fn registry_pod(reference: &str) -> Pod {
+    let mut pod = Pod::bare();
+    pod.set("IMPORTER_SOURCE", "registry")
+        .set("IMPORTER_ENDPOINT", reference)
+        .set("IMPORTER_CONTENTTYPE", "kubevirt")
+        .set("OWNER_UID", OWNER_UID)
+        .set("PREALLOCATION", "false")
+        .set("INSECURE_TLS", "false")
+        .set("IMPORTER_PULL_METHOD", "pod")
+        .set("IMPORTER_REGISTRY_IMAGE_ARCHITECTURE", "");
+    pod
+}
+
+#[test]
+fn cdi_registry_imports_a_container_disk_with_its_credentials_and_cert_dir() {
+    if !require(&["docker-registry", "skopeo", "qemu-img", "openssl", "cmp"]) {
+        return;
+    }
+    let Some(reg) = registry::Registry::start(registry::Options {
+        tls: true,
+        auth: registry::Auth::Token,
+    }) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("disk.raw");
+    std::fs::write(&raw, ferry_test_kit::mixed_disk(1 << 20, 2 << 20, 6 << 20)).unwrap();
+    let qcow2 = dir.path().join("disk.qcow2");
+    ferry_test_kit::sh(
+        "qemu-img",
+        &[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "qcow2",
+            raw.to_str().unwrap(),
+            qcow2.to_str().unwrap(),
+        ],
+    );
+    let image = |c: registry::Compression| {
+        registry::Image::new().layer(
+            registry::Layer::new(c)
+                .owner(107, 107)
+                .dir("disk/", 0o555)
+                .file("disk/disk.qcow2", &qcow2, 0o440),
+        )
+    };
+    let certs = dir.path().join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    std::fs::copy(reg.ca_pem().unwrap(), certs.join("tls.crt")).unwrap();
+    let (user, password) = reg.credentials().unwrap();
+    // An uncompressed layer: read in place, no scratch; the secret's keys are the
+    // registry's user and password, the cert ConfigMap its CA.
+    let plain = reg.push(&image(registry::Compression::None), "vms/cirros:plain");
+    let mut pod = registry_pod(&plain.reference());
+    pod.set("IMPORTER_ACCESS_KEY_ID", user)
+        .set("IMPORTER_SECRET_KEY", password)
+        .set("IMPORTER_CERT_DIR", certs.to_str().unwrap())
+        .set("IMPORTER_IMAGE_SIZE", "8Mi");
+    let r = pod.run();
+    assert_success(&r, "registry, plain layer");
+    assert_prefix_identical(
+        &pod.disk_img(),
+        &raw,
+        file_size(&raw),
+        "registry, plain layer",
+    );
+    assert_termination_json(
+        &pod,
+        &json!({"scratchSpaceRequired": false, "preallocationApplied": false, "message": "Import Complete"}),
+        "registry, plain layer",
+    );
+    // A gzip layer holding a qcow2 needs scratch: without it CDI's contract (exit 0,
+    // scratchSpaceRequired), with it staged there.
+    let gz = reg.push(&image(registry::Compression::Gzip), "vms/cirros:gzip");
+    let mut pod = registry_pod(&gz.reference());
+    pod.set("IMPORTER_ACCESS_KEY_ID", user)
+        .set("IMPORTER_SECRET_KEY", password)
+        .set("IMPORTER_CERT_DIR", certs.to_str().unwrap());
+    let r = pod.run();
+    assert_success(&r, "registry, gzip layer, no scratch");
+    assert_termination_json(
+        &pod,
+        &json!({"scratchSpaceRequired": true, "preallocationApplied": false, "message": "Import Complete"}),
+        "registry, gzip layer, no scratch",
+    );
+    let mut pod = registry_pod(&gz.digest_reference());
+    pod.set("IMPORTER_ACCESS_KEY_ID", user)
+        .set("IMPORTER_SECRET_KEY", password)
+        .set("IMPORTER_CERT_DIR", certs.to_str().unwrap());
+    std::fs::create_dir_all(pod.dir.path().join("scratch")).unwrap();
+    let r = pod.run();
+    assert_success(&r, "registry, gzip layer, scratch");
+    assert_prefix_identical(
+        &pod.disk_img(),
+        &raw,
+        file_size(&raw),
+        "registry, gzip layer, scratch",
+    );
+    // Wrong credentials: an authentication failure, nothing written.
+    let mut pod = registry_pod(&plain.reference());
+    pod.set("IMPORTER_ACCESS_KEY_ID", user)
+        .set("IMPORTER_SECRET_KEY", "wrong")
+        .set("IMPORTER_CERT_DIR", certs.to_str().unwrap());
+    let r = pod.run();
+    assert_pod_failure(
+        &pod,
+        &r,
+        "wrong registry password",
+        &["authentication failed"],
+    );
+    // INSECURE_TLS (CDI's insecureRegistries): no CA needed.
+    let mut pod = registry_pod(&plain.reference());
+    pod.set("IMPORTER_ACCESS_KEY_ID", user)
+        .set("IMPORTER_SECRET_KEY", password)
+        .set("INSECURE_TLS", "true");
+    assert_success(&pod.run(), "insecure registry");
+    assert_prefix_identical(&pod.disk_img(), &raw, file_size(&raw), "insecure registry");
+    // The architecture CDI passes must be the image's.
+    let mut pod = registry_pod(&plain.reference());
+    pod.set("IMPORTER_ACCESS_KEY_ID", user)
+        .set("IMPORTER_SECRET_KEY", password)
+        .set("INSECURE_TLS", "true")
+        .set("IMPORTER_REGISTRY_IMAGE_ARCHITECTURE", "arm64");
+    let r = pod.run();
+    assert_pod_failure(&pod, &r, "architecture", &["not the \"arm64\" asked for"]);
+    // Only kubevirt content, as CDI; and the endpoint must be docker://.
+    let mut pod = registry_pod(&plain.reference());
+    pod.set("IMPORTER_CONTENTTYPE", "archive");
+    let r = pod.run();
+    assert_pod_failure(&pod, &r, "archive", &["IMPORTER_CONTENTTYPE"]);
+    let mut pod = registry_pod("https://example.com/disk.img");
+    let r = pod.run();
+    assert_pod_failure(
+        &pod,
+        &r,
+        "not docker://",
+        &["IMPORTER_ENDPOINT", "docker://"],
+    );
+    let _ = &mut pod;
 }

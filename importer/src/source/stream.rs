@@ -154,7 +154,10 @@ impl StreamSource for ReadStream {
             })
             .await
             .map_err(|e| read_error(format!("the reading thread failed: {e}")))?;
-            let n = n.map_err(|e| read_error(format!("{}: {e}", self.what)))?;
+            let n = n.map_err(|e| match Error::from_io(e) {
+                Ok(typed) => typed,
+                Err(e) => read_error(format!("{}: {e}", self.what)),
+            })?;
             self.reader = Some(reader);
             let mut buf = buf;
             if n == 0 {

@@ -293,7 +293,7 @@ impl std::fmt::Debug for DiskStream {
 }
 
 fn io_err(e: Error) -> std::io::Error {
-    std::io::Error::other(e.to_string())
+    e.into_io()
 }
 
 /// Open layer `i` of `layers` for streaming (on a blocking thread).
