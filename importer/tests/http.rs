@@ -332,7 +332,9 @@ fn a_server_without_ranges_streams_what_streams_and_refuses_what_needs_a_map() {
 }
 
 /// A python server that answers ranges (`ranges`) or not (`plain`) and cuts every
-/// third response (or, `plain`, the first) after half its body.
+/// third response (or, `plain`, the first) after half its body; or (`expire`) answers
+/// ranges whole but refuses the sixth request with 403, as an expired signed URL or
+/// registry token is refused.
 const CUTTING_SERVER: &str = r#"
 import http.server, os, socket, sys
 root, port, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
@@ -345,7 +347,12 @@ class H(http.server.BaseHTTPRequestHandler):
         data = open(os.path.join(root, self.path.lstrip("/")), "rb").read()
         rng = self.headers.get("Range")
         count[0] += 1
-        if mode == "ranges" and rng and rng.startswith("bytes="):
+        if mode == "expire" and count[0] == 6:
+            self.send_response(403)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        if mode in ("ranges", "expire") and rng and rng.startswith("bytes="):
             a, b = rng[6:].split("-")
             a = int(a)
             b = min(int(b) if b else len(data) - 1, len(data) - 1)
@@ -357,7 +364,7 @@ class H(http.server.BaseHTTPRequestHandler):
             self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        cut = count[0] == 1 if mode == "plain" else count[0] % 3 == 0
+        cut = count[0] == 1 if mode == "plain" else (mode == "ranges" and count[0] % 3 == 0)
         if cut and len(body) > 1:
             self.wfile.write(body[: len(body) // 2])
             self.wfile.flush()
@@ -385,6 +392,32 @@ fn cutting_server(dir: &Path, root: &Path, mode: &str) -> (Peer, u16) {
     let mut peer = Peer(child);
     wait_for_port(port, &mut peer.0, "the cutting server");
     (peer, port)
+}
+
+#[test]
+fn a_refusal_after_the_url_was_opened_opens_it_again_and_the_copy_goes_on() {
+    if !tools() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let f = files(dir.path());
+    let t = dir.path().join("t.img");
+    let (_srv, port) = cutting_server(dir.path(), &f.root, "expire");
+    let url = format!("http://127.0.0.1:{port}/disk.raw");
+    let r = copy(
+        &url,
+        &t,
+        "sync",
+        &["--buf-size-in-64k", "1", "--http-connections", "1"],
+    );
+    let v = r.success("403 mid-copy");
+    assert!(num(&v, "retries") >= 1, "the refusal was retried: {v}");
+    assert!(
+        r.stderr.contains("expired token or signed URL"),
+        "{}",
+        r.stderr
+    );
+    assert_identical(&t, &f.root.join("disk.raw"), "403 mid-copy");
 }
 
 #[test]

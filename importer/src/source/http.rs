@@ -398,6 +398,21 @@ impl Shared {
                 {
                     format!("the server answered {}", r.status)
                 }
+                // The URL answered when it was opened: a refusal now is most likely a
+                // registry token or a signed URL that expired. Opening the source again
+                // (the job's reconnect, bounded by its retries) asks for fresh ones.
+                Ok(r)
+                    if r.status == StatusCode::UNAUTHORIZED
+                        || r.status == StatusCode::FORBIDDEN =>
+                {
+                    return Err(read_err(
+                        format!(
+                            "the server answered {} to a ranged GET at {at} (an expired token or signed URL?)",
+                            r.status
+                        ),
+                        Retry::Reconnect,
+                    ));
+                }
                 Ok(r) => {
                     return Err(read_err(
                         format!("the server answered {} to a ranged GET at {at}", r.status),
