@@ -47,6 +47,11 @@ pub struct TerminationMessage {
     /// VDDK sources only (omitted when `None`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vddk_info: Option<VddkInfo>,
+    /// Registry sources: labels from the image's `*KUBEVIRT_IO_*` environment (CDI's
+    /// `envsToLabels`), which CDI's controller copies onto the volume (omitted when
+    /// empty).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
     /// `Import Complete`.
     #[serde(default)]
     pub message: String,
@@ -59,6 +64,7 @@ impl Default for TerminationMessage {
             preallocation_applied: false,
             deadline_passed: None,
             vddk_info: None,
+            labels: std::collections::BTreeMap::new(),
             message: IMPORT_COMPLETE.to_string(),
         }
     }
@@ -90,8 +96,9 @@ impl TerminationMessage {
     }
 
     /// One line of JSON (no newline in it or after it), at most
-    /// [`TERMINATION_MESSAGE_MAX`] bytes: if longer, the longer of the VDDK host and
-    /// version is shortened first, then the other, then the message.
+    /// [`TERMINATION_MESSAGE_MAX`] bytes: if longer, the labels are dropped (the last
+    /// first), then the longer of the VDDK host and version is shortened, then the
+    /// other, then the message.
     pub fn to_line(&self) -> String {
         let mut m = self.clone();
         loop {
@@ -99,6 +106,9 @@ impl TerminationMessage {
             let excess = line.len().saturating_sub(TERMINATION_MESSAGE_MAX);
             if excess == 0 {
                 return line;
+            }
+            if m.labels.pop_last().is_some() {
+                continue;
             }
             // Removing `excess` raw bytes removes at least `excess` encoded bytes (JSON
             // escapes only lengthen), so each pass either fits or empties one field.
@@ -177,5 +187,19 @@ mod tests {
         assert!(line.len() <= TERMINATION_MESSAGE_MAX);
         assert!(TerminationMessage::parse(&line).is_ok());
         assert!(failure_line(&"é".repeat(5000)).len() <= TERMINATION_MESSAGE_MAX);
+        let mut m = TerminationMessage::import_complete();
+        for i in 0..100 {
+            m.labels
+                .insert(format!("instancetype.kubevirt.io/l{i:03}"), "v".repeat(60));
+        }
+        let line = m.to_line();
+        assert!(line.len() <= TERMINATION_MESSAGE_MAX);
+        let back = TerminationMessage::parse(&line).unwrap();
+        assert!(!back.labels.is_empty() && back.labels.len() < 100);
+        assert!(
+            back.labels.contains_key("instancetype.kubevirt.io/l000"),
+            "the first kept"
+        );
+        assert_eq!(back.message, IMPORT_COMPLETE);
     }
 }

@@ -3016,12 +3016,15 @@ fn cdi_registry_imports_a_container_disk_with_its_credentials_and_cert_dir() {
         ],
     );
     let image = |c: registry::Compression| {
-        registry::Image::new().layer(
-            registry::Layer::new(c)
-                .owner(107, 107)
-                .dir("disk/", 0o555)
-                .file("disk/disk.qcow2", &qcow2, 0o440),
-        )
+        registry::Image::new()
+            .env("PATH=/usr/bin")
+            .env("INSTANCETYPE_KUBEVIRT_IO_DEFAULT_INSTANCETYPE=u1.small")
+            .layer(
+                registry::Layer::new(c)
+                    .owner(107, 107)
+                    .dir("disk/", 0o555)
+                    .file("disk/disk.qcow2", &qcow2, 0o440),
+            )
     };
     let certs = dir.path().join("certs");
     std::fs::create_dir_all(&certs).unwrap();
@@ -3045,7 +3048,12 @@ fn cdi_registry_imports_a_container_disk_with_its_credentials_and_cert_dir() {
     );
     assert_termination_json(
         &pod,
-        &json!({"scratchSpaceRequired": false, "preallocationApplied": false, "message": "Import Complete"}),
+        &json!({
+            "scratchSpaceRequired": false,
+            "preallocationApplied": false,
+            "labels": {"instancetype.kubevirt.io/default-instancetype": "u1.small"},
+            "message": "Import Complete"
+        }),
         "registry, plain layer",
     );
     // A gzip layer holding a qcow2 needs scratch: without it CDI's contract (exit 0,

@@ -129,6 +129,7 @@ impl RegistryArgs {
             password: password.map(ferry::source::vddk::options::Secret::new),
             insecure: self.insecure_registry,
             architecture: self.arch.clone(),
+            labels: Default::default(),
         })
     }
 }

@@ -445,6 +445,7 @@ pub async fn run(a: ImportArgs, cfg: ImportConfig) -> anyhow::Result<()> {
                     version,
                     host: o.esx_host.unwrap_or_default(),
                 }),
+                labels: o.labels,
                 message: "Import Complete".into(),
                 ..TerminationMessage::default()
             };

@@ -58,6 +58,8 @@ pub struct Outcome {
     pub vddk_version: Option<String>,
     /// ESX host serving the VM, when known.
     pub esx_host: Option<String>,
+    /// A registry image's labels (CDI's termination message `labels`).
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// What the vSphere lookup found.
@@ -319,6 +321,7 @@ async fn blank(
         preallocation_applied,
         vddk_version: None,
         esx_host: None,
+        labels: Default::default(),
     })
 }
 
@@ -533,6 +536,7 @@ fn registry_options(
         password: cfg.password.clone(),
         insecure: cfg.insecure_tls,
         architecture: cfg.registry_architecture.clone(),
+        labels: Default::default(),
     }
 }
 
@@ -746,6 +750,7 @@ async fn unpack_archive(
         preallocation_applied: false,
         vddk_version: None,
         esx_host: None,
+        labels: Default::default(),
     })
 }
 
@@ -803,6 +808,11 @@ pub async fn run(
         // Read once in order: nothing to resume from.
         journal_path = None;
     }
+    // The registry image's labels (filled when it was opened; a reopen sets the same).
+    let labels = http
+        .as_ref()
+        .and_then(|h| h.registry.as_ref())
+        .map(|r| r.labels.clone());
     let reopen = reopener(cfg, vddk_opts, http, nbd, engine.clone());
     let plan = plan_for(cfg, changed);
     let keep_larger = plan.changes.is_some();
@@ -846,10 +856,12 @@ pub async fn run(
         stats,
         preallocation_applied,
     } = crate::job::run(job, progress.clone()).await?;
+    let labels = labels.map(|l| l.get()).unwrap_or_default();
     Ok(Outcome {
         stats,
         preallocation_applied,
         vddk_version: vddk_version_found,
         esx_host,
+        labels,
     })
 }

@@ -324,6 +324,48 @@ impl ImageConfig {
     }
 }
 
+/// Most labels taken from an image's environment.
+pub const MAX_ENV_LABELS: usize = 32;
+/// Longest label name or value taken.
+pub const MAX_ENV_LABEL_BYTES: usize = 256;
+/// What marks an environment variable as a label (CDI's `kubevirtEnvPrefix`).
+pub const KUBEVIRT_ENV_PREFIX: &str = "KUBEVIRT_IO_";
+
+/// CDI's `envsToLabels`: each `KEY=value` of the image config's environment whose key
+/// holds `KUBEVIRT_IO_` becomes a label: the part before it (`_` → `.`) and
+/// `kubevirt.io/`, then the part after it (`_` → `-`), lower-cased —
+/// `INSTANCETYPE_KUBEVIRT_IO_DEFAULT_INSTANCETYPE=u1.medium` is
+/// `instancetype.kubevirt.io/default-instancetype: u1.medium`. At most
+/// [`MAX_ENV_LABELS`], each name and value at most [`MAX_ENV_LABEL_BYTES`].
+pub fn env_labels(env: &[String]) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    for e in env {
+        let Some((k, v)) = e.split_once('=') else {
+            continue;
+        };
+        let Some((before, after)) = k.split_once(KUBEVIRT_ENV_PREFIX) else {
+            continue;
+        };
+        let mut label = String::new();
+        let before = before.strip_suffix('_').unwrap_or(before);
+        if !before.is_empty() {
+            label.push_str(&before.split('_').collect::<Vec<_>>().join("."));
+            label.push('.');
+        }
+        label.push_str("kubevirt.io/");
+        label.push_str(&after.split('_').collect::<Vec<_>>().join("-"));
+        let label = label.to_lowercase();
+        if label.len() > MAX_ENV_LABEL_BYTES || v.len() > MAX_ENV_LABEL_BYTES {
+            continue;
+        }
+        if out.len() >= MAX_ENV_LABELS {
+            break;
+        }
+        out.insert(label, v.to_string());
+    }
+    out
+}
+
 /// The digest of `bytes` in `alg:hex` form, with the algorithm of `like`.
 pub fn digest_of(bytes: &[u8], like: &str) -> String {
     use sha2::Digest as _;
@@ -474,6 +516,30 @@ mod tests {
                 .0
                 .contains("more than 256 layers")
         );
+    }
+
+    #[test]
+    fn kubevirt_env_becomes_labels_as_cdi_names_them() {
+        let env: Vec<String> = [
+            "PATH=/usr/bin",
+            "INSTANCETYPE_KUBEVIRT_IO_DEFAULT_INSTANCETYPE=u1.medium",
+            "INSTANCETYPE_KUBEVIRT_IO_DEFAULT_PREFERENCE=fedora",
+            "KUBEVIRT_IO_OS=linux",
+            "NOEQUALS_KUBEVIRT_IO_X",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let l = env_labels(&env);
+        assert_eq!(l.len(), 3, "{l:?}");
+        assert_eq!(
+            l["instancetype.kubevirt.io/default-instancetype"],
+            "u1.medium"
+        );
+        assert_eq!(l["instancetype.kubevirt.io/default-preference"], "fedora");
+        assert_eq!(l["kubevirt.io/os"], "linux");
+        let many: Vec<String> = (0..100).map(|i| format!("A{i}_KUBEVIRT_IO_B=c")).collect();
+        assert_eq!(env_labels(&many).len(), MAX_ENV_LABELS);
     }
 
     #[test]

@@ -57,6 +57,29 @@ pub struct RegistryOptions {
     /// The architecture to pick from an index, and that the image must say it is
     /// (CDI's `IMPORTER_REGISTRY_IMAGE_ARCHITECTURE`); None: the host's, unchecked.
     pub architecture: Option<String>,
+    /// Where the labels of the image's environment are left ([`manifest::env_labels`]),
+    /// for the termination message.
+    pub labels: ImageLabels,
+}
+
+/// The labels an image's environment gives, filled when it is opened.
+#[derive(Debug, Clone, Default)]
+pub struct ImageLabels(Arc<std::sync::Mutex<std::collections::BTreeMap<String, String>>>);
+
+impl ImageLabels {
+    /// The labels found (empty before the image was read, or when it has none).
+    pub fn get(&self) -> std::collections::BTreeMap<String, String> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+    fn set(&self, l: std::collections::BTreeMap<String, String>) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = l;
+    }
 }
 
 /// What went wrong with a registry source.
@@ -571,6 +594,12 @@ pub async fn open(spec: &str, opts: &RegistryOptions) -> Result<Input, Error> {
     tracing::info!(image = %reference, "pulling from the registry");
     let api = Api::connect(reference, opts).await?;
     let (digest, config, layers) = api.resolve(opts).await?;
+    let env = config
+        .config
+        .as_ref()
+        .and_then(|c| c.env.clone())
+        .unwrap_or_default();
+    opts.labels.set(manifest::env_labels(&env));
     tracing::info!(image = %api.what(), manifest = %digest, layers = layers.len(), architecture = %config.architecture, "image manifest read");
     disk::open(Arc::new(api), layers, opts.http.downloaded.clone()).await
 }
