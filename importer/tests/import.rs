@@ -3002,19 +3002,7 @@ fn cdi_registry_imports_a_container_disk_with_its_credentials_and_cert_dir() {
     let dir = tempfile::tempdir().unwrap();
     let raw = dir.path().join("disk.raw");
     std::fs::write(&raw, ferry_test_kit::mixed_disk(1 << 20, 2 << 20, 6 << 20)).unwrap();
-    let qcow2 = dir.path().join("disk.qcow2");
-    ferry_test_kit::sh(
-        "qemu-img",
-        &[
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "qcow2",
-            raw.to_str().unwrap(),
-            qcow2.to_str().unwrap(),
-        ],
-    );
+    let qcow2 = qcow2_of(&raw);
     let image = |c: registry::Compression| {
         registry::Image::new()
             .env("PATH=/usr/bin")

@@ -8,6 +8,7 @@
 mod common;
 #[path = "support/registry.rs"]
 mod registry;
+use registry::random_bytes;
 
 use std::path::{Path, PathBuf};
 
@@ -15,18 +16,6 @@ use common::*;
 use registry::{Auth, Compression, Format, Image, Index, Layer, Options, Registry};
 
 const MIB: usize = 1024 * 1024;
-
-fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x.to_le_bytes()[3]
-        })
-        .collect()
-}
 
 /// A raw disk: `len` bytes, random data in its first and third quarters, zeroes
 /// elsewhere.
@@ -38,24 +27,6 @@ fn raw_disk(dir: &Path, name: &str, len: usize, seed: u64) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, v).unwrap();
     p
-}
-
-/// `raw` as a qcow2 (qemu-img's), beside it.
-fn qcow2_of(raw: &Path) -> PathBuf {
-    let q = raw.with_extension("qcow2");
-    ferry_test_kit::sh(
-        "qemu-img",
-        &[
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "qcow2",
-            raw.to_str().unwrap(),
-            q.to_str().unwrap(),
-        ],
-    );
-    q
 }
 
 /// A containerDisk as KubeVirt's docs build it: `FROM scratch`, `ADD --chown=107:107

@@ -6,6 +6,7 @@
 
 #[path = "support/registry.rs"]
 mod registry;
+use registry::random_bytes;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -23,18 +24,6 @@ const MIB: usize = 1024 * 1024;
 /// Written straight to stderr, so libtest does not swallow it.
 fn note(msg: &str) {
     let _ = writeln!(std::io::stderr(), "{msg}");
-}
-
-fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x.to_le_bytes()[3]
-        })
-        .collect()
 }
 
 /// A raw disk of `len` random bytes in `dir`.

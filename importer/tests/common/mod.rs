@@ -659,3 +659,21 @@ impl Drop for FuseDisk {
         }
     }
 }
+
+/// `raw` converted to a qcow2 by qemu-img (uncompressed clusters), beside it.
+pub fn qcow2_of(raw: &Path) -> PathBuf {
+    let q = raw.with_extension("qcow2");
+    ferry_test_kit::sh(
+        "qemu-img",
+        &[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "qcow2",
+            raw.to_str().unwrap(),
+            q.to_str().unwrap(),
+        ],
+    );
+    q
+}
