@@ -41,7 +41,14 @@ fn container_disk(name: &str, disk: &Path, compression: Compression) -> Image {
 }
 
 fn tools() -> bool {
-    require(&["docker-registry", "skopeo", "qemu-img", "openssl", "cmp"])
+    require(&[
+        "docker-registry",
+        "skopeo",
+        "qemu-img",
+        "openssl",
+        "cmp",
+        "gzip",
+    ])
 }
 
 /// A directory holding the registry's CA, for `--http-ca-dir` / `IMPORTER_CERT_DIR`.
@@ -98,6 +105,22 @@ fn raw_disks_in_gzip_zstd_and_plain_layers_stream_into_the_target() {
         let v = r.success(repo);
         assert_eq!(num(&v, "bytes_read"), (6 * MIB) as u64, "{repo}");
         assert_identical(&dst, &disk, repo);
+        // A gzip'ed disk file inside the layer (disk.img.gz): decompressed too.
+        if c == Compression::None {
+            let gz = dir.path().join("disk.img.gz");
+            let out = std::process::Command::new("gzip")
+                .args(["-c", "-1", disk.to_str().unwrap()])
+                .output()
+                .unwrap();
+            std::fs::write(&gz, out.stdout).unwrap();
+            let p = reg.push(
+                &container_disk("disk.img.gz", &gz, c),
+                "disks/raw-gz-file:1",
+            );
+            let dst = dir.path().join("gz-file.img");
+            pull(&reg, &p.reference(), &dst, dir.path(), &[]).success("disk.img.gz");
+            assert_identical(&dst, &disk, "disk.img.gz in a plain layer");
+        }
         // By digest too (the manifest's digest checked against the reference).
         let dst2 = dir.path().join("by-digest.img");
         let _ = std::fs::remove_file(&dst2);
