@@ -26,6 +26,10 @@ pub const MAX_PENDING_HASH_BYTES: u64 = 32 << 20;
 pub const MAX_CHECKSUM_LEN: usize = 256;
 /// Bytes read at once to finish a random-access source's hash.
 pub const HASH_FILL_READ: u64 = 4 << 20;
+/// Farthest ahead of the hash a read that could not be kept may be for the gap before
+/// it to be read at once ([`HashingSource`]); more than [`MAX_PENDING_HASH_BYTES`], as
+/// only reads past that are dropped.
+pub const HASH_GAP_FILL: u64 = 2 * MAX_PENDING_HASH_BYTES;
 
 /// A hash algorithm CDI accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -202,21 +206,24 @@ impl ChecksumState {
         self.lock().at
     }
 
-    /// `bytes` were read at `offset`.
-    pub fn feed(&self, offset: u64, bytes: &[u8]) {
+    /// `bytes` were read at `offset`. False when they came too far ahead of the hash
+    /// to be kept ([`MAX_PENDING_HASH_BYTES`]): they are then dropped.
+    pub fn feed(&self, offset: u64, bytes: &[u8]) -> bool {
         let mut s = self.lock();
         let end = offset + bytes.len() as u64;
         if s.got.is_some() || end <= s.at || bytes.is_empty() {
-            return;
+            return true;
         }
         if offset > s.at {
-            if s.pending_bytes + bytes.len() as u64 <= MAX_PENDING_HASH_BYTES
-                && !s.pending.contains_key(&offset)
-            {
+            if s.pending.contains_key(&offset) {
+                return true;
+            }
+            if s.pending_bytes + bytes.len() as u64 <= MAX_PENDING_HASH_BYTES {
                 s.pending_bytes += bytes.len() as u64;
                 s.pending.insert(offset, bytes.to_vec());
+                return true;
             }
-            return;
+            return false;
         }
         let skip = crate::num::usize_of(s.at - offset);
         if let Some(h) = s.hasher.as_mut() {
@@ -239,6 +246,7 @@ impl ChecksumState {
                 s.at = vend;
             }
         }
+        true
     }
 
     /// The input ended at `len` bytes (all hashed): the digest is final.
@@ -323,12 +331,18 @@ impl Read for HashTee {
 pub struct HashingSource {
     inner: Arc<dyn Source>,
     state: Arc<ChecksumState>,
+    /// One gap read at a time.
+    filling: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl HashingSource {
     /// Hash what is read of `inner` into `state`.
     pub fn new(inner: Arc<dyn Source>, state: Arc<ChecksumState>) -> HashingSource {
-        HashingSource { inner, state }
+        HashingSource {
+            inner,
+            state,
+            filling: Arc::new(tokio::sync::Mutex::new(())),
+        }
     }
 }
 
@@ -355,10 +369,33 @@ impl Source for HashingSource {
         self.inner.changes(offset, len)
     }
     fn read(&self, offset: u64, buf: Buf) -> BoxFuture<'static, Result<Buf, Error>> {
-        let (inner, state) = (self.inner.clone(), self.state.clone());
+        let (inner, state, filling) =
+            (self.inner.clone(), self.state.clone(), self.filling.clone());
         Box::pin(async move {
             let buf = inner.read(offset, buf).await?;
-            state.feed(offset, buf.as_slice());
+            if state.feed(offset, buf.as_slice()) {
+                return Ok(buf);
+            }
+            // Too far ahead of the hash to be kept: before it lies a gap that no read of
+            // the copy closes (an image's metadata). Read what is missing of it now, once
+            // (what waits is taken as the hash reaches it), so the hash goes on instead
+            // of dropping every later read and reading the source again at the end.
+            if offset.saturating_sub(state.hashed()) <= HASH_GAP_FILL {
+                let _one = filling.lock().await;
+                loop {
+                    let at = state.hashed();
+                    if at >= offset {
+                        break;
+                    }
+                    let n = HASH_FILL_READ.min(offset - at);
+                    let bytes = crate::source::image::read_bytes(inner.as_ref(), at, n).await?;
+                    if bytes.is_empty() {
+                        break;
+                    }
+                    state.feed(at, &bytes);
+                }
+                state.feed(offset, buf.as_slice());
+            }
             Ok(buf)
         })
     }
