@@ -2729,15 +2729,20 @@ fn http_site(dir: &Path) -> Site {
     }
 }
 
-fn http_pod(url: &str) -> Pod {
+/// A pod for one of CDI's image sources (`http`, `registry`) reading `endpoint`.
+fn image_pod(source: &str, endpoint: &str) -> Pod {
     let mut pod = Pod::bare();
-    pod.set("IMPORTER_SOURCE", "http")
-        .set("IMPORTER_ENDPOINT", url)
+    pod.set("IMPORTER_SOURCE", source)
+        .set("IMPORTER_ENDPOINT", endpoint)
         .set("IMPORTER_CONTENTTYPE", "kubevirt")
         .set("OWNER_UID", OWNER_UID)
         .set("PREALLOCATION", "false")
         .set("INSECURE_TLS", "false");
     pod
+}
+
+fn http_pod(url: &str) -> Pod {
+    image_pod("http", url)
 }
 
 #[test]
@@ -2976,14 +2981,8 @@ fn cdi_archive_content_is_unpacked_into_the_volume() {
 // CDI's registry source (issue 12)
 
 fn registry_pod(reference: &str) -> Pod {
-    let mut pod = Pod::bare();
-    pod.set("IMPORTER_SOURCE", "registry")
-        .set("IMPORTER_ENDPOINT", reference)
-        .set("IMPORTER_CONTENTTYPE", "kubevirt")
-        .set("OWNER_UID", OWNER_UID)
-        .set("PREALLOCATION", "false")
-        .set("INSECURE_TLS", "false")
-        .set("IMPORTER_PULL_METHOD", "pod")
+    let mut pod = image_pod("registry", reference);
+    pod.set("IMPORTER_PULL_METHOD", "pod")
         .set("IMPORTER_REGISTRY_IMAGE_ARCHITECTURE", "");
     pod
 }

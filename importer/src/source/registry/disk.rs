@@ -325,17 +325,8 @@ fn open_layer(
         reader,
         check.clone(),
     )))));
-    let inner: Box<dyn Read + Send> = match Compression::of_layer(&d.media_type) {
-        Some(Compression::None) | None => Box::new(raw.clone()),
-        Some(Compression::Gzip) => Box::new(flate2_like(
-            ferry_convert::detect::Format::Gzip,
-            raw.clone(),
-        )?),
-        Some(Compression::Zstd) => Box::new(flate2_like(
-            ferry_convert::detect::Format::Zstd,
-            raw.clone(),
-        )?),
-    };
+    let compression = Compression::of_layer(&d.media_type).unwrap_or(Compression::None);
+    let inner = layer_decoder(compression, raw.clone())?;
     tracing::info!(layer = i, digest = %short(&d.digest), size = d.size, media_type = %d.media_type, "streaming layer");
     Ok(Layer {
         index: i,
@@ -347,11 +338,14 @@ fn open_layer(
     })
 }
 
-fn flate2_like(
-    f: ferry_convert::detect::Format,
-    raw: Shared,
-) -> Result<Box<dyn Read + Send>, Error> {
-    match ferry_convert::wrappers::decoder(f, Box::new(raw)) {
+/// `raw` decompressed as the layer's media type says (as it is for a plain tar).
+fn layer_decoder(c: Compression, raw: Shared) -> Result<Box<dyn Read + Send>, Error> {
+    let format = match c {
+        Compression::None => return Ok(Box::new(raw)),
+        Compression::Gzip => ferry_convert::detect::Format::Gzip,
+        Compression::Zstd => ferry_convert::detect::Format::Zstd,
+    };
+    match ferry_convert::wrappers::decoder(format, Box::new(raw)) {
         Some(Ok(d)) => Ok(d),
         Some(Err(e)) => Err(Error::Read {
             offset: 0,
