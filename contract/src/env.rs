@@ -73,6 +73,13 @@ pub const FERRY_METRICS_ADDR: &str = "FERRY_METRICS_ADDR";
 pub const FERRY_JOURNAL: &str = "FERRY_JOURNAL";
 /// Ferry: retries in a row without progress (`--retries`).
 pub const FERRY_RETRIES: &str = "FERRY_RETRIES";
+/// `ferry import` exits with the failure's kind (`ferry copy`'s exit statuses,
+/// [`crate::exit::ErrorKind::exit_code`]) instead of 1 when this is `kinds`. CDI does not
+/// set it (its controller only knows 0 and non-zero); ferry-controller sets it, so that it
+/// fails a disk at once on a kind a restart cannot mend.
+pub const FERRY_EXIT_CODES: &str = "FERRY_EXIT_CODES";
+/// The value of [`FERRY_EXIT_CODES`] that asks for the kinds' exit statuses.
+pub const EXIT_CODES_KINDS: &str = "kinds";
 /// Ferry: the log filter (tracing `EnvFilter` syntax).
 pub const FERRY_LOG: &str = "FERRY_LOG";
 /// Ferry: the termination message's path instead of `/dev/termination-log`.

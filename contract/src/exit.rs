@@ -93,6 +93,19 @@ impl ErrorKind {
         }
     }
 
+    /// The kind a `ferry copy` exit status (or `ferry import`'s under
+    /// [`crate::env::FERRY_EXIT_CODES`]) stands for; `None` for 0, the signal statuses
+    /// and anything else.
+    pub fn from_exit_code(code: i64) -> Option<ErrorKind> {
+        if code == i64::from(FAILURE) {
+            return Some(ErrorKind::Internal);
+        }
+        ErrorKind::ALL
+            .into_iter()
+            .filter(|k| *k != ErrorKind::Cancelled)
+            .find(|k| i64::from(k.exit_code()) == code)
+    }
+
     /// Whether letting the pod restart (trying again later, unchanged) can help.
     /// Fatal kinds need an operator or a different plan (a full copy).
     pub fn is_transient(self) -> bool {
@@ -121,5 +134,13 @@ mod tests {
         assert_eq!(ErrorKind::NeedsFullCopy.as_str(), "needs_full_copy");
         assert!(ErrorKind::SourceUnreachable.is_transient());
         assert!(!ErrorKind::Authentication.is_transient());
+        for k in ErrorKind::ALL {
+            if k != ErrorKind::Cancelled {
+                assert_eq!(ErrorKind::from_exit_code(i64::from(k.exit_code())), Some(k));
+            }
+        }
+        assert_eq!(ErrorKind::from_exit_code(0), None);
+        assert_eq!(ErrorKind::from_exit_code(143), None);
+        assert_eq!(ErrorKind::from_exit_code(-1), None);
     }
 }

@@ -77,7 +77,7 @@ fn main() -> ExitCode {
             let code = match ferry_error {
                 Some(ferry::Error::Cancelled("SIGINT")) => exit::CANCELLED_SIGINT,
                 Some(ferry::Error::Cancelled(_)) => exit::CANCELLED_SIGTERM,
-                _ if import => exit::FAILURE,
+                _ if import && !kind_exit_codes() => exit::FAILURE,
                 _ => kind.exit_code(),
             };
             tracing::warn!(kind = %kind, transient = kind.is_transient(), exit = code, "the job failed");
@@ -85,6 +85,13 @@ fn main() -> ExitCode {
             ExitCode::from(code)
         }
     }
+}
+
+/// ferry-controller asks `ferry import` for the kinds' exit statuses
+/// (`FERRY_EXIT_CODES=kinds`); CDI's controller does not.
+fn kind_exit_codes() -> bool {
+    std::env::var(ferry_contract::env::FERRY_EXIT_CODES)
+        .is_ok_and(|v| v == ferry_contract::env::EXIT_CODES_KINDS)
 }
 
 fn run(args: cli::Cli) -> anyhow::Result<()> {

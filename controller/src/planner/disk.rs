@@ -1,0 +1,585 @@
+//! One disk's rounds: CDI's multi-stage import (`checkpoint-util.go`) kept in a
+//! DiskImport's status instead of PVC annotations.
+//!
+//! - The next round is the first checkpoint whose `current` is not yet copied (a cold
+//!   import has one round, recorded as `""`). It is final when it is the last entry and
+//!   `finalCheckpoint` is set.
+//! - Each round is a new pod (`importer-<pvc>-checkpoint-<current>`), created only
+//!   once every other pod of the disk is gone: never two writers on one PVC.
+//! - A pod needs a slot on its host (and vCenter) first; [`super::slots`] decides who
+//!   gets one, first come first served.
+//! - A pod's success is recorded once (by its UID), then the next round starts; with
+//!   no next checkpoint a warm disk is `Paused` (holding no slot), a final one
+//!   `Succeeded`.
+//! - The container restarts in place (`restartPolicy: OnFailure`); more than the budget
+//!   of restarts with no progress in between, or an exit whose kind a restart cannot
+//!   mend, fails the disk at once.
+
+use std::time::Duration;
+
+use ferry_contract::exit::ErrorKind;
+use ferry_contract::termination::TerminationMessage;
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use super::observe::{PodPhase, PodView, Scrape};
+use crate::crd::{Checkpoint, DiskImportSpec, DiskImportStatus, DiskPhase, VddkStatus};
+use crate::names;
+
+/// Restarts without progress before a disk fails (Forklift's IMPORTER_RETRY).
+pub const DEFAULT_RESTART_BUDGET: u32 = 3;
+/// Largest restart budget a spec may ask for.
+pub const MAX_RESTART_BUDGET: u32 = 100;
+/// How soon to look again while a pod runs or goes away (CDI requeues every 2 s).
+pub const POLL: Duration = Duration::from_secs(2);
+/// How soon a disk waiting for a slot looks again (slot releases also wake it).
+pub const SLOT_POLL: Duration = Duration::from_secs(10);
+/// At most one progress-only status write per disk this often.
+pub const PROGRESS_WRITE_INTERVAL: Duration = Duration::from_secs(5);
+/// The round key of a cold (single, full) copy in `checkpointsCopied`.
+pub const COLD_ROUND: &str = "";
+
+/// One round of a disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Round {
+    /// 1 for the first.
+    pub index: u32,
+    /// The checkpoint, `None` for a cold copy.
+    pub checkpoint: Option<Checkpoint>,
+    /// The final round (cold copies are final).
+    pub last: bool,
+}
+
+impl Round {
+    /// What `checkpointsCopied` records for it.
+    pub fn key(&self) -> &str {
+        self.checkpoint
+            .as_ref()
+            .map_or(COLD_ROUND, |c| c.current.as_str())
+    }
+
+    /// Its pod's name.
+    pub fn pod_name(&self, pvc: &str) -> String {
+        names::pod_name(pvc, self.checkpoint.as_ref().map(|c| c.current.as_str()))
+    }
+
+    /// A full copy (cold, or a warm disk's first round).
+    pub fn is_full(&self) -> bool {
+        self.checkpoint
+            .as_ref()
+            .is_none_or(|c| c.previous.is_empty())
+    }
+}
+
+/// What is next for a disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    /// Copy this round.
+    Copy(Round),
+    /// Every checkpoint given is copied, and none was final: wait for more.
+    AwaitCheckpoint,
+    /// The final (or only) round is copied.
+    Done,
+}
+
+/// CDI's `GetNextCheckpoint`, over `checkpointsCopied`.
+pub fn next_round(spec: &DiskImportSpec, status: &DiskImportStatus) -> Next {
+    let copied = |k: &str| status.checkpoints_copied.iter().any(|c| c == k);
+    if spec.checkpoints.is_empty() {
+        return if copied(COLD_ROUND) {
+            Next::Done
+        } else {
+            Next::Copy(Round {
+                index: 1,
+                checkpoint: None,
+                last: true,
+            })
+        };
+    }
+    let n = spec.checkpoints.len();
+    for (i, c) in spec.checkpoints.iter().enumerate() {
+        if !copied(&c.current) {
+            return Next::Copy(Round {
+                index: u32::try_from(i + 1).unwrap_or(u32::MAX),
+                checkpoint: Some(c.clone()),
+                last: spec.final_checkpoint && i + 1 == n,
+            });
+        }
+    }
+    if spec.final_checkpoint {
+        Next::Done
+    } else {
+        Next::AwaitCheckpoint
+    }
+}
+
+/// Whether this disk may take slots now (from [`super::slots::admit`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// It may.
+    Admitted,
+    /// Not yet: this says why (`host esx1: 10 of 10 in use`).
+    Refused(String),
+}
+
+/// Everything one decision about a disk needs.
+#[derive(Debug, Clone)]
+pub struct DiskInput<'a> {
+    /// Its spec.
+    pub spec: &'a DiskImportSpec,
+    /// Its status as last written.
+    pub status: &'a DiskImportStatus,
+    /// Its pods.
+    pub pods: &'a [PodView],
+    /// Whether its PVC exists.
+    pub pvc_exists: bool,
+    /// Whether it may take a slot (asked only when it needs one).
+    pub admission: Admission,
+    /// Progress scraped from the current round's pod.
+    pub scrape: Option<Scrape>,
+    /// Now.
+    pub now: Timestamp,
+}
+
+/// Something to do about a disk, in order; the reconciler stops at the first that
+/// fails and plans again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiskAction {
+    /// Create the PVC.
+    CreatePvc,
+    /// Take the disk's slots (its host's, and its vCenter's); a refusal (another
+    /// controller took the last) stops here.
+    AcquireSlots,
+    /// Create the pod of this round.
+    CreatePod(Round),
+    /// Delete a pod (gracefully: SIGTERM lets `ferry import` close VDDK and end).
+    DeletePod(String),
+    /// Give the slots back.
+    ReleaseSlots,
+    /// Record an event on the DiskImport.
+    Event {
+        /// `Normal` or `Warning`.
+        warning: bool,
+        /// CamelCase reason.
+        reason: &'static str,
+        /// One line.
+        note: String,
+    },
+}
+
+/// A decision: the status to write, what to do, when to look again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DiskDecision {
+    /// The new status.
+    pub status: DiskImportStatus,
+    /// In order.
+    pub actions: Vec<DiskAction>,
+    /// Look again after this long (`None`: only on a change).
+    pub requeue: Option<Duration>,
+}
+
+fn time(t: Timestamp) -> Time {
+    Time(t)
+}
+
+fn restart_budget(spec: &DiskImportSpec) -> u32 {
+    spec.pod
+        .restart_budget
+        .unwrap_or(DEFAULT_RESTART_BUDGET)
+        .min(MAX_RESTART_BUDGET)
+}
+
+/// `NN.N%` of done over total (empty while the total is unknown).
+pub fn percent(done: u64, total: u64) -> String {
+    if total == 0 {
+        return String::new();
+    }
+    // Display only: f64 is exact enough for a percentage with one decimal.
+    #[allow(clippy::cast_precision_loss)]
+    let p = (done.min(total) as f64) * 100.0 / (total as f64);
+    format!("{p:.1}%")
+}
+
+struct Plan<'a> {
+    input: &'a DiskInput<'a>,
+    status: DiskImportStatus,
+    actions: Vec<DiskAction>,
+}
+
+impl Plan<'_> {
+    fn event(&mut self, warning: bool, reason: &'static str, note: String) {
+        self.actions.push(DiskAction::Event {
+            warning,
+            reason,
+            note,
+        });
+    }
+
+    fn release(&mut self) {
+        if !self.status.slots.is_empty() {
+            self.actions.push(DiskAction::ReleaseSlots);
+            self.status.slots.clear();
+        }
+    }
+
+    /// Delete every pod that is still there (those already going are waited for), but
+    /// keep finished pods when `keep_finished`. Returns whether any pod still exists
+    /// that is or may be writing.
+    fn clear_pods(&mut self, keep: Option<&str>, keep_finished: bool) -> bool {
+        let mut busy = false;
+        for p in self.input.pods {
+            if Some(p.name.as_str()) == keep {
+                continue;
+            }
+            if p.deleting {
+                busy = true;
+            } else if p.is_finished() {
+                if !keep_finished {
+                    self.actions.push(DiskAction::DeletePod(p.name.clone()));
+                }
+            } else {
+                busy = true;
+                self.actions.push(DiskAction::DeletePod(p.name.clone()));
+            }
+        }
+        busy
+    }
+
+    fn fail(&mut self, message: String) -> Option<Duration> {
+        self.status.phase = DiskPhase::Failed;
+        self.event(true, "ImportFailed", message.clone());
+        self.status.message = message;
+        self.release();
+        let busy = self.clear_pods(None, true);
+        busy.then_some(POLL)
+    }
+
+    fn finish(self, requeue: Option<Duration>) -> DiskDecision {
+        DiskDecision {
+            status: self.status,
+            actions: self.actions,
+            requeue,
+        }
+    }
+}
+
+/// Decide what to do about one disk.
+pub fn plan_disk(input: &DiskInput<'_>) -> DiskDecision {
+    let mut plan = Plan {
+        input,
+        status: input.status.clone(),
+        actions: Vec::new(),
+    };
+    let spec = input.spec;
+    let retain = spec.pod.retain;
+
+    if spec.cancel {
+        if plan.status.phase != DiskPhase::Canceled {
+            plan.event(false, "ImportCanceled", "the import was canceled".into());
+        }
+        plan.status.phase = DiskPhase::Canceled;
+        plan.status.message = "canceled".into();
+        plan.release();
+        let busy = plan.clear_pods(None, false);
+        return plan.finish(busy.then_some(POLL));
+    }
+    if plan.status.phase == DiskPhase::Failed {
+        plan.release();
+        let busy = plan.clear_pods(None, true);
+        return plan.finish(busy.then_some(POLL));
+    }
+
+    let round = match next_round(spec, &plan.status) {
+        Next::Done => {
+            if plan.status.phase != DiskPhase::Succeeded {
+                plan.event(
+                    false,
+                    "ImportSucceeded",
+                    format!("{} rounds copied", plan.status.round.max(1)),
+                );
+            }
+            plan.status.phase = DiskPhase::Succeeded;
+            plan.status.message.clear();
+            plan.status.pod_name = None;
+            plan.release();
+            let busy = plan.clear_pods(None, retain);
+            return plan.finish(busy.then_some(POLL));
+        }
+        Next::AwaitCheckpoint => {
+            let copied_any = !plan.status.checkpoints_copied.is_empty();
+            if copied_any && plan.status.phase != DiskPhase::Paused {
+                plan.event(
+                    false,
+                    "ImportPaused",
+                    format!(
+                        "round {} copied; waiting for the next checkpoint",
+                        plan.status.round
+                    ),
+                );
+            }
+            plan.status.phase = if copied_any {
+                DiskPhase::Paused
+            } else {
+                DiskPhase::Pending
+            };
+            plan.status.message = "waiting for a checkpoint".into();
+            plan.status.pod_name = None;
+            plan.release();
+            let busy = plan.clear_pods(None, retain);
+            return plan.finish(busy.then_some(POLL));
+        }
+        Next::Copy(round) => round,
+    };
+
+    let pod_name = round.pod_name(&spec.pvc.name);
+    // One writer per PVC: every other pod of this disk goes first.
+    if plan.clear_pods(Some(&pod_name), retain) {
+        plan.status.message =
+            "waiting for the previous round's pod to end (one writer per volume)".into();
+        return plan.finish(Some(POLL));
+    }
+    if !input.pvc_exists {
+        if spec.pvc.storage_class.is_some()
+            || spec.pvc.size.is_some()
+            || spec.pvc.access_mode.is_some()
+            || !spec.plan.is_empty()
+        {
+            plan.actions.push(DiskAction::CreatePvc);
+        }
+        plan.status.phase = DiskPhase::Pending;
+        plan.status.message = format!("waiting for PVC {}", spec.pvc.name);
+        return plan.finish(Some(POLL));
+    }
+
+    let Some(pod) = input.pods.iter().find(|p| p.name == pod_name) else {
+        return start_round(plan, round, pod_name);
+    };
+    if pod.deleting {
+        plan.status.message = format!("waiting for pod {pod_name} to go");
+        return plan.finish(Some(POLL));
+    }
+    follow_pod(plan, round, pod)
+}
+
+fn start_round(mut plan: Plan<'_>, round: Round, pod_name: String) -> DiskDecision {
+    let input = plan.input;
+    if plan.status.slots.is_empty() {
+        if let Admission::Refused(why) = &input.admission {
+            if plan.status.phase != DiskPhase::Waiting {
+                plan.event(false, "WaitingForSlot", why.clone());
+            }
+            plan.status.phase = DiskPhase::Waiting;
+            plan.status.message = why.clone();
+            plan.status.queued_at.get_or_insert(time(input.now));
+            return plan.finish(Some(SLOT_POLL));
+        }
+        plan.actions.push(DiskAction::AcquireSlots);
+    }
+    let fresh_round = plan.status.pod_name.as_deref() != Some(pod_name.as_str());
+    if fresh_round {
+        plan.status.round = round.index;
+        plan.status.restarts = 0;
+        plan.status.restarts_at_progress = 0;
+        plan.status.pods_failed = 0;
+        plan.status.bytes_done = 0;
+        plan.status.bytes_total = if round.is_full() {
+            input.spec.capacity
+        } else {
+            0
+        };
+        plan.status.progress = percent(0, plan.status.bytes_total);
+        plan.event(
+            false,
+            "RoundStarted",
+            format!(
+                "round {}{} started ({})",
+                round.index,
+                if round.last { ", the final one," } else { "" },
+                if round.is_full() {
+                    "full copy"
+                } else {
+                    "changed blocks"
+                }
+            ),
+        );
+    }
+    plan.status.phase = DiskPhase::Scheduled;
+    plan.status.pod_name = Some(pod_name);
+    plan.status.queued_at = None;
+    plan.status.message.clear();
+    plan.actions.push(DiskAction::CreatePod(round));
+    plan.finish(Some(POLL))
+}
+
+fn follow_pod(mut plan: Plan<'_>, round: Round, pod: &PodView) -> DiskDecision {
+    let input = plan.input;
+    let spec = input.spec;
+    plan.status.pod_name = Some(pod.name.clone());
+    plan.status.restarts = pod.restarts;
+
+    if let Some(s) = input.scrape {
+        if s.size > 0 {
+            if s.covered > plan.status.bytes_done || s.size != plan.status.bytes_total {
+                if s.covered > plan.status.bytes_done {
+                    plan.status.restarts_at_progress = pod.restarts;
+                    plan.status.pods_failed = 0;
+                }
+                plan.status.bytes_done = s.covered;
+                plan.status.bytes_total = s.size;
+            }
+            plan.status.progress = percent(plan.status.bytes_done, plan.status.bytes_total);
+        }
+    }
+
+    let succeeded =
+        pod.phase == PodPhase::Succeeded || pod.exit.as_ref().is_some_and(|e| e.code == 0);
+    if succeeded {
+        let key = round.key().to_string();
+        if !plan.status.copied_by.iter().any(|u| u == &pod.uid) {
+            plan.status.copied_by.push(pod.uid.clone());
+            if !plan.status.checkpoints_copied.contains(&key) {
+                plan.status.checkpoints_copied.push(key);
+            }
+            if let Some(m) = pod
+                .exit
+                .as_ref()
+                .and_then(|e| TerminationMessage::parse(&e.message).ok())
+            {
+                if let Some(v) = m.vddk_info {
+                    plan.status.vddk = Some(VddkStatus {
+                        version: v.version,
+                        host: v.host,
+                    });
+                }
+            }
+            plan.status.bytes_done = plan.status.bytes_total;
+            plan.status.progress = percent(plan.status.bytes_done, plan.status.bytes_total);
+            plan.event(
+                false,
+                "RoundCompleted",
+                format!("round {} copied by pod {}", round.index, pod.name),
+            );
+        }
+        plan.release();
+        if !spec.pod.retain {
+            plan.actions.push(DiskAction::DeletePod(pod.name.clone()));
+        }
+        plan.status.message.clear();
+        return plan.finish(Some(Duration::ZERO));
+    }
+
+    if let Some(exit) = pod.latest_failure() {
+        let kind = ErrorKind::from_exit_code(i64::from(exit.code));
+        if let Some(kind) = kind.filter(|k| !k.is_transient()) {
+            let message = format!("{kind}: {}", one_line(&exit.message, exit.code));
+            let r = plan.fail(message);
+            return plan.finish(r);
+        }
+    }
+    if pod.phase == PodPhase::Failed {
+        // Evicted, or ended for good: a new pod resumes from the journal.
+        let message = pod.latest_failure().map_or_else(
+            || "the pod failed".to_string(),
+            |e| one_line(&e.message, e.code),
+        );
+        let spent = pod
+            .restarts
+            .saturating_sub(plan.status.restarts_at_progress)
+            + plan.status.pods_failed
+            + 1;
+        if spent > restart_budget(spec) {
+            let r = plan.fail(format!("restart budget exhausted: {message}"));
+            return plan.finish(r);
+        }
+        plan.event(
+            true,
+            "PodFailed",
+            format!("pod {} failed ({message}); starting a new one", pod.name),
+        );
+        plan.actions.push(DiskAction::DeletePod(pod.name.clone()));
+        // The new pod counts its restarts from 0: carry what this one spent.
+        plan.status.pods_failed = spent;
+        plan.status.restarts_at_progress = 0;
+        return plan.finish(Some(POLL));
+    }
+    let spent = pod
+        .restarts
+        .saturating_sub(plan.status.restarts_at_progress)
+        + plan.status.pods_failed;
+    if spent > restart_budget(spec) {
+        let message = pod.latest_failure().map_or_else(
+            || "no reason given".to_string(),
+            |e| one_line(&e.message, e.code),
+        );
+        let r = plan.fail(format!(
+            "restart budget exhausted ({spent} restarts without progress, budget {}): {message}",
+            restart_budget(spec)
+        ));
+        return plan.finish(r);
+    }
+    if pod.restarts > input.status.restarts {
+        let message = pod
+            .latest_failure()
+            .map_or_else(String::new, |e| one_line(&e.message, e.code));
+        plan.event(
+            true,
+            "ImporterRestarted",
+            format!("restart {} of pod {}: {message}", pod.restarts, pod.name),
+        );
+    }
+    match pod.waiting_reason.as_deref() {
+        Some(r @ ("ImagePullBackOff" | "ErrImagePull" | "InvalidImageName")) => {
+            plan.status.message = format!("ImagePullFailed: {r}");
+        }
+        Some(r) => plan.status.message = r.to_string(),
+        None => plan.status.message.clear(),
+    }
+    plan.status.phase = if pod.running {
+        DiskPhase::Running
+    } else {
+        DiskPhase::Scheduled
+    };
+    plan.finish(Some(POLL))
+}
+
+/// A failure message on one line, with the exit status when there is no message.
+fn one_line(message: &str, code: i32) -> String {
+    let m = ferry_contract::termination::failure_line(message);
+    if m.is_empty() {
+        format!("exit status {code}")
+    } else {
+        m
+    }
+}
+
+/// Whether a new status is worth writing now: anything but progress at once; progress
+/// alone at most every [`PROGRESS_WRITE_INTERVAL`]. Returns the status to write (with
+/// `progressUpdatedAt` stamped) or `None`.
+pub fn status_to_write(
+    old: &DiskImportStatus,
+    new: &DiskImportStatus,
+    now: Timestamp,
+) -> Option<DiskImportStatus> {
+    if old == new {
+        return None;
+    }
+    let mut without_progress = new.clone();
+    without_progress.bytes_done = old.bytes_done;
+    without_progress.bytes_total = old.bytes_total;
+    without_progress.progress = old.progress.clone();
+    without_progress.restarts_at_progress = old.restarts_at_progress;
+    without_progress.progress_updated_at = old.progress_updated_at.clone();
+    let only_progress = &without_progress == old;
+    let due = old
+        .progress_updated_at
+        .as_ref()
+        .is_none_or(|t| now.duration_since(t.0).unsigned_abs() >= PROGRESS_WRITE_INTERVAL);
+    if only_progress && !due {
+        return None;
+    }
+    let mut out = new.clone();
+    if out.progress != old.progress || out.bytes_done != old.bytes_done {
+        out.progress_updated_at = Some(time(now));
+    }
+    Some(out)
+}
