@@ -583,3 +583,321 @@ pub fn status_to_write(
     }
     Some(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::observe::Exit;
+    use super::*;
+    use crate::crd::PvcTarget;
+
+    fn now() -> Timestamp {
+        Timestamp::from_second(1_800_000_000).unwrap()
+    }
+
+    fn spec(checkpoints: &[(&str, &str)], last: bool) -> DiskImportSpec {
+        DiskImportSpec {
+            plan: "p".into(),
+            source_key: "esx1".into(),
+            pvc: PvcTarget { name: "vm1-disk-0".into(), ..Default::default() },
+            capacity: 1 << 30,
+            checkpoints: checkpoints
+                .iter()
+                .map(|(p, c)| Checkpoint { previous: (*p).into(), current: (*c).into() })
+                .collect(),
+            final_checkpoint: last,
+            ..Default::default()
+        }
+    }
+
+    fn pod(name: &str, phase: PodPhase) -> PodView {
+        PodView {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            phase,
+            deleting: false,
+            restarts: 0,
+            running: phase == PodPhase::Running,
+            waiting_reason: None,
+            exit: (phase == PodPhase::Succeeded).then(|| Exit {
+                code: 0,
+                reason: "Completed".into(),
+                message: r#"{"scratchSpaceRequired":false,"preallocationApplied":false,"vddkInfo":{"Version":"8.0.3","Host":"esx1"},"message":"Import Complete"}"#.into(),
+            }),
+            last_exit: None,
+            ip: Some("10.0.0.7".into()),
+        }
+    }
+
+    fn run(spec: &DiskImportSpec, status: &DiskImportStatus, pods: &[PodView]) -> DiskDecision {
+        plan_disk(&DiskInput {
+            spec,
+            status,
+            pods,
+            pvc_exists: true,
+            admission: Admission::Admitted,
+            scrape: None,
+            now: now(),
+        })
+    }
+
+    fn kinds(d: &DiskDecision) -> Vec<String> {
+        d.actions
+            .iter()
+            .filter(|a| !matches!(a, DiskAction::Event { .. }))
+            .map(|a| match a {
+                DiskAction::CreatePod(r) => format!("create {}", r.pod_name("vm1-disk-0")),
+                DiskAction::DeletePod(n) => format!("delete {n}"),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    }
+
+    fn events(d: &DiskDecision) -> Vec<&'static str> {
+        d.actions
+            .iter()
+            .filter_map(|a| match a {
+                DiskAction::Event { reason, .. } => Some(*reason),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_cold_disk_takes_a_slot_creates_one_pod_and_succeeds_once() {
+        let s = spec(&[], false);
+        let d = run(&s, &DiskImportStatus::default(), &[]);
+        assert_eq!(kinds(&d), ["AcquireSlots", "create importer-vm1-disk-0"]);
+        assert_eq!(d.status.phase, DiskPhase::Scheduled);
+        assert_eq!((d.status.round, d.status.bytes_total), (1, 1 << 30));
+        assert_eq!(events(&d), ["RoundStarted"]);
+
+        let mut st = d.status.clone();
+        st.slots = vec!["ferry-slot-host-esx1-0".into()];
+        let running = run(&s, &st, &[pod("importer-vm1-disk-0", PodPhase::Running)]);
+        assert_eq!(running.status.phase, DiskPhase::Running);
+        assert!(kinds(&running).is_empty());
+
+        let done = run(&s, &running.status, &[pod("importer-vm1-disk-0", PodPhase::Succeeded)]);
+        assert_eq!(kinds(&done), ["ReleaseSlots", "delete importer-vm1-disk-0"]);
+        assert_eq!(done.status.checkpoints_copied, [COLD_ROUND]);
+        assert_eq!(done.status.vddk, Some(VddkStatus { version: "8.0.3".into(), host: "esx1".into() }));
+        assert_eq!(done.requeue, Some(Duration::ZERO));
+        // The same pod seen again (its deletion not yet observed) is not counted twice.
+        let again = run(&s, &done.status, &[pod("importer-vm1-disk-0", PodPhase::Succeeded)]);
+        assert_eq!(again.status.phase, DiskPhase::Succeeded);
+        assert_eq!(again.status.copied_by.len(), 1);
+        assert_eq!(events(&again), ["ImportSucceeded"]);
+        let idle = run(&s, &again.status, &[]);
+        assert!(idle.actions.is_empty() && idle.requeue.is_none());
+    }
+
+    #[test]
+    fn warm_rounds_pause_between_checkpoints_and_never_overlap() {
+        let mut s = spec(&[("", "snapshot-1")], false);
+        let mut st = run(&s, &DiskImportStatus::default(), &[]).status;
+        st.slots = vec!["slot".into()];
+        let p1 = "importer-vm1-disk-0-checkpoint-snapshot-1";
+        let d = run(&s, &st, &[pod(p1, PodPhase::Succeeded)]);
+        let d = run(&s, &d.status, &[]);
+        assert_eq!(d.status.phase, DiskPhase::Paused);
+        assert_eq!(events(&d), ["ImportPaused"]);
+        assert!(d.status.slots.is_empty());
+
+        // The caller appends a checkpoint: the next round is a delta, total unknown until scraped.
+        s.checkpoints.push(Checkpoint { previous: "52 aa-bb/1".into(), current: "snapshot-2".into() });
+        let d2 = run(&s, &d.status, &[]);
+        assert_eq!(kinds(&d2), ["AcquireSlots", "create importer-vm1-disk-0-checkpoint-snapshot-2"]);
+        assert_eq!((d2.status.round, d2.status.bytes_total), (2, 0));
+
+        // A previous round's pod still running (its deletion not yet seen) blocks the next one.
+        let mut old = pod(p1, PodPhase::Running);
+        let blocked = run(&s, &d.status, std::slice::from_ref(&old));
+        assert_eq!(kinds(&blocked), [format!("delete {p1}")]);
+        old.deleting = true;
+        let blocked = run(&s, &d.status, &[old]);
+        assert!(kinds(&blocked).is_empty());
+        assert!(blocked.status.message.contains("one writer"));
+
+        // The final checkpoint: success ends the disk.
+        s.checkpoints.push(Checkpoint { previous: "52 aa-bb/2".into(), current: "snapshot-3".into() });
+        s.final_checkpoint = true;
+        let mut st = d2.status.clone();
+        st.checkpoints_copied.push("snapshot-2".into());
+        let last = run(&s, &st, &[]);
+        assert!(matches!(&last.actions[..], [DiskAction::AcquireSlots, DiskAction::Event { .. }, DiskAction::CreatePod(Round { last: true, index: 3, .. })]), "{:?}", last.actions);
+    }
+
+    #[test]
+    fn a_full_host_makes_the_disk_wait_in_line() {
+        let s = spec(&[], false);
+        let st = DiskImportStatus::default();
+        let d = plan_disk(&DiskInput {
+            spec: &s,
+            status: &st,
+            pods: &[],
+            pvc_exists: true,
+            admission: Admission::Refused("host:esx1: 4 of 4 disks in flight".into()),
+            scrape: None,
+            now: now(),
+        });
+        assert_eq!(d.status.phase, DiskPhase::Waiting);
+        assert_eq!(d.status.queued_at, Some(Time(now())));
+        assert!(kinds(&d).is_empty());
+        assert_eq!(d.requeue, Some(SLOT_POLL));
+    }
+
+    #[test]
+    fn restarts_without_progress_spend_the_budget_and_progress_resets_it() {
+        let s = spec(&[], false);
+        let mut st = run(&s, &DiskImportStatus::default(), &[]).status;
+        st.slots = vec!["slot".into()];
+        let mut p = pod("importer-vm1-disk-0", PodPhase::Running);
+        p.restarts = 3;
+        p.last_exit = Some(Exit { code: 3, reason: "Error".into(), message: "Unable to process data: connection refused".into() });
+        let d = run(&s, &st, std::slice::from_ref(&p));
+        assert_eq!(d.status.phase, DiskPhase::Running, "3 restarts is within the budget of 3");
+        assert_eq!(events(&d), ["ImporterRestarted"]);
+
+        // Progress at restart 3 moves the baseline: 3 more are allowed.
+        let with_progress = plan_disk(&DiskInput {
+            spec: &s,
+            status: &d.status,
+            pods: std::slice::from_ref(&p),
+            pvc_exists: true,
+            admission: Admission::Admitted,
+            scrape: Some(Scrape { covered: 1 << 20, size: 1 << 30 }),
+            now: now(),
+        });
+        assert_eq!(with_progress.status.restarts_at_progress, 3);
+        assert_eq!(with_progress.status.progress, "0.1%");
+        p.restarts = 6;
+        assert_eq!(run(&s, &with_progress.status, std::slice::from_ref(&p)).status.phase, DiskPhase::Running);
+        p.restarts = 7;
+        let failed = run(&s, &with_progress.status, std::slice::from_ref(&p));
+        assert_eq!(failed.status.phase, DiskPhase::Failed);
+        assert!(failed.status.message.starts_with("restart budget exhausted (4 restarts without progress, budget 3): Unable to process data: connection refused"), "{}", failed.status.message);
+        assert_eq!(kinds(&failed), ["ReleaseSlots", "delete importer-vm1-disk-0"]);
+    }
+
+    #[test]
+    fn a_fatal_exit_kind_fails_at_once_and_a_transient_one_restarts() {
+        let s = spec(&[], false);
+        let mut st = run(&s, &DiskImportStatus::default(), &[]).status;
+        st.slots = vec!["slot".into()];
+        let mut p = pod("importer-vm1-disk-0", PodPhase::Running);
+        p.restarts = 1;
+        p.last_exit = Some(Exit { code: 4, reason: "Error".into(), message: "Unable to process data: login refused".into() });
+        let d = run(&s, &st, std::slice::from_ref(&p));
+        assert_eq!(d.status.phase, DiskPhase::Failed);
+        assert_eq!(d.status.message, "authentication: Unable to process data: login refused");
+        p.last_exit = Some(Exit { code: 3, reason: "Error".into(), message: String::new() });
+        assert_eq!(run(&s, &st, &[p]).status.phase, DiskPhase::Running);
+    }
+
+    #[test]
+    fn an_evicted_pod_is_replaced_and_counts_against_the_budget() {
+        let s = spec(&[], false);
+        let mut st = run(&s, &DiskImportStatus::default(), &[]).status;
+        st.slots = vec!["slot".into()];
+        let mut p = pod("importer-vm1-disk-0", PodPhase::Failed);
+        p.restarts = 2;
+        let d = run(&s, &st, std::slice::from_ref(&p));
+        assert_eq!(kinds(&d), ["delete importer-vm1-disk-0"]);
+        assert_eq!(d.status.pods_failed, 3);
+        let again = run(&s, &d.status, &[]);
+        assert_eq!(kinds(&again), ["create importer-vm1-disk-0"], "slots are still held");
+        p.restarts = 0;
+        let out = run(&s, &again.status, &[p]);
+        assert_eq!(out.status.phase, DiskPhase::Failed);
+    }
+
+    #[test]
+    fn cancel_deletes_running_pods_and_releases_slots() {
+        let mut s = spec(&[("", "snapshot-1")], false);
+        let mut st = run(&s, &DiskImportStatus::default(), &[]).status;
+        st.slots = vec!["slot".into()];
+        s.cancel = true;
+        let d = run(&s, &st, &[pod("importer-vm1-disk-0-checkpoint-snapshot-1", PodPhase::Running)]);
+        assert_eq!(d.status.phase, DiskPhase::Canceled);
+        assert_eq!(kinds(&d), ["ReleaseSlots", "delete importer-vm1-disk-0-checkpoint-snapshot-1"]);
+        assert_eq!(d.requeue, Some(POLL));
+        assert_eq!(run(&s, &d.status, &[]).requeue, None);
+    }
+
+    #[test]
+    fn retained_pods_stay_until_the_disk_is_archived() {
+        let mut s = spec(&[], false);
+        s.pod.retain = true;
+        let mut st = run(&s, &DiskImportStatus::default(), &[]).status;
+        st.slots = vec!["slot".into()];
+        let done = run(&s, &st, &[pod("importer-vm1-disk-0", PodPhase::Succeeded)]);
+        assert_eq!(kinds(&done), ["ReleaseSlots"]);
+        let after = run(&s, &done.status, &[pod("importer-vm1-disk-0", PodPhase::Succeeded)]);
+        assert!(kinds(&after).is_empty());
+        s.pod.retain = false;
+        let archived = run(&s, &after.status, &[pod("importer-vm1-disk-0", PodPhase::Succeeded)]);
+        assert_eq!(kinds(&archived), ["delete importer-vm1-disk-0"]);
+    }
+
+    #[test]
+    fn a_missing_pvc_is_created_then_waited_for() {
+        let s = spec(&[], false);
+        let d = plan_disk(&DiskInput {
+            spec: &s,
+            status: &DiskImportStatus::default(),
+            pods: &[],
+            pvc_exists: false,
+            admission: Admission::Admitted,
+            scrape: None,
+            now: now(),
+        });
+        assert_eq!(kinds(&d), ["CreatePvc"]);
+        assert_eq!(d.status.phase, DiskPhase::Pending);
+    }
+
+    #[test]
+    fn image_pull_failures_are_reported_not_failed() {
+        let s = spec(&[], false);
+        let mut st = run(&s, &DiskImportStatus::default(), &[]).status;
+        st.slots = vec!["slot".into()];
+        let mut p = pod("importer-vm1-disk-0", PodPhase::Pending);
+        p.waiting_reason = Some("ImagePullBackOff".into());
+        let d = run(&s, &st, &[p]);
+        assert_eq!(d.status.phase, DiskPhase::Scheduled);
+        assert_eq!(d.status.message, "ImagePullFailed: ImagePullBackOff");
+    }
+
+    #[test]
+    fn progress_alone_is_written_at_most_every_five_seconds() {
+        let old = DiskImportStatus { phase: DiskPhase::Running, progress_updated_at: Some(Time(now())), ..Default::default() };
+        let mut new = old.clone();
+        new.bytes_done = 10;
+        new.progress = "1.0%".into();
+        assert_eq!(status_to_write(&old, &new, now()), None);
+        let later = now().checked_add(jiff::SignedDuration::from_secs(5)).unwrap();
+        let w = status_to_write(&old, &new, later).unwrap();
+        assert_eq!(w.progress_updated_at, Some(Time(later)));
+        new.phase = DiskPhase::Failed;
+        assert!(status_to_write(&old, &new, now()).is_some(), "a phase change is written at once");
+        assert_eq!(status_to_write(&old, &old, later), None);
+    }
+
+    #[test]
+    fn next_round_follows_cdis_get_next_checkpoint() {
+        let s = spec(&[("", "snapshot-1"), ("c1", "snapshot-2")], true);
+        let mut st = DiskImportStatus::default();
+        assert!(matches!(next_round(&s, &st), Next::Copy(Round { index: 1, last: false, .. })));
+        st.checkpoints_copied.push("snapshot-1".into());
+        match next_round(&s, &st) {
+            Next::Copy(r) => {
+                assert!(r.last && !r.is_full());
+                assert_eq!(r.key(), "snapshot-2");
+            }
+            other => panic!("{other:?}"),
+        }
+        st.checkpoints_copied.push("snapshot-2".into());
+        assert_eq!(next_round(&s, &st), Next::Done);
+        assert_eq!(percent(1, 3), "33.3%");
+        assert_eq!(percent(5, 0), "");
+    }
+}
