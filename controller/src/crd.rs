@@ -82,7 +82,7 @@ pub struct Checkpoint {
     printcolumn(name = "Ready", type_ = "boolean", json_path = ".status.ready"),
     printcolumn(name = "Status", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Progress", type_ = "string", json_path = ".status.progress"),
-    printcolumn(name = "Cutover", type_ = "string", json_path = ".spec.cutover"),
+    printcolumn(name = "Cutover", type_ = "string", json_path = ".status.cutover"),
     printcolumn(name = "Archived", type_ = "boolean", json_path = ".spec.archived"),
     printcolumn(
         name = "Age",
@@ -391,15 +391,19 @@ pub struct FerryPlanStatus {
     /// Namespace of the PVCs.
     #[serde(default)]
     pub target_namespace: String,
-    /// `done/total (S:x/F:y/C:z)`.
+    /// `done/total (S:x/F:y/C:z)` once started, else the number of VMs.
     #[serde(default)]
     pub vms_summary: String,
     /// The spec was understood (every VM resolvable, one source).
     #[serde(default)]
     pub ready: bool,
-    /// `%.1f%% (doneGB/totalGB)` over every disk's current round.
+    /// `%.1f%% (done/total GB)` over every disk's current round, as the seed's `get
+    /// plans` prints it (whole GiB); `-` before the plan starts.
     #[serde(default)]
     pub progress: String,
+    /// `cold`, `warm`, or the cutover time (RFC 3339) once one is set.
+    #[serde(default)]
+    pub cutover: String,
     /// Bytes done over every disk's current round.
     #[serde(default)]
     pub bytes_done: u64,
@@ -433,6 +437,9 @@ pub struct VmStatus {
     /// Its name.
     #[serde(default)]
     pub name: String,
+    /// Its instance UUID (given as the id, or found by name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<String>,
     /// Itinerary step (see [`crate::planner::plan::Step`]).
     #[serde(default)]
     pub step: String,
@@ -446,6 +453,13 @@ pub struct VmStatus {
     /// Power state before the plan touched it (`poweredOn`, …), restored on cancel.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub power_state: Option<String>,
+    /// The plan shut the VM down (at cutover, or for a cold copy): a cancel powers it
+    /// on again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub powered_off_at: Option<Time>,
+    /// When the cutover began (the next snapshot is the final one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cutover_at: Option<Time>,
     /// Rounds copied (1 = the full copy).
     #[serde(default)]
     pub round: u32,

@@ -598,11 +598,17 @@ mod tests {
         DiskImportSpec {
             plan: "p".into(),
             source_key: "esx1".into(),
-            pvc: PvcTarget { name: "vm1-disk-0".into(), ..Default::default() },
+            pvc: PvcTarget {
+                name: "vm1-disk-0".into(),
+                ..Default::default()
+            },
             capacity: 1 << 30,
             checkpoints: checkpoints
                 .iter()
-                .map(|(p, c)| Checkpoint { previous: (*p).into(), current: (*c).into() })
+                .map(|(p, c)| Checkpoint {
+                    previous: (*p).into(),
+                    current: (*c).into(),
+                })
                 .collect(),
             final_checkpoint: last,
             ..Default::default()
@@ -677,13 +683,27 @@ mod tests {
         assert_eq!(running.status.phase, DiskPhase::Running);
         assert!(kinds(&running).is_empty());
 
-        let done = run(&s, &running.status, &[pod("importer-vm1-disk-0", PodPhase::Succeeded)]);
+        let done = run(
+            &s,
+            &running.status,
+            &[pod("importer-vm1-disk-0", PodPhase::Succeeded)],
+        );
         assert_eq!(kinds(&done), ["ReleaseSlots", "delete importer-vm1-disk-0"]);
         assert_eq!(done.status.checkpoints_copied, [COLD_ROUND]);
-        assert_eq!(done.status.vddk, Some(VddkStatus { version: "8.0.3".into(), host: "esx1".into() }));
+        assert_eq!(
+            done.status.vddk,
+            Some(VddkStatus {
+                version: "8.0.3".into(),
+                host: "esx1".into()
+            })
+        );
         assert_eq!(done.requeue, Some(Duration::ZERO));
         // The same pod seen again (its deletion not yet observed) is not counted twice.
-        let again = run(&s, &done.status, &[pod("importer-vm1-disk-0", PodPhase::Succeeded)]);
+        let again = run(
+            &s,
+            &done.status,
+            &[pod("importer-vm1-disk-0", PodPhase::Succeeded)],
+        );
         assert_eq!(again.status.phase, DiskPhase::Succeeded);
         assert_eq!(again.status.copied_by.len(), 1);
         assert_eq!(events(&again), ["ImportSucceeded"]);
@@ -704,9 +724,18 @@ mod tests {
         assert!(d.status.slots.is_empty());
 
         // The caller appends a checkpoint: the next round is a delta, total unknown until scraped.
-        s.checkpoints.push(Checkpoint { previous: "52 aa-bb/1".into(), current: "snapshot-2".into() });
+        s.checkpoints.push(Checkpoint {
+            previous: "52 aa-bb/1".into(),
+            current: "snapshot-2".into(),
+        });
         let d2 = run(&s, &d.status, &[]);
-        assert_eq!(kinds(&d2), ["AcquireSlots", "create importer-vm1-disk-0-checkpoint-snapshot-2"]);
+        assert_eq!(
+            kinds(&d2),
+            [
+                "AcquireSlots",
+                "create importer-vm1-disk-0-checkpoint-snapshot-2"
+            ]
+        );
         assert_eq!((d2.status.round, d2.status.bytes_total), (2, 0));
 
         // A previous round's pod still running (its deletion not yet seen) blocks the next one.
@@ -719,12 +748,30 @@ mod tests {
         assert!(blocked.status.message.contains("one writer"));
 
         // The final checkpoint: success ends the disk.
-        s.checkpoints.push(Checkpoint { previous: "52 aa-bb/2".into(), current: "snapshot-3".into() });
+        s.checkpoints.push(Checkpoint {
+            previous: "52 aa-bb/2".into(),
+            current: "snapshot-3".into(),
+        });
         s.final_checkpoint = true;
         let mut st = d2.status.clone();
         st.checkpoints_copied.push("snapshot-2".into());
         let last = run(&s, &st, &[]);
-        assert!(matches!(&last.actions[..], [DiskAction::AcquireSlots, DiskAction::Event { .. }, DiskAction::CreatePod(Round { last: true, index: 3, .. })]), "{:?}", last.actions);
+        assert!(
+            matches!(
+                &last.actions[..],
+                [
+                    DiskAction::AcquireSlots,
+                    DiskAction::Event { .. },
+                    DiskAction::CreatePod(Round {
+                        last: true,
+                        index: 3,
+                        ..
+                    })
+                ]
+            ),
+            "{:?}",
+            last.actions
+        );
     }
 
     #[test]
@@ -753,9 +800,17 @@ mod tests {
         st.slots = vec!["slot".into()];
         let mut p = pod("importer-vm1-disk-0", PodPhase::Running);
         p.restarts = 3;
-        p.last_exit = Some(Exit { code: 3, reason: "Error".into(), message: "Unable to process data: connection refused".into() });
+        p.last_exit = Some(Exit {
+            code: 3,
+            reason: "Error".into(),
+            message: "Unable to process data: connection refused".into(),
+        });
         let d = run(&s, &st, std::slice::from_ref(&p));
-        assert_eq!(d.status.phase, DiskPhase::Running, "3 restarts is within the budget of 3");
+        assert_eq!(
+            d.status.phase,
+            DiskPhase::Running,
+            "3 restarts is within the budget of 3"
+        );
         assert_eq!(events(&d), ["ImporterRestarted"]);
 
         // Progress at restart 3 moves the baseline: 3 more are allowed.
@@ -765,18 +820,29 @@ mod tests {
             pods: std::slice::from_ref(&p),
             pvc_exists: true,
             admission: Admission::Admitted,
-            scrape: Some(Scrape { covered: 1 << 20, size: 1 << 30 }),
+            scrape: Some(Scrape {
+                covered: 1 << 20,
+                size: 1 << 30,
+            }),
             now: now(),
         });
         assert_eq!(with_progress.status.restarts_at_progress, 3);
         assert_eq!(with_progress.status.progress, "0.1%");
         p.restarts = 6;
-        assert_eq!(run(&s, &with_progress.status, std::slice::from_ref(&p)).status.phase, DiskPhase::Running);
+        assert_eq!(
+            run(&s, &with_progress.status, std::slice::from_ref(&p))
+                .status
+                .phase,
+            DiskPhase::Running
+        );
         p.restarts = 7;
         let failed = run(&s, &with_progress.status, std::slice::from_ref(&p));
         assert_eq!(failed.status.phase, DiskPhase::Failed);
         assert!(failed.status.message.starts_with("restart budget exhausted (4 restarts without progress, budget 3): Unable to process data: connection refused"), "{}", failed.status.message);
-        assert_eq!(kinds(&failed), ["ReleaseSlots", "delete importer-vm1-disk-0"]);
+        assert_eq!(
+            kinds(&failed),
+            ["ReleaseSlots", "delete importer-vm1-disk-0"]
+        );
     }
 
     #[test]
@@ -786,11 +852,22 @@ mod tests {
         st.slots = vec!["slot".into()];
         let mut p = pod("importer-vm1-disk-0", PodPhase::Running);
         p.restarts = 1;
-        p.last_exit = Some(Exit { code: 4, reason: "Error".into(), message: "Unable to process data: login refused".into() });
+        p.last_exit = Some(Exit {
+            code: 4,
+            reason: "Error".into(),
+            message: "Unable to process data: login refused".into(),
+        });
         let d = run(&s, &st, std::slice::from_ref(&p));
         assert_eq!(d.status.phase, DiskPhase::Failed);
-        assert_eq!(d.status.message, "authentication: Unable to process data: login refused");
-        p.last_exit = Some(Exit { code: 3, reason: "Error".into(), message: String::new() });
+        assert_eq!(
+            d.status.message,
+            "authentication: Unable to process data: login refused"
+        );
+        p.last_exit = Some(Exit {
+            code: 3,
+            reason: "Error".into(),
+            message: String::new(),
+        });
         assert_eq!(run(&s, &st, &[p]).status.phase, DiskPhase::Running);
     }
 
@@ -805,7 +882,11 @@ mod tests {
         assert_eq!(kinds(&d), ["delete importer-vm1-disk-0"]);
         assert_eq!(d.status.pods_failed, 3);
         let again = run(&s, &d.status, &[]);
-        assert_eq!(kinds(&again), ["create importer-vm1-disk-0"], "slots are still held");
+        assert_eq!(
+            kinds(&again),
+            ["create importer-vm1-disk-0"],
+            "slots are still held"
+        );
         p.restarts = 0;
         let out = run(&s, &again.status, &[p]);
         assert_eq!(out.status.phase, DiskPhase::Failed);
@@ -817,9 +898,22 @@ mod tests {
         let mut st = run(&s, &DiskImportStatus::default(), &[]).status;
         st.slots = vec!["slot".into()];
         s.cancel = true;
-        let d = run(&s, &st, &[pod("importer-vm1-disk-0-checkpoint-snapshot-1", PodPhase::Running)]);
+        let d = run(
+            &s,
+            &st,
+            &[pod(
+                "importer-vm1-disk-0-checkpoint-snapshot-1",
+                PodPhase::Running,
+            )],
+        );
         assert_eq!(d.status.phase, DiskPhase::Canceled);
-        assert_eq!(kinds(&d), ["ReleaseSlots", "delete importer-vm1-disk-0-checkpoint-snapshot-1"]);
+        assert_eq!(
+            kinds(&d),
+            [
+                "ReleaseSlots",
+                "delete importer-vm1-disk-0-checkpoint-snapshot-1"
+            ]
+        );
         assert_eq!(d.requeue, Some(POLL));
         assert_eq!(run(&s, &d.status, &[]).requeue, None);
     }
@@ -832,10 +926,18 @@ mod tests {
         st.slots = vec!["slot".into()];
         let done = run(&s, &st, &[pod("importer-vm1-disk-0", PodPhase::Succeeded)]);
         assert_eq!(kinds(&done), ["ReleaseSlots"]);
-        let after = run(&s, &done.status, &[pod("importer-vm1-disk-0", PodPhase::Succeeded)]);
+        let after = run(
+            &s,
+            &done.status,
+            &[pod("importer-vm1-disk-0", PodPhase::Succeeded)],
+        );
         assert!(kinds(&after).is_empty());
         s.pod.retain = false;
-        let archived = run(&s, &after.status, &[pod("importer-vm1-disk-0", PodPhase::Succeeded)]);
+        let archived = run(
+            &s,
+            &after.status,
+            &[pod("importer-vm1-disk-0", PodPhase::Succeeded)],
+        );
         assert_eq!(kinds(&archived), ["delete importer-vm1-disk-0"]);
     }
 
@@ -869,16 +971,25 @@ mod tests {
 
     #[test]
     fn progress_alone_is_written_at_most_every_five_seconds() {
-        let old = DiskImportStatus { phase: DiskPhase::Running, progress_updated_at: Some(Time(now())), ..Default::default() };
+        let old = DiskImportStatus {
+            phase: DiskPhase::Running,
+            progress_updated_at: Some(Time(now())),
+            ..Default::default()
+        };
         let mut new = old.clone();
         new.bytes_done = 10;
         new.progress = "1.0%".into();
         assert_eq!(status_to_write(&old, &new, now()), None);
-        let later = now().checked_add(jiff::SignedDuration::from_secs(5)).unwrap();
+        let later = now()
+            .checked_add(jiff::SignedDuration::from_secs(5))
+            .unwrap();
         let w = status_to_write(&old, &new, later).unwrap();
         assert_eq!(w.progress_updated_at, Some(Time(later)));
         new.phase = DiskPhase::Failed;
-        assert!(status_to_write(&old, &new, now()).is_some(), "a phase change is written at once");
+        assert!(
+            status_to_write(&old, &new, now()).is_some(),
+            "a phase change is written at once"
+        );
         assert_eq!(status_to_write(&old, &old, later), None);
     }
 
@@ -886,7 +997,14 @@ mod tests {
     fn next_round_follows_cdis_get_next_checkpoint() {
         let s = spec(&[("", "snapshot-1"), ("c1", "snapshot-2")], true);
         let mut st = DiskImportStatus::default();
-        assert!(matches!(next_round(&s, &st), Next::Copy(Round { index: 1, last: false, .. })));
+        assert!(matches!(
+            next_round(&s, &st),
+            Next::Copy(Round {
+                index: 1,
+                last: false,
+                ..
+            })
+        ));
         st.checkpoints_copied.push("snapshot-1".into());
         match next_round(&s, &st) {
             Next::Copy(r) => {

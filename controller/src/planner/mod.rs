@@ -6,6 +6,8 @@
 //! - [`plan`]: a plan's VMs through their itinerary (snapshots, rounds, cutover,
 //!   cancel, archive) and the plan's status.
 
+pub mod build;
 pub mod disk;
 pub mod observe;
+pub mod plan;
 pub mod slots;
