@@ -7,6 +7,9 @@
 //! `deploy/controller/crds.yaml` are generated from these types
 //! (`ferry-controller manifests`); a test fails when they are stale.
 
+// kube-derive's repeated `printcolumn(type_ = …)` look like duplicated attributes to clippy.
+#![allow(clippy::duplicated_attributes)]
+
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Affinity, Toleration};

@@ -417,18 +417,18 @@ fn follow_pod(mut plan: Plan<'_>, round: Round, pod: &PodView) -> DiskDecision {
     plan.status.pod_name = Some(pod.name.clone());
     plan.status.restarts = pod.restarts;
 
-    if let Some(s) = input.scrape {
-        if s.size > 0 {
-            if s.covered > plan.status.bytes_done || s.size != plan.status.bytes_total {
-                if s.covered > plan.status.bytes_done {
-                    plan.status.restarts_at_progress = pod.restarts;
-                    plan.status.pods_failed = 0;
-                }
-                plan.status.bytes_done = s.covered;
-                plan.status.bytes_total = s.size;
+    if let Some(s) = input.scrape
+        && s.size > 0
+    {
+        if s.covered > plan.status.bytes_done || s.size != plan.status.bytes_total {
+            if s.covered > plan.status.bytes_done {
+                plan.status.restarts_at_progress = pod.restarts;
+                plan.status.pods_failed = 0;
             }
-            plan.status.progress = percent(plan.status.bytes_done, plan.status.bytes_total);
+            plan.status.bytes_done = s.covered;
+            plan.status.bytes_total = s.size;
         }
+        plan.status.progress = percent(plan.status.bytes_done, plan.status.bytes_total);
     }
 
     let succeeded =
@@ -444,13 +444,12 @@ fn follow_pod(mut plan: Plan<'_>, round: Round, pod: &PodView) -> DiskDecision {
                 .exit
                 .as_ref()
                 .and_then(|e| TerminationMessage::parse(&e.message).ok())
+                && let Some(v) = m.vddk_info
             {
-                if let Some(v) = m.vddk_info {
-                    plan.status.vddk = Some(VddkStatus {
-                        version: v.version,
-                        host: v.host,
-                    });
-                }
+                plan.status.vddk = Some(VddkStatus {
+                    version: v.version,
+                    host: v.host,
+                });
             }
             plan.status.bytes_done = plan.status.bytes_total;
             plan.status.progress = percent(plan.status.bytes_done, plan.status.bytes_total);

@@ -587,16 +587,16 @@ fn step_vm(cx: &mut Ctx<'_>, v: &mut VmStatus, archived: bool) {
         step = Step::Inventory;
     }
     // A failed disk fails the VM: the other disks are stopped, the source restored.
-    if !step.is_terminal() && step != Step::Canceling {
-        if let Some(d) = vm_disks(input, &v.id)
+    if !step.is_terminal()
+        && step != Step::Canceling
+        && let Some(d) = vm_disks(input, &v.id)
             .into_iter()
             .find(|d| d.phase == DiskPhase::Failed)
-        {
-            v.message = format!("disk {} failed: {}", d.name, d.message);
-            cx.event(true, "VmFailed", format!("VM {}: {}", v.id, v.message));
-            v.phase = "Failed".into();
-            step = Step::Canceling;
-        }
+    {
+        v.message = format!("disk {} failed: {}", d.name, d.message);
+        cx.event(true, "VmFailed", format!("VM {}: {}", v.id, v.message));
+        v.phase = "Failed".into();
+        step = Step::Canceling;
     }
     // Read the task the VM waits on.
     let task = v.task.as_ref().and_then(|t| input.tasks.get(t)).cloned();
@@ -1255,10 +1255,10 @@ mod tests {
                                     self.disks.last_mut().unwrap()
                                 }
                             };
-                            if let Some(c) = cp {
-                                if !d.checkpoints.contains(&c.current) {
-                                    d.checkpoints.push(c.current.clone());
-                                }
+                            if let Some(c) = cp
+                                && !d.checkpoints.contains(&c.current)
+                            {
+                                d.checkpoints.push(c.current.clone());
                             }
                             d.final_checkpoint = *last;
                             d.phase = DiskPhase::Running;
