@@ -8,4 +8,5 @@
 pub mod crd;
 pub mod names;
 pub mod planner;
+pub mod pod;
 pub mod schema;
