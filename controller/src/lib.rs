@@ -10,4 +10,6 @@ pub mod manifests;
 pub mod names;
 pub mod planner;
 pub mod pod;
+pub mod reconcile;
 pub mod schema;
+pub mod vsphere;
