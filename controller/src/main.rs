@@ -18,6 +18,31 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Simulate a fleet through the planner (virtual clock) and compare its makespan
+    /// with the lower bound.
+    Simulate {
+        /// Disks.
+        #[arg(long, default_value_t = 1000)]
+        disks: usize,
+        /// ESXi hosts.
+        #[arg(long, default_value_t = 20)]
+        hosts: usize,
+        /// Disks in flight per host.
+        #[arg(long, default_value_t = 10)]
+        per_host: u32,
+        /// Disks in flight through the vCenter.
+        #[arg(long, default_value_t = 48)]
+        per_vcenter: u32,
+        /// A host's throughput, MiB/s.
+        #[arg(long, default_value_t = 280.0)]
+        host_mib_s: f64,
+        /// One disk's throughput, MiB/s.
+        #[arg(long, default_value_t = 120.0)]
+        disk_mib_s: f64,
+        /// Seed of the disk sizes.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Write the CRDs, RBAC and Deployment (generated from the Rust types).
     Manifests {
         /// Directory to write them into.
@@ -32,6 +57,38 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Simulate {
+            disks,
+            hosts,
+            per_host,
+            per_vcenter,
+            host_mib_s,
+            disk_mib_s,
+            seed,
+        } => {
+            use ferry_controller::planner::sim::{Fleet, simulate};
+            let f = Fleet {
+                disks,
+                hosts: hosts.max(1),
+                per_host,
+                per_vcenter,
+                host_rate: host_mib_s * 1_048_576.0,
+                disk_rate: disk_mib_s * 1_048_576.0,
+                seed,
+            };
+            let r = simulate(&f);
+            println!(
+                "{disks} disks, {hosts} hosts, caps {per_host}/host {per_vcenter}/vCenter, {host_mib_s} MiB/s per host, {disk_mib_s} MiB/s per disk: {:.1} TiB, makespan {:.2} h, bound {:.2} h, ratio {:.3}; at most {} per host, {} through the vCenter; {} planner decisions",
+                r.total_bytes as f64 / (1u64 << 40) as f64,
+                r.makespan / 3600.0,
+                r.bound / 3600.0,
+                r.ratio(),
+                r.max_per_host,
+                r.max_vcenter,
+                r.decisions
+            );
+            ExitCode::SUCCESS
+        }
         Command::Manifests { out, check } => {
             let mut stale = Vec::new();
             for (name, text) in ferry_controller::manifests::all() {

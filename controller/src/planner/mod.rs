@@ -10,4 +10,5 @@ pub mod build;
 pub mod disk;
 pub mod observe;
 pub mod plan;
+pub mod sim;
 pub mod slots;

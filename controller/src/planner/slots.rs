@@ -51,6 +51,10 @@ pub struct Demand {
     pub waiting: bool,
     /// Since when it waits (FIFO order).
     pub queued_at: Timestamp,
+    /// Its size: among disks that queued at the same time, the largest goes first
+    /// (longest processing time first keeps the end of a plan from waiting on one
+    /// big disk started last).
+    pub bytes: u64,
 }
 
 /// The limits of a disk, from its spec (defaults and clamps applied).
@@ -75,55 +79,109 @@ pub fn limits_of(spec: &crate::crd::DiskImportSpec) -> Vec<Limit> {
 }
 
 /// Whether a waiting disk may take its slots now, and if not, why.
-///
-/// Holders are counted first; then waiting disks are considered oldest first (ties by
-/// id) and each is granted if every one of its limits has room, which then counts it.
-/// A disk held back by one full limit does not hold back disks behind it on other
-/// hosts, but on its own host nobody passes it.
 pub fn admit(demands: &[Demand], id: &str) -> super::disk::Admission {
+    admit_all(demands)
+        .remove(id)
+        .unwrap_or_else(|| super::disk::Admission::Refused("not waiting for a slot".into()))
+}
+
+/// The answer for every waiting disk.
+///
+/// Holders are counted first. Waiting disks queue per host (their first limit), oldest
+/// first (ties: the largest, then by id): nobody passes the head of its host's queue. Then, grant by
+/// grant, the head of the least busy host whose every limit has room goes next (ties
+/// by age, size, id); a grant counts against all its limits. So a full host holds back
+/// only its own disks, and the vCenter's slots spread over the hosts instead of
+/// piling onto whichever host queued first; among equally busy hosts, the one with
+/// the most bytes queued goes first.
+pub fn admit_all(demands: &[Demand]) -> std::collections::BTreeMap<String, super::disk::Admission> {
     use super::disk::Admission;
-    use std::collections::BTreeMap;
+    use std::collections::{BTreeMap, VecDeque};
     let mut in_use: BTreeMap<&str, u32> = BTreeMap::new();
     for d in demands.iter().filter(|d| d.holding) {
         for l in &d.limits {
             *in_use.entry(l.key.as_str()).or_default() += 1;
         }
     }
-    let mut queue: Vec<&Demand> = demands.iter().filter(|d| d.waiting && !d.holding).collect();
-    queue.sort_by(|a, b| a.queued_at.cmp(&b.queued_at).then_with(|| a.id.cmp(&b.id)));
-    // A key once refused to an earlier disk stays closed for later ones (FIFO per key).
-    let mut closed: BTreeMap<&str, ()> = BTreeMap::new();
-    for d in queue {
-        let blocked = d.limits.iter().find(|l| {
-            closed.contains_key(l.key.as_str())
-                || in_use.get(l.key.as_str()).copied().unwrap_or(0) >= l.cap
-        });
-        match blocked {
-            None => {
-                if d.id == id {
-                    return Admission::Admitted;
-                }
-                for l in &d.limits {
-                    *in_use.entry(l.key.as_str()).or_default() += 1;
-                }
-            }
-            Some(l) => {
-                if d.id == id {
-                    let used = in_use.get(l.key.as_str()).copied().unwrap_or(0);
-                    let why = if used >= l.cap {
-                        format!("{}: {used} of {} disks in flight", l.key, l.cap)
-                    } else {
-                        format!("{}: earlier disks wait for it first", l.key)
-                    };
-                    return Admission::Refused(why);
-                }
-                for l in &d.limits {
-                    closed.insert(l.key.as_str(), ());
-                }
-            }
+    let mut waiting: Vec<&Demand> = demands
+        .iter()
+        .filter(|d| d.waiting && !d.holding && !d.limits.is_empty())
+        .collect();
+    let order = |a: &Demand, b: &Demand| {
+        a.queued_at
+            .cmp(&b.queued_at)
+            .then_with(|| b.bytes.cmp(&a.bytes))
+            .then_with(|| a.id.cmp(&b.id))
+    };
+    waiting.sort_by(|a, b| order(a, b));
+    let mut queues: BTreeMap<&str, VecDeque<&Demand>> = BTreeMap::new();
+    for d in &waiting {
+        queues
+            .entry(d.limits[0].key.as_str())
+            .or_default()
+            .push_back(d);
+    }
+    // Bytes still queued per host: among equally busy hosts, the one with the most work
+    // left goes first, so no host is left with a long tail.
+    let mut backlog: BTreeMap<&str, u64> = queues
+        .iter()
+        .map(|(h, q)| (*h, q.iter().map(|d| d.bytes).sum()))
+        .collect();
+    let fits = |d: &Demand, in_use: &BTreeMap<&str, u32>| {
+        d.limits
+            .iter()
+            .all(|l| in_use.get(l.key.as_str()).copied().unwrap_or(0) < l.cap)
+    };
+    let mut out = BTreeMap::new();
+    loop {
+        let next = queues
+            .iter()
+            .filter_map(|(host, q)| q.front().map(|d| (*host, *d)))
+            .filter(|(_, d)| fits(d, &in_use))
+            .min_by(|(ha, a), (hb, b)| {
+                let (ua, ub) = (
+                    in_use.get(ha).copied().unwrap_or(0),
+                    in_use.get(hb).copied().unwrap_or(0),
+                );
+                let (ba, bb) = (
+                    backlog.get(ha).copied().unwrap_or(0),
+                    backlog.get(hb).copied().unwrap_or(0),
+                );
+                ua.cmp(&ub)
+                    .then_with(|| bb.cmp(&ba))
+                    .then_with(|| order(a, b))
+            });
+        let Some((host, d)) = next else { break };
+        for l in &d.limits {
+            *in_use.entry(l.key.as_str()).or_default() += 1;
+        }
+        out.insert(d.id.clone(), Admission::Admitted);
+        if let Some(b) = backlog.get_mut(host) {
+            *b = b.saturating_sub(d.bytes);
+        }
+        if let Some(q) = queues.get_mut(host) {
+            q.pop_front();
         }
     }
-    Admission::Refused("not waiting for a slot".into())
+    for q in queues.values() {
+        for (pos, d) in q.iter().enumerate() {
+            let full = d
+                .limits
+                .iter()
+                .find(|l| in_use.get(l.key.as_str()).copied().unwrap_or(0) >= l.cap);
+            let why = match (full, pos) {
+                (Some(l), _) => format!(
+                    "{}: {} of {} disks in flight",
+                    l.key,
+                    in_use.get(l.key.as_str()).copied().unwrap_or(0),
+                    l.cap
+                ),
+                (None, _) => format!("{}: earlier disks wait for it first", d.limits[0].key),
+            };
+            out.insert(d.id.clone(), Admission::Refused(why));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -145,6 +203,7 @@ mod tests {
             holding,
             waiting: !holding,
             queued_at: t(at),
+            bytes: 0,
         }
     }
 
@@ -197,6 +256,7 @@ mod tests {
             holding,
             waiting: !holding,
             queued_at: t(at),
+            bytes: 0,
         };
         let all = vec![
             mk("a", "esx1", true, 0),

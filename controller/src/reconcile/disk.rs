@@ -50,6 +50,7 @@ pub fn demands(ctx: &Context, now: Timestamp) -> Vec<Demand> {
                     .map(|t| t.0)
                     .or_else(|| d.metadata.creation_timestamp.as_ref().map(|t| t.0))
                     .unwrap_or(now),
+                bytes: d.spec.capacity,
             }
         })
         .collect()
