@@ -63,6 +63,7 @@ pub mod changed_areas;
 pub mod client;
 pub mod error;
 pub mod soap;
+pub mod task;
 pub mod transport;
 pub mod xml;
 
@@ -71,6 +72,10 @@ pub use changed_areas::{for_each_changed_area_page, for_each_changed_area_page_f
 pub use client::{Client, Disk, Vm};
 pub use error::Error;
 pub use ferry_http::{Proxy, ProxyConfig, ProxyScheme, proxy, tls};
+pub use task::{
+    CutoverPowerOff, DiskChangeId, PowerOffStarted, PowerState, TaskFault, TaskInfo, TaskKind,
+    TaskRef, TaskState, base_disk_name, datastore_of,
+};
 pub use tls::{TlsPolicy, normalize_thumbprint, thumbprint_of};
 pub use transport::{CALL_TIMEOUT, CONNECT_TIMEOUT, ClientOptions, Endpoint};
 
@@ -86,5 +91,10 @@ pub const MAX_SNAPSHOTS: usize = 1024;
 pub const MAX_PARENT_CHAIN: usize = 25;
 /// Most objects accepted from one (paged) `RetrievePropertiesEx`.
 pub const MAX_RETRIEVE_OBJECTS: usize = 10_000;
+/// Most tasks read from one VM's `recentTask` (vCenter keeps about 200 in all).
+pub const MAX_RECENT_TASKS: usize = 1000;
+/// The shortest poll interval [`Client::wait_task`] and [`Client::wait_power_state`]
+/// use (a smaller one is raised to it).
+pub const MIN_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
 /// Name of the session cookie set by `Login`.
 pub const SESSION_COOKIE: &str = "vmware_soap_session";
