@@ -29,8 +29,9 @@ impl MoRef {
         if value.is_empty() {
             return None;
         }
+        // `type`, not `xsi:type` (vcsim writes `xsi:type` first).
         Some(MoRef {
-            kind: e.attr("type").unwrap_or_default().to_string(),
+            kind: e.plain_attr("type").unwrap_or_default().to_string(),
             value: value.into(),
         })
     }
@@ -282,7 +283,7 @@ pub fn parse_moref_array(
 fn is_moref(e: &Element) -> bool {
     match e.xsi_type() {
         Some(t) => t == "ManagedObjectReference",
-        None => e.attr("type").is_some(),
+        None => e.plain_attr("type").is_some(),
     }
 }
 
@@ -1153,6 +1154,15 @@ mod tests {
             Some(MoRef::new("VirtualMachineSnapshot", "snapshot-1001"))
         );
         assert_eq!((i.error, i.progress, i.cancelled), (None, None, false));
+        // vcsim writes xsi:type before the moref's own type.
+        let i = task_info_of(&task_doc(
+            "<state>success</state><result xsi:type=\"ManagedObjectReference\" type=\"VirtualMachineSnapshot\">snapshot-72</result>",
+        ))
+        .unwrap();
+        assert_eq!(
+            i.result,
+            Some(MoRef::new("VirtualMachineSnapshot", "snapshot-72"))
+        );
         let i = task_info_of(include_str!("testdata/task_info_error.xml")).unwrap();
         assert_eq!(i.state, TaskState::Error);
         assert_eq!(i.result, None);
