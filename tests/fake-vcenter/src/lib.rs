@@ -7,7 +7,35 @@
 //! traversal specs; `name`, `runtime.powerState`, `runtime.host`, `config.instanceUuid`,
 //! `config.uuid`, `config.hardware.device`, `snapshot` on VMs; `name` on datacenters and
 //! hosts; `config.hardware.device` on snapshots), `ContinueRetrievePropertiesEx` and
-//! `QueryChangedDiskAreas` (CBT, on snapshot disks).
+//! `QueryChangedDiskAreas` (CBT, on snapshot disks); and the calls of a warm migration:
+//! `CreateSnapshot_Task`, `RemoveSnapshot_Task`, `PowerOnVM_Task`, `PowerOffVM_Task`,
+//! `ShutdownGuest`, with `info`, `info.state`, `info.name`, `info.descriptionId` on tasks
+//! and `recentTask`, `guest.toolsRunningStatus` on VMs.
+//!
+//! VMs change: a task is `queued` for `task_queue_ms`, `running` (with a rising
+//! `progress`) for `task_run_ms`, then ends, all evaluated when a call comes in (nothing
+//! runs in the background); with both 0 it is done before its call answers, as on
+//! vcsim. Tasks are named as vCenter names them (`info.name`
+//! `vim.VirtualMachine.createSnapshot`, `vim.vm.Snapshot.remove`,
+//! `vim.VirtualMachine.powerOn`/`powerOff`; `descriptionId` `VirtualMachine.createSnapshot`
+//! …), with the VM as `entity`, and listed in the VM's `recentTask`. A snapshot takes
+//! the VM's current disks with a fresh change ID each (same CBT epoch, a new sequence
+//! number; `previous_change_id` is the disk's change ID before), the VM goes on in a new
+//! delta (`-00000N.vmdk`) of each disk, and the snapshot becomes the current one, a child
+//! of the previous current snapshot; its result is `snapshot-1001`, `snapshot-1002`, ….
+//! Removing one reparents its children (or drops them with `removeChildren`); removing
+//! one that is gone is `ManagedObjectNotFound` on the call (or in the task, if it went
+//! while the task waited). Powering on what is on, or off what is off, ends the task in
+//! `InvalidPowerState`. `ShutdownGuest` answers `InvalidPowerState` unless the VM is on,
+//! `ToolsUnavailable` unless `tools_running`, and otherwise powers the VM off after
+//! `guest_shutdown_ms`.
+//!
+//! Faults are injected per method with the inventory's `faults` (or
+//! [`FakeVcenter::inject_fault`]): a `*_Task` method starts a task that ends in `error`
+//! with the fault (or answers it at once with `immediate`), any other method answers the
+//! SOAP fault; `times` limits how many calls get it. `task_info_quirk` serves every
+//! `TaskInfo` malformed: without `state`, with state `done`, or with a result that is an
+//! `xsd:string`. [`FakeVcenter::move_vm`] moves a VM to another host (DRS).
 //!
 //! `QueryChangedDiskAreas(_this=vm, snapshot, deviceKey, startOffset, changeId)` answers
 //! from the snapshot disk's inventory: change ID `*` → `allocated_areas` (default: the
@@ -30,6 +58,9 @@
 //! `Login user=admin`, `FindByUuid uuid=… instance=true dc=datacenter-1`,
 //! `RetrievePropertiesEx obj=vm-123 props=name,runtime.powerState`,
 //! `QueryChangedDiskAreas vm=vm-123 snapshot=snapshot-7 key=2000 start=0 changeId=*`,
+//! `CreateSnapshot_Task vm=vm-123 name=… memory=false quiesce=true`,
+//! `RemoveSnapshot_Task snapshot=snapshot-1001 removeChildren=false consolidate=true`,
+//! `PowerOffVM_Task vm=vm-123`, `PowerOnVM_Task vm=vm-123`, `ShutdownGuest vm=vm-123`,
 //! `Logout`; a call answered with a fault gets ` fault=<Name>` appended.
 
 #![forbid(unsafe_code)]
