@@ -11,7 +11,7 @@
 
 use crate::error::Error;
 
-/// Most pages [`for_each_changed_area_page`] reads for one disk (2 billion areas at
+/// Most pages [`for_each_changed_area_page`](crate::for_each_changed_area_page) reads for one disk (2 billion areas at
 /// 2000 per page): a guard against a server that advances by a few bytes per page.
 pub const MAX_CHANGED_AREA_PAGES: u64 = 1_000_000;
 

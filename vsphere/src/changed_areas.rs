@@ -22,7 +22,7 @@ pub async fn for_each_changed_area_page(
 
 /// Stream every `QueryChangedDiskAreas` page of disk `disk_key` in snapshot `snapshot`
 /// of `vm`, from `start` to the disk's end (`capacity` bytes), relative to `change_id`
-/// ([`ALL_ALLOCATED`] = every allocated area), calling `f` once per page, in order.
+/// ([`ALL_ALLOCATED`](crate::cbt::ALL_ALLOCATED) = every allocated area), calling `f` once per page, in order.
 /// Only one page is held at a time. Returns the total changed bytes.
 ///
 /// Each page is checked by [`check_page`] before `f` sees it; the next page starts at

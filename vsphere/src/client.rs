@@ -3,15 +3,20 @@
 use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use zeroize::Zeroizing;
 
 use crate::cbt::ChangedAreasPage;
 use crate::soap::{self, DiskDevice, MoRef, ObjectContent, ResponseError, ServiceContent};
+use crate::task::{
+    CutoverPowerOff, DiskChangeId, PowerOffStarted, PowerState, TaskFault, TaskInfo, TaskKind,
+    TaskRef, TaskState,
+};
 use crate::tls::TlsPolicy;
 use crate::transport::{ClientOptions, Transport, parse_endpoint};
 use crate::xml::Element;
-use crate::{Error, MAX_DATACENTERS, MAX_RETRIEVE_OBJECTS};
+use crate::{Error, MAX_DATACENTERS, MAX_RECENT_TASKS, MAX_RETRIEVE_OBJECTS, MIN_POLL_INTERVAL};
 
 /// The vim25 version used for the first call, before the server has told us its own.
 /// Every vCenter and ESXi from 6.7 on accepts it.
@@ -42,6 +47,10 @@ pub struct Disk {
     pub capacity_bytes: u64,
     /// The CBT change ID of this disk state, when CBT is on.
     pub change_id: Option<String>,
+    /// The datastore's name, from the file name's `[ds1]` prefix.
+    pub datastore: Option<String>,
+    /// The backing type, e.g. `VirtualDiskFlatVer2BackingInfo`.
+    pub backing: Option<String>,
 }
 
 impl Disk {
@@ -51,7 +60,15 @@ impl Disk {
             file_name: file_name.to_string(),
             capacity_bytes: d.capacity_bytes,
             change_id: d.change_id.clone(),
+            datastore: crate::task::datastore_of(file_name).map(str::to_string),
+            backing: d.backing.clone(),
         }
+    }
+
+    /// The base disk's file ([`crate::base_disk_name`]): what a warm migration names as
+    /// the DataVolume's `backingFile` (Forklift's `baseVolume(file, warm=true)`).
+    pub fn base_file_name(&self) -> String {
+        crate::task::base_disk_name(&self.file_name)
     }
 }
 
@@ -423,16 +440,13 @@ impl Client {
             .props(&vm, &["name", "runtime.powerState", "runtime.host"])
             .await?;
         let host = match o.prop_moref("runtime.host") {
-            Some(h) => {
-                let h = MoRef::new("HostSystem", &h.value);
-                match self.props(&h, &["name"]).await {
-                    Ok(ho) => ho.prop_text("name").map(str::to_string),
-                    Err(e) => {
-                        tracing::warn!(host = %h.value, error = %e, "cannot read the ESX host name");
-                        None
-                    }
+            Some(h) => match self.host_name(&h).await {
+                Ok(name) => name,
+                Err(e) => {
+                    tracing::warn!(host = %h.value, error = %e, "cannot read the ESX host name");
+                    None
                 }
-            }
+            },
             None => None,
         };
         let out = Vm {
@@ -567,12 +581,12 @@ impl Client {
         Ok(Disk::from_device(&d, &d.file_name))
     }
 
-    async fn snapshot_device(
+    /// The disks of snapshot `snapshot_moref`, which must be in `vm`'s tree.
+    async fn snapshot_devices_of_vm(
         &self,
         vm: &Vm,
         snapshot_moref: &str,
-        key: i32,
-    ) -> Result<DiskDevice, Error> {
+    ) -> Result<Vec<DiskDevice>, Error> {
         let mo = MoRef::new("VirtualMachine", &vm.moref);
         let o = self.props(&mo, &["snapshot"]).await?;
         let snaps = match o.prop("snapshot") {
@@ -585,8 +599,18 @@ impl Client {
             });
         }
         let devs = self.snapshot_devices(&[snapshot_moref.to_string()]).await?;
-        devs.into_iter()
-            .flat_map(|(_, d)| d.into_iter())
+        Ok(devs.into_iter().flat_map(|(_, d)| d.into_iter()).collect())
+    }
+
+    async fn snapshot_device(
+        &self,
+        vm: &Vm,
+        snapshot_moref: &str,
+        key: i32,
+    ) -> Result<DiskDevice, Error> {
+        self.snapshot_devices_of_vm(vm, snapshot_moref)
+            .await?
+            .into_iter()
             .find(|d| d.key == key)
             .ok_or_else(|| Error::NotFound {
                 what: format!("disk key {key} in snapshot {snapshot_moref}"),
@@ -651,6 +675,406 @@ impl Client {
             .map_err(|e| changed_areas_error(e, vm, snapshot_moref, change_id))?;
         soap::parse_disk_change_info(&resp)
             .map_err(|m| Error::Protocol(format!("QueryChangedDiskAreas: {m}")))
+    }
+
+    async fn host_name(&self, host: &MoRef) -> Result<Option<String>, Error> {
+        let h = MoRef::new("HostSystem", &host.value);
+        let o = self.props(&h, &["name"]).await?;
+        Ok(o.prop_text("name").map(str::to_string))
+    }
+
+    fn vm_mo(vm: &Vm) -> MoRef {
+        MoRef::new("VirtualMachine", &vm.moref)
+    }
+
+    /// A `*_Task` call: its `Task` moref; `ManagedObjectNotFound` on `_this` → NotFound.
+    async fn task_call(
+        &self,
+        operation: &str,
+        body: &str,
+        what: impl FnOnce() -> String,
+    ) -> Result<TaskRef, Error> {
+        let resp = self
+            .invoke(operation, body)
+            .await
+            .map_err(|e| not_found_on_mo(e, what))?;
+        let task = soap::parse_task_ref(&resp)
+            .map_err(|m| Error::Protocol(format!("{operation}: {m}")))?;
+        tracing::debug!(operation, task = %task, "vSphere task started");
+        Ok(task)
+    }
+
+    /// Start `CreateSnapshot_Task` on `vm` (Forklift: name `forklift-migration-precopy`,
+    /// description `Forklift Operator warm migration precopy`, `memory=false`,
+    /// `quiesce=true`). The snapshot exists once the task succeeds: its moref is the
+    /// task's result ([`Client::wait_snapshot_created`]). Before starting one after a
+    /// restart, look for a task still under way with [`Client::running_task`], as
+    /// Forklift does, so that no second snapshot is taken. An unknown VM →
+    /// [`Error::NotFound`].
+    pub async fn create_snapshot(
+        &self,
+        vm: &Vm,
+        name: &str,
+        description: &str,
+        memory: bool,
+        quiesce: bool,
+    ) -> Result<TaskRef, Error> {
+        let body = soap::create_snapshot(&Self::vm_mo(vm), name, description, memory, quiesce);
+        let t = self
+            .task_call("CreateSnapshot_Task", &body, || format!("VM {}", vm.moref))
+            .await?;
+        tracing::info!(vm = %vm.moref, snapshot = name, task = %t, memory, quiesce, "creating a snapshot");
+        Ok(t)
+    }
+
+    /// The first task of `kind` in `vm`'s `recentTask` that is still `queued` or
+    /// `running` (Forklift's `findRunningSnapshotTask`), or `None`. At most
+    /// [`crate::MAX_RECENT_TASKS`] tasks are read; a task that vanished in the meantime is
+    /// skipped. vcsim 0.24 keeps no `recentTask` on VMs and runs tasks within the call,
+    /// so there it is always `None`.
+    pub async fn running_task(&self, vm: &Vm, kind: TaskKind) -> Result<Option<TaskRef>, Error> {
+        let o = self.props(&Self::vm_mo(vm), &["recentTask"]).await?;
+        let tasks = match o.prop("recentTask") {
+            Some(v) => soap::parse_moref_array(v, "recentTask", MAX_RECENT_TASKS)?,
+            None => Vec::new(),
+        };
+        if tasks.is_empty() {
+            return Ok(None);
+        }
+        let tasks: Vec<MoRef> = tasks
+            .into_iter()
+            .map(|t| MoRef::new("Task", &t.value))
+            .collect();
+        const PATHS: [&str; 3] = ["info.name", "info.descriptionId", "info.state"];
+        let body =
+            soap::retrieve_properties(&self.content.property_collector, "Task", &tasks, &PATHS);
+        let objs = match self.retrieve(&body, MAX_RECENT_TASKS).await {
+            Ok(objs) => objs,
+            // A task left the server between the two reads: read them one by one.
+            Err(Error::Fault { name, .. }) if name == "ManagedObjectNotFound" => {
+                let mut objs = Vec::new();
+                for t in &tasks {
+                    match self.props(t, &PATHS).await {
+                        Ok(o) => objs.push(o),
+                        Err(Error::NotFound { .. }) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                objs
+            }
+            Err(e) => return Err(e),
+        };
+        // In recentTask order (oldest first), not the server's.
+        for t in &tasks {
+            let Some(o) = objs.iter().find(|o| o.obj.value == t.value) else {
+                continue;
+            };
+            let state = o.prop_text("info.state").and_then(TaskState::parse);
+            if matches!(state, Some(TaskState::Queued | TaskState::Running))
+                && kind.matches(o.prop_text("info.name"), o.prop_text("info.descriptionId"))
+            {
+                tracing::info!(vm = %vm.moref, task = %t.value, ?kind, "found a task still under way");
+                return Ok(Some(TaskRef::new(&t.value)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The task's `info` (`RetrievePropertiesEx` on `Task.info`). A task the server no
+    /// longer has → [`Error::NotFound`]; a malformed `TaskInfo` (no or unknown `state`, a
+    /// `result` that is not a moref, …) → [`Error::Protocol`] naming what is wrong.
+    pub async fn task_info(&self, task: &TaskRef) -> Result<TaskInfo, Error> {
+        let o = self
+            .props(&MoRef::new("Task", &task.moref), &["info"])
+            .await?;
+        let val = o.prop("info").ok_or_else(|| {
+            Error::Protocol(format!(
+                "RetrievePropertiesEx: task {task} has no info{}",
+                o.missing
+                    .iter()
+                    .find(|(p, _)| p == "info")
+                    .map(|(_, f)| format!(" ({f})"))
+                    .unwrap_or_default()
+            ))
+        })?;
+        soap::parse_task_info(val, task).map_err(|m| Error::Protocol(format!("task {task}: {m}")))
+    }
+
+    /// Poll [`Client::task_info`] every `interval` (at least [`crate::MIN_POLL_INTERVAL`])
+    /// until the task is done. `success` → its info; `error` → [`Error::TaskFailed`]
+    /// naming the fault; still not done after `timeout` → [`Error::Timeout`].
+    pub async fn wait_task(
+        &self,
+        task: &TaskRef,
+        interval: Duration,
+        timeout: Duration,
+    ) -> Result<TaskInfo, Error> {
+        let interval = interval.max(MIN_POLL_INTERVAL);
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let info = self.task_info(task).await?;
+            match info.state {
+                TaskState::Success => return Ok(info),
+                TaskState::Error => {
+                    let fault = info.error.clone().unwrap_or(TaskFault {
+                        name: "UnknownFault".into(),
+                        message: String::new(),
+                    });
+                    return Err(Error::TaskFailed {
+                        task: task.moref.clone(),
+                        operation: info
+                            .name
+                            .or(info.description_id)
+                            .unwrap_or_else(|| "?".into()),
+                        fault: fault.name,
+                        message: fault.message,
+                    });
+                }
+                TaskState::Queued | TaskState::Running => {}
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Err(Error::Timeout {
+                    operation: format!(
+                        "waiting for task {task} ({}, {}{})",
+                        info.name.as_deref().unwrap_or("?"),
+                        info.state,
+                        info.progress.map(|p| format!(" {p}%")).unwrap_or_default()
+                    ),
+                    after: timeout,
+                });
+            }
+            tokio::time::sleep(interval.min(deadline - now)).await;
+        }
+    }
+
+    /// [`Client::wait_task`] for a `CreateSnapshot_Task`, then the new snapshot's moref
+    /// (the task's result, as Forklift's `CheckSnapshotReady` reads it). A successful
+    /// task without a `VirtualMachineSnapshot` result → [`Error::Protocol`].
+    pub async fn wait_snapshot_created(
+        &self,
+        task: &TaskRef,
+        interval: Duration,
+        timeout: Duration,
+    ) -> Result<String, Error> {
+        let info = self.wait_task(task, interval, timeout).await?;
+        match info.result {
+            Some(r) if r.kind == "VirtualMachineSnapshot" || r.kind.is_empty() => Ok(r.value),
+            Some(r) => Err(Error::Protocol(format!(
+                "task {task} succeeded with a {} ({}), not a VirtualMachineSnapshot",
+                r.kind, r.value
+            ))),
+            None => Err(Error::Protocol(format!(
+                "task {task} succeeded without a result (expected the new snapshot)"
+            ))),
+        }
+    }
+
+    /// Start `RemoveSnapshot_Task` on snapshot `snapshot_moref` (Forklift:
+    /// `remove_children=false`, `consolidate=true`). A snapshot that no longer exists →
+    /// [`Error::NotFound`] (Forklift takes that as already removed).
+    pub async fn remove_snapshot(
+        &self,
+        snapshot_moref: &str,
+        remove_children: bool,
+        consolidate: bool,
+    ) -> Result<TaskRef, Error> {
+        let body = soap::remove_snapshot(
+            &MoRef::new("VirtualMachineSnapshot", snapshot_moref),
+            remove_children,
+            consolidate,
+        );
+        let t = self
+            .task_call("RemoveSnapshot_Task", &body, || {
+                format!("snapshot {snapshot_moref}")
+            })
+            .await?;
+        tracing::info!(snapshot = snapshot_moref, task = %t, remove_children, consolidate, "removing a snapshot");
+        Ok(t)
+    }
+
+    /// The change ID of every virtual disk in snapshot `snapshot_moref` of `vm`, as
+    /// Forklift's `GetSnapshotDeltas` (`StoreSnapshotDeltas`) records them: disks with a
+    /// FlatVer2, SparseVer2, RawDiskMappingVer1 or RawDiskVer2 backing (others, e.g.
+    /// SeSparse, are skipped as Forklift skips them), each named by its base disk
+    /// ([`crate::base_disk_name`]). The snapshot must be in the VM's tree
+    /// ([`Error::NotFound`] otherwise). Parsed like [`Client::snapshot_change_id`].
+    pub async fn snapshot_change_ids(
+        &self,
+        vm: &Vm,
+        snapshot_moref: &str,
+    ) -> Result<Vec<DiskChangeId>, Error> {
+        let devs = self.snapshot_devices_of_vm(vm, snapshot_moref).await?;
+        let mut out = Vec::new();
+        for d in devs {
+            if !d
+                .backing
+                .as_deref()
+                .is_some_and(|b| soap::CBT_BACKINGS.contains(&b))
+            {
+                tracing::debug!(
+                    key = d.key,
+                    backing = d.backing.as_deref().unwrap_or("-"),
+                    "disk backing without a change ID Forklift records; skipped"
+                );
+                continue;
+            }
+            out.push(DiskChangeId {
+                backing_file: crate::task::base_disk_name(&d.file_name),
+                snapshot_file: d.file_name,
+                device_key: d.key,
+                change_id: d.change_id,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The VM's `runtime.powerState`, read now. A value other than poweredOn, poweredOff
+    /// or suspended (or none) → [`Error::Protocol`].
+    pub async fn power_state(&self, vm: &Vm) -> Result<PowerState, Error> {
+        let o = self
+            .props(&Self::vm_mo(vm), &["runtime.powerState"])
+            .await?;
+        let s = o
+            .prop_text("runtime.powerState")
+            .ok_or_else(|| Error::Protocol(format!("VM {} has no runtime.powerState", vm.moref)))?;
+        PowerState::parse(s).ok_or_else(|| {
+            Error::Protocol(format!(
+                "VM {}: runtime.powerState {s:?} is not poweredOn, poweredOff or suspended",
+                vm.moref
+            ))
+        })
+    }
+
+    /// Poll [`Client::power_state`] every `interval` (at least
+    /// [`crate::MIN_POLL_INTERVAL`]) until it is `want` (Forklift's WaitForPowerOff);
+    /// [`Error::Timeout`] after `timeout`.
+    pub async fn wait_power_state(
+        &self,
+        vm: &Vm,
+        want: PowerState,
+        interval: Duration,
+        timeout: Duration,
+    ) -> Result<(), Error> {
+        let interval = interval.max(MIN_POLL_INTERVAL);
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let now_state = self.power_state(vm).await?;
+            if now_state == want {
+                return Ok(());
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Err(Error::Timeout {
+                    operation: format!(
+                        "waiting for VM {} to be {want} (it is {now_state})",
+                        vm.moref
+                    ),
+                    after: timeout,
+                });
+            }
+            tokio::time::sleep(interval.min(deadline - now)).await;
+        }
+    }
+
+    /// `ShutdownGuest`: ask the guest OS to shut down (needs VMware Tools running). It
+    /// returns at once; the VM is `poweredOff` when the guest is done
+    /// ([`Client::wait_power_state`]). Without Tools → [`Error::Fault`]
+    /// `ToolsUnavailable`; a VM that is not on → `InvalidPowerState`.
+    pub async fn shutdown_guest(&self, vm: &Vm) -> Result<(), Error> {
+        let body = soap::this_only("ShutdownGuest", &Self::vm_mo(vm));
+        self.invoke("ShutdownGuest", &body)
+            .await
+            .map_err(|e| not_found_on_mo(e, || format!("VM {}", vm.moref)))?;
+        tracing::info!(vm = %vm.moref, "guest shutdown requested");
+        Ok(())
+    }
+
+    /// `PowerOffVM_Task`: a hard power-off (no guest shutdown). The task fails with
+    /// `InvalidPowerState` when the VM is already off.
+    pub async fn power_off(&self, vm: &Vm) -> Result<TaskRef, Error> {
+        let body = soap::this_only("PowerOffVM_Task", &Self::vm_mo(vm));
+        self.task_call("PowerOffVM_Task", &body, || format!("VM {}", vm.moref))
+            .await
+    }
+
+    /// `PowerOnVM_Task` on the VM's own host. The task fails with `InvalidPowerState`
+    /// when the VM is already on.
+    pub async fn power_on(&self, vm: &Vm) -> Result<TaskRef, Error> {
+        let body = soap::this_only("PowerOnVM_Task", &Self::vm_mo(vm));
+        self.task_call("PowerOnVM_Task", &body, || format!("VM {}", vm.moref))
+            .await
+    }
+
+    /// Stop the source VM for the cutover (Forklift's PowerOffSource).
+    ///
+    /// Already `poweredOff` → [`PowerOffStarted::AlreadyOff`] (nothing is sent, as
+    /// Forklift). Otherwise `ShutdownGuest`. Forklift stops there: a guest without VMware
+    /// Tools fails the step with the fault (`ToolsUnavailable`) and the VM stays on; that
+    /// is [`CutoverPowerOff::GuestOnly`]. [`CutoverPowerOff::GuestThenHard`] then powers
+    /// the VM off hard (`PowerOffVM_Task`) when the guest cannot be asked
+    /// (`ToolsUnavailable`, `InvalidState`, or `InvalidPowerState` for a suspended VM),
+    /// which can lose data the guest has not written: the choice is the caller's. A
+    /// VM that turned off between the two calls is `AlreadyOff`.
+    pub async fn power_off_for_cutover(
+        &self,
+        vm: &Vm,
+        policy: CutoverPowerOff,
+    ) -> Result<PowerOffStarted, Error> {
+        if self.power_state(vm).await? == PowerState::PoweredOff {
+            return Ok(PowerOffStarted::AlreadyOff);
+        }
+        let err = match self.shutdown_guest(vm).await {
+            Ok(()) => return Ok(PowerOffStarted::GuestShutdown),
+            Err(e) => e,
+        };
+        let fault = err.fault_name().unwrap_or_default().to_string();
+        if fault == "InvalidPowerState" && self.power_state(vm).await? == PowerState::PoweredOff {
+            return Ok(PowerOffStarted::AlreadyOff);
+        }
+        let fallback = matches!(
+            fault.as_str(),
+            "ToolsUnavailable" | "InvalidState" | "InvalidPowerState"
+        );
+        if policy == CutoverPowerOff::GuestThenHard && fallback {
+            tracing::warn!(vm = %vm.moref, guest_fault = %fault,
+                "the guest cannot be shut down; powering the VM off hard");
+            let task = self.power_off(vm).await?;
+            return Ok(PowerOffStarted::HardPowerOff {
+                task,
+                guest_fault: fault,
+            });
+        }
+        Err(err)
+    }
+
+    /// The name of the ESX host running `vm` now (`runtime.host` → `HostSystem.name`),
+    /// re-read on each call: DRS may move the VM between rounds. `None` when the VM has
+    /// no host (not registered on one).
+    pub async fn current_host(&self, vm: &Vm) -> Result<Option<String>, Error> {
+        let o = self.props(&Self::vm_mo(vm), &["runtime.host"]).await?;
+        match o.prop_moref("runtime.host") {
+            Some(h) => self.host_name(&h).await,
+            None => Ok(None),
+        }
+    }
+
+    /// Every virtual disk of `vm` now (`config.hardware.device`, at most
+    /// [`crate::MAX_DEVICES`] devices): key, current file (a delta while snapshots exist;
+    /// [`Disk::base_file_name`] names the base disk), capacity, datastore name, backing
+    /// type and change ID, in device order: one DiskImport per disk.
+    pub async fn vm_disks(&self, vm: &Vm) -> Result<Vec<Disk>, Error> {
+        let o = self
+            .props(&Self::vm_mo(vm), &["config.hardware.device"])
+            .await?;
+        let devs = match o.prop("config.hardware.device") {
+            Some(v) => soap::parse_disks(v)?,
+            None => Vec::new(),
+        };
+        Ok(devs
+            .iter()
+            .map(|d| Disk::from_device(d, &d.file_name))
+            .collect())
     }
 
     /// End the session. Errors are logged, not returned: the session expires anyway.

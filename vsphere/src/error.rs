@@ -76,6 +76,21 @@ pub enum Error {
         /// The server's fault, and that a full copy is needed.
         message: String,
     },
+    /// A vSphere task ended in the `error` state (`TaskInfo.error`): e.g. a
+    /// `CreateSnapshot_Task` that failed with `FileFault`, a power task refused with
+    /// `InvalidPowerState`.
+    #[error("vSphere task {task} ({operation}) failed with {fault}: {message}")]
+    TaskFailed {
+        /// The task moref.
+        task: String,
+        /// The task's `info.name` (or `descriptionId`), e.g.
+        /// `vim.VirtualMachine.createSnapshot`.
+        operation: String,
+        /// The fault type (`error.fault`'s `xsi:type`), e.g. `FileFault`.
+        fault: String,
+        /// `error.localizedMessage`.
+        message: String,
+    },
     /// Any other SOAP fault, by its vim25 type name (`NoPermission`, `InvalidArgument`, …).
     #[error("vSphere fault {name} during {operation}: {message}")]
     Fault {
@@ -105,6 +120,15 @@ impl Error {
     /// True for the fault vSphere returns when the session cookie is no longer valid.
     pub fn is_not_authenticated(&self) -> bool {
         matches!(self, Error::Fault { name, .. } if name == "NotAuthenticated")
+    }
+
+    /// The vim25 fault type of a SOAP fault or a failed task, e.g. `FileFault`.
+    pub fn fault_name(&self) -> Option<&str> {
+        match self {
+            Error::Fault { name, .. } => Some(name),
+            Error::TaskFailed { fault, .. } => Some(fault),
+            _ => None,
+        }
     }
 
     /// True for errors that may go away if the same call is made again later

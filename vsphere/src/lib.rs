@@ -16,7 +16,36 @@
 //! | `config.hardware.device`, `snapshot` of the VM; `config.hardware.device` of its snapshots | `RetrievePropertiesEx` | [`Client::find_disk`], [`Client::snapshot_disk`] |
 //! | changed areas (CBT) of a snapshot disk, one page | `VirtualMachine.QueryChangedDiskAreas` | [`Client::query_changed_disk_areas`], [`for_each_changed_area_page`] |
 //! | change ID of a disk in a snapshot (`backing.changeId`) | `RetrievePropertiesEx` | [`Client::snapshot_change_id`] |
+//! | take a snapshot (Forklift: `memory=false`, `quiesce=true`) | `VirtualMachine.CreateSnapshot_Task` | [`Client::create_snapshot`] |
+//! | a createSnapshot / removeSnapshot task still queued or running, to reuse after a restart | `RetrievePropertiesEx` of `recentTask`, then `info.name`, `info.descriptionId`, `info.state` of those tasks | [`Client::running_task`] |
+//! | a task's state, progress, result moref, fault | `RetrievePropertiesEx` of `Task.info` | [`Client::task_info`], [`Client::wait_task`], [`Client::wait_snapshot_created`] |
+//! | remove a snapshot (Forklift: `removeChildren=false`, `consolidate=true`) | `VirtualMachineSnapshot.RemoveSnapshot_Task` | [`Client::remove_snapshot`] |
+//! | change ID of every disk of a snapshot, by base disk (StoreSnapshotDeltas) | `RetrievePropertiesEx` of `snapshot`, then the snapshot's `config.hardware.device` | [`Client::snapshot_change_ids`] |
+//! | power state, re-read | `RetrievePropertiesEx` of `runtime.powerState` | [`Client::power_state`], [`Client::wait_power_state`] |
+//! | guest OS shutdown (needs VMware Tools) | `VirtualMachine.ShutdownGuest` | [`Client::shutdown_guest`], [`Client::power_off_for_cutover`] |
+//! | hard power off / power on | `VirtualMachine.PowerOffVM_Task` / `PowerOnVM_Task` | [`Client::power_off`], [`Client::power_on`], [`Client::power_off_for_cutover`] (fallback) |
+//! | the VM's host now (DRS may move it) | `RetrievePropertiesEx` of `runtime.host`, then the host's `name` | [`Client::current_host`] |
+//! | the VM's disks now | `RetrievePropertiesEx` of `config.hardware.device` | [`Client::vm_disks`] |
 //! | end the session | `SessionManager.Logout` | [`Client::logout`] |
+//!
+//! # Tasks
+//!
+//! `*_Task` methods return a `Task` moref ([`TaskRef`]) at once; the work is done when
+//! its `info.state` is `success` (then `info.result` is the new snapshot for
+//! `CreateSnapshot_Task`) or `error` (then `info.error` names the fault, returned by
+//! [`Client::wait_task`] as [`Error::TaskFailed`]). Tasks are polled with
+//! `RetrievePropertiesEx`, not `WaitForUpdatesEx` (as govmomi's `task.Wait` does), so no
+//! property filter is left on the server by a controller that stops. vCenter names a
+//! task by its vmodl method in `info.name` (`vim.VirtualMachine.createSnapshot`, which
+//! Forklift compares) and `info.descriptionId` (`VirtualMachine.createSnapshot`);
+//! [`TaskKind::matches`] accepts both and vcsim's names. A `TaskInfo` without a state or
+//! with another state, a `result` that is not a moref, a `progress` outside 0–100, or the
+//! `error` state without a fault is refused ([`Error::Protocol`]).
+//!
+//! Forklift's cutover (`PowerOffSource`) calls `ShutdownGuest` only; without VMware
+//! Tools the step fails and the VM stays on. [`Client::power_off_for_cutover`] does the
+//! same with [`CutoverPowerOff::GuestOnly`] and falls back to a hard `PowerOffVM_Task`
+//! with [`CutoverPowerOff::GuestThenHard`].
 //!
 //! # Faults
 //!
@@ -27,6 +56,10 @@
 //!   in again **once** with the stored credentials and repeats the call once; a second
 //!   `NotAuthenticated` is returned as [`Error::Fault`];
 //! - `ManagedObjectNotFound` when reading a VM or a snapshot → [`Error::NotFound`];
+//! - `ManagedObjectNotFound` on the `_this` of a snapshot, power or task call (the VM,
+//!   snapshot or task is gone) → [`Error::NotFound`];
+//! - a task that ends in `error` → [`Error::TaskFailed`] with the fault's type and message
+//!   ([`Error::fault_name`] reads it from either);
 //! - `FileFault`, or `InvalidArgument` about `changeId`, from `QueryChangedDiskAreas` (CBT
 //!   was reset, or the change ID is from another epoch) → [`Error::ChangeIdInvalid`]: a
 //!   full copy is needed;
@@ -38,9 +71,11 @@
 //! (both adjustable through [`ClientOptions`]); bodies larger than [`MAX_RESPONSE_BYTES`]
 //! are refused ([`Error::Protocol`]), as are documents nested deeper than
 //! [`xml::MAX_XML_DEPTH`]; lists are capped ([`MAX_DATACENTERS`], [`MAX_DEVICES`],
-//! [`MAX_SNAPSHOTS`], [`MAX_PARENT_CHAIN`], [`MAX_RETRIEVE_OBJECTS`],
+//! [`MAX_SNAPSHOTS`], [`MAX_PARENT_CHAIN`], [`MAX_RETRIEVE_OBJECTS`], [`MAX_RECENT_TASKS`],
 //! [`cbt::MAX_AREAS_PER_PAGE`], [`cbt::MAX_CHANGED_AREA_PAGES`]). Changed-area pages are
-//! checked before use and never collected: see [`cbt`].
+//! checked before use and never collected: see [`cbt`]. Waiting for a task or a power
+//! state is bounded by the caller's timeout, polling no faster than
+//! [`MIN_POLL_INTERVAL`].
 //!
 //! # TLS and proxies
 //!
@@ -63,6 +98,7 @@ pub mod changed_areas;
 pub mod client;
 pub mod error;
 pub mod soap;
+pub mod task;
 pub mod transport;
 pub mod xml;
 
@@ -71,6 +107,10 @@ pub use changed_areas::{for_each_changed_area_page, for_each_changed_area_page_f
 pub use client::{Client, Disk, Vm};
 pub use error::Error;
 pub use ferry_http::{Proxy, ProxyConfig, ProxyScheme, proxy, tls};
+pub use task::{
+    CutoverPowerOff, DiskChangeId, PowerOffStarted, PowerState, TaskFault, TaskInfo, TaskKind,
+    TaskRef, TaskState, base_disk_name, datastore_of,
+};
 pub use tls::{TlsPolicy, normalize_thumbprint, thumbprint_of};
 pub use transport::{CALL_TIMEOUT, CONNECT_TIMEOUT, ClientOptions, Endpoint};
 
@@ -86,5 +126,10 @@ pub const MAX_SNAPSHOTS: usize = 1024;
 pub const MAX_PARENT_CHAIN: usize = 25;
 /// Most objects accepted from one (paged) `RetrievePropertiesEx`.
 pub const MAX_RETRIEVE_OBJECTS: usize = 10_000;
+/// Most tasks read from one VM's `recentTask` (vCenter keeps about 200 in all).
+pub const MAX_RECENT_TASKS: usize = 1000;
+/// The shortest poll interval [`Client::wait_task`] and [`Client::wait_power_state`]
+/// use (a smaller one is raised to it).
+pub const MIN_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
 /// Name of the session cookie set by `Login`.
 pub const SESSION_COOKIE: &str = "vmware_soap_session";

@@ -23,13 +23,15 @@ impl MoRef {
         }
     }
 
-    fn from_element(e: &Element) -> Option<MoRef> {
+    /// Read `<x type="T">value</x>`; `None` when the value is empty.
+    pub fn from_element(e: &Element) -> Option<MoRef> {
         let value = e.text.trim();
         if value.is_empty() {
             return None;
         }
+        // `type`, not `xsi:type` (vcsim writes `xsi:type` first).
         Some(MoRef {
-            kind: e.attr("type").unwrap_or_default().to_string(),
+            kind: e.plain_attr("type").unwrap_or_default().to_string(),
             value: value.into(),
         })
     }
@@ -190,6 +192,196 @@ pub fn query_changed_disk_areas(
     ))
 }
 
+/// `VirtualMachine.CreateSnapshot_Task` (WSDL order: `_this`, `name`, `description`,
+/// `memory`, `quiesce`).
+pub fn create_snapshot(
+    vm: &MoRef,
+    name: &str,
+    description: &str,
+    memory: bool,
+    quiesce: bool,
+) -> String {
+    envelope(&format!(
+        concat!(
+            r#"<CreateSnapshot_Task xmlns="urn:vim25">{this}<name>{name}</name>"#,
+            r#"<description>{desc}</description><memory>{memory}</memory>"#,
+            r#"<quiesce>{quiesce}</quiesce></CreateSnapshot_Task>"#
+        ),
+        this = vm.to_xml("_this"),
+        name = escape(name),
+        desc = escape(description),
+        memory = memory,
+        quiesce = quiesce,
+    ))
+}
+
+/// `VirtualMachineSnapshot.RemoveSnapshot_Task` (`_this`, `removeChildren`,
+/// `consolidate`).
+pub fn remove_snapshot(snapshot: &MoRef, remove_children: bool, consolidate: bool) -> String {
+    envelope(&format!(
+        concat!(
+            r#"<RemoveSnapshot_Task xmlns="urn:vim25">{this}"#,
+            r#"<removeChildren>{rc}</removeChildren><consolidate>{c}</consolidate>"#,
+            r#"</RemoveSnapshot_Task>"#
+        ),
+        this = snapshot.to_xml("_this"),
+        rc = remove_children,
+        c = consolidate,
+    ))
+}
+
+/// A method whose only argument is `_this`: `PowerOffVM_Task`, `PowerOnVM_Task` (no
+/// `host`: the VM's own), `ShutdownGuest`.
+pub fn this_only(method: &str, this: &MoRef) -> String {
+    envelope(&format!(
+        r#"<{method} xmlns="urn:vim25">{}</{method}>"#,
+        this.to_xml("_this")
+    ))
+}
+
+/// Read the `Task` moref a `*_Task` method returns.
+pub fn parse_task_ref(resp: &Element) -> Result<crate::task::TaskRef, ParseError> {
+    let rv = resp
+        .child("returnval")
+        .and_then(MoRef::from_element)
+        .ok_or(ParseError::Missing {
+            within: "task method response",
+            missing: "a returnval Task moref",
+        })?;
+    if !rv.kind.is_empty() && rv.kind != "Task" {
+        return Err(ParseError::Unexpected {
+            within: "task method response",
+            element: "returnval type",
+            value: rv.kind,
+            expected: "Task",
+        });
+    }
+    Ok(crate::task::TaskRef { moref: rv.value })
+}
+
+/// Read the morefs of an `ArrayOfManagedObjectReference` value (e.g. `recentTask`), at
+/// most `limit`.
+pub fn parse_moref_array(
+    val: &Element,
+    within: &'static str,
+    limit: usize,
+) -> Result<Vec<MoRef>, ParseError> {
+    if val.children.len() > limit {
+        return Err(ParseError::TooMany {
+            within,
+            what: "morefs",
+            limit,
+        });
+    }
+    Ok(val
+        .children
+        .iter()
+        .filter_map(MoRef::from_element)
+        .collect())
+}
+
+fn is_moref(e: &Element) -> bool {
+    match e.xsi_type() {
+        Some(t) => t == "ManagedObjectReference",
+        None => e.plain_attr("type").is_some(),
+    }
+}
+
+/// Read a `TaskInfo` (the `val` of a task's `info` property). `task` is the task asked
+/// about, used when `info.task` is absent.
+///
+/// Refused ([`ParseError`]): no `state`, a state other than queued/running/success/error,
+/// a `result` that is not a moref (with an `xsi:type` other than
+/// `ManagedObjectReference`, or empty), a `progress` outside 0–100, and the `error` state
+/// without `error.fault`.
+pub fn parse_task_info(
+    val: &Element,
+    task: &crate::task::TaskRef,
+) -> Result<crate::task::TaskInfo, ParseError> {
+    use crate::task::{TaskFault, TaskInfo, TaskRef, TaskState};
+    const W: &str = "TaskInfo";
+    let state_text = val.child_text("state").ok_or(ParseError::Missing {
+        within: W,
+        missing: "state",
+    })?;
+    let state = TaskState::parse(state_text).ok_or_else(|| ParseError::Unexpected {
+        within: W,
+        element: "state",
+        value: state_text.to_string(),
+        expected: "queued, running, success or error",
+    })?;
+    let result = match val.child("result") {
+        None => None,
+        Some(r) if is_moref(r) => Some(MoRef::from_element(r).ok_or(ParseError::Missing {
+            within: "TaskInfo.result",
+            missing: "a moref value",
+        })?),
+        Some(r) => {
+            return Err(ParseError::Unexpected {
+                within: W,
+                element: "result",
+                value: r.xsi_type().unwrap_or("(no xsi:type)").to_string(),
+                expected: "a ManagedObjectReference",
+            });
+        }
+    };
+    let progress = match val.child_text("progress") {
+        None | Some("") => None,
+        Some(p) => Some(p.parse::<u8>().ok().filter(|p| *p <= 100).ok_or_else(|| {
+            ParseError::Unexpected {
+                within: W,
+                element: "progress",
+                value: p.to_string(),
+                expected: "a percentage (0-100)",
+            }
+        })?),
+    };
+    let error = match val.child("error") {
+        Some(e) => {
+            let name = e
+                .child("fault")
+                .and_then(|f| f.xsi_type().map(str::to_string))
+                .ok_or(ParseError::Missing {
+                    within: "TaskInfo.error",
+                    missing: "fault (with an xsi:type)",
+                })?;
+            let message = e
+                .child_text("localizedMessage")
+                .filter(|m| !m.is_empty())
+                .unwrap_or(&name)
+                .to_string();
+            Some(TaskFault { name, message })
+        }
+        None if state == TaskState::Error => {
+            return Err(ParseError::Missing {
+                within: "TaskInfo in state error",
+                missing: "error",
+            });
+        }
+        None => None,
+    };
+    let text = |n: &str| {
+        val.child_text(n)
+            .filter(|t| !t.is_empty())
+            .map(str::to_string)
+    };
+    Ok(TaskInfo {
+        task: val
+            .child("task")
+            .and_then(MoRef::from_element)
+            .map(|m| TaskRef { moref: m.value })
+            .unwrap_or_else(|| task.clone()),
+        name: text("name"),
+        description_id: text("descriptionId"),
+        entity: val.child("entity").and_then(MoRef::from_element),
+        state,
+        progress,
+        result,
+        error,
+        cancelled: val.child_text("cancelled") == Some("true"),
+    })
+}
+
 /// Why a response could not be read (the client reports it as [`crate::Error::Protocol`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -211,6 +403,18 @@ pub enum ParseError {
         element: &'static str,
         /// What it holds.
         value: String,
+    },
+    /// An element holds a value Ferry does not accept.
+    #[error("{within}: {element} {value:?} is not {expected}")]
+    Unexpected {
+        /// The element it is in.
+        within: &'static str,
+        /// The element.
+        element: &'static str,
+        /// What it holds.
+        value: String,
+        /// What was expected.
+        expected: &'static str,
     },
     /// More items than Ferry reads from one response.
     #[error("{within} with more than {limit} {what}")]
@@ -481,7 +685,18 @@ pub struct DiskDevice {
     /// `backing.parent.fileName`, `backing.parent.parent.fileName`, … (at most
     /// [`crate::MAX_PARENT_CHAIN`]).
     pub parents: Vec<String>,
+    /// The backing's `xsi:type` without prefix, e.g. `VirtualDiskFlatVer2BackingInfo`.
+    pub backing: Option<String>,
 }
+
+/// The disk backings whose change IDs Forklift's `GetSnapshotDeltas` records
+/// (`StoreSnapshotDeltas`); [`crate::Client::snapshot_change_ids`] reads the same ones.
+pub const CBT_BACKINGS: [&str; 4] = [
+    "VirtualDiskFlatVer2BackingInfo",
+    "VirtualDiskSparseVer2BackingInfo",
+    "VirtualDiskRawDiskMappingVer1BackingInfo",
+    "VirtualDiskRawDiskVer2BackingInfo",
+];
 
 /// Read the `VirtualDisk`s of a `config.hardware.device` value (`ArrayOfVirtualDevice`).
 /// Other devices are skipped; more than [`crate::MAX_DEVICES`] devices is an error.
@@ -509,8 +724,10 @@ pub fn parse_disks(val: &Element) -> Result<Vec<DiskDevice>, ParseError> {
             within: "VirtualDisk",
             missing: "backing",
         })?;
+        // VirtualDiskRawDiskVer2BackingInfo names its file `descriptorFileName`.
         let file_name = backing
             .child_text("fileName")
+            .or_else(|| backing.child_text("descriptorFileName"))
             .unwrap_or_default()
             .to_string();
         let capacity_bytes = match d.child_text("capacityInBytes").and_then(|c| c.parse().ok()) {
@@ -542,6 +759,7 @@ pub fn parse_disks(val: &Element) -> Result<Vec<DiskDevice>, ParseError> {
             capacity_bytes,
             change_id,
             parents,
+            backing: backing.xsi_type().map(str::to_string),
         });
     }
     Ok(out)
@@ -740,6 +958,7 @@ mod tests {
                 capacity_bytes: 10 << 30,
                 change_id: Some("52 de c0 11 22 33 44 55-66 77 88 99 aa bb 63/81".into()),
                 parents: vec!["[ds1] vm1/vm1.vmdk".into()],
+                backing: Some("VirtualDiskFlatVer2BackingInfo".into()),
             }]
         );
         let snaps = parse_snapshot_tree(o.prop("snapshot").unwrap()).unwrap();
@@ -894,6 +1113,256 @@ mod tests {
         );
         assert_eq!(q.child_text("startOffset"), Some("1099511627776"));
         assert_eq!(q.child_text("changeId"), Some("52 de/81 <x>"));
+    }
+
+    fn task_info_of(doc: &str) -> Result<crate::task::TaskInfo, ParseError> {
+        let r = parse_retrieve_result(&ok(doc)).unwrap();
+        let o = &r.objects[0];
+        parse_task_info(
+            o.prop("info").unwrap(),
+            &crate::task::TaskRef::new(&o.obj.value),
+        )
+    }
+
+    /// A TaskInfo `val` with `inner` as its children, in a RetrievePropertiesEx reply.
+    fn task_doc(inner: &str) -> String {
+        format!(
+            concat!(
+                "<Envelope><Body><RetrievePropertiesExResponse><returnval><objects>",
+                "<obj type=\"Task\">task-9</obj><propSet><name>info</name>",
+                "<val xsi:type=\"TaskInfo\"><key>task-9</key>{}</val></propSet>",
+                "</objects></returnval></RetrievePropertiesExResponse></Body></Envelope>"
+            ),
+            inner
+        )
+    }
+
+    #[test]
+    fn task_info_success_and_error() {
+        use crate::task::{TaskFault, TaskState};
+        let i = task_info_of(include_str!("testdata/task_info_success.xml")).unwrap();
+        assert_eq!(i.task.moref, "task-301");
+        assert_eq!(i.state, TaskState::Success);
+        assert_eq!(i.name.as_deref(), Some("vim.VirtualMachine.createSnapshot"));
+        assert_eq!(
+            i.description_id.as_deref(),
+            Some("VirtualMachine.createSnapshot")
+        );
+        assert_eq!(i.entity, Some(MoRef::new("VirtualMachine", "vm-123")));
+        assert_eq!(
+            i.result,
+            Some(MoRef::new("VirtualMachineSnapshot", "snapshot-1001"))
+        );
+        assert_eq!((i.error, i.progress, i.cancelled), (None, None, false));
+        // vcsim writes xsi:type before the moref's own type.
+        let i = task_info_of(&task_doc(
+            "<state>success</state><result xsi:type=\"ManagedObjectReference\" type=\"VirtualMachineSnapshot\">snapshot-72</result>",
+        ))
+        .unwrap();
+        assert_eq!(
+            i.result,
+            Some(MoRef::new("VirtualMachineSnapshot", "snapshot-72"))
+        );
+        let i = task_info_of(include_str!("testdata/task_info_error.xml")).unwrap();
+        assert_eq!(i.state, TaskState::Error);
+        assert_eq!(i.result, None);
+        let TaskFault { name, message } = i.error.unwrap();
+        assert_eq!(name, "FileFault");
+        assert!(message.contains("Error caused by file"), "{message}");
+        // Running with progress; queued; other prefixes; vcsim's error message.
+        let i = task_info_of(&task_doc("<state>running</state><progress>42</progress>")).unwrap();
+        assert_eq!((i.state, i.progress), (TaskState::Running, Some(42)));
+        assert_eq!(i.task.moref, "task-9");
+        let i = task_info_of(&task_doc(
+            "<state>queued</state><cancelled>true</cancelled>",
+        ))
+        .unwrap();
+        assert_eq!((i.state, i.cancelled), (TaskState::Queued, true));
+        let i = task_info_of(&task_doc(
+            "<state>error</state><error><fault xsi:type=\"InvalidPowerState\"><requestedState>poweredOff</requestedState></fault><localizedMessage>*types.InvalidPowerState</localizedMessage></error>",
+        ))
+        .unwrap();
+        assert_eq!(i.error.unwrap().name, "InvalidPowerState");
+        // No localizedMessage: the fault's name stands in.
+        let i = task_info_of(&task_doc(
+            "<state>error</state><error><fault xsi:type=\"vim25:NoPermission\"/></error>",
+        ))
+        .unwrap();
+        assert_eq!(
+            i.error,
+            Some(crate::task::TaskFault {
+                name: "NoPermission".into(),
+                message: "NoPermission".into()
+            })
+        );
+    }
+
+    #[test]
+    fn task_info_without_state_is_refused() {
+        let e = task_info_of(&task_doc("<name>x</name>")).unwrap_err();
+        assert_eq!(e.to_string(), "TaskInfo without state");
+        let e = task_info_of(&task_doc("<state></state>")).unwrap_err();
+        assert!(e.to_string().contains("state \"\""), "{e}");
+    }
+
+    #[test]
+    fn task_info_with_unknown_state_is_refused() {
+        for s in ["done", "Success", "SUCCESS", "1"] {
+            let e = task_info_of(&task_doc(&format!("<state>{s}</state>"))).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                format!("TaskInfo: state {s:?} is not queued, running, success or error")
+            );
+        }
+    }
+
+    #[test]
+    fn task_info_whose_result_is_not_a_moref_is_refused() {
+        for (result, shown) in [
+            (
+                "<result xsi:type=\"xsd:string\">snapshot-1</result>",
+                "string",
+            ),
+            (
+                "<result xsi:type=\"ClusterPowerOnVmResult\"><attempted/></result>",
+                "ClusterPowerOnVmResult",
+            ),
+            ("<result>snapshot-1</result>", "(no xsi:type)"),
+        ] {
+            let e =
+                task_info_of(&task_doc(&format!("<state>success</state>{result}"))).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                format!("TaskInfo: result {shown:?} is not a ManagedObjectReference"),
+                "{result}"
+            );
+        }
+        let e = task_info_of(&task_doc(
+            "<state>success</state><result type=\"VirtualMachineSnapshot\" xsi:type=\"ManagedObjectReference\"> </result>",
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("moref value"), "{e}");
+    }
+
+    #[test]
+    fn task_info_in_error_without_a_fault_is_refused() {
+        let e = task_info_of(&task_doc("<state>error</state>")).unwrap_err();
+        assert_eq!(e.to_string(), "TaskInfo in state error without error");
+        let e = task_info_of(&task_doc(
+            "<state>error</state><error><localizedMessage>m</localizedMessage></error>",
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("fault"), "{e}");
+    }
+
+    #[test]
+    fn task_info_with_progress_out_of_range_is_refused() {
+        for p in ["101", "-1", "x", "4.5"] {
+            let e = task_info_of(&task_doc(&format!(
+                "<state>running</state><progress>{p}</progress>"
+            )))
+            .unwrap_err();
+            assert!(e.to_string().contains("percentage"), "{p}: {e}");
+        }
+    }
+
+    #[test]
+    fn task_refs_from_task_methods() {
+        let r = ok(include_str!("testdata/create_snapshot_task.xml"));
+        assert_eq!(parse_task_ref(&r).unwrap().moref, "task-301");
+        // ESXi's haTask morefs, no type attribute.
+        let r = ok(
+            "<Envelope><Body><R><returnval type=\"Task\">haTask-2-vim.VirtualMachine.createSnapshot-1</returnval></R></Body></Envelope>",
+        );
+        assert!(parse_task_ref(&r).unwrap().moref.starts_with("haTask-"));
+        let r = ok("<Envelope><Body><R><returnval>task-1</returnval></R></Body></Envelope>");
+        assert_eq!(parse_task_ref(&r).unwrap().moref, "task-1");
+        for inner in ["", "<returnval type=\"Task\"></returnval>"] {
+            let doc = format!("<Envelope><Body><R>{inner}</R></Body></Envelope>");
+            let e = parse_task_ref(&ok(&doc)).unwrap_err();
+            assert!(e.to_string().contains("returnval"), "{inner}: {e}");
+        }
+        let doc = "<Envelope><Body><R><returnval type=\"VirtualMachine\">vm-1</returnval></R></Body></Envelope>";
+        let e = parse_task_ref(&ok(doc)).unwrap_err();
+        assert!(
+            e.to_string().contains("\"VirtualMachine\" is not Task"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn recent_task_lists_are_capped() {
+        let one = "<ManagedObjectReference type=\"Task\" xsi:type=\"ManagedObjectReference\">task-1</ManagedObjectReference>";
+        let v = xml::parse(&format!("<val>{}</val>", one.repeat(3))).unwrap();
+        assert_eq!(parse_moref_array(&v, "recentTask", 3).unwrap().len(), 3);
+        let e = parse_moref_array(&v, "recentTask", 2).unwrap_err();
+        assert_eq!(e.to_string(), "recentTask with more than 2 morefs");
+    }
+
+    #[test]
+    fn snapshot_and_power_requests() {
+        let vm = MoRef::new("VirtualMachine", "vm-1");
+        let body = create_snapshot(&vm, "forklift-migration-precopy", "a <b>", false, true);
+        let root = xml::parse(&body).unwrap();
+        let q = root
+            .child("Body")
+            .unwrap()
+            .child("CreateSnapshot_Task")
+            .unwrap();
+        let names: Vec<_> = q.children.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["_this", "name", "description", "memory", "quiesce"]);
+        assert_eq!(q.child_text("description"), Some("a <b>"));
+        assert_eq!(
+            (q.child_text("memory"), q.child_text("quiesce")),
+            (Some("false"), Some("true"))
+        );
+        let body = remove_snapshot(
+            &MoRef::new("VirtualMachineSnapshot", "snapshot-2"),
+            false,
+            true,
+        );
+        let root = xml::parse(&body).unwrap();
+        let q = root
+            .child("Body")
+            .unwrap()
+            .child("RemoveSnapshot_Task")
+            .unwrap();
+        let names: Vec<_> = q.children.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["_this", "removeChildren", "consolidate"]);
+        assert_eq!(
+            q.child("_this").unwrap().attr("type"),
+            Some("VirtualMachineSnapshot")
+        );
+        for m in ["PowerOffVM_Task", "PowerOnVM_Task", "ShutdownGuest"] {
+            let root = xml::parse(&this_only(m, &vm)).unwrap();
+            let q = root.child("Body").unwrap().child(m).unwrap();
+            assert_eq!(q.children.len(), 1, "{m}");
+            assert_eq!(q.child_text("_this"), Some("vm-1"));
+        }
+    }
+
+    #[test]
+    fn disk_backings_are_named() {
+        let doc = concat!(
+            "<val>",
+            "<VirtualDevice xsi:type=\"VirtualDisk\"><key>2000</key><backing xsi:type=\"VirtualDiskRawDiskVer2BackingInfo\">",
+            "<descriptorFileName>[ds1] vm/rdm-000001.vmdk</descriptorFileName><changeId>c/1</changeId></backing></VirtualDevice>",
+            "<VirtualDevice xsi:type=\"VirtualDisk\"><key>2001</key><backing xsi:type=\"VirtualDiskSeSparseBackingInfo\">",
+            "<fileName>[ds1] vm/se.vmdk</fileName></backing></VirtualDevice>",
+            "</val>"
+        );
+        let d = parse_disks(&xml::parse(doc).unwrap()).unwrap();
+        assert_eq!(d[0].file_name, "[ds1] vm/rdm-000001.vmdk");
+        assert_eq!(
+            d[0].backing.as_deref(),
+            Some("VirtualDiskRawDiskVer2BackingInfo")
+        );
+        assert_eq!(d[0].change_id.as_deref(), Some("c/1"));
+        assert_eq!(
+            d[1].backing.as_deref(),
+            Some("VirtualDiskSeSparseBackingInfo")
+        );
+        assert!(!CBT_BACKINGS.contains(&"VirtualDiskSeSparseBackingInfo"));
     }
 
     #[test]

@@ -52,6 +52,15 @@ impl Element {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Value of the attribute named exactly `name` (no prefix): `type` of a moref, not
+    /// `xsi:type`, whichever comes first.
+    pub fn plain_attr(&self, name: &str) -> Option<&str> {
+        self.attrs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
     /// The `xsi:type` attribute without its prefix (`xsd:string` → `string`).
     pub fn xsi_type(&self) -> Option<&str> {
         self.attrs

@@ -356,7 +356,9 @@ async fn finds_disks_in_config_snapshots_and_parent_chain() {
             key: 2001,
             file_name: "[ds2] vm1/data.vmdk".into(),
             capacity_bytes: 1 << 30,
-            change_id: None
+            change_id: None,
+            datastore: Some("ds2".into()),
+            backing: Some("VirtualDiskFlatVer2BackingInfo".into()),
         }
     );
     assert!(

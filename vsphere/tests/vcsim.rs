@@ -110,3 +110,149 @@ async fn vcsims_own_rsa_1024_certificate_is_named() {
     assert!(matches!(err, Error::Tls { .. }), "{err:?}");
     assert!(msg.contains("RSA 1024-bit key"), "{msg}");
 }
+
+const POLL: std::time::Duration = std::time::Duration::from_millis(50);
+const LONG: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Forklift's warm snapshot calls against govmomi's own implementation of them. vcsim
+/// 0.24 runs a task within the call that starts it (it is `success` or `error` at the
+/// first read), names it `CreateSnapshot` (vCenter: `vim.VirtualMachine.createSnapshot`),
+/// keeps no `recentTask` on the VM, takes a snapshot without a delta disk or change IDs,
+/// and puts the Go type of a fault in `localizedMessage`.
+#[tokio::test]
+async fn snapshots_tasks_and_change_ids_against_vcsim() {
+    use ferry_vsphere::{TaskKind, TaskState};
+    if !available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Vcsim::start(dir.path(), false);
+    let c = login(&sim, PASSWORD).await.unwrap();
+    let vm = c.find_vm(&sim.get("instance_uuid")).await.unwrap();
+    assert_eq!(
+        c.running_task(&vm, TaskKind::CreateSnapshot).await.unwrap(),
+        None
+    );
+    let t = c
+        .create_snapshot(
+            &vm,
+            "forklift-migration-precopy",
+            "Forklift Operator warm migration precopy",
+            false,
+            true,
+        )
+        .await
+        .unwrap();
+    let info = c.task_info(&t).await.unwrap();
+    assert_eq!(info.state, TaskState::Success, "{info:?}");
+    assert_eq!(info.name.as_deref(), Some("CreateSnapshot"), "{info:?}");
+    assert_eq!(
+        info.description_id.as_deref(),
+        Some("VirtualMachine.createSnapshot")
+    );
+    assert!(TaskKind::CreateSnapshot.matches(info.name.as_deref(), info.description_id.as_deref()));
+    assert_eq!(info.entity.as_ref().unwrap().value, vm.moref);
+    let s = c.wait_snapshot_created(&t, POLL, LONG).await.unwrap();
+    assert_ne!(s, sim.get("snapshot"));
+    // A child of the snapshot tests/vcsim took, found by moref and by path.
+    assert_eq!(c.find_snapshot(&vm, &s).await.unwrap(), s);
+    assert_eq!(
+        c.find_snapshot(
+            &vm,
+            &format!("{}/forklift-migration-precopy", sim.get("snapshot_name"))
+        )
+        .await
+        .unwrap(),
+        s
+    );
+    // Every disk of the snapshot: vcsim copies the VM's config (no delta file, no CBT).
+    let ids = c.snapshot_change_ids(&vm, &s).await.unwrap();
+    let disks = c.vm_disks(&vm).await.unwrap();
+    assert_eq!(ids.len(), disks.len());
+    assert!(!ids.is_empty());
+    assert_eq!(ids[0].backing_file, sim.get("disk"));
+    assert_eq!(ids[0].device_key, disks[0].key);
+    assert_eq!(ids[0].change_id, None);
+    assert_eq!(disks[0].file_name, sim.get("disk"));
+    assert_eq!(
+        disks[0].capacity_bytes,
+        sim.info["capacity"].as_u64().unwrap()
+    );
+    assert!(disks[0].datastore.is_some());
+    assert_eq!(
+        c.current_host(&vm).await.unwrap().as_deref(),
+        Some(sim.get("host").as_str())
+    );
+    // Remove it: gone from the tree, the first snapshot stays.
+    let r = c.remove_snapshot(&s, false, true).await.unwrap();
+    let info = c.wait_task(&r, POLL, LONG).await.unwrap();
+    assert_eq!(
+        info.description_id.as_deref(),
+        Some("VirtualMachineSnapshot.removeSnapshot")
+    );
+    let e = c.find_snapshot(&vm, &s).await.unwrap_err();
+    assert!(matches!(e, Error::NotFound { .. }), "{e:?}");
+    assert_eq!(
+        c.find_snapshot(&vm, &sim.get("snapshot")).await.unwrap(),
+        sim.get("snapshot")
+    );
+    let e = c.snapshot_change_ids(&vm, &s).await.unwrap_err();
+    assert!(matches!(e, Error::NotFound { .. }), "{e:?}");
+    // Removing it again: vcsim answers ManagedObjectNotFound on the call, as vCenter.
+    let e = c.remove_snapshot(&s, false, true).await.unwrap_err();
+    assert!(
+        matches!(&e, Error::NotFound { what } if what.contains(&s)),
+        "{e:?}"
+    );
+    c.logout().await;
+}
+
+#[tokio::test]
+async fn power_round_trip_and_task_errors_against_vcsim() {
+    use ferry_vsphere::{CutoverPowerOff, PowerOffStarted, PowerState};
+    if !available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Vcsim::start(dir.path(), false);
+    let c = login(&sim, PASSWORD).await.unwrap();
+    let vm = c.find_vm(&sim.get("instance_uuid")).await.unwrap();
+    assert_eq!(c.power_state(&vm).await.unwrap(), PowerState::PoweredOn);
+    let t = c.power_off(&vm).await.unwrap();
+    let info = c.wait_task(&t, POLL, LONG).await.unwrap();
+    assert_eq!(info.result, None);
+    assert_eq!(c.power_state(&vm).await.unwrap(), PowerState::PoweredOff);
+    // A task error: powering off what is off.
+    let t = c.power_off(&vm).await.unwrap();
+    let e = c.wait_task(&t, POLL, LONG).await.unwrap_err();
+    match &e {
+        Error::TaskFailed { fault, message, .. } => {
+            assert_eq!(fault, "InvalidPowerState");
+            assert_eq!(message, "*types.InvalidPowerState");
+        }
+        other => panic!("{other:?}"),
+    }
+    // ShutdownGuest of a VM that is off: the call's own fault.
+    let e = c.shutdown_guest(&vm).await.unwrap_err();
+    assert_eq!(e.fault_name(), Some("InvalidPowerState"), "{e:?}");
+    assert_eq!(
+        c.power_off_for_cutover(&vm, CutoverPowerOff::GuestOnly)
+            .await
+            .unwrap(),
+        PowerOffStarted::AlreadyOff
+    );
+    let t = c.power_on(&vm).await.unwrap();
+    c.wait_task(&t, POLL, LONG).await.unwrap();
+    assert_eq!(c.power_state(&vm).await.unwrap(), PowerState::PoweredOn);
+    // The cutover: vcsim 0.24 shuts any guest down at once (no VMware Tools check).
+    assert_eq!(
+        c.power_off_for_cutover(&vm, CutoverPowerOff::GuestOnly)
+            .await
+            .unwrap(),
+        PowerOffStarted::GuestShutdown
+    );
+    c.wait_power_state(&vm, PowerState::PoweredOff, POLL, LONG)
+        .await
+        .unwrap();
+    c.logout().await;
+}

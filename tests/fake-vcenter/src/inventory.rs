@@ -35,6 +35,55 @@ pub struct Inventory {
     /// each call answers the `MethodNotFound` fault.
     #[serde(default)]
     pub missing_methods: Vec<String>,
+    /// How long a new task stays `queued` (milliseconds, default 0).
+    #[serde(default)]
+    pub task_queue_ms: u64,
+    /// How long a task then stays `running`, its `progress` rising (milliseconds,
+    /// default 0: done at the next call).
+    #[serde(default)]
+    pub task_run_ms: u64,
+    /// How long a guest takes to power off after `ShutdownGuest` (milliseconds,
+    /// default 0: off at the next call).
+    #[serde(default)]
+    pub guest_shutdown_ms: u64,
+    /// Faults to answer, per method (see [`FaultSpec`]).
+    #[serde(default)]
+    pub faults: Vec<FaultSpec>,
+    /// Serve every `TaskInfo` malformed in this way (to test the client's refusals).
+    #[serde(default)]
+    pub task_info_quirk: Option<TaskInfoQuirk>,
+}
+
+/// A fault injected into one method.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FaultSpec {
+    /// The SOAP method, e.g. `CreateSnapshot_Task`, `ShutdownGuest`.
+    pub method: String,
+    /// The vim25 fault type, e.g. `FileFault`.
+    pub fault: String,
+    /// The fault's message (default: a message naming the fault).
+    #[serde(default)]
+    pub message: Option<String>,
+    /// For `*_Task` methods: answer the call itself with the SOAP fault instead of
+    /// starting a task that ends in `error` with it (the default). Other methods always
+    /// answer the fault.
+    #[serde(default)]
+    pub immediate: bool,
+    /// How many calls get the fault (`null` = every call).
+    #[serde(default)]
+    pub times: Option<u32>,
+}
+
+/// A way in which the fake serves a malformed `TaskInfo`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskInfoQuirk {
+    /// No `state` element.
+    MissingState,
+    /// `state` is `done`.
+    UnknownState,
+    /// A successful task's `result` is an `xsd:string`, not a moref.
+    ResultNotMoref,
 }
 
 /// Changed areas per `QueryChangedDiskAreas` page when `page_areas` is not set.
@@ -87,10 +136,18 @@ pub struct VmSpec {
     /// Root snapshots.
     #[serde(default)]
     pub snapshots: Vec<SnapshotSpec>,
+    /// VMware Tools runs in the guest (`ShutdownGuest` answers `ToolsUnavailable`
+    /// otherwise). Default true.
+    #[serde(default = "yes")]
+    pub tools_running: bool,
 }
 
 fn powered_on() -> String {
     "poweredOn".into()
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// A virtual disk.
@@ -132,6 +189,12 @@ pub struct SnapshotSpec {
     /// Its name.
     #[serde(default)]
     pub name: String,
+    /// Its description.
+    #[serde(default)]
+    pub description: String,
+    /// Taken with `quiesce=true`.
+    #[serde(default)]
+    pub quiesced: bool,
     /// The disks in the snapshot's `config.hardware.device`.
     #[serde(default)]
     pub disks: Vec<DiskSpec>,

@@ -7,7 +7,35 @@
 //! traversal specs; `name`, `runtime.powerState`, `runtime.host`, `config.instanceUuid`,
 //! `config.uuid`, `config.hardware.device`, `snapshot` on VMs; `name` on datacenters and
 //! hosts; `config.hardware.device` on snapshots), `ContinueRetrievePropertiesEx` and
-//! `QueryChangedDiskAreas` (CBT, on snapshot disks).
+//! `QueryChangedDiskAreas` (CBT, on snapshot disks); and the calls of a warm migration:
+//! `CreateSnapshot_Task`, `RemoveSnapshot_Task`, `PowerOnVM_Task`, `PowerOffVM_Task`,
+//! `ShutdownGuest`, with `info`, `info.state`, `info.name`, `info.descriptionId` on tasks
+//! and `recentTask`, `guest.toolsRunningStatus` on VMs.
+//!
+//! VMs change: a task is `queued` for `task_queue_ms`, `running` (with a rising
+//! `progress`) for `task_run_ms`, then ends, all evaluated when a call comes in (nothing
+//! runs in the background); with both 0 it is done before its call answers, as on
+//! vcsim. Tasks are named as vCenter names them (`info.name`
+//! `vim.VirtualMachine.createSnapshot`, `vim.vm.Snapshot.remove`,
+//! `vim.VirtualMachine.powerOn`/`powerOff`; `descriptionId` `VirtualMachine.createSnapshot`
+//! …), with the VM as `entity`, and listed in the VM's `recentTask`. A snapshot takes
+//! the VM's current disks with a fresh change ID each (same CBT epoch, a new sequence
+//! number; `previous_change_id` is the disk's change ID before), the VM goes on in a new
+//! delta (`-00000N.vmdk`) of each disk, and the snapshot becomes the current one, a child
+//! of the previous current snapshot; its result is `snapshot-1001`, `snapshot-1002`, ….
+//! Removing one reparents its children (or drops them with `removeChildren`); removing
+//! one that is gone is `ManagedObjectNotFound` on the call (or in the task, if it went
+//! while the task waited). Powering on what is on, or off what is off, ends the task in
+//! `InvalidPowerState`. `ShutdownGuest` answers `InvalidPowerState` unless the VM is on,
+//! `ToolsUnavailable` unless `tools_running`, and otherwise powers the VM off after
+//! `guest_shutdown_ms`.
+//!
+//! Faults are injected per method with the inventory's `faults` (or
+//! [`FakeVcenter::inject_fault`]): a `*_Task` method starts a task that ends in `error`
+//! with the fault (or answers it at once with `immediate`), any other method answers the
+//! SOAP fault; `times` limits how many calls get it. `task_info_quirk` serves every
+//! `TaskInfo` malformed: without `state`, with state `done`, or with a result that is an
+//! `xsd:string`. [`FakeVcenter::move_vm`] moves a VM to another host (DRS).
 //!
 //! `QueryChangedDiskAreas(_this=vm, snapshot, deviceKey, startOffset, changeId)` answers
 //! from the snapshot disk's inventory: change ID `*` → `allocated_areas` (default: the
@@ -30,11 +58,15 @@
 //! `Login user=admin`, `FindByUuid uuid=… instance=true dc=datacenter-1`,
 //! `RetrievePropertiesEx obj=vm-123 props=name,runtime.powerState`,
 //! `QueryChangedDiskAreas vm=vm-123 snapshot=snapshot-7 key=2000 start=0 changeId=*`,
+//! `CreateSnapshot_Task vm=vm-123 name=… memory=false quiesce=true`,
+//! `RemoveSnapshot_Task snapshot=snapshot-1001 removeChildren=false consolidate=true`,
+//! `PowerOffVM_Task vm=vm-123`, `PowerOnVM_Task vm=vm-123`, `ShutdownGuest vm=vm-123`,
 //! `Logout`; a call answered with a fault gets ` fault=<Name>` appended.
 
 #![forbid(unsafe_code)]
 
 pub mod inventory;
+mod vm;
 mod xml;
 
 use std::collections::{BTreeMap, HashMap};
@@ -42,6 +74,7 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -55,9 +88,16 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 pub use inventory::{
-    Area, DEFAULT_PAGE_AREAS, Datacenter, DiskSpec, Inventory, SnapshotSpec, VmSpec,
+    Area, DEFAULT_PAGE_AREAS, Datacenter, DiskSpec, FaultSpec, Inventory, SnapshotSpec,
+    TaskInfoQuirk, VmSpec,
 };
+use vm::{FakeTask, Outcome, TaskOp, VmState};
 use xml::{El, esc};
+
+/// A fault type name that lives as long as the fake (injected faults are few).
+fn intern(name: &str) -> &'static str {
+    Box::leak(name.to_string().into_boxed_str())
+}
 
 /// Largest request body accepted.
 const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
@@ -114,7 +154,11 @@ const VM_PROPS: &[&str] = &[
     "config.uuid",
     "config.hardware.device",
     "snapshot",
+    "recentTask",
+    "guest.toolsRunningStatus",
 ];
+
+const TASK_PROPS: &[&str] = &["info", "info.state", "info.name", "info.descriptionId"];
 
 #[derive(Debug)]
 struct State {
@@ -124,6 +168,20 @@ struct State {
     vms: Vec<(String, String, String, String)>,
     /// snapshot moref → (vm moref, the snapshot's disks)
     snapshot_disks: HashMap<String, (String, Vec<DiskSpec>)>,
+    /// The VMs' mutable state, by moref.
+    vm_state: HashMap<String, VmState>,
+    /// ESX host name → moref.
+    hosts: BTreeMap<String, String>,
+    /// Every task, oldest first.
+    tasks: Vec<FakeTask>,
+    next_task: u64,
+    next_snapshot: u64,
+    /// Sequence number of the change IDs the fake hands out.
+    change_seq: u64,
+    /// (when, VM moref): guests shutting down after `ShutdownGuest`.
+    shutdowns: Vec<(Instant, String)>,
+    /// Injected faults, with their type names interned.
+    faults: Vec<(&'static str, FaultSpec)>,
     sessions: HashMap<String, u64>,
     next_session: u64,
     pages: HashMap<String, Vec<String>>,
@@ -201,14 +259,16 @@ fn snapshot_node_xml(vm: &str, s: &SnapshotSpec, id: &mut u32) -> String {
     let mut out = format!(
         concat!(
             "<snapshot type=\"VirtualMachineSnapshot\">{}</snapshot>",
-            "<vm type=\"VirtualMachine\">{}</vm><name>{}</name><description></description>",
+            "<vm type=\"VirtualMachine\">{}</vm><name>{}</name><description>{}</description>",
             "<id>{}</id><createTime>2026-01-01T00:00:00.000Z</createTime>",
-            "<state>poweredOn</state><quiesced>false</quiesced>"
+            "<state>poweredOff</state><quiesced>{}</quiesced>"
         ),
         esc(&s.moref),
         esc(vm),
         esc(&s.name),
-        id
+        esc(&s.description),
+        id,
+        s.quiesced
     );
     for c in &s.children {
         out.push_str(&format!(
@@ -233,8 +293,7 @@ impl State {
     fn new(inv: Inventory, opts: &Options) -> std::io::Result<State> {
         let mut objects = HashMap::new();
         let mut vms = Vec::new();
-        let mut snapshot_disks = HashMap::new();
-        let mut hosts: BTreeMap<String, String> = BTreeMap::new();
+        let mut vm_state = HashMap::new();
         let mut dc_morefs = Vec::new();
         for (i, dc) in inv.datacenters.iter().enumerate() {
             let dcm = dc
@@ -260,89 +319,15 @@ impl State {
                     vm.bios_uuid.clone(),
                     dcm.clone(),
                 ));
-                let mut props = BTreeMap::new();
-                props.insert("name".into(), string_val("xsd:string", &vm.name));
-                props.insert(
-                    "runtime.powerState".into(),
-                    string_val("VirtualMachinePowerState", &vm.power_state),
-                );
-                props.insert(
-                    "config.instanceUuid".into(),
-                    string_val("xsd:string", &vm.instance_uuid),
-                );
-                props.insert(
-                    "config.uuid".into(),
-                    string_val("xsd:string", &vm.bios_uuid),
-                );
-                props.insert("config.hardware.device".into(), devices_xml(&vm.disks));
-                if let Some(h) = &vm.host {
-                    let n = hosts.len() + 1;
-                    let hm = hosts
-                        .entry(h.clone())
-                        .or_insert_with(|| format!("host-{n}"))
-                        .clone();
-                    props.insert(
-                        "runtime.host".into(),
-                        format!("<val type=\"HostSystem\" xsi:type=\"ManagedObjectReference\">{hm}</val>"),
-                    );
-                }
-                if !vm.snapshots.is_empty() {
-                    let mut id = 0;
-                    let mut s = String::from("<val xsi:type=\"VirtualMachineSnapshotInfo\">");
-                    if let Some(cur) = last_snapshot(&vm.snapshots) {
-                        s.push_str(&format!(
-                            "<currentSnapshot type=\"VirtualMachineSnapshot\">{}</currentSnapshot>",
-                            esc(&cur.moref)
-                        ));
-                    }
-                    for r in &vm.snapshots {
-                        s.push_str(&format!(
-                            "<rootSnapshotList>{}</rootSnapshotList>",
-                            snapshot_node_xml(&vm.moref, r, &mut id)
-                        ));
-                    }
-                    s.push_str("</val>");
-                    props.insert("snapshot".into(), s);
-                }
-                objects.insert(
+                vm_state.insert(
                     vm.moref.clone(),
-                    Obj {
-                        kind: "VirtualMachine",
-                        props,
-                        valid: VM_PROPS,
-                        children: vec![],
+                    VmState {
+                        spec: vm.clone(),
+                        current: last_snapshot(&vm.snapshots).map(|s| s.moref.clone()),
+                        recent_tasks: Vec::new(),
                     },
                 );
-                let mut stack: Vec<&SnapshotSpec> = vm.snapshots.iter().collect();
-                while let Some(s) = stack.pop() {
-                    snapshot_disks.insert(s.moref.clone(), (vm.moref.clone(), s.disks.clone()));
-                    let mut props = BTreeMap::new();
-                    props.insert("config.hardware.device".into(), devices_xml(&s.disks));
-                    objects.insert(
-                        s.moref.clone(),
-                        Obj {
-                            kind: "VirtualMachineSnapshot",
-                            props,
-                            valid: &["config.hardware.device"],
-                            children: vec![],
-                        },
-                    );
-                    stack.extend(s.children.iter());
-                }
             }
-        }
-        for (name, moref) in hosts {
-            let mut props = BTreeMap::new();
-            props.insert("name".into(), string_val("xsd:string", &name));
-            objects.insert(
-                moref,
-                Obj {
-                    kind: "HostSystem",
-                    props,
-                    valid: &["name"],
-                    children: vec![],
-                },
-            );
         }
         let mut props = BTreeMap::new();
         props.insert("name".into(), string_val("xsd:string", "Datacenters"));
@@ -364,11 +349,24 @@ impl State {
             ),
             None => None,
         };
-        Ok(State {
+        let faults = inv
+            .faults
+            .iter()
+            .map(|f| (intern(&f.fault), f.clone()))
+            .collect();
+        let mut st = State {
             inv,
             objects,
             vms,
-            snapshot_disks,
+            snapshot_disks: HashMap::new(),
+            vm_state,
+            hosts: BTreeMap::new(),
+            tasks: Vec::new(),
+            next_task: 1,
+            next_snapshot: 1001,
+            change_seq: 100,
+            shutdowns: Vec::new(),
+            faults,
             sessions: HashMap::new(),
             next_session: 1,
             pages: HashMap::new(),
@@ -376,7 +374,327 @@ impl State {
             calls: Vec::new(),
             call_log,
             quiet: opts.quiet,
-        })
+        };
+        // Hosts in the order the inventory names them.
+        let names: Vec<String> = st
+            .vms
+            .iter()
+            .filter_map(|(m, ..)| st.vm_state[m].spec.host.clone())
+            .collect();
+        for h in names {
+            st.host_moref(&h);
+        }
+        let morefs: Vec<String> = st.vms.iter().map(|(m, ..)| m.clone()).collect();
+        for m in morefs {
+            st.refresh_vm(&m);
+        }
+        Ok(st)
+    }
+
+    /// The moref of the host with this name, creating its `HostSystem` on first use.
+    fn host_moref(&mut self, name: &str) -> String {
+        if let Some(m) = self.hosts.get(name) {
+            return m.clone();
+        }
+        let m = format!("host-{}", self.hosts.len() + 1);
+        self.hosts.insert(name.to_string(), m.clone());
+        let mut props = BTreeMap::new();
+        props.insert("name".into(), string_val("xsd:string", name));
+        self.objects.insert(
+            m.clone(),
+            Obj {
+                kind: "HostSystem",
+                props,
+                valid: &["name"],
+                children: vec![],
+            },
+        );
+        m
+    }
+
+    /// Render a VM's properties and its snapshots' objects from its state.
+    fn refresh_vm(&mut self, moref: &str) {
+        let Some(vm) = self.vm_state.get(moref).cloned() else {
+            return;
+        };
+        let spec = &vm.spec;
+        let mut props = BTreeMap::new();
+        props.insert("name".into(), string_val("xsd:string", &spec.name));
+        props.insert(
+            "runtime.powerState".into(),
+            string_val("VirtualMachinePowerState", &spec.power_state),
+        );
+        props.insert(
+            "config.instanceUuid".into(),
+            string_val("xsd:string", &spec.instance_uuid),
+        );
+        props.insert(
+            "config.uuid".into(),
+            string_val("xsd:string", &spec.bios_uuid),
+        );
+        props.insert("config.hardware.device".into(), devices_xml(&spec.disks));
+        props.insert(
+            "guest.toolsRunningStatus".into(),
+            string_val(
+                "xsd:string",
+                if spec.tools_running && spec.power_state == "poweredOn" {
+                    "guestToolsRunning"
+                } else {
+                    "guestToolsNotRunning"
+                },
+            ),
+        );
+        if let Some(h) = &spec.host {
+            let hm = self.host_moref(h);
+            props.insert(
+                "runtime.host".into(),
+                format!("<val type=\"HostSystem\" xsi:type=\"ManagedObjectReference\">{hm}</val>"),
+            );
+        }
+        if !vm.recent_tasks.is_empty() {
+            let mut v = String::from("<val xsi:type=\"ArrayOfManagedObjectReference\">");
+            for t in &vm.recent_tasks {
+                v.push_str(&format!(
+                    "<ManagedObjectReference type=\"Task\" xsi:type=\"ManagedObjectReference\">{}</ManagedObjectReference>",
+                    esc(t)
+                ));
+            }
+            v.push_str("</val>");
+            props.insert("recentTask".into(), v);
+        }
+        if !spec.snapshots.is_empty() {
+            let mut id = 0;
+            let mut s = String::from("<val xsi:type=\"VirtualMachineSnapshotInfo\">");
+            if let Some(cur) = &vm.current {
+                s.push_str(&format!(
+                    "<currentSnapshot type=\"VirtualMachineSnapshot\">{}</currentSnapshot>",
+                    esc(cur)
+                ));
+            }
+            for r in &spec.snapshots {
+                s.push_str(&format!(
+                    "<rootSnapshotList>{}</rootSnapshotList>",
+                    snapshot_node_xml(moref, r, &mut id)
+                ));
+            }
+            s.push_str("</val>");
+            props.insert("snapshot".into(), s);
+        }
+        self.objects.insert(
+            moref.to_string(),
+            Obj {
+                kind: "VirtualMachine",
+                props,
+                valid: VM_PROPS,
+                children: vec![],
+            },
+        );
+        // The snapshots: drop the old objects of this VM, add the tree's.
+        let old: Vec<String> = self
+            .snapshot_disks
+            .iter()
+            .filter(|(_, (owner, _))| owner == moref)
+            .map(|(s, _)| s.clone())
+            .collect();
+        for s in old {
+            self.snapshot_disks.remove(&s);
+            self.objects.remove(&s);
+        }
+        let mut stack: Vec<&SnapshotSpec> = spec.snapshots.iter().collect();
+        while let Some(s) = stack.pop() {
+            self.snapshot_disks
+                .insert(s.moref.clone(), (moref.to_string(), s.disks.clone()));
+            let mut props = BTreeMap::new();
+            props.insert("config.hardware.device".into(), devices_xml(&s.disks));
+            self.objects.insert(
+                s.moref.clone(),
+                Obj {
+                    kind: "VirtualMachineSnapshot",
+                    props,
+                    valid: &["config.hardware.device"],
+                    children: vec![],
+                },
+            );
+            stack.extend(s.children.iter());
+        }
+    }
+
+    /// End every task and guest shutdown whose time has come, apply their effects, and
+    /// render every task's `info` as of now.
+    fn advance(&mut self) {
+        let now = Instant::now();
+        let due: Vec<(Instant, String)> = self
+            .shutdowns
+            .iter()
+            .filter(|(at, _)| *at <= now)
+            .cloned()
+            .collect();
+        self.shutdowns.retain(|(at, _)| *at > now);
+        for (_, vm) in due {
+            if let Some(v) = self.vm_state.get_mut(&vm) {
+                v.spec.power_state = "poweredOff".into();
+            }
+            self.refresh_vm(&vm);
+        }
+        for i in 0..self.tasks.len() {
+            if !self.tasks[i].due(now) {
+                continue;
+            }
+            let outcome = self.execute(i);
+            self.tasks[i].outcome = Some(outcome);
+            let vm = self.tasks[i].vm.clone();
+            self.refresh_vm(&vm);
+        }
+        let quirk = self.inv.task_info_quirk;
+        for t in &self.tasks {
+            let info = t.info_xml(now, quirk);
+            let (name, did) = t.op.names();
+            let state = if info.contains("<state>") {
+                info.split("<state>")
+                    .nth(1)
+                    .and_then(|r| r.split("</state>").next())
+                    .unwrap_or_default()
+                    .to_string()
+            } else {
+                String::new()
+            };
+            let mut props = BTreeMap::new();
+            props.insert("info".into(), info);
+            if !state.is_empty() {
+                props.insert("info.state".into(), string_val("TaskInfoState", &state));
+            }
+            props.insert("info.name".into(), string_val("xsd:string", name));
+            props.insert("info.descriptionId".into(), string_val("xsd:string", did));
+            self.objects.insert(
+                t.moref.clone(),
+                Obj {
+                    kind: "Task",
+                    props,
+                    valid: TASK_PROPS,
+                    children: vec![],
+                },
+            );
+        }
+    }
+
+    /// Carry out task `i` now: its effect, or its injected fault.
+    fn execute(&mut self, i: usize) -> Outcome {
+        let t = self.tasks[i].clone();
+        if let Some((name, message)) = t.fault {
+            return Outcome::Error(name, message, String::new());
+        }
+        let Some(vm) = self.vm_state.get_mut(&t.vm) else {
+            return Outcome::Error(
+                "ManagedObjectNotFound".into(),
+                format!(
+                    "The object 'vim.VirtualMachine:{}' has already been deleted",
+                    t.vm
+                ),
+                format!("<obj type=\"VirtualMachine\">{}</obj>", esc(&t.vm)),
+            );
+        };
+        let invalid_power = |vm: &VmState, requested: &str| {
+            Outcome::Error(
+                "InvalidPowerState".into(),
+                format!(
+                    "The attempted operation cannot be performed in the current state ({}).",
+                    vm.spec.power_state
+                ),
+                format!(
+                    "<requestedState>{requested}</requestedState><existingState>{}</existingState>",
+                    esc(&vm.spec.power_state)
+                ),
+            )
+        };
+        match &t.op {
+            TaskOp::CreateSnapshot {
+                name,
+                description,
+                quiesce,
+            } => {
+                let mut n = self.next_snapshot;
+                let moref = loop {
+                    let m = format!("snapshot-{n}");
+                    n += 1;
+                    if !self.snapshot_disks.contains_key(&m) && !self.objects.contains_key(&m) {
+                        break m;
+                    }
+                };
+                self.next_snapshot = n;
+                vm.take_snapshot(&moref, name, description, *quiesce, &mut self.change_seq);
+                Outcome::Success(Some(("VirtualMachineSnapshot", moref)))
+            }
+            TaskOp::RemoveSnapshot {
+                snapshot,
+                remove_children,
+            } => {
+                if vm.remove_snapshot(snapshot, *remove_children).is_empty() {
+                    let f = not_found("VirtualMachineSnapshot", snapshot);
+                    return Outcome::Error(f.0.into(), f.1, f.2);
+                }
+                Outcome::Success(None)
+            }
+            TaskOp::PowerOn => {
+                if vm.spec.power_state == "poweredOn" {
+                    return invalid_power(vm, "poweredOn");
+                }
+                vm.spec.power_state = "poweredOn".into();
+                Outcome::Success(None)
+            }
+            TaskOp::PowerOff => {
+                if vm.spec.power_state == "poweredOff" {
+                    return invalid_power(vm, "poweredOff");
+                }
+                vm.spec.power_state = "poweredOff".into();
+                Outcome::Success(None)
+            }
+        }
+    }
+
+    /// The injected fault for `method`, if one applies to this call (counting it).
+    fn take_fault(&mut self, method: &str) -> Option<(&'static str, FaultSpec)> {
+        let i = self
+            .faults
+            .iter()
+            .position(|(_, f)| f.method == method && f.times != Some(0))?;
+        let (name, f) = &mut self.faults[i];
+        if let Some(n) = &mut f.times {
+            *n -= 1;
+        }
+        Some((*name, f.clone()))
+    }
+
+    /// Start a task on `vm`.
+    fn start_task(&mut self, vm: &str, op: TaskOp, fault: Option<(String, String)>) -> String {
+        let moref = format!("task-{}", self.next_task);
+        self.next_task += 1;
+        let vm_name = self
+            .vm_state
+            .get(vm)
+            .map(|v| v.spec.name.clone())
+            .unwrap_or_default();
+        self.tasks.push(FakeTask {
+            moref: moref.clone(),
+            vm: vm.to_string(),
+            vm_name,
+            op,
+            queued_at: Instant::now(),
+            queued_wall: SystemTime::now(),
+            queue: Duration::from_millis(self.inv.task_queue_ms),
+            run: Duration::from_millis(self.inv.task_run_ms),
+            fault,
+            outcome: None,
+            event_chain: 4000 + self.next_task,
+        });
+        if let Some(v) = self.vm_state.get_mut(vm) {
+            v.recent_tasks.push(moref.clone());
+            if v.recent_tasks.len() > vm::MAX_RECENT {
+                v.recent_tasks.remove(0);
+            }
+        }
+        self.refresh_vm(vm);
+        self.advance();
+        moref
     }
 
     fn log(&mut self, line: String) {
@@ -853,8 +1171,50 @@ fn describe(method: &str, req: &El) -> String {
                 req.text_of("token").unwrap_or_default()
             )
         }
+        "CreateSnapshot_Task" => format!(
+            "{method} vm={} name={} memory={} quiesce={}",
+            req.text_of("_this").unwrap_or_default(),
+            req.text_of("name").unwrap_or_default(),
+            req.text_of("memory").unwrap_or_default(),
+            req.text_of("quiesce").unwrap_or_default()
+        ),
+        "RemoveSnapshot_Task" => format!(
+            "{method} snapshot={} removeChildren={} consolidate={}",
+            req.text_of("_this").unwrap_or_default(),
+            req.text_of("removeChildren").unwrap_or_default(),
+            req.text_of("consolidate").unwrap_or_else(|| "-".into())
+        ),
+        "PowerOnVM_Task" | "PowerOffVM_Task" | "ShutdownGuest" => {
+            format!("{method} vm={}", req.text_of("_this").unwrap_or_default())
+        }
         other => other.to_string(),
     }
+}
+
+/// The `_this` of a VM method: a VM the fake has, else `ManagedObjectNotFound`.
+fn this_vm(st: &State, req: &El) -> Result<String, Fault> {
+    let this = req
+        .child("_this")
+        .ok_or_else(|| invalid_argument("_this"))?;
+    let m = this.text.trim().to_string();
+    if !st.vm_state.contains_key(&m) {
+        return Err(not_found("VirtualMachine", &m));
+    }
+    Ok(m)
+}
+
+fn task_reply(method: &str, task: &str) -> Reply {
+    ok(
+        method,
+        &format!("<returnval type=\"Task\">{}</returnval>", esc(task)),
+    )
+}
+
+/// The message of an injected fault.
+fn fault_message(f: &FaultSpec) -> String {
+    f.message
+        .clone()
+        .unwrap_or_else(|| format!("{} injected by the fake into {}", f.fault, f.method))
 }
 
 fn authenticated_call(st: &mut State, method: &str, req: &El, sid: &str) -> Result<Reply, Fault> {
@@ -865,7 +1225,95 @@ fn authenticated_call(st: &mut State, method: &str, req: &El, sid: &str) -> Resu
             format!("<method>{method}</method>"),
         ));
     }
+    st.advance();
+    let injected = st.take_fault(method);
+    let task_fault = match injected {
+        Some((name, f)) if method.ends_with("_Task") && !f.immediate => {
+            Some((name.to_string(), fault_message(&f)))
+        }
+        Some((name, f)) => return Err(Fault(name, fault_message(&f), String::new())),
+        None => None,
+    };
     match method {
+        "CreateSnapshot_Task" => {
+            let vm = this_vm(st, req)?;
+            let name = req
+                .text_of("name")
+                .ok_or_else(|| invalid_argument("name"))?;
+            let description = req.text_of("description").unwrap_or_default();
+            let quiesce = req.text_of("quiesce").as_deref() == Some("true");
+            let t = st.start_task(
+                &vm,
+                TaskOp::CreateSnapshot {
+                    name,
+                    description,
+                    quiesce,
+                },
+                task_fault,
+            );
+            Ok(task_reply(method, &t))
+        }
+        "RemoveSnapshot_Task" => {
+            let this = req
+                .child("_this")
+                .ok_or_else(|| invalid_argument("_this"))?;
+            let snap = this.text.trim().to_string();
+            let Some((vm, _)) = st.snapshot_disks.get(&snap).cloned() else {
+                return Err(not_found("VirtualMachineSnapshot", &snap));
+            };
+            let remove_children = match req.text_of("removeChildren").as_deref() {
+                Some("true") => true,
+                Some("false") => false,
+                _ => return Err(invalid_argument("removeChildren")),
+            };
+            let t = st.start_task(
+                &vm,
+                TaskOp::RemoveSnapshot {
+                    snapshot: snap,
+                    remove_children,
+                },
+                task_fault,
+            );
+            Ok(task_reply(method, &t))
+        }
+        "PowerOnVM_Task" | "PowerOffVM_Task" => {
+            let vm = this_vm(st, req)?;
+            let op = if method == "PowerOnVM_Task" {
+                TaskOp::PowerOn
+            } else {
+                TaskOp::PowerOff
+            };
+            let t = st.start_task(&vm, op, task_fault);
+            Ok(task_reply(method, &t))
+        }
+        "ShutdownGuest" => {
+            let vm = this_vm(st, req)?;
+            let v = &st.vm_state[&vm];
+            if v.spec.power_state != "poweredOn" {
+                return Err(Fault(
+                    "InvalidPowerState",
+                    format!(
+                        "The attempted operation cannot be performed in the current state ({}).",
+                        v.spec.power_state
+                    ),
+                    format!(
+                        "<requestedState>poweredOn</requestedState><existingState>{}</existingState>",
+                        esc(&v.spec.power_state)
+                    ),
+                ));
+            }
+            if !v.spec.tools_running {
+                return Err(Fault(
+                    "ToolsUnavailable",
+                    "Cannot complete operation because VMware Tools is not running in this virtual machine."
+                        .into(),
+                    String::new(),
+                ));
+            }
+            let at = Instant::now() + Duration::from_millis(st.inv.guest_shutdown_ms);
+            st.shutdowns.push((at, vm));
+            Ok(ok(method, ""))
+        }
         "Logout" => {
             this_ok(req, "SessionManager")?;
             st.sessions.remove(sid);
@@ -1123,6 +1571,54 @@ impl FakeVcenter {
             .unwrap_or_else(|p| p.into_inner())
             .calls
             .clone()
+    }
+
+    /// Inject a fault into a method from now on (as the inventory's `faults`).
+    pub fn inject_fault(&self, f: FaultSpec) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.faults.push((intern(&f.fault), f));
+    }
+
+    /// Move a VM to another ESX host (as DRS does), creating the host if it is new.
+    pub fn move_vm(&self, vm: &str, host: &str) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(v) = st.vm_state.get_mut(vm) {
+            v.spec.host = Some(host.to_string());
+        }
+        st.refresh_vm(vm);
+    }
+
+    /// Start or stop VMware Tools in a VM's guest.
+    pub fn set_tools_running(&self, vm: &str, running: bool) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(v) = st.vm_state.get_mut(vm) {
+            v.spec.tools_running = running;
+        }
+        st.refresh_vm(vm);
+    }
+
+    /// A VM's snapshot tree now, depth-first: (moref, name, depth).
+    pub fn snapshot_tree(&self, vm: &str) -> Vec<(String, String, usize)> {
+        fn walk(s: &[SnapshotSpec], depth: usize, out: &mut Vec<(String, String, usize)>) {
+            for n in s {
+                out.push((n.moref.clone(), n.name.clone(), depth));
+                walk(&n.children, depth + 1, out);
+            }
+        }
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.advance();
+        let mut out = Vec::new();
+        if let Some(v) = st.vm_state.get(vm) {
+            walk(&v.spec.snapshots, 0, &mut out);
+        }
+        out
+    }
+
+    /// A VM's power state now.
+    pub fn power_state(&self, vm: &str) -> Option<String> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.advance();
+        st.vm_state.get(vm).map(|v| v.spec.power_state.clone())
     }
 
     /// Invalidate every session now (as if they had timed out on the server).
