@@ -133,7 +133,7 @@ pub async fn run(
     lease_namespace: String,
     identity: String,
     vsphere: Arc<dyn VsphereOps>,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let api = |c: &Client| -> (Api<DiskImport>, Api<FerryPlan>, Api<Pod>) {
         match &namespace {
