@@ -1455,6 +1455,39 @@ fn vcenter_errors_each_give_one_line() {
     );
 }
 
+/// CDI's pods exit 1 for every failure; ferry-controller's (`FERRY_EXIT_CODES=kinds`)
+/// exit with the failure's kind, so a disk that cannot be found fails at once instead
+/// of restarting.
+#[test]
+fn ferry_controller_pods_exit_with_the_failures_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let vc = VCenter::start(&dir.path().join("vc"), &inventory(MIB));
+    let backing = format!(
+        "nbd+unix:///?socket={}",
+        dir.path().join("none.sock").display()
+    );
+    let mut pod = Pod::vddk(&vc, &backing);
+    pod.set("IMPORTER_BACKING_FILE", "[ds1] vm1/missing.vmdk");
+    let r = pod.run();
+    r.failure("CDI's pod", &["not found"]);
+    assert_eq!(
+        r.status.code(),
+        Some(1),
+        "CDI's contract: 1 for every failure"
+    );
+    pod.set("FERRY_EXIT_CODES", "kinds");
+    let r = pod.run();
+    r.failure("ferry-controller's pod", &["not found"]);
+    assert_eq!(
+        r.status.code(),
+        Some(i32::from(
+            ferry_contract::exit::ErrorKind::NotFound.exit_code()
+        )),
+        "stderr:\n{}",
+        r.stderr
+    );
+}
+
 #[test]
 fn failure_messages_stay_one_line_within_the_kubelet_limit() {
     let dir = tempfile::tempdir().unwrap();
