@@ -12,9 +12,12 @@ body=$(grep -v '^\s*#' "$f")
 froms=$(grep -c '^FROM ' <<<"$body")
 [ "$froms" -eq 2 ] || fail "expected 2 stages (build, runtime), found $froms"
 grep -q '^FROM .* AS build$' <<<"$body" || fail "first stage must be named build"
-grep -q 'cargo build --release --locked -p ferry' <<<"$body" || fail "build stage must build -p ferry --release --locked"
+grep -q 'cargo build --release --locked -p ferry -p ferry-controller' <<<"$body" || fail "build stage must build -p ferry -p ferry-controller --release --locked"
 grep -q 'install -D -m 0755 target/release/ferry /out/ferry' <<<"$body" || fail "build stage must install target/release/ferry as /out/ferry"
 grep -q '^COPY --from=build /out/ferry /usr/local/bin/ferry$' <<<"$body" || fail "runtime stage must copy the built binary from the build stage"
+grep -q 'install -D -m 0755 target/release/ferry-controller /out/ferry-controller' <<<"$body" || fail "build stage must install target/release/ferry-controller"
+grep -q '^COPY --from=build /out/ferry-controller /usr/local/bin/ferry-controller$' <<<"$body" || fail "runtime stage must copy ferry-controller (deploy/controller/deployment.yaml runs it)"
+grep -q '/usr/local/bin/ferry-controller' deploy/controller/deployment.yaml || fail "the Deployment no longer runs /usr/local/bin/ferry-controller"
 last_user=$(grep '^USER ' <<<"$body" | tail -1)
 [ "$last_user" = "USER 107:107" ] || fail "runtime user must be 107:107, got '${last_user:-none}'"
 grep -q '^EXPOSE 8443$' <<<"$body" || fail "must expose 8443 (metrics)"
@@ -22,4 +25,5 @@ grep -q '^ENTRYPOINT \["/usr/local/bin/ferry", "import"\]$' <<<"$body" || fail "
 if grep -qiE '^(COPY|ADD) .*(vmware|vix|vddk)' <<<"$body"; then fail "VDDK must not be copied into the image"; fi
 # The binary name the build stage installs must be the package's binary.
 grep -q '^name = "ferry"' importer/Cargo.toml || fail "importer/Cargo.toml no longer builds a binary named ferry"
-echo "Containerfile: ok (2 stages, user 107, ferry import, :8443, no VDDK)"
+grep -q '^name = "ferry-controller"' controller/Cargo.toml || fail "controller/Cargo.toml no longer builds a binary named ferry-controller"
+echo "Containerfile: ok (2 stages, user 107, ferry import, ferry-controller, :8443, no VDDK)"
