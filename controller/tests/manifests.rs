@@ -38,7 +38,7 @@ fn the_example_plans_parse_as_ferry_plans() {
     for f in ["plan-warm.yaml", "plan-cold-nbd.yaml"] {
         let text = std::fs::read_to_string(deploy().join("examples").join(f)).unwrap();
         let plan: FerryPlan = serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{f}: {e}"));
-        assert!(!plan.spec.vms.is_empty() && plan.spec.start, "{f}");
+        assert!(!plan.spec.vms.is_empty(), "{f}");
     }
 }
 
