@@ -522,6 +522,29 @@ pub fn plan_plan(input: &PlanInput<'_>) -> PlanDecision {
     status.target_namespace = spec.target_namespace.clone().unwrap_or_default();
     status.source = source_label(spec);
 
+    // A plan that cannot run says why, in a Ready=False condition, and never starts.
+    let problems = validate(spec);
+    set_condition(
+        &mut status,
+        "Ready",
+        problems.is_empty(),
+        if problems.is_empty() {
+            "Valid"
+        } else {
+            "Invalid"
+        },
+        &problems.join("; "),
+        input.now,
+    );
+    if !problems.is_empty() {
+        summarize(&mut status, input);
+        status.ready = false;
+        return PlanDecision {
+            status,
+            actions: cx.actions,
+            requeue: None,
+        };
+    }
     if spec.start && status.started_at.is_none() {
         status.started_at = Some(Time(input.now));
         cx.event(
@@ -551,6 +574,86 @@ pub fn plan_plan(input: &PlanInput<'_>) -> PlanDecision {
         status,
         actions: cx.actions,
         requeue: cx.requeue,
+    }
+}
+
+/// What is wrong with a plan's spec (empty: nothing).
+pub fn validate(spec: &FerryPlanSpec) -> Vec<String> {
+    let mut out = Vec::new();
+    match (&spec.source.vsphere, &spec.source.nbd) {
+        (Some(_), Some(_)) => out.push("source names both vsphere and nbd".to_string()),
+        (None, None) => out.push("source names neither vsphere nor nbd".to_string()),
+        (None, Some(_)) if spec.warm => out.push(
+            "a warm plan needs a vSphere source (NBD sources have no changed-block tracking here)"
+                .to_string(),
+        ),
+        _ => {}
+    }
+    if spec.vms.is_empty() {
+        out.push("the plan names no VMs".into());
+    }
+    let mut keys = std::collections::BTreeSet::new();
+    for (i, vm) in spec.vms.iter().enumerate() {
+        let key = vm_key(vm);
+        if key.is_empty() {
+            out.push(format!("vms[{i}] has neither id nor name"));
+        } else if !keys.insert(key.clone()) {
+            out.push(format!("VM {key} is listed twice"));
+        }
+        if spec.source.nbd.is_some() && vm.disks.iter().any(|d| d.nbd_uri.is_none()) {
+            out.push(format!(
+                "VM {key}: every disk of an NBD plan needs an nbdUri"
+            ));
+        }
+    }
+    if let Some(i) = &spec.precopy_interval {
+        if parse_duration(i).is_none() {
+            out.push(format!(
+                "precopyInterval {i:?} is not a duration (60m, 1h30m, 90s)"
+            ));
+        }
+    }
+    if let Some(t) = &spec.pvc_name_template {
+        let vars = crate::names::TemplateVars {
+            plan_name: "p".into(),
+            vm_name: "vm".into(),
+            disk_index: 0,
+            shared: false,
+        };
+        if let Err(e) = crate::names::render_pvc_name(t, &vars) {
+            out.push(e.to_string());
+        }
+    }
+    out
+}
+
+fn set_condition(
+    status: &mut FerryPlanStatus,
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: &str,
+    now: Timestamp,
+) {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+    let value = if ok { "True" } else { "False" };
+    if let Some(c) = status.conditions.iter_mut().find(|c| c.type_ == type_) {
+        if c.status != value {
+            c.last_transition_time = Time(now);
+        }
+        c.status = value.into();
+        c.reason = reason.into();
+        c.message = message.into();
+        c.observed_generation = status.observed_generation;
+    } else {
+        status.conditions.push(Condition {
+            type_: type_.into(),
+            status: value.into(),
+            reason: reason.into(),
+            message: message.into(),
+            last_transition_time: Time(now),
+            observed_generation: status.observed_generation,
+        });
     }
 }
 
@@ -1052,8 +1155,7 @@ fn summarize(status: &mut FerryPlanStatus, input: &PlanInput<'_>) {
         (true, None) => "warm".into(),
         (true, Some(t)) => t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
     };
-    status.ready =
-        spec.source.vsphere.is_some() != spec.source.nbd.is_some() && !spec.vms.is_empty();
+    status.ready = validate(spec).is_empty();
     status.phase = if !started {
         "Created".into()
     } else if ended == total {
@@ -1628,6 +1730,28 @@ mod tests {
             (d1.pvc.storage_class.as_deref(), d1.pvc.volume_mode),
             (Some("fast"), crate::crd::VolumeMode::Filesystem)
         );
+    }
+
+    #[test]
+    fn an_invalid_plan_is_not_ready_says_why_and_never_starts() {
+        let mut spec = vsphere_spec(true);
+        spec.start = true;
+        spec.source.nbd = Some(NbdSource {});
+        spec.precopy_interval = Some("soon".into());
+        spec.vms.push(spec.vms[0].clone());
+        let mut w = World::new(spec);
+        let d = w.step();
+        assert!(d.actions.is_empty());
+        assert!(!w.status.ready);
+        assert_eq!(w.status.phase, "Created");
+        let c = &w.status.conditions[0];
+        assert_eq!(
+            (c.type_.as_str(), c.status.as_str(), c.reason.as_str()),
+            ("Ready", "False", "Invalid")
+        );
+        for m in ["both vsphere and nbd", "not a duration", "listed twice"] {
+            assert!(c.message.contains(m), "{m}: {}", c.message);
+        }
     }
 
     #[test]
