@@ -606,12 +606,12 @@ pub fn validate(spec: &FerryPlanSpec) -> Vec<String> {
             ));
         }
     }
-    if let Some(i) = &spec.precopy_interval {
-        if parse_duration(i).is_none() {
-            out.push(format!(
-                "precopyInterval {i:?} is not a duration (60m, 1h30m, 90s)"
-            ));
-        }
+    if let Some(i) = &spec.precopy_interval
+        && parse_duration(i).is_none()
+    {
+        out.push(format!(
+            "precopyInterval {i:?} is not a duration (60m, 1h30m, 90s)"
+        ));
     }
     if let Some(t) = &spec.pvc_name_template {
         let vars = crate::names::TemplateVars {
