@@ -169,7 +169,9 @@ pub struct PlanSource {
 pub struct VsphereSource {
     /// `https://vcenter.example.com/sdk` (or an ESXi host).
     pub url: String,
-    /// Secret with keys `accessKeyId` (user) and `secretKey` (password), as CDI's.
+    /// Secret with keys `accessKeyId` (user) and `secretKey` (password), as CDI's. The
+    /// controller reads it in the plan's namespace, the import pods in the target
+    /// namespace: with a `targetNamespace`, it must exist in both.
     pub secret_ref: String,
     /// SHA-1 thumbprint of the endpoint's certificate.
     #[serde(default, skip_serializing_if = "Option::is_none")]

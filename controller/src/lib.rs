@@ -6,6 +6,7 @@
 //! take. The reconcilers only observe and act.
 
 pub mod crd;
+pub mod fuzzing;
 pub mod manifests;
 pub mod names;
 pub mod planner;

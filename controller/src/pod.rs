@@ -81,6 +81,10 @@ pub mod labels {
     pub const DISK_IMPORT: &str = "ferry.dev/disk-import";
     /// The plan.
     pub const PLAN: &str = "ferry.dev/plan";
+    /// The plan's namespace (DiskImports may live in another one, the target's).
+    pub const PLAN_NAMESPACE: &str = "ferry.dev/plan-namespace";
+    /// The plan's uid.
+    pub const PLAN_UID: &str = "ferry.dev/plan-uid";
     /// The per-host limit's key.
     pub const SOURCE_KEY: &str = "ferry.dev/source-key";
     /// The round.

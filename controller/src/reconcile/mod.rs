@@ -194,7 +194,13 @@ pub async fn run(
             }
         });
     let plan_run = Controller::new(plans_api, watcher::Config::default().any_semantic())
-        .owns(disks_api, watcher::Config::default().any_semantic())
+        // DiskImports in the plan's namespace are owned by it; in another (the target)
+        // namespace an owner reference cannot point at it, so they are found by labels.
+        .watches(
+            disks_api,
+            watcher::Config::default().any_semantic(),
+            plan::plan_of,
+        )
         .with_config(kube::runtime::controller::Config::default().concurrency(8))
         .graceful_shutdown_on(async move {
             let _ = rx2.recv().await;

@@ -22,11 +22,23 @@ use crate::vsphere::{Call, Endpoint};
 pub fn disks_of(ctx: &Context, plan: &FerryPlan) -> Vec<Arc<DiskImport>> {
     let uid = plan.uid().unwrap_or_default();
     ctx.disks.state_filter(|d| {
-        d.metadata
-            .owner_references
-            .as_ref()
-            .is_some_and(|o| o.iter().any(|r| r.uid == uid))
+        d.labels().get(crate::pod::labels::PLAN_UID) == Some(&uid)
+            || d.metadata
+                .owner_references
+                .as_ref()
+                .is_some_and(|o| o.iter().any(|r| r.uid == uid))
     })
+}
+
+/// The plan a DiskImport belongs to (for the plan controller's watch).
+pub fn plan_of(d: DiskImport) -> Option<kube::runtime::reflector::ObjectRef<FerryPlan>> {
+    let ns = d
+        .labels()
+        .get(crate::pod::labels::PLAN_NAMESPACE)
+        .cloned()
+        .or_else(|| d.namespace())?;
+    (!d.spec.plan.is_empty())
+        .then(|| kube::runtime::reflector::ObjectRef::new(&d.spec.plan).within(&ns))
 }
 
 fn view(d: &DiskImport) -> DiskView {
@@ -96,11 +108,25 @@ pub async fn reconcile(plan: Arc<FerryPlan>, ctx: Arc<Context>) -> Result<Action
                         step.is_terminal() || step == crate::planner::plan::Step::Pending
                     })
                 });
-                if done {
-                    Ok(Action::await_change())
-                } else {
-                    Err(Error::CleanupPending(format!("{a:?}")))
+                if !done {
+                    return Err(Error::CleanupPending(format!("{a:?}")));
                 }
+                // DiskImports outside the plan's namespace have no owner reference: the
+                // garbage collector would not delete them.
+                let plan_ns = p.namespace().unwrap_or_default();
+                for d in disks_of(&ctx, &p)
+                    .into_iter()
+                    .filter(|d| d.namespace().as_deref() != Some(plan_ns.as_str()))
+                {
+                    let api: Api<DiskImport> =
+                        Api::namespaced(ctx.client.clone(), &d.namespace().unwrap_or_default());
+                    match api.delete(&d.name_any(), &DeleteParams::default()).await {
+                        Ok(_) => {}
+                        Err(kube::Error::Api(e)) if e.code == 404 => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Ok(Action::await_change())
             }
         }
     })
@@ -314,15 +340,25 @@ async fn set_checkpoints(
                 di_spec.checkpoints = cp.iter().cloned().collect();
                 di_spec.final_checkpoint = last;
                 let mut di = DiskImport::new(&disk.disk_import, di_spec);
-                di.metadata.owner_references = Some(vec![
-                    plan.controller_owner_ref(&())
-                        .ok_or(Error::Metadata("uid"))?,
-                ]);
+                let plan_ns = plan.namespace().unwrap_or_default();
+                if plan_ns == ns {
+                    di.metadata.owner_references = Some(vec![
+                        plan.controller_owner_ref(&())
+                            .ok_or(Error::Metadata("uid"))?,
+                    ]);
+                }
                 di.metadata.labels = Some(
-                    [(
-                        crate::pod::labels::PLAN.to_string(),
-                        crate::names::label_value(&plan_name),
-                    )]
+                    [
+                        (
+                            crate::pod::labels::PLAN.to_string(),
+                            crate::names::label_value(&plan_name),
+                        ),
+                        (crate::pod::labels::PLAN_NAMESPACE.to_string(), plan_ns),
+                        (
+                            crate::pod::labels::PLAN_UID.to_string(),
+                            plan.uid().unwrap_or_default(),
+                        ),
+                    ]
                     .into(),
                 );
                 match api.create(&PostParams::default(), &di).await {
