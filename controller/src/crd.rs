@@ -683,24 +683,9 @@ pub struct PvcTarget {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct PodSettings {
-    /// Importer image.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub image: Option<String>,
-    /// Buffer size in 64 KiB units.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub buf_size_in_64k: Option<u32>,
-    /// Buffer count.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub buf_count: Option<u32>,
-    /// Restarts without progress before failing.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub restart_budget: Option<u32>,
-    /// Keep finished pods.
-    #[serde(default)]
-    pub retain: bool,
-    /// CPU request and limit.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cpu: Option<String>,
+    /// Image, buffers, restart budget, retention, CPU (the plan's `importer`).
+    #[serde(flatten)]
+    pub importer: ImporterSettings,
     /// Placement.
     #[serde(default)]
     pub placement: Placement,

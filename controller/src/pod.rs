@@ -141,7 +141,7 @@ fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
 
 /// Buffer size (64 KiB units) and count of a disk's pods.
 pub fn buffers(di: &DiskImport) -> (u32, u32) {
-    let p = &di.spec.pod;
+    let p = &di.spec.pod.importer;
     let size = p
         .buf_size_in_64k
         .unwrap_or(DEFAULT_BUF_SIZE_IN_64K)
@@ -360,7 +360,13 @@ pub fn import_pod(
 
     let (buf_size, buf_count) = buffers(di);
     let memory = memory_for(buf_size, buf_count);
-    let cpu = Quantity(spec.pod.cpu.clone().unwrap_or_else(|| DEFAULT_CPU.into()));
+    let cpu = Quantity(
+        spec.pod
+            .importer
+            .cpu
+            .clone()
+            .unwrap_or_else(|| DEFAULT_CPU.into()),
+    );
     let resources = ResourceRequirements {
         requests: Some(BTreeMap::from([
             ("cpu".into(), cpu.clone()),
@@ -425,9 +431,14 @@ pub fn import_pod(
             termination_message_policy: Some("FallbackToLogsOnError".into()),
             ..Default::default()
         });
-        if let Some(cm) = &v.extra_args {
+        // ConfigMaps mounted read-only: VDDK's extra configuration, the CA certificates.
+        for (volume, cm, dir) in [
+            (VDDK_ARGS_VOLUME, &v.extra_args, VDDK_ARGS_DIR),
+            (CERT_VOLUME, &v.cert_config_map, CERT_DIR),
+        ] {
+            let Some(cm) = cm else { continue };
             volumes.push(Volume {
-                name: VDDK_ARGS_VOLUME.into(),
+                name: volume.into(),
                 config_map: Some(ConfigMapVolumeSource {
                     name: cm.clone(),
                     ..Default::default()
@@ -435,24 +446,8 @@ pub fn import_pod(
                 ..Default::default()
             });
             mounts.push(VolumeMount {
-                name: VDDK_ARGS_VOLUME.into(),
-                mount_path: VDDK_ARGS_DIR.into(),
-                read_only: Some(true),
-                ..Default::default()
-            });
-        }
-        if let Some(cm) = &v.cert_config_map {
-            volumes.push(Volume {
-                name: CERT_VOLUME.into(),
-                config_map: Some(ConfigMapVolumeSource {
-                    name: cm.clone(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            });
-            mounts.push(VolumeMount {
-                name: CERT_VOLUME.into(),
-                mount_path: CERT_DIR.into(),
+                name: volume.into(),
+                mount_path: dir.into(),
                 read_only: Some(true),
                 ..Default::default()
             });
@@ -463,6 +458,7 @@ pub fn import_pod(
         name: IMPORTER_CONTAINER.into(),
         image: Some(
             spec.pod
+                .importer
                 .image
                 .clone()
                 .unwrap_or_else(|| defaults.image.clone()),

@@ -233,12 +233,10 @@ pub fn disk_import_spec(
         final_checkpoint: false,
         cancel: false,
         pod: PodSettings {
-            image: imp.image.clone(),
-            buf_size_in_64k: imp.buf_size_in_64k,
-            buf_count: imp.buf_count,
-            restart_budget: imp.restart_budget,
-            retain: imp.retain_pods && !spec.archived,
-            cpu: imp.cpu.clone(),
+            importer: crate::crd::ImporterSettings {
+                retain_pods: imp.retain_pods && !spec.archived,
+                ..imp.clone()
+            },
             placement: spec.placement.clone(),
             transfer_network: spec.transfer_network.clone(),
         },

@@ -184,6 +184,7 @@ fn time(t: Timestamp) -> Time {
 
 fn restart_budget(spec: &DiskImportSpec) -> u32 {
     spec.pod
+        .importer
         .restart_budget
         .unwrap_or(DEFAULT_RESTART_BUDGET)
         .min(MAX_RESTART_BUDGET)
@@ -271,7 +272,7 @@ pub fn plan_disk(input: &DiskInput<'_>) -> DiskDecision {
         actions: Vec::new(),
     };
     let spec = input.spec;
-    let retain = spec.pod.retain;
+    let retain = spec.pod.importer.retain_pods;
 
     if spec.cancel {
         if plan.status.phase != DiskPhase::Canceled {
@@ -460,7 +461,7 @@ fn follow_pod(mut plan: Plan<'_>, round: Round, pod: &PodView) -> DiskDecision {
             );
         }
         plan.release();
-        if !spec.pod.retain {
+        if !spec.pod.importer.retain_pods {
             plan.actions.push(DiskAction::DeletePod(pod.name.clone()));
         }
         plan.status.message.clear();
@@ -920,7 +921,7 @@ mod tests {
     #[test]
     fn retained_pods_stay_until_the_disk_is_archived() {
         let mut s = spec(&[], false);
-        s.pod.retain = true;
+        s.pod.importer.retain_pods = true;
         let mut st = run(&s, &DiskImportStatus::default(), &[]).status;
         st.slots = vec!["slot".into()];
         let done = run(&s, &st, &[pod("importer-vm1-disk-0", PodPhase::Succeeded)]);
@@ -931,7 +932,7 @@ mod tests {
             &[pod("importer-vm1-disk-0", PodPhase::Succeeded)],
         );
         assert!(kinds(&after).is_empty());
-        s.pod.retain = false;
+        s.pod.importer.retain_pods = false;
         let archived = run(
             &s,
             &after.status,

@@ -56,7 +56,7 @@ fn view(d: &DiskImport) -> DiskView {
         final_checkpoint: d.spec.final_checkpoint,
         copied: s.checkpoints_copied,
         cancel: d.spec.cancel,
-        retain: d.spec.pod.retain,
+        retain: d.spec.pod.importer.retain_pods,
         bytes_done: s.bytes_done,
         bytes_total: s.bytes_total,
         message: s.message,
@@ -221,7 +221,7 @@ async fn apply(ctx: &Context, plan: &FerryPlan, deleting: bool) -> Result<Action
                 None
             }
             PlanAction::ReleasePods(d) => {
-                let p = serde_json::json!({ "spec": { "pod": { "retain": false } } });
+                let p = serde_json::json!({ "spec": { "pod": { "retainPods": false } } });
                 patch_disk(&di_api, d, &p).await?;
                 None
             }
