@@ -1,0 +1,257 @@
+//! The whole controller (`reconcile::run`: kube-runtime's controllers, the stores, the
+//! finalizer, Lease slots, events) against the test API server (`tests/fake-apiserver`),
+//! with a minimal kubelet that runs no process: it binds each import pod, reports it
+//! running, then terminated with exit 0 and CDI's termination message. What this proves
+//! is the loop: plan → DiskImports → PVCs → pods one at a time within the per-host cap →
+//! status → Completed, and deletion through the finalizer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fake_apiserver::Server;
+use ferry_controller::crd::{
+    FerryPlan, FerryPlanSpec, Limits, NbdSource, PlanDisk, PlanSource, PlanVm, VolumeMode,
+};
+use ferry_controller::planner::plan::{Outcome, TaskView};
+use ferry_controller::pod::PodDefaults;
+use ferry_controller::vsphere::{BoxFuture, Call, Endpoint, VsphereOps};
+use kube::Api;
+use kube::api::{DeleteParams, PostParams};
+use serde_json::{Value, json};
+
+struct NoVsphere;
+impl VsphereOps for NoVsphere {
+    fn call<'a>(
+        &'a self,
+        _: &'a Endpoint,
+        _: &'a str,
+        c: Call,
+    ) -> BoxFuture<'a, Result<Option<Outcome>, String>> {
+        Box::pin(async move { Err(format!("an NBD plan makes no vSphere call ({c:?})")) })
+    }
+    fn task<'a>(&'a self, _: &'a Endpoint, _: &'a str) -> BoxFuture<'a, Result<TaskView, String>> {
+        Box::pin(async { Err("an NBD plan has no vSphere tasks".to_string()) })
+    }
+}
+
+const CORE: &str = "/api/v1";
+const FERRY: &str = "/apis/ferry.dev/v1alpha1";
+
+/// Bind pending pods, run them for a moment, end them with exit 0.
+async fn kubelet(server: Server) {
+    loop {
+        for mut pod in server.list(CORE, "pods") {
+            let phase = pod["status"]["phase"].as_str().map(str::to_string);
+            match phase.as_deref() {
+                None => {
+                    pod["spec"]["nodeName"] = json!("node-1");
+                    pod["status"] = json!({"phase": "Running", "containerStatuses": [
+                        {"name": "importer", "ready": true, "restartCount": 0, "image": "ferry:test", "imageID": "", "state": {"running": {"startedAt": "2026-12-03T00:00:00Z"}}}]});
+                    server.put(CORE, "pods", pod);
+                }
+                Some("Running") => {
+                    let msg = r#"{"scratchSpaceRequired":false,"preallocationApplied":false,"message":"Import Complete"}"#;
+                    pod["status"] = json!({"phase": "Succeeded", "containerStatuses": [
+                        {"name": "importer", "ready": false, "restartCount": 0, "image": "ferry:test", "imageID": "",
+                         "state": {"terminated": {"exitCode": 0, "reason": "Completed", "message": msg}}}]});
+                    server.put(CORE, "pods", pod);
+                }
+                _ => {}
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+}
+
+fn plan() -> FerryPlan {
+    let disk = |uri: &str, mode| PlanDisk {
+        nbd_uri: Some(uri.into()),
+        capacity: Some("1Gi".into()),
+        volume_mode: Some(mode),
+        ..Default::default()
+    };
+    let mut p = FerryPlan::new(
+        "lab",
+        FerryPlanSpec {
+            source: PlanSource {
+                vsphere: None,
+                nbd: Some(NbdSource {}),
+            },
+            vms: vec![PlanVm {
+                name: Some("lab01".into()),
+                disks: vec![
+                    disk("nbd://10.0.0.5:10809/root", VolumeMode::Block),
+                    disk("nbd://10.0.0.5:10809/data", VolumeMode::Filesystem),
+                ],
+                ..Default::default()
+            }],
+            start: true,
+            limits: Limits {
+                per_host_disks: Some(1),
+                per_vcenter_disks: None,
+            },
+            ..Default::default()
+        },
+    );
+    p.metadata.namespace = Some("vms".into());
+    p
+}
+
+/// The most import pods that were Running at once, from the server's history.
+fn most_running(server: &Server) -> usize {
+    let mut running = std::collections::BTreeSet::new();
+    let mut most = 0;
+    for ch in server
+        .history()
+        .iter()
+        .filter(|c| c.collection.plural == "pods")
+    {
+        let name = ch.object["metadata"]["name"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        if ch.kind != "DELETED" && ch.object["status"]["phase"] == "Running" {
+            running.insert(name);
+        } else {
+            running.remove(&name);
+        }
+        most = most.max(running.len());
+    }
+    most
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_nbd_plan_runs_to_completed_one_pod_at_a_time_and_deletes_through_its_finalizer() {
+    let server = Server::start().await;
+    let config = kube::Config::new(server.url().parse().unwrap());
+    let client = kube::Client::try_from(config).unwrap();
+    let plans: Api<FerryPlan> = Api::namespaced(client.clone(), "vms");
+    plans.create(&PostParams::default(), &plan()).await.unwrap();
+
+    tokio::spawn(kubelet(server.clone()));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let controller = tokio::spawn(ferry_controller::reconcile::run(
+        client.clone(),
+        None,
+        PodDefaults {
+            image: "ferry:test".into(),
+            verbosity: 1,
+            pull_policy: "IfNotPresent".into(),
+        },
+        "ferry-system".into(),
+        "test-replica".into(),
+        Arc::new(NoVsphere),
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+
+    let phase = |s: &Server| {
+        s.get(FERRY, "ferryplans", "vms", "lab")
+            .map(|p| p["status"]["phase"].clone())
+            .unwrap_or(Value::Null)
+    };
+    let done = server
+        .wait_for(Duration::from_secs(60), |s| phase(s) == "Completed")
+        .await;
+    let p = server.get(FERRY, "ferryplans", "vms", "lab").unwrap();
+    assert!(done, "the plan did not complete: {:#}", p["status"]);
+    assert_eq!(p["status"]["vmsSummary"], "1/1 (S:1/F:0/C:0)");
+    assert_eq!(p["status"]["progress"], "100.0% (2/2 GB)");
+    assert_eq!(p["metadata"]["finalizers"], json!(["ferry.dev/cleanup"]));
+
+    // Two DiskImports, owned by the plan, both Succeeded; their PVCs made with the
+    // right modes and sizes (CDI's filesystem overhead on the second).
+    let dis = server.list(FERRY, "diskimports");
+    assert_eq!(dis.len(), 2);
+    for d in &dis {
+        assert_eq!(d["status"]["phase"], "Succeeded", "{d:#}");
+        assert_eq!(d["metadata"]["ownerReferences"][0]["kind"], "FerryPlan");
+    }
+    let pvc = |n: &str| {
+        server
+            .get(CORE, "persistentvolumeclaims", "vms", n)
+            .unwrap_or_else(|| panic!("no PVC {n}"))
+    };
+    assert_eq!(pvc("lab-lab01-disk-0")["spec"]["volumeMode"], "Block");
+    assert_eq!(
+        pvc("lab-lab01-disk-0")["spec"]["resources"]["requests"]["storage"],
+        json!((1u64 << 30).to_string())
+    );
+    assert_eq!(pvc("lab-lab01-disk-1")["spec"]["volumeMode"], "Filesystem");
+    assert_eq!(
+        pvc("lab-lab01-disk-1")["spec"]["resources"]["requests"]["storage"],
+        json!((1084u64 << 20).to_string())
+    );
+
+    // Both disks are on one NBD server with a cap of 1: never two pods at once.
+    let created: Vec<String> = server
+        .history()
+        .iter()
+        .filter(|c| c.collection.plural == "pods" && c.kind == "ADDED")
+        .map(|c| {
+            c.object["metadata"]["name"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect();
+    assert_eq!(created.len(), 2, "{created:?}");
+    assert_eq!(most_running(&server), 1);
+    let pod_env = server
+        .history()
+        .iter()
+        .find(|c| c.collection.plural == "pods" && c.kind == "ADDED")
+        .map(|c| c.object["spec"]["containers"][0]["env"].clone())
+        .unwrap();
+    assert!(
+        pod_env
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "IMPORTER_SOURCE" && e["value"] == "nbd")
+    );
+    // Slots were taken and given back.
+    assert!(
+        server
+            .history()
+            .iter()
+            .any(|c| c.collection.plural == "leases" && c.kind == "ADDED")
+    );
+    assert!(
+        server
+            .list("/apis/coordination.k8s.io/v1", "leases")
+            .is_empty(),
+        "slots left: {:?}",
+        server.list("/apis/coordination.k8s.io/v1", "leases")
+    );
+    // Finished pods are deleted (not retained).
+    assert!(
+        server
+            .wait_for(Duration::from_secs(10), |s| s.list(CORE, "pods").is_empty())
+            .await,
+        "pods left: {:?}",
+        server.list(CORE, "pods")
+    );
+
+    // Deleting the plan runs the finalizer; the DiskImports go with it, the PVCs stay.
+    plans.delete("lab", &DeleteParams::default()).await.unwrap();
+    let gone = server
+        .wait_for(Duration::from_secs(30), |s| {
+            s.get(FERRY, "ferryplans", "vms", "lab").is_none()
+                && s.list(FERRY, "diskimports").is_empty()
+        })
+        .await;
+    assert!(
+        gone,
+        "plan: {:?}",
+        server.get(FERRY, "ferryplans", "vms", "lab")
+    );
+    assert_eq!(
+        server.list(CORE, "persistentvolumeclaims").len(),
+        2,
+        "volumes outlive the plan"
+    );
+    let _ = stop_tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(15), controller).await;
+}
