@@ -255,3 +255,161 @@ async fn a_cold_nbd_plan_runs_to_completed_one_pod_at_a_time_and_deletes_through
     let _ = stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(15), controller).await;
 }
+
+/// A warm plan against the fake vCenter, through the real controller: the first round
+/// full, then (the cutover being due) the guest shut down, the final snapshot, a delta
+/// round chained by change ID, every snapshot removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_vsphere_plan_snapshots_cuts_over_and_completes() {
+    use fake_vcenter::{FakeVcenter, Inventory, Options};
+    use ferry_controller::crd::VsphereSource;
+    const UUID: &str = "5012aaaa-0000-0000-0000-000000000001";
+    let inv: Inventory = serde_json::from_value(json!({
+        "user": "administrator@vsphere.local", "password": "pw",
+        "datacenters": [{"name": "dc1", "vms": [
+            {"moref": "vm-123", "name": "web01", "instance_uuid": UUID, "power_state": "poweredOn", "host": "esx12.example",
+             "disks": [
+                 {"key": 2000, "file_name": "[ds1] web01/web01.vmdk", "capacity_bytes": 1073741824u64, "change_id": "52 de-66 77/81"},
+                 {"key": 2001, "file_name": "[ds2] web01/data.vmdk", "capacity_bytes": 1073741824u64, "change_id": "52 df-66 78/9"}
+             ]}]}]
+    }))
+    .unwrap();
+    let vc = FakeVcenter::start(
+        inv,
+        "127.0.0.1:0",
+        Options {
+            quiet: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let server = Server::start().await;
+    // The credentials, as the plan's Secret (base64 data, as the API serves it).
+    server.put(
+        CORE,
+        "secrets",
+        json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "vc", "namespace": "vms"},
+        "data": {"accessKeyId": "YWRtaW5pc3RyYXRvckB2c3BoZXJlLmxvY2Fs", "secretKey": "cHc="}}),
+    );
+    let client = kube::Client::try_from(kube::Config::new(server.url().parse().unwrap())).unwrap();
+    let plans: Api<FerryPlan> = Api::namespaced(client.clone(), "vms");
+    let mut p = FerryPlan::new(
+        "wave1",
+        FerryPlanSpec {
+            source: PlanSource {
+                vsphere: Some(VsphereSource {
+                    url: vc.endpoint(),
+                    secret_ref: "vc".into(),
+                    thumbprint: Some(vc.thumbprint().to_string()),
+                    vddk_image: "vddk:8".into(),
+                    ..Default::default()
+                }),
+                nbd: None,
+            },
+            vms: vec![PlanVm {
+                id: Some(UUID.into()),
+                ..Default::default()
+            }],
+            warm: true,
+            start: true,
+            // Due already: the cutover follows the first (full) round.
+            cutover: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                jiff::Timestamp::now(),
+            )),
+            ..Default::default()
+        },
+    );
+    p.metadata.namespace = Some("vms".into());
+    plans.create(&PostParams::default(), &p).await.unwrap();
+    tokio::spawn(kubelet(server.clone()));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let controller = tokio::spawn(ferry_controller::reconcile::run(
+        client.clone(),
+        None,
+        PodDefaults {
+            image: "ferry:test".into(),
+            verbosity: 1,
+            pull_policy: "IfNotPresent".into(),
+        },
+        "ferry-system".into(),
+        "test-replica".into(),
+        Arc::new(ferry_controller::vsphere::Vcenter::default()),
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    let phase = |s: &Server| {
+        s.get(FERRY, "ferryplans", "vms", "wave1")
+            .map(|p| p["status"]["phase"].clone())
+            .unwrap_or(Value::Null)
+    };
+    let done = server
+        .wait_for(Duration::from_secs(120), |s| phase(s) == "Completed")
+        .await;
+    let p = server.get(FERRY, "ferryplans", "vms", "wave1").unwrap();
+    assert!(
+        done,
+        "the plan did not complete: {:#}\nvCenter calls: {:?}",
+        p["status"],
+        vc.calls()
+    );
+    let vm = &p["status"]["vms"][0];
+    assert_eq!(vm["round"], 2, "{vm:#}");
+    assert_eq!(
+        vc.power_state("vm-123").as_deref(),
+        Some("poweredOff"),
+        "shut down at cutover"
+    );
+    assert!(
+        vc.snapshot_tree("vm-123").is_empty(),
+        "snapshots left: {:?}",
+        vc.snapshot_tree("vm-123")
+    );
+    // Each disk: round 1 a full copy of the first snapshot, round 2 (final) a delta from
+    // that snapshot's change ID; one pod per round, VDDK's environment.
+    for d in server.list(FERRY, "diskimports") {
+        let cps = d["spec"]["checkpoints"].as_array().unwrap().clone();
+        assert_eq!(cps.len(), 2, "{d:#}");
+        assert_eq!(cps[0]["previous"], "");
+        assert!(
+            cps[1]["previous"].as_str().is_some_and(|c| c.contains('/')),
+            "a change ID: {cps:?}"
+        );
+        assert_eq!(d["spec"]["finalCheckpoint"], true);
+        assert_eq!(
+            d["status"]["phase"], "Succeeded",
+            "{d:#}\nplan: {:#}",
+            p["status"]
+        );
+        assert_eq!(
+            d["status"]["checkpointsCopied"].as_array().unwrap().len(),
+            2
+        );
+    }
+    let pods: Vec<Value> = server
+        .history()
+        .iter()
+        .filter(|c| c.collection.plural == "pods" && c.kind == "ADDED")
+        .map(|c| c.object.clone())
+        .collect();
+    assert_eq!(pods.len(), 4, "two rounds of two disks");
+    let env = |pod: &Value, name: &str| {
+        pod["spec"]["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .map(|e| e["value"].clone())
+    };
+    let last = pods
+        .iter()
+        .find(|p| env(p, "IMPORTER_FINAL_CHECKPOINT") == Some(json!("true")))
+        .expect("a final-round pod");
+    assert_eq!(env(last, "IMPORTER_SOURCE"), Some(json!("vddk")));
+    assert_eq!(env(last, "IMPORTER_UUID"), Some(json!(UUID)));
+    assert_eq!(last["spec"]["initContainers"][0]["image"], "vddk:8");
+    let _ = stop_tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(15), controller).await;
+}

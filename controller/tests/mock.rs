@@ -87,6 +87,7 @@ fn context(client: Client, disks: Vec<DiskImport>) -> Arc<Context> {
         vsphere: Arc::new(NoVsphere),
         scraper: Scraper::default(),
         now,
+        written: Default::default(),
     })
 }
 

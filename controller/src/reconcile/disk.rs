@@ -60,7 +60,14 @@ pub fn demands(ctx: &Context, now: Timestamp) -> Vec<Demand> {
 pub async fn reconcile(di: Arc<DiskImport>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = di.namespace().ok_or(Error::Metadata("namespace"))?;
     let now = (ctx.now)();
-    let status = di.status.clone().unwrap_or_default();
+    let (uid, rv) = (
+        di.uid().unwrap_or_default(),
+        di.resource_version().unwrap_or_default(),
+    );
+    let status = ctx
+        .written
+        .current(&uid, &rv, di.status.clone())
+        .unwrap_or_default();
     let pods = pods_of(&ctx, &di);
     let views: Vec<PodView> = pods.iter().map(|p| PodView::of(p)).collect();
 
@@ -190,6 +197,11 @@ pub async fn write_status(
         &super::status_patch(status)?,
     )
     .await?;
+    ctx.written.wrote(
+        &di.uid().unwrap_or_default(),
+        &di.resource_version().unwrap_or_default(),
+        status,
+    );
     Ok(())
 }
 

@@ -80,6 +80,56 @@ pub struct Context {
     pub scraper: scrape::Scraper,
     /// The clock (tests may move it).
     pub now: fn() -> Timestamp,
+    /// Statuses this controller wrote that its stores may not show yet.
+    pub written: StatusCache,
+}
+
+/// The statuses last written, by object uid: the resourceVersion the object had when
+/// the status was computed, and the status. A reconcile that starts from a store still
+/// holding that version (the watch event of the write not yet seen: another object's
+/// event triggered it) goes on from the written status instead of the stale one —
+/// without it, a pod deleted after its round was recorded could be created again.
+#[derive(Debug, Default)]
+pub struct StatusCache(
+    std::sync::Mutex<std::collections::HashMap<String, (String, serde_json::Value)>>,
+);
+
+/// Most entries kept (the map is emptied past this; entries are only an optimisation
+/// over the store, which catches up).
+pub const MAX_WRITTEN: usize = 65_536;
+
+impl StatusCache {
+    /// The status to plan from for an object at `rv`: the written one if the object is
+    /// still at the version it was written from, else its own.
+    pub fn current<S: serde::de::DeserializeOwned>(
+        &self,
+        uid: &str,
+        rv: &str,
+        own: Option<S>,
+    ) -> Option<S> {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match m.get(uid) {
+            Some((from, status)) if from == rv => {
+                serde_json::from_value(status.clone()).ok().or(own)
+            }
+            Some(_) => {
+                m.remove(uid);
+                own
+            }
+            None => own,
+        }
+    }
+
+    /// Record a write made from version `rv`.
+    pub fn wrote<S: serde::Serialize>(&self, uid: &str, rv: &str, status: &S) {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if m.len() >= MAX_WRITTEN {
+            m.clear();
+        }
+        if let Ok(v) = serde_json::to_value(status) {
+            m.insert(uid.to_string(), (rv.to_string(), v));
+        }
+    }
 }
 
 impl std::fmt::Debug for Context {
@@ -179,6 +229,7 @@ pub async fn run(
         vsphere,
         scraper: scrape::Scraper::default(),
         now: Timestamp::now,
+        written: StatusCache::default(),
     });
     let renew = slots::renew_forever(ctx.clone());
     let mut rx1 = shutdown_tx.subscribe();

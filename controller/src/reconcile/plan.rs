@@ -149,7 +149,14 @@ async fn apply(ctx: &Context, plan: &FerryPlan, deleting: bool) -> Result<Action
             spec.cancel.push(crate::planner::plan::vm_key(v));
         }
     }
-    let status = plan.status.clone().unwrap_or_default();
+    let (uid, rv) = (
+        plan.uid().unwrap_or_default(),
+        plan.resource_version().unwrap_or_default(),
+    );
+    let status = ctx
+        .written
+        .current(&uid, &rv, plan.status.clone())
+        .unwrap_or_default();
     let disks = disks_of(ctx, plan);
     let views: Vec<DiskView> = disks.iter().map(|d| view(d)).collect();
     let at = if crate::planner::plan::manages_vsphere(&spec) {
@@ -287,6 +294,7 @@ async fn apply(ctx: &Context, plan: &FerryPlan, deleting: bool) -> Result<Action
             &super::status_patch(&new_status)?,
         )
         .await?;
+        ctx.written.wrote(&uid, &rv, &new_status);
     }
     Ok(decision
         .requeue
