@@ -11,7 +11,7 @@
 //! - patches: JSON patch (RFC 6902, `test` included), merge patch (RFC 7386, also used
 //!   for strategic merge), and server-side apply as a merge (no field ownership);
 //! - the `status` subresource for the kinds in [`STATUS_KINDS`]: `/status` writes only
-//!   `.status`, the main endpoint never does;
+//!   `.status`, the main endpoint (create included) never does;
 //! - watch (`?watch=true&resourceVersion=N`): ADDED/MODIFIED/DELETED events after N as
 //!   JSON lines, then live ones; `allowWatchBookmarks` bookmarks; `timeoutSeconds`;
 //! - finalizers (a delete sets `deletionTimestamp`; the object goes when the last
@@ -521,6 +521,10 @@ impl Server {
                 }
                 if let Some(n) = &ns {
                     obj["metadata"]["namespace"] = json!(n);
+                }
+                // As the real server: a create never sets a status subresource.
+                if has_status && let Some(m) = obj.as_object_mut() {
+                    m.remove("status");
                 }
                 let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
                 if st.objects.contains_key(&(c.clone(), ns_s, name.clone())) {
