@@ -97,6 +97,49 @@ fn plan() -> FerryPlan {
     p
 }
 
+/// Run the whole controller against `client` until the returned sender is used.
+fn start_controller(
+    client: kube::Client,
+    vsphere: Arc<dyn VsphereOps>,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(ferry_controller::reconcile::run(
+        client,
+        None,
+        PodDefaults {
+            image: "ferry:test".into(),
+            verbosity: 1,
+            pull_policy: "IfNotPresent".into(),
+        },
+        "ferry-system".into(),
+        "test-replica".into(),
+        vsphere,
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    (stop_tx, handle)
+}
+
+/// Wait until plan `vms/name` reads `Completed`; its object.
+async fn wait_completed(server: &Server, name: &str, timeout: Duration) -> (bool, Value) {
+    let phase = |s: &Server| {
+        s.get(FERRY, "ferryplans", "vms", name)
+            .map(|p| p["status"]["phase"].clone())
+            .unwrap_or(Value::Null)
+    };
+    let done = server.wait_for(timeout, |s| phase(s) == "Completed").await;
+    (
+        done,
+        server
+            .get(FERRY, "ferryplans", "vms", name)
+            .unwrap_or(Value::Null),
+    )
+}
+
 /// The most import pods that were Running at once, from the server's history.
 fn most_running(server: &Server) -> usize {
     let mut running = std::collections::BTreeSet::new();
@@ -129,32 +172,9 @@ async fn a_cold_nbd_plan_runs_to_completed_one_pod_at_a_time_and_deletes_through
     plans.create(&PostParams::default(), &plan()).await.unwrap();
 
     tokio::spawn(kubelet(server.clone()));
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let controller = tokio::spawn(ferry_controller::reconcile::run(
-        client.clone(),
-        None,
-        PodDefaults {
-            image: "ferry:test".into(),
-            verbosity: 1,
-            pull_policy: "IfNotPresent".into(),
-        },
-        "ferry-system".into(),
-        "test-replica".into(),
-        Arc::new(NoVsphere),
-        async move {
-            let _ = stop_rx.await;
-        },
-    ));
+    let (stop_tx, controller) = start_controller(client.clone(), Arc::new(NoVsphere));
 
-    let phase = |s: &Server| {
-        s.get(FERRY, "ferryplans", "vms", "lab")
-            .map(|p| p["status"]["phase"].clone())
-            .unwrap_or(Value::Null)
-    };
-    let done = server
-        .wait_for(Duration::from_secs(60), |s| phase(s) == "Completed")
-        .await;
-    let p = server.get(FERRY, "ferryplans", "vms", "lab").unwrap();
+    let (done, p) = wait_completed(&server, "lab", Duration::from_secs(60)).await;
     assert!(done, "the plan did not complete: {:#}", p["status"]);
     assert_eq!(p["status"]["vmsSummary"], "1/1 (S:1/F:0/C:0)");
     assert_eq!(p["status"]["progress"], "100.0% (2/2 GB)");
@@ -324,31 +344,11 @@ async fn a_warm_vsphere_plan_snapshots_cuts_over_and_completes() {
     p.metadata.namespace = Some("vms".into());
     plans.create(&PostParams::default(), &p).await.unwrap();
     tokio::spawn(kubelet(server.clone()));
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let controller = tokio::spawn(ferry_controller::reconcile::run(
+    let (stop_tx, controller) = start_controller(
         client.clone(),
-        None,
-        PodDefaults {
-            image: "ferry:test".into(),
-            verbosity: 1,
-            pull_policy: "IfNotPresent".into(),
-        },
-        "ferry-system".into(),
-        "test-replica".into(),
         Arc::new(ferry_controller::vsphere::Vcenter::default()),
-        async move {
-            let _ = stop_rx.await;
-        },
-    ));
-    let phase = |s: &Server| {
-        s.get(FERRY, "ferryplans", "vms", "wave1")
-            .map(|p| p["status"]["phase"].clone())
-            .unwrap_or(Value::Null)
-    };
-    let done = server
-        .wait_for(Duration::from_secs(120), |s| phase(s) == "Completed")
-        .await;
-    let p = server.get(FERRY, "ferryplans", "vms", "wave1").unwrap();
+    );
+    let (done, p) = wait_completed(&server, "wave1", Duration::from_secs(120)).await;
     assert!(
         done,
         "the plan did not complete: {:#}\nvCenter calls: {:?}",
