@@ -419,8 +419,14 @@ async fn a_warm_vsphere_plan_snapshots_cuts_over_and_completes() {
 /// the PVC's directory, the termination log and metrics port onto temp files and a
 /// free port), `restartPolicy: OnFailure` restarts in place, and the container states
 /// and termination message reported back.
-async fn process_kubelet(server: Server, ferry: std::path::PathBuf, root: std::path::PathBuf) {
+async fn process_kubelet(
+    server: Server,
+    ferry: std::path::PathBuf,
+    root: std::path::PathBuf,
+    kill_first_after: Option<Duration>,
+) {
     let mut started = std::collections::BTreeSet::new();
+    let mut kill_next = kill_first_after;
     loop {
         for mut pod in server.list(CORE, "pods") {
             let uid = pod["metadata"]["uid"].as_str().unwrap_or("").to_string();
@@ -473,13 +479,17 @@ async fn process_kubelet(server: Server, ferry: std::path::PathBuf, root: std::p
             pod["status"] = running(0);
             let pod = server.put(CORE, "pods", pod);
             let server = server.clone();
+            let mut kill = kill_next.take();
             std::thread::spawn(move || {
                 let mut pod = pod;
                 for restarts in 0u32..5 {
-                    let status = cmd
-                        .spawn()
-                        .and_then(|mut ch| ch.wait())
-                        .expect("run ferry import");
+                    let mut child = cmd.spawn().expect("run ferry import");
+                    if let Some(after) = kill.take() {
+                        // A crash mid-copy (SIGKILL, as an OOM kill or a node failure).
+                        std::thread::sleep(after);
+                        let _ = child.kill();
+                    }
+                    let status = child.wait().expect("wait for ferry import");
                     let message = std::fs::read_to_string(&term).unwrap_or_default();
                     let code = status.code().unwrap_or(137);
                     let terminated = json!({"exitCode": code, "reason": if code == 0 { "Completed" } else { "Error" }, "message": message});
@@ -497,6 +507,8 @@ async fn process_kubelet(server: Server, ferry: std::path::PathBuf, root: std::p
                         server.put(CORE, "pods", now);
                         return;
                     }
+                    // The kubelet's back-off before a restart (10 s doubling; shorter here).
+                    std::thread::sleep(Duration::from_millis(500 << restarts));
                     now["status"] = running(restarts + 1);
                     now["status"]["containerStatuses"][0]["lastState"] =
                         json!({"terminated": terminated});
@@ -567,6 +579,7 @@ async fn real_import_pods_copy_an_nbd_plan_byte_for_byte() {
         server.clone(),
         ferry,
         dir.path().to_path_buf(),
+        None,
     ));
     let (stop_tx, controller) = start_controller(client.clone(), Arc::new(NoVsphere));
     let (done, p) = wait_completed(&server, "real", Duration::from_secs(120)).await;
