@@ -250,8 +250,7 @@ pub enum PlanAction {
         /// Snapshot moref.
         snapshot: String,
     },
-    /// Read a task's state (the reconciler does this for every VM with a task before
-    /// planning; listed for completeness of the record).
+    /// Read every disk's change ID in a snapshot (→ [`Outcome::ChangeIds`]).
     ReadChangeIds {
         /// VM key.
         vm: String,
@@ -349,11 +348,6 @@ pub fn vm_key(vm: &crate::crd::PlanVm) -> String {
         .clone()
         .or_else(|| vm.name.clone())
         .unwrap_or_default()
-}
-
-/// The DiskImport name of a VM's disk: the PVC's.
-pub fn disk_import_name(pvc: &str) -> String {
-    pvc.to_string()
 }
 
 fn add(t: Timestamp, d: Duration) -> Timestamp {
