@@ -3,7 +3,8 @@
 //! with a minimal kubelet that runs no process: it binds each import pod, reports it
 //! running, then terminated with exit 0 and CDI's termination message. What this proves
 //! is the loop: plan → DiskImports → PVCs → pods one at a time within the per-host cap →
-//! status → Completed, and deletion through the finalizer.
+//! status → Completed, and deletion through the finalizer. `scenarios.rs` runs real
+//! `ferry import` processes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,30 +13,12 @@ use fake_apiserver::Server;
 use ferry_controller::crd::{
     FerryPlan, FerryPlanSpec, Limits, NbdSource, PlanDisk, PlanSource, PlanVm, VolumeMode,
 };
-use ferry_controller::planner::plan::{Outcome, TaskView};
-use ferry_controller::pod::PodDefaults;
-use ferry_controller::vsphere::{BoxFuture, Call, Endpoint, VsphereOps};
 use kube::Api;
 use kube::api::{DeleteParams, PostParams};
 use serde_json::{Value, json};
 
-struct NoVsphere;
-impl VsphereOps for NoVsphere {
-    fn call<'a>(
-        &'a self,
-        _: &'a Endpoint,
-        _: &'a str,
-        c: Call,
-    ) -> BoxFuture<'a, Result<Option<Outcome>, String>> {
-        Box::pin(async move { Err(format!("an NBD plan makes no vSphere call ({c:?})")) })
-    }
-    fn task<'a>(&'a self, _: &'a Endpoint, _: &'a str) -> BoxFuture<'a, Result<TaskView, String>> {
-        Box::pin(async { Err("an NBD plan has no vSphere tasks".to_string()) })
-    }
-}
-
-const CORE: &str = "/api/v1";
-const FERRY: &str = "/apis/ferry.dev/v1alpha1";
+mod common;
+use common::*;
 
 /// Bind pending pods, run them for a moment, end them with exit 0.
 async fn kubelet(server: Server) {
@@ -95,72 +78,6 @@ fn plan() -> FerryPlan {
     );
     p.metadata.namespace = Some("vms".into());
     p
-}
-
-/// Run the whole controller against `client` until the returned sender is used.
-fn start_controller(
-    client: kube::Client,
-    vsphere: Arc<dyn VsphereOps>,
-) -> (
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<()>,
-) {
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let handle = tokio::spawn(ferry_controller::reconcile::run(
-        client,
-        None,
-        PodDefaults {
-            image: "ferry:test".into(),
-            verbosity: 1,
-            pull_policy: "IfNotPresent".into(),
-        },
-        "ferry-system".into(),
-        "test-replica".into(),
-        vsphere,
-        async move {
-            let _ = stop_rx.await;
-        },
-    ));
-    (stop_tx, handle)
-}
-
-/// Wait until plan `vms/name` reads `Completed`; its object.
-async fn wait_completed(server: &Server, name: &str, timeout: Duration) -> (bool, Value) {
-    let phase = |s: &Server| {
-        s.get(FERRY, "ferryplans", "vms", name)
-            .map(|p| p["status"]["phase"].clone())
-            .unwrap_or(Value::Null)
-    };
-    let done = server.wait_for(timeout, |s| phase(s) == "Completed").await;
-    (
-        done,
-        server
-            .get(FERRY, "ferryplans", "vms", name)
-            .unwrap_or(Value::Null),
-    )
-}
-
-/// The most import pods that were Running at once, from the server's history.
-fn most_running(server: &Server) -> usize {
-    let mut running = std::collections::BTreeSet::new();
-    let mut most = 0;
-    for ch in server
-        .history()
-        .iter()
-        .filter(|c| c.collection.plural == "pods")
-    {
-        let name = ch.object["metadata"]["name"]
-            .as_str()
-            .unwrap_or("")
-            .to_string();
-        if ch.kind != "DELETED" && ch.object["status"]["phase"] == "Running" {
-            running.insert(name);
-        } else {
-            running.remove(&name);
-        }
-        most = most.max(running.len());
-    }
-    most
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -410,205 +327,6 @@ async fn a_warm_vsphere_plan_snapshots_cuts_over_and_completes() {
     assert_eq!(env(last, "IMPORTER_SOURCE"), Some(json!("vddk")));
     assert_eq!(env(last, "IMPORTER_UUID"), Some(json!(UUID)));
     assert_eq!(last["spec"]["initContainers"][0]["image"], "vddk:8");
-    let _ = stop_tx.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(15), controller).await;
-}
-
-/// A kubelet that runs each import pod's container as a real `ferry import` process:
-/// the container's args and environment, its mounts mapped onto host paths (`/data` →
-/// the PVC's directory, the termination log and metrics port onto temp files and a
-/// free port), `restartPolicy: OnFailure` restarts in place, and the container states
-/// and termination message reported back.
-async fn process_kubelet(
-    server: Server,
-    ferry: std::path::PathBuf,
-    root: std::path::PathBuf,
-    kill_first_after: Option<Duration>,
-) {
-    let mut started = std::collections::BTreeSet::new();
-    let mut kill_next = kill_first_after;
-    loop {
-        for mut pod in server.list(CORE, "pods") {
-            let uid = pod["metadata"]["uid"].as_str().unwrap_or("").to_string();
-            if !pod["status"]["phase"].is_null() || !started.insert(uid) {
-                continue;
-            }
-            let name = pod["metadata"]["name"].as_str().unwrap_or("").to_string();
-            let c = pod["spec"]["containers"][0].clone();
-            let claim = pod["spec"]["volumes"]
-                .as_array()
-                .and_then(|v| {
-                    v.iter().find_map(|v| {
-                        v["persistentVolumeClaim"]["claimName"]
-                            .as_str()
-                            .map(str::to_string)
-                    })
-                })
-                .unwrap_or_default();
-            let data = root.join("pvc").join(&claim);
-            std::fs::create_dir_all(&data).unwrap();
-            let run = root.join("pods").join(&name);
-            std::fs::create_dir_all(&run).unwrap();
-            let term = run.join("termination-log");
-            let port = ferry_test_kit::free_port();
-            let mut cmd = std::process::Command::new(&ferry);
-            cmd.arg("import");
-            for a in c["args"].as_array().into_iter().flatten() {
-                cmd.arg(a.as_str().unwrap_or(""));
-            }
-            cmd.env_clear()
-                .env("PATH", std::env::var_os("PATH").unwrap_or_default());
-            for e in c["env"].as_array().into_iter().flatten() {
-                if let Some(v) = e["value"].as_str() {
-                    cmd.env(e["name"].as_str().unwrap_or(""), v);
-                }
-            }
-            cmd.env("FERRY_DATA_DIR", &data)
-                .env("TERMINATION_LOG", &term)
-                .env("FERRY_METRICS_ADDR", format!("127.0.0.1:{port}"))
-                .env("VDDK_LIBDIR", run.join("opt/vmware-vix-disklib-distrib"))
-                .stdout(std::process::Stdio::null())
-                .stderr(std::fs::File::create(run.join("log")).unwrap());
-            pod["spec"]["nodeName"] = json!("node-1");
-            pod["metadata"]["annotations"]["ferry.dev/metrics-address"] =
-                json!(format!("127.0.0.1:{port}"));
-            let running = |restarts: u32| {
-                json!({"phase": "Running", "podIP": "127.0.0.1", "containerStatuses": [
-                {"name": "importer", "ready": true, "restartCount": restarts, "image": "ferry", "imageID": "", "state": {"running": {"startedAt": "2026-12-03T00:00:00Z"}}}]})
-            };
-            pod["status"] = running(0);
-            let pod = server.put(CORE, "pods", pod);
-            let server = server.clone();
-            let mut kill = kill_next.take();
-            std::thread::spawn(move || {
-                let mut pod = pod;
-                for restarts in 0u32..5 {
-                    let mut child = cmd.spawn().expect("run ferry import");
-                    if let Some(after) = kill.take() {
-                        // A crash mid-copy (SIGKILL, as an OOM kill or a node failure).
-                        std::thread::sleep(after);
-                        let _ = child.kill();
-                    }
-                    let status = child.wait().expect("wait for ferry import");
-                    let message = std::fs::read_to_string(&term).unwrap_or_default();
-                    let code = status.code().unwrap_or(137);
-                    let terminated = json!({"exitCode": code, "reason": if code == 0 { "Completed" } else { "Error" }, "message": message});
-                    let Some(mut now) = server.get(
-                        CORE,
-                        "pods",
-                        pod["metadata"]["namespace"].as_str().unwrap(),
-                        pod["metadata"]["name"].as_str().unwrap(),
-                    ) else {
-                        return;
-                    };
-                    if code == 0 {
-                        now["status"] = json!({"phase": "Succeeded", "podIP": "127.0.0.1", "containerStatuses": [
-                            {"name": "importer", "ready": false, "restartCount": restarts, "image": "ferry", "imageID": "", "state": {"terminated": terminated}}]});
-                        server.put(CORE, "pods", now);
-                        return;
-                    }
-                    // The kubelet's back-off before a restart (10 s doubling; shorter here).
-                    std::thread::sleep(Duration::from_millis(500 << restarts));
-                    now["status"] = running(restarts + 1);
-                    now["status"]["containerStatuses"][0]["lastState"] =
-                        json!({"terminated": terminated});
-                    pod = server.put(CORE, "pods", now);
-                }
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// `ferry` as cargo built it for the tests.
-fn ferry_binary() -> Option<std::path::PathBuf> {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let p = target.join("debug/ferry");
-    p.is_file().then_some(p)
-}
-
-/// A cold NBD plan of two disks served by nbdkit, copied by real `ferry import`
-/// processes the kubelet above runs from the controller's pods; each target compared
-/// byte for byte with the source.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn real_import_pods_copy_an_nbd_plan_byte_for_byte() {
-    if !ferry_test_kit::require_in("controller", &["nbdkit", "nbdcopy", "cmp"]) {
-        return;
-    }
-    let Some(ferry) = ferry_binary() else {
-        // `cargo test --workspace` builds it; a lone `-p ferry-controller` run may not.
-        ferry_test_kit::skip_in(
-            "controller",
-            "target/debug/ferry is not built (cargo build -p ferry)",
-        );
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let a = ferry_test_kit::Server::nbdkit(dir.path(), &["pattern", "size=48M"]);
-    let b = ferry_test_kit::Server::nbdkit(dir.path(), &["sparse-random", "size=48M", "seed=7"]);
-    let server = Server::start().await;
-    let client = kube::Client::try_from(kube::Config::new(server.url().parse().unwrap())).unwrap();
-    let plans: Api<FerryPlan> = Api::namespaced(client.clone(), "vms");
-    let disk = |uri: String| PlanDisk {
-        nbd_uri: Some(uri),
-        capacity: Some("48Mi".into()),
-        volume_mode: Some(VolumeMode::Filesystem),
-        ..Default::default()
-    };
-    let mut p = FerryPlan::new(
-        "real",
-        FerryPlanSpec {
-            source: PlanSource {
-                vsphere: None,
-                nbd: Some(NbdSource {}),
-            },
-            vms: vec![PlanVm {
-                name: Some("vm1".into()),
-                disks: vec![disk(a.uri()), disk(b.uri())],
-                ..Default::default()
-            }],
-            start: true,
-            ..Default::default()
-        },
-    );
-    p.metadata.namespace = Some("vms".into());
-    plans.create(&PostParams::default(), &p).await.unwrap();
-    tokio::spawn(process_kubelet(
-        server.clone(),
-        ferry,
-        dir.path().to_path_buf(),
-        None,
-    ));
-    let (stop_tx, controller) = start_controller(client.clone(), Arc::new(NoVsphere));
-    let (done, p) = wait_completed(&server, "real", Duration::from_secs(120)).await;
-    let logs: Vec<String> = std::fs::read_dir(dir.path().join("pods"))
-        .map(|d| {
-            d.filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("log")).ok())
-                .collect()
-        })
-        .unwrap_or_default();
-    assert!(
-        done,
-        "the plan did not complete: {:#}\nlogs: {logs:#?}",
-        p["status"]
-    );
-    for (i, src) in [&a, &b].iter().enumerate() {
-        let img = dir.path().join(format!("pvc/real-vm1-disk-{i}/disk.img"));
-        let want = dir.path().join(format!("want{i}.raw"));
-        ferry_test_kit::nbdcopy(&src.uri(), &want);
-        let out = std::process::Command::new("cmp")
-            .arg(&want)
-            .arg(&img)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "disk {i} differs: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-    }
     let _ = stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(15), controller).await;
 }

@@ -20,7 +20,9 @@
 //! `vim.VirtualMachine.powerOn`/`powerOff`; `descriptionId` `VirtualMachine.createSnapshot`
 //! …), with the VM as `entity`, and listed in the VM's `recentTask`. A snapshot takes
 //! the VM's current disks with a fresh change ID each (same CBT epoch, a new sequence
-//! number; `previous_change_id` is the disk's change ID before), the VM goes on in a new
+//! number; `previous_change_id` is the disk's change ID before; `changed_areas` what the
+//! guest wrote since, as told by [`FakeVcenter::write`] or a [`FakeVcenter::on_snapshot`]
+//! hook), the VM goes on in a new
 //! delta (`-00000N.vmdk`) of each disk, and the snapshot becomes the current one, a child
 //! of the previous current snapshot; its result is `snapshot-1001`, `snapshot-1002`, ….
 //! Removing one reparents its children (or drops them with `removeChildren`); removing
@@ -189,6 +191,23 @@ struct State {
     calls: Vec<String>,
     call_log: Option<std::fs::File>,
     quiet: bool,
+    /// (VM moref, disk key) → areas the guest wrote since the disk's last snapshot
+    /// ([`FakeVcenter::write`]): the next snapshot's `changed_areas`, as CBT tracks them.
+    written: HashMap<(String, i32), Vec<Area>>,
+    /// Called after each snapshot is taken ([`FakeVcenter::on_snapshot`]).
+    snapshot_hook: Option<SnapshotHook>,
+}
+
+/// A test's view of a snapshot being taken: `(vm moref, snapshot moref)` → the areas
+/// the guest writes right after it, per disk key (recorded as by [`FakeVcenter::write`]).
+type SnapshotHookFn = dyn FnMut(&str, &str) -> Vec<(i32, Vec<Area>)> + Send;
+
+struct SnapshotHook(Box<SnapshotHookFn>);
+
+impl std::fmt::Debug for SnapshotHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SnapshotHook")
+    }
 }
 
 fn disk_xml(d: &DiskSpec) -> String {
@@ -368,6 +387,8 @@ impl State {
             shutdowns: Vec::new(),
             faults,
             sessions: HashMap::new(),
+            written: HashMap::new(),
+            snapshot_hook: None,
             next_session: 1,
             pages: HashMap::new(),
             next_token: 1,
@@ -621,7 +642,26 @@ impl State {
                     }
                 };
                 self.next_snapshot = n;
-                vm.take_snapshot(&moref, name, description, *quiesce, &mut self.change_seq);
+                let vm_moref = t.vm.clone();
+                let written = &mut self.written;
+                let changed =
+                    |key: i32| written.remove(&(vm_moref.clone(), key)).unwrap_or_default();
+                vm.take_snapshot(
+                    &moref,
+                    name,
+                    description,
+                    *quiesce,
+                    &mut self.change_seq,
+                    changed,
+                );
+                if let Some(hook) = self.snapshot_hook.as_mut() {
+                    for (key, areas) in (hook.0)(&t.vm, &moref) {
+                        self.written
+                            .entry((t.vm.clone(), key))
+                            .or_default()
+                            .extend(areas);
+                    }
+                }
                 Outcome::Success(Some(("VirtualMachineSnapshot", moref)))
             }
             TaskOp::RemoveSnapshot {
@@ -1586,6 +1626,28 @@ impl FakeVcenter {
             v.spec.host = Some(host.to_string());
         }
         st.refresh_vm(vm);
+    }
+
+    /// The guest of `vm` wrote `areas` of disk `key`: CBT records them, and the VM's next
+    /// snapshot reports them as changed since the one before.
+    pub fn write(&self, vm: &str, key: i32, areas: &[Area]) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.written
+            .entry((vm.to_string(), key))
+            .or_default()
+            .extend_from_slice(areas);
+    }
+
+    /// Call `hook(vm, snapshot)` each time a snapshot has been taken (inside the call
+    /// that completes the task; the hook must not call back into this fake). It returns
+    /// the areas the guest writes right after the snapshot, per disk key, so a test can
+    /// keep a disk's content per snapshot and the changes between them in step.
+    pub fn on_snapshot(
+        &self,
+        hook: impl FnMut(&str, &str) -> Vec<(i32, Vec<Area>)> + Send + 'static,
+    ) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.snapshot_hook = Some(SnapshotHook(Box::new(hook)));
     }
 
     /// Start or stop VMware Tools in a VM's guest.

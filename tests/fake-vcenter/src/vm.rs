@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::inventory::{DiskSpec, SnapshotSpec, TaskInfoQuirk, VmSpec};
+use crate::inventory::{Area, DiskSpec, SnapshotSpec, TaskInfoQuirk, VmSpec};
 use crate::xml::esc;
 
 /// A VM as the fake holds it.
@@ -332,6 +332,7 @@ impl VmState {
         description: &str,
         quiesce: bool,
         seq: &mut u64,
+        mut changed: impl FnMut(i32) -> Vec<Area>,
     ) {
         let mut snap_disks = Vec::new();
         for d in &mut self.spec.disks {
@@ -344,7 +345,7 @@ impl VmState {
                 change_id: Some(cid.clone()),
                 parents: d.parents.clone(),
                 previous_change_id: d.change_id.clone(),
-                changed_areas: Vec::new(),
+                changed_areas: changed(d.key),
                 allocated_areas: d.allocated_areas.clone(),
             });
             let delta = next_delta(d);
@@ -439,8 +440,8 @@ mod tests {
             recent_tasks: Vec::new(),
         };
         let mut seq = 10;
-        vm.take_snapshot("snapshot-1", "s1", "", false, &mut seq);
-        vm.take_snapshot("snapshot-2", "s2", "", true, &mut seq);
+        vm.take_snapshot("snapshot-1", "s1", "", false, &mut seq, |_| Vec::new());
+        vm.take_snapshot("snapshot-2", "s2", "", true, &mut seq, |_| Vec::new());
         assert_eq!(vm.spec.disks[0].file_name, "[ds] a/a-000002.vmdk");
         assert_eq!(
             vm.spec.disks[0].parents,
