@@ -2,7 +2,7 @@
 # Install what Ferry's example, tests and benchmarks need on a fresh Debian machine:
 # the real NBD peers (nbdkit, nbdcopy/nbdinfo, qemu-img/qemu-nbd/qemu-io), fio, and the
 # proxy and TLS peers (tinyproxy, socat, openssl), container registry peers
-# (docker-registry, skopeo), and govmomi's vCenter simulator.
+# (docker-registry, skopeo), govmomi's vCenter simulator, and kubectl.
 # Idempotent: does nothing when everything is already there.
 set -euo pipefail
 
@@ -42,6 +42,9 @@ command -v curl >/dev/null || need+=(curl)
 # against Debian's govmomi source (GOPATH mode, offline) by the tests that use it.
 command -v go >/dev/null || need+=(golang-go)
 [ -d /usr/share/gocode/src/github.com/vmware/govmomi/simulator ] || need+=(golang-github-vmware-govmomi-dev)
+# kubectl runs the README's controller lifecycle against the test API server
+# (controller/tests/kubectl.rs); Debian's 1.20 and a current one both pass.
+command -v kubectl >/dev/null || need+=(kubernetes-client)
 
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""

@@ -86,7 +86,7 @@ pub struct Checkpoint {
     printcolumn(name = "Status", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Progress", type_ = "string", json_path = ".status.progress"),
     printcolumn(name = "Cutover", type_ = "string", json_path = ".status.cutover"),
-    printcolumn(name = "Archived", type_ = "boolean", json_path = ".spec.archived"),
+    printcolumn(name = "Archived", type_ = "boolean", json_path = ".status.archived"),
     printcolumn(
         name = "Age",
         type_ = "date",
@@ -396,6 +396,9 @@ pub struct FerryPlanStatus {
     /// Namespace of the PVCs.
     #[serde(default)]
     pub target_namespace: String,
+    /// The plan is archived (its retained pods released).
+    #[serde(default)]
+    pub archived: bool,
     /// `done/total (S:x/F:y/C:z)` once started, else the number of VMs.
     #[serde(default)]
     pub vms_summary: String,

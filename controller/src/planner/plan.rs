@@ -514,6 +514,7 @@ pub fn plan_plan(input: &PlanInput<'_>) -> PlanDecision {
     }
     status.vms = vms;
     status.target_namespace = spec.target_namespace.clone().unwrap_or_default();
+    status.archived = spec.archived;
     status.source = source_label(spec);
 
     // A plan that cannot run says why, in a Ready=False condition, and never starts.
@@ -1629,6 +1630,7 @@ mod tests {
         w.step();
         assert!(w.log.contains(&"release p1-web-disk-0".to_string()));
         assert_eq!(w.status.phase, "Completed", "archiving keeps the status");
+        assert!(w.status.archived, "the listing's ARCHIVED column");
     }
 
     #[test]

@@ -186,6 +186,8 @@ async fn apply(ctx: &Context, plan: &FerryPlan, deleting: bool) -> Result<Action
     });
     let mut new_status = decision.status.clone();
     let target_ns = spec.target_namespace.clone().unwrap_or_else(|| ns.clone());
+    // The planner knows no namespaces; the listing's TARGET shows where the PVCs go.
+    new_status.target_namespace = target_ns.clone();
     let di_api: Api<DiskImport> = Api::namespaced(ctx.client.clone(), &target_ns);
 
     for action in &decision.actions {

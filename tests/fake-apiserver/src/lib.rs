@@ -36,6 +36,8 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
+pub mod discovery;
+
 /// Kinds whose `status` is a subresource.
 pub const STATUS_KINDS: [&str; 4] = [
     "pods",
@@ -451,6 +453,56 @@ impl Server {
         Some(obj)
     }
 
+    /// Every resource discovery lists now (built-ins and stored CRDs).
+    fn resources(&self, st: &State) -> Vec<discovery::Resource> {
+        let crds: Vec<Value> = st
+            .objects
+            .iter()
+            .filter(|((c, _, _), _)| {
+                c.prefix == discovery::CRD_PREFIX && c.plural == "customresourcedefinitions"
+            })
+            .map(|(_, o)| o.clone())
+            .collect();
+        discovery::resources(&crds, &STATUS_KINDS)
+    }
+
+    /// A discovery answer, when `path` is a discovery path.
+    fn discovery(&self, path: &str) -> Option<Response<BoxBody<Bytes, Infallible>>> {
+        let path = path.trim_end_matches('/');
+        let body = match path.trim_start_matches('/').split('/').collect::<Vec<_>>()[..] {
+            ["version"] => discovery::version(),
+            ["api"] => discovery::api_versions(&self.addr.to_string()),
+            ["apis"] => discovery::group_list(&self.resources(&self.lock())),
+            ["api", _] | ["apis", _, _] => {
+                discovery::resource_list(path, &self.resources(&self.lock())).unwrap_or_else(
+                    || json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                        "reason": "NotFound", "code": 404, "message": "the server could not find the requested resource"}),
+                )
+            }
+            _ => return None,
+        };
+        let code = if body["kind"] == "Status" {
+            StatusCode::NOT_FOUND
+        } else {
+            StatusCode::OK
+        };
+        Some(respond(code, &body))
+    }
+
+    /// The `Table` of `items` of collection `c`.
+    fn table(&self, st: &State, c: &Collection, items: &[Value]) -> Value {
+        let columns = self
+            .resources(st)
+            .into_iter()
+            .find(|r| r.prefix == c.prefix && r.plural == c.plural)
+            .map(|r| r.columns)
+            .unwrap_or_default();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0));
+        discovery::table(items, &columns, st.rv, now)
+    }
+
     async fn handle(&self, req: Request<Incoming>) -> Response<BoxBody<Bytes, Infallible>> {
         let path = req.uri().path().to_string();
         let q = query(req.uri().query());
@@ -461,9 +513,21 @@ impl Server {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_string();
+        let accept = req
+            .headers()
+            .get("accept")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        if req.method() == Method::GET
+            && let Some(r) = self.discovery(&path)
+        {
+            return r;
+        }
         let Some((c, ns, name, sub)) = route(&path) else {
             return status_error(404, "NotFound", &format!("no route {path}"));
         };
+        let table = discovery::wants_table(&accept);
         let body = match req.into_body().collect().await {
             Ok(b) => b.to_bytes(),
             Err(e) => return status_error(400, "BadRequest", &e.to_string()),
@@ -490,6 +554,9 @@ impl Server {
                     })
                     .map(|(_, o)| o.clone())
                     .collect();
+                if table {
+                    return respond(StatusCode::OK, &self.table(&st, &c, &items));
+                }
                 let kind = kind_of_list(&c, &items);
                 respond(
                     StatusCode::OK,
@@ -498,7 +565,12 @@ impl Server {
                 )
             }
             (Method::GET, Some(n)) => {
-                match self.lock().objects.get(&(c.clone(), ns_s, n.clone())) {
+                let st = self.lock();
+                match st.objects.get(&(c.clone(), ns_s, n.clone())) {
+                    Some(o) if table => respond(
+                        StatusCode::OK,
+                        &self.table(&st, &c, std::slice::from_ref(o)),
+                    ),
                     Some(o) => respond(StatusCode::OK, o),
                     None => {
                         status_error(404, "NotFound", &format!("{} \"{n}\" not found", c.plural))
