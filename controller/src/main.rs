@@ -137,6 +137,7 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
             () = lost => tracing::warn!("leadership lost; stopping"),
         }
     };
+    let (release_client, release_id) = (client.clone(), identity.clone());
     ferry_controller::reconcile::run(
         client,
         a.namespace.clone(),
@@ -147,6 +148,16 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         shutdown,
     )
     .await;
+    if !a.no_leader_election
+        && let Err(e) = ferry_controller::reconcile::leader::release(
+            &release_client,
+            &a.lease_namespace,
+            &release_id,
+        )
+        .await
+    {
+        tracing::warn!(error = %e, "cannot give the leader Lease up; a standby takes over when it expires");
+    }
     health.abort();
     Ok(())
 }

@@ -142,15 +142,17 @@ impl Vcenter {
             .remove(&(at.url.clone(), at.user.clone()));
     }
 
-    async fn run(&self, at: &Endpoint, uuid: &str, call: Call) -> Result<Option<Outcome>, String> {
-        if !ferry_contract::env::is_uuid(uuid) {
-            return Err(format!(
-                "VM {uuid:?}: give its instance UUID as vms[].id (VMs are found by UUID)"
-            ));
-        }
+    async fn run(&self, at: &Endpoint, key: &str, call: Call) -> Result<Option<Outcome>, String> {
         let c = self.session(at).await?;
         let e = |e: ferry_vsphere::Error| e.to_string();
-        let vm = c.find_vm(uuid).await.map_err(e)?;
+        // A VM is named by its instance UUID, or (the seed's plans) by its name, looked
+        // up once: the plan then keeps the UUID it found for every later call.
+        let (vm, uuid) = if ferry_contract::env::is_uuid(key) {
+            (c.find_vm(key).await.map_err(e)?, key.to_string())
+        } else {
+            c.find_vm_by_name(key).await.map_err(e)?
+        };
+        let uuid = uuid.as_str();
         Ok(match call {
             Call::FindVm => {
                 let disks = c.vm_disks(&vm).await.map_err(e)?;

@@ -204,3 +204,71 @@ async fn a_watch_from_a_version_sees_only_later_changes_in_order() {
     }
     assert_eq!(seen, ["added after", "deleted before"]);
 }
+
+#[tokio::test]
+async fn leader_election_follows_renews_takes_over_when_expired_and_hands_over_on_release() {
+    use ferry_controller::reconcile::leader::{LEASE_SECONDS, Leadership, release, try_lead};
+    let server = Server::start().await;
+    let c = client(&server).await;
+    let t0 = jiff::Timestamp::now();
+    let at = |s: i64| t0 + jiff::SignedDuration::from_secs(s);
+    assert_eq!(
+        try_lead(&c, "sys", "a", at(0)).await.unwrap(),
+        Leadership::Leading
+    );
+    assert_eq!(
+        try_lead(&c, "sys", "b", at(1)).await.unwrap(),
+        Leadership::Following
+    );
+    assert_eq!(
+        try_lead(&c, "sys", "a", at(5)).await.unwrap(),
+        Leadership::Leading,
+        "renewed"
+    );
+    let expiry = i64::from(LEASE_SECONDS);
+    assert_eq!(
+        try_lead(&c, "sys", "b", at(5 + expiry - 1)).await.unwrap(),
+        Leadership::Following,
+        "not expired yet"
+    );
+    assert_eq!(
+        try_lead(&c, "sys", "b", at(5 + expiry + 1)).await.unwrap(),
+        Leadership::Leading,
+        "taken over once expired"
+    );
+    // a, back, follows; b releases on a clean stop and a takes over at its next try.
+    assert_eq!(
+        try_lead(&c, "sys", "a", at(5 + expiry + 2)).await.unwrap(),
+        Leadership::Following
+    );
+    release(&c, "sys", "a").await.unwrap();
+    assert_eq!(
+        try_lead(&c, "sys", "a", at(5 + expiry + 3)).await.unwrap(),
+        Leadership::Following,
+        "releasing what another holds does nothing"
+    );
+    release(&c, "sys", "b").await.unwrap();
+    let lease = server
+        .get(
+            "/apis/coordination.k8s.io/v1",
+            "leases",
+            "sys",
+            "ferry-controller-leader",
+        )
+        .unwrap();
+    assert!(lease["spec"]["holderIdentity"].is_null(), "{lease:#}");
+    assert_eq!(lease["spec"]["leaseTransitions"], 1, "{lease:#}");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        try_lead(
+            &c,
+            "sys",
+            "a",
+            jiff::Timestamp::now() + jiff::SignedDuration::from_secs(1)
+        )
+        .await
+        .unwrap(),
+        Leadership::Leading,
+        "a released Lease is free after a second"
+    );
+}

@@ -488,9 +488,9 @@ async fn a_warm_plan_copies_three_rounds_then_cuts_over_to_the_final_snapshot() 
     stop_controller(controller).await;
 }
 
-/// Two VMs copying; one is canceled mid-round: its pod is deleted (the process
-/// stopped), its slot released, its power restored, its PVC kept; the other completes
-/// byte for byte.
+/// Two VMs copying (one named by name, one by UUID); one is canceled mid-round: its pod
+/// is deleted (the process stopped), its slot released, its power restored, its PVC
+/// kept; the other completes byte for byte.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn canceling_one_vm_mid_round_stops_its_pod_and_restores_it_while_the_other_completes() {
     let Some(ferry) = ready(false) else { return };
@@ -521,8 +521,9 @@ async fn canceling_one_vm_mid_round_stops_its_pod_and_restores_it_while_the_othe
         FerryPlanSpec {
             source: world.source(),
             vms: vec![
+                // One VM by name (looked up in vCenter's inventory), one by UUID.
                 PlanVm {
-                    id: Some(uuid_of(0)),
+                    name: Some("keep".into()),
                     ..Default::default()
                 },
                 PlanVm {
@@ -553,7 +554,22 @@ async fn canceling_one_vm_mid_round_stops_its_pod_and_restores_it_while_the_othe
         })
         .await;
     assert!(copying, "drop's pod never ran:\n{}", k.logs().join("\n"));
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Progress mid-copy comes from the pod's /metrics (the termination message only
+    // comes at the end): some bytes done, not all.
+    let scraped = server
+        .wait_for(Duration::from_secs(30), |s| {
+            s.get(FERRY, "diskimports", "vms", &drop_pvc)
+                .is_some_and(|d| {
+                    let done = d["status"]["bytesDone"].as_u64().unwrap_or(0);
+                    done > 0 && done < 64 * MIB && d["status"]["bytesTotal"] == 64 * MIB
+                })
+        })
+        .await;
+    assert!(
+        scraped,
+        "no progress scraped mid-copy: {:#}",
+        server.get(FERRY, "diskimports", "vms", &drop_pvc).unwrap()["status"]
+    );
     patch_plan(&client, "wave", json!({"spec": {"cancel": [uuid_of(1)]}})).await;
     let (done, p) = wait_completed(&server, "wave", Duration::from_secs(120)).await;
     assert_done(done, &p, &k);

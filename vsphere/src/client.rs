@@ -463,6 +463,45 @@ impl Client {
         Ok(out)
     }
 
+    /// Find a VM by its name (the seed's plans name VMs): every VM below the root
+    /// folder is listed with its name and instance UUID; exactly one must match, and is
+    /// then found by that UUID ([`Client::find_vm`]). None → [`Error::NotFound`];
+    /// several (names are unique per folder only) → [`Error::Ambiguous`].
+    pub async fn find_vm_by_name(&self, name: &str) -> Result<(Vm, String), Error> {
+        let body = soap::list_vms(&self.content.property_collector, &self.content.root_folder);
+        let objs = self.retrieve(&body, crate::MAX_RETRIEVE_OBJECTS).await?;
+        let mut found: Vec<(String, String)> = objs
+            .iter()
+            .filter(|o| o.obj.kind == "VirtualMachine" && o.prop_text("name") == Some(name))
+            .map(|o| {
+                (
+                    o.obj.value.clone(),
+                    o.prop_text("config.instanceUuid")
+                        .unwrap_or_default()
+                        .to_string(),
+                )
+            })
+            .collect();
+        found.sort();
+        match found.as_slice() {
+            [] => Err(Error::NotFound {
+                what: format!("VM named {name:?}"),
+            }),
+            [(moref, uuid)] if !uuid.is_empty() => {
+                tracing::debug!(name, vm = %moref, uuid = %uuid, "found VM by name");
+                Ok((self.find_vm(uuid).await?, uuid.clone()))
+            }
+            [(moref, _)] => Err(Error::Protocol(format!(
+                "VM {moref} named {name:?} has no config.instanceUuid"
+            ))),
+            _ => Err(Error::Ambiguous {
+                what: format!("VM name {name:?}"),
+                candidates: found.into_iter().map(|(m, _)| m).collect(),
+                hint: "give the VM's instance UUID as its id",
+            }),
+        }
+    }
+
     async fn vm_disks_and_snapshots(
         &self,
         vm: &Vm,

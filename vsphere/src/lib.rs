@@ -97,6 +97,7 @@ pub mod cbt;
 pub mod changed_areas;
 pub mod client;
 pub mod error;
+pub mod fuzzing;
 pub mod soap;
 pub mod task;
 pub mod transport;

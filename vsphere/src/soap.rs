@@ -160,6 +160,30 @@ pub fn list_datacenters(collector: &MoRef, root_folder: &MoRef) -> String {
     ))
 }
 
+/// `RetrievePropertiesEx` listing every `VirtualMachine` (its `name` and
+/// `config.instanceUuid`) below the root folder: through nested folders
+/// (`Folder.childEntity`) and each datacenter's VM folder (`Datacenter.vmFolder`), as
+/// govmomi's finder walks the inventory.
+pub fn list_vms(collector: &MoRef, root_folder: &MoRef) -> String {
+    envelope(&format!(
+        concat!(
+            r#"<RetrievePropertiesEx xmlns="urn:vim25">{this}<specSet>{props}"#,
+            r#"<objectSet>{root}<skip>true</skip>"#,
+            r#"<selectSet xsi:type="TraversalSpec"><name>visitFolders</name>"#,
+            r#"<type>Folder</type><path>childEntity</path><skip>false</skip>"#,
+            r#"<selectSet><name>visitFolders</name></selectSet>"#,
+            r#"<selectSet><name>dcToVmFolder</name></selectSet></selectSet>"#,
+            r#"<selectSet xsi:type="TraversalSpec"><name>dcToVmFolder</name>"#,
+            r#"<type>Datacenter</type><path>vmFolder</path><skip>false</skip>"#,
+            r#"<selectSet><name>visitFolders</name></selectSet></selectSet>"#,
+            r#"</objectSet></specSet><options></options></RetrievePropertiesEx>"#
+        ),
+        this = collector.to_xml("_this"),
+        props = prop_set("VirtualMachine", &["name", "config.instanceUuid"]),
+        root = root_folder.to_xml("obj"),
+    ))
+}
+
 /// `PropertyCollector.ContinueRetrievePropertiesEx` for the next page.
 pub fn continue_retrieve(collector: &MoRef, token: &str) -> String {
     envelope(&format!(

@@ -670,3 +670,35 @@ async fn a_server_without_find_all_by_uuid_falls_back_to_find_by_uuid() {
         "{err:?}"
     );
 }
+
+#[tokio::test]
+async fn a_vm_is_found_by_name_in_any_datacenter_and_a_shared_name_is_ambiguous() {
+    let mut inv = inventory();
+    // A second "vm1" in another datacenter makes that name ambiguous; "vm3" stays unique.
+    let mut twin = inv.datacenters[0].vms[1].clone();
+    twin.moref = "vm-400".into();
+    twin.name = "clone-a".into();
+    twin.instance_uuid = "5012aaaa-0000-0000-0000-000000000400".into();
+    inv.datacenters[1].vms.push(twin);
+    let fake = start(inv).await;
+    let c = login(&fake).await;
+    let (vm, uuid) = c.find_vm_by_name("vm3").await.unwrap();
+    assert_eq!(
+        (vm.moref.as_str(), uuid.as_str()),
+        ("vm-300", "5012aaaa-0000-0000-0000-000000000300")
+    );
+    assert_eq!(vm.host.as_deref(), Some("esx30.example"));
+    let (vm, _) = c.find_vm_by_name("vm1").await.unwrap();
+    assert_eq!(vm.moref, "vm-123");
+    let err = c.find_vm_by_name("clone-a").await.unwrap_err();
+    match &err {
+        Error::Ambiguous { candidates, .. } => {
+            assert_eq!(candidates, &["vm-200".to_string(), "vm-400".to_string()])
+        }
+        other => panic!("not ambiguous: {other:?}"),
+    }
+    assert!(err.to_string().contains("instance UUID"), "{err}");
+    let err = c.find_vm_by_name("nope").await.unwrap_err();
+    assert!(matches!(err, Error::NotFound { .. }), "{err:?}");
+    assert_eq!(err.to_string(), "not found: VM named \"nope\"");
+}

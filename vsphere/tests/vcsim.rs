@@ -62,6 +62,12 @@ async fn lookups_match_what_govmomi_reports() {
         .await
         .unwrap();
     assert_eq!(snap.file_name, sim.get("snapshot_disk"));
+    // By name, through the inventory walk (root folder → datacenters → VM folders).
+    let (by_name, uuid) = c.find_vm_by_name(&sim.get("vm_name")).await.unwrap();
+    assert_eq!(by_name.moref, sim.get("vm"));
+    assert_eq!(uuid, sim.get("instance_uuid"));
+    let err = c.find_vm_by_name("no-such-vm").await.unwrap_err();
+    assert!(matches!(err, Error::NotFound { .. }), "{err:?}");
     // What does not exist is NotFound, not a protocol error.
     let err = c
         .find_vm("00000000-0000-0000-0000-000000000000")

@@ -658,3 +658,85 @@ async fn task_info_whose_result_is_not_a_moref_is_refused() {
         "{e}"
     );
 }
+
+#[tokio::test]
+async fn change_ids_are_read_from_the_backings_forklift_reads() {
+    let inv = with(inventory(), |v| {
+        v["datacenters"][0]["vms"][0]["disks"] = serde_json::json!([
+            {"key": 2000, "file_name": "[ds1] vm1/vm1.vmdk", "capacity_bytes": 4096,
+             "change_id": "52 a/1"},
+            {"key": 2001, "file_name": "[ds1] vm1/sparse.vmdk", "capacity_bytes": 4096,
+             "change_id": "52 b/1", "backing": "VirtualDiskSparseVer2BackingInfo"},
+            {"key": 2002, "file_name": "[ds1] vm1/rdm.vmdk", "capacity_bytes": 4096,
+             "change_id": "52 c/1", "backing": "VirtualDiskRawDiskMappingVer1BackingInfo"},
+            {"key": 2003, "file_name": "[ds1] vm1/raw.vmdk", "capacity_bytes": 4096,
+             "change_id": "52 d/1", "backing": "VirtualDiskRawDiskVer2BackingInfo"},
+            {"key": 2004, "file_name": "[ds1] vm1/se.vmdk", "capacity_bytes": 4096,
+             "change_id": "52 e/1", "backing": "VirtualDiskSeSparseBackingInfo"}
+        ]);
+    });
+    let fake = start(inv).await;
+    let c = login(&fake).await;
+    let vm = vm1(&c).await;
+    for _ in 0..2 {
+        let t = c
+            .create_snapshot(&vm, PRECOPY, PRECOPY_DESC, false, true)
+            .await
+            .unwrap();
+        c.wait_snapshot_created(&t, POLL, LONG).await.unwrap();
+    }
+    let s = c
+        .find_snapshot(&vm, &format!("{PRECOPY}/{PRECOPY}"))
+        .await
+        .unwrap();
+    let ids = c.snapshot_change_ids(&vm, &s).await.unwrap();
+    // SeSparse is skipped, as Forklift's GetSnapshotDeltas skips it; RawDiskVer2 is named
+    // by its descriptorFileName; every one by its base disk.
+    let got: Vec<(i32, &str, &str, bool)> = ids
+        .iter()
+        .map(|d| {
+            (
+                d.device_key,
+                d.backing_file.as_str(),
+                d.snapshot_file.as_str(),
+                d.change_id.is_some(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                2000,
+                "[ds1] vm1/vm1.vmdk",
+                "[ds1] vm1/vm1-000001.vmdk",
+                true
+            ),
+            (
+                2001,
+                "[ds1] vm1/sparse.vmdk",
+                "[ds1] vm1/sparse-000001.vmdk",
+                true
+            ),
+            (
+                2002,
+                "[ds1] vm1/rdm.vmdk",
+                "[ds1] vm1/rdm-000001.vmdk",
+                true
+            ),
+            (
+                2003,
+                "[ds1] vm1/raw.vmdk",
+                "[ds1] vm1/raw-000001.vmdk",
+                true
+            ),
+        ]
+    );
+    let disks = c.vm_disks(&vm).await.unwrap();
+    assert_eq!(disks.len(), 5);
+    assert_eq!(disks[3].file_name, "[ds1] vm1/raw-000002.vmdk");
+    assert_eq!(
+        disks[4].backing.as_deref(),
+        Some("VirtualDiskSeSparseBackingInfo")
+    );
+}

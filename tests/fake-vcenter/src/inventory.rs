@@ -166,6 +166,10 @@ pub struct DiskSpec {
     /// `backing.parent.fileName`, `backing.parent.parent.fileName`, …
     #[serde(default)]
     pub parents: Vec<String>,
+    /// The backing's type (default `VirtualDiskFlatVer2BackingInfo`);
+    /// `VirtualDiskRawDiskVer2BackingInfo` names its file `descriptorFileName`.
+    #[serde(default)]
+    pub backing: Option<String>,
     /// Snapshot disks only: the change ID that `changed_areas` are relative to.
     /// `QueryChangedDiskAreas` with this change ID returns `changed_areas`; with `*`,
     /// `allocated_areas`; with any other change ID, a `FileFault` (as after a CBT reset).

@@ -4,7 +4,7 @@
 //!
 //! Calls served: `RetrieveServiceContent`, `Login`, `Logout`, `FindByUuid`,
 //! `FindAllByUuid`, `RetrievePropertiesEx` (object sets with `Folder.childEntity`
-//! traversal specs; `name`, `runtime.powerState`, `runtime.host`, `config.instanceUuid`,
+//! and `Datacenter.vmFolder` traversal specs; `name`, `runtime.powerState`, `runtime.host`, `config.instanceUuid`,
 //! `config.uuid`, `config.hardware.device`, `snapshot` on VMs; `name` on datacenters and
 //! hosts; `config.hardware.device` on snapshots), `ContinueRetrievePropertiesEx` and
 //! `QueryChangedDiskAreas` (CBT, on snapshot disks); and the calls of a warm migration:
@@ -211,17 +211,23 @@ impl std::fmt::Debug for SnapshotHook {
 }
 
 fn disk_xml(d: &DiskSpec) -> String {
-    fn backing(file: &str, change_id: Option<&str>, parents: &[String]) -> String {
+    fn backing(kind: &str, file: &str, change_id: Option<&str>, parents: &[String]) -> String {
         let parent = match parents.split_first() {
             Some((p, rest)) => format!(
-                "<parent xsi:type=\"VirtualDiskFlatVer2BackingInfo\">{}</parent>",
-                backing(p, None, rest)
+                "<parent xsi:type=\"{kind}\">{}</parent>",
+                backing(kind, p, None, rest)
             ),
             None => String::new(),
         };
+        // VirtualDiskRawDiskVer2BackingInfo names its file descriptorFileName.
+        let file_el = if kind == "VirtualDiskRawDiskVer2BackingInfo" {
+            "descriptorFileName"
+        } else {
+            "fileName"
+        };
         format!(
             concat!(
-                "<fileName>{}</fileName><datastore type=\"Datastore\">datastore-11</datastore>",
+                "<{fe}>{}</{fe}><datastore type=\"Datastore\">datastore-11</datastore>",
                 "<backingObjectId></backingObjectId><diskMode>persistent</diskMode>",
                 "<split>false</split><writeThrough>false</writeThrough>",
                 "<thinProvisioned>true</thinProvisioned>",
@@ -232,14 +238,19 @@ fn disk_xml(d: &DiskSpec) -> String {
             change_id
                 .map(|c| format!("<changeId>{}</changeId>", esc(c)))
                 .unwrap_or_default(),
-            parent
+            parent,
+            fe = file_el,
         )
     }
+    let kind = d
+        .backing
+        .as_deref()
+        .unwrap_or("VirtualDiskFlatVer2BackingInfo");
     format!(
         concat!(
             "<VirtualDevice xsi:type=\"VirtualDisk\"><key>{key}</key>",
             "<deviceInfo><label>Hard disk {n}</label><summary>{kb} KB</summary></deviceInfo>",
-            "<backing xsi:type=\"VirtualDiskFlatVer2BackingInfo\">{backing}</backing>",
+            "<backing xsi:type=\"{kind}\">{backing}</backing>",
             "<controllerKey>1000</controllerKey><unitNumber>{n}</unitNumber>",
             "<capacityInKB>{kb}</capacityInKB><capacityInBytes>{bytes}</capacityInBytes>",
             "<shares><shares>1000</shares><level>normal</level></shares>",
@@ -251,7 +262,8 @@ fn disk_xml(d: &DiskSpec) -> String {
         n = d.key.rem_euclid(1000),
         kb = d.capacity_bytes / 1024,
         bytes = d.capacity_bytes,
-        backing = backing(&d.file_name, d.change_id.as_deref(), &d.parents),
+        kind = esc(kind),
+        backing = backing(kind, &d.file_name, d.change_id.as_deref(), &d.parents),
     )
 }
 
@@ -322,13 +334,32 @@ impl State {
             dc_morefs.push(dcm.clone());
             let mut props = BTreeMap::new();
             props.insert("name".into(), string_val("xsd:string", &dc.name));
+            // The datacenter's VM folder (`vmFolder`), holding its VMs.
+            let vm_folder = format!("group-v{}", i + 1);
+            props.insert(
+                "vmFolder".into(),
+                format!(
+                    "<val type=\"Folder\" xsi:type=\"ManagedObjectReference\">{vm_folder}</val>"
+                ),
+            );
             objects.insert(
                 dcm.clone(),
                 Obj {
                     kind: "Datacenter",
                     props,
-                    valid: &["name"],
-                    children: vec![],
+                    valid: &["name", "vmFolder"],
+                    children: vec![vm_folder.clone()],
+                },
+            );
+            let mut props = BTreeMap::new();
+            props.insert("name".into(), string_val("xsd:string", "vm"));
+            objects.insert(
+                vm_folder,
+                Obj {
+                    kind: "Folder",
+                    props,
+                    valid: &["name", "childEntity"],
+                    children: dc.vms.iter().map(|v| v.moref.clone()).collect(),
                 },
             );
             for vm in &dc.vms {
@@ -887,7 +918,12 @@ fn select(st: &State, os: &El) -> Result<Vec<String>, Fault> {
         if spec.text_of("type").as_deref() != Some(o.kind) {
             continue;
         }
-        if spec.text_of("path").as_deref() != Some("childEntity") {
+        // Folder.childEntity, and Datacenter.vmFolder (a datacenter's one child here).
+        let path = spec.text_of("path");
+        if !matches!(
+            (o.kind, path.as_deref()),
+            ("Folder", Some("childEntity")) | ("Datacenter", Some("vmFolder"))
+        ) {
             continue;
         }
         for c in &o.children {

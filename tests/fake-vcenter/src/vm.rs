@@ -344,6 +344,7 @@ impl VmState {
                 capacity_bytes: d.capacity_bytes,
                 change_id: Some(cid.clone()),
                 parents: d.parents.clone(),
+                backing: d.backing.clone(),
                 previous_change_id: d.change_id.clone(),
                 changed_areas: changed(d.key),
                 allocated_areas: d.allocated_areas.clone(),
