@@ -372,7 +372,25 @@ async fn a_cold_plan_of_three_vms_with_two_disks_each_fills_block_and_filesystem
         assert_eq!(di["status"]["phase"], "Succeeded", "{di:#}");
         assert_eq!(di["status"]["restarts"].as_u64().unwrap_or(0), 0, "{di:#}");
     }
-    assert_eq!(pods_created(&server).len(), 6, "one pod per disk");
+    let pods: Vec<String> = server
+        .history()
+        .iter()
+        .filter(|c| c.collection.plural == "pods")
+        .map(|c| {
+            format!(
+                "{} {} {} {}",
+                c.kind,
+                c.object["metadata"]["name"].as_str().unwrap_or(""),
+                c.object["metadata"]["uid"].as_str().unwrap_or(""),
+                c.object["status"]["phase"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    assert_eq!(
+        pods_created(&server).len(),
+        6,
+        "one pod per disk: {pods:#?}"
+    );
     assert_eq!(most_pods_per_pvc(&server), 1, "never two writers on a PVC");
     stop_controller(controller).await;
 }
@@ -471,6 +489,16 @@ async fn a_warm_plan_copies_three_rounds_then_cuts_over_to_the_final_snapshot() 
         let deltas = cps.iter().filter(|c| c["previous"] != "").count();
         assert_eq!(deltas, cps.len() - 1, "{cps:?}");
     }
+    let rounds: usize = server
+        .list(FERRY, "diskimports")
+        .iter()
+        .map(|d| d["spec"]["checkpoints"].as_array().map_or(0, Vec::len))
+        .sum();
+    assert_eq!(
+        pods_created(&server).len(),
+        rounds,
+        "one pod per disk and round"
+    );
     let calls = world.vc.calls();
     assert!(
         calls
@@ -884,6 +912,11 @@ async fn two_controller_replicas_hand_over_when_the_leader_dies() {
         "the cap held across the hand-over"
     );
     assert_eq!(most_pods_per_pvc(&server), 1, "never two writers on a PVC");
+    assert_eq!(
+        pods_created(&server).len(),
+        4,
+        "one pod per disk, none twice"
+    );
     for (i, src) in sources.iter().enumerate() {
         let want = dir.path().join(format!("want{i}.raw"));
         ferry_test_kit::nbdcopy(&src.uri(), &want);

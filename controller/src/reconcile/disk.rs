@@ -60,13 +60,10 @@ pub fn demands(ctx: &Context, now: Timestamp) -> Vec<Demand> {
 pub async fn reconcile(di: Arc<DiskImport>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = di.namespace().ok_or(Error::Metadata("namespace"))?;
     let now = (ctx.now)();
-    let (uid, rv) = (
-        di.uid().unwrap_or_default(),
-        di.resource_version().unwrap_or_default(),
-    );
+    let uid = di.uid().unwrap_or_default();
     let status = ctx
         .written
-        .current(&uid, &rv, di.status.clone())
+        .current(&uid, di.status.clone())
         .unwrap_or_default();
     let pods = pods_of(&ctx, &di);
     let views: Vec<PodView> = pods.iter().map(|p| PodView::of(p)).collect();
@@ -197,11 +194,7 @@ pub async fn write_status(
         &super::status_patch(status)?,
     )
     .await?;
-    ctx.written.wrote(
-        &di.uid().unwrap_or_default(),
-        &di.resource_version().unwrap_or_default(),
-        status,
-    );
+    ctx.written.wrote(&di.uid().unwrap_or_default(), status);
     Ok(())
 }
 

@@ -84,50 +84,49 @@ pub struct Context {
     pub written: StatusCache,
 }
 
-/// The statuses last written, by object uid: the resourceVersion the object had when
-/// the status was computed, and the status. A reconcile that starts from a store still
-/// holding that version (the watch event of the write not yet seen: another object's
-/// event triggered it) goes on from the written status instead of the stale one —
-/// without it, a pod deleted after its round was recorded could be created again.
+/// The statuses last written, by object uid. This controller is the only writer of its
+/// kinds' statuses, so until a store shows exactly the status written, the store is
+/// behind the write (its watch event not seen yet; the reconcile was triggered by
+/// another event, or the store holds a version older than the write, e.g. a spec
+/// change made just before it) and the written status is the one to plan from. Without
+/// this, a pod deleted after its round was recorded was created again (seen in the
+/// 3 VMs × 2 disks scenario: a stale `Running` status with the pod gone reads as a
+/// vanished pod).
 #[derive(Debug, Default)]
-pub struct StatusCache(
-    std::sync::Mutex<std::collections::HashMap<String, (String, serde_json::Value)>>,
-);
+pub struct StatusCache(std::sync::Mutex<std::collections::HashMap<String, serde_json::Value>>);
 
 /// Most entries kept (the map is emptied past this; entries are only an optimisation
 /// over the store, which catches up).
 pub const MAX_WRITTEN: usize = 65_536;
 
 impl StatusCache {
-    /// The status to plan from for an object at `rv`: the written one if the object is
-    /// still at the version it was written from, else its own.
-    pub fn current<S: serde::de::DeserializeOwned>(
+    /// The status to plan from for an object whose store copy has status `own`: the
+    /// written one until the store shows it, then the store's own.
+    pub fn current<S: serde::Serialize + serde::de::DeserializeOwned>(
         &self,
         uid: &str,
-        rv: &str,
         own: Option<S>,
     ) -> Option<S> {
         let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        match m.get(uid) {
-            Some((from, status)) if from == rv => {
-                serde_json::from_value(status.clone()).ok().or(own)
-            }
-            Some(_) => {
-                m.remove(uid);
-                own
-            }
-            None => own,
+        let Some(written) = m.get(uid) else {
+            return own;
+        };
+        let own_value = own.as_ref().and_then(|o| serde_json::to_value(o).ok());
+        if own_value.as_ref() == Some(written) {
+            m.remove(uid);
+            return own;
         }
+        serde_json::from_value(written.clone()).ok().or(own)
     }
 
-    /// Record a write made from version `rv`.
-    pub fn wrote<S: serde::Serialize>(&self, uid: &str, rv: &str, status: &S) {
+    /// Record a status written.
+    pub fn wrote<S: serde::Serialize>(&self, uid: &str, status: &S) {
         let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if m.len() >= MAX_WRITTEN {
             m.clear();
         }
         if let Ok(v) = serde_json::to_value(status) {
-            m.insert(uid.to_string(), (rv.to_string(), v));
+            m.insert(uid.to_string(), v);
         }
     }
 }
@@ -296,4 +295,34 @@ pub fn status_patch<S: serde::Serialize>(
     )
     .map_err(|e| Error::Finalizer(format!("status patch: {e}")))?;
     Ok(kube::api::Patch::Json(patch))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StatusCache;
+
+    #[test]
+    fn a_written_status_stands_until_the_store_shows_it() {
+        let c = StatusCache::default();
+        c.wrote("u", &"Succeeded".to_string());
+        // A store behind the write (any older status) plans from the written one...
+        assert_eq!(
+            c.current("u", Some("Running".to_string())).as_deref(),
+            Some("Succeeded")
+        );
+        assert_eq!(c.current("u", None::<String>).as_deref(), Some("Succeeded"));
+        // ... until it shows it; then the store is trusted again.
+        assert_eq!(
+            c.current("u", Some("Succeeded".to_string())).as_deref(),
+            Some("Succeeded")
+        );
+        assert_eq!(
+            c.current("u", Some("Running".to_string())).as_deref(),
+            Some("Running")
+        );
+        assert_eq!(
+            c.current("other", Some("Pending".to_string())).as_deref(),
+            Some("Pending")
+        );
+    }
 }

@@ -149,13 +149,10 @@ async fn apply(ctx: &Context, plan: &FerryPlan, deleting: bool) -> Result<Action
             spec.cancel.push(crate::planner::plan::vm_key(v));
         }
     }
-    let (uid, rv) = (
-        plan.uid().unwrap_or_default(),
-        plan.resource_version().unwrap_or_default(),
-    );
+    let uid = plan.uid().unwrap_or_default();
     let status = ctx
         .written
-        .current(&uid, &rv, plan.status.clone())
+        .current(&uid, plan.status.clone())
         .unwrap_or_default();
     let disks = disks_of(ctx, plan);
     let views: Vec<DiskView> = disks.iter().map(|d| view(d)).collect();
@@ -296,7 +293,7 @@ async fn apply(ctx: &Context, plan: &FerryPlan, deleting: bool) -> Result<Action
             &super::status_patch(&new_status)?,
         )
         .await?;
-        ctx.written.wrote(&uid, &rv, &new_status);
+        ctx.written.wrote(&uid, &new_status);
     }
     Ok(decision
         .requeue

@@ -359,18 +359,22 @@ impl ProcessKubelet {
             }
             for pod in pods {
                 let uid = pod["metadata"]["uid"].as_str().unwrap_or("").to_string();
-                if !pod["status"]["phase"].is_null() || !started.insert(uid.clone()) {
+                let phase = pod["status"]["phase"].as_str().unwrap_or("");
+                if !(phase.is_empty() || phase == "Pending") || started.contains(&uid) {
                     continue;
                 }
                 match self.prepare(&pod) {
                     Ok((cmd, term)) => {
+                        started.insert(uid.clone());
                         let k = self.clone();
                         let kill = kill_next.take();
                         let pids = pids.clone();
                         std::thread::spawn(move || k.run_pod(pod, cmd, term, kill, uid, pids));
                     }
                     Err(e) => {
-                        // What a kubelet reports for a pod it cannot start.
+                        // What a kubelet reports for a pod it cannot start yet; it tries
+                        // again (a missing Secret or PVC may appear).
+                        eprintln!("kubelet: cannot start {}: {e}", pod["metadata"]["name"]);
                         let mut pod = pod;
                         pod["spec"]["nodeName"] = json!("node-1");
                         pod["status"] = json!({"phase": "Pending", "conditions": [
