@@ -28,6 +28,9 @@ command -v mkfifo >/dev/null || need+=(coreutils)
 command -v tinyproxy >/dev/null || need+=(tinyproxy)
 command -v socat >/dev/null || need+=(socat)
 command -v openssl >/dev/null || need+=(openssl)
+# GnuTLS's certtool makes the x509 certificates of the NBD-over-TLS tests (as nbdkit's
+# own tests make them).
+command -v certtool >/dev/null || need+=(gnutls-bin)
 # nginx serves files (whole and ranged GETs, HTTP and HTTPS) to ferry-http's tests.
 command -v nginx >/dev/null || need+=(nginx-light)
 # Container registry peers for the registry source's tests (importer/tests/support/

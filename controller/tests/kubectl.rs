@@ -75,7 +75,16 @@ async fn kubectl_applies_starts_and_lists_a_plan_as_the_readme_shows() {
     let home = dir.path().join("home");
     std::fs::create_dir_all(&home).unwrap();
     let a = ferry_test_kit::Server::nbdkit(dir.path(), &["pattern", "size=40M"]);
-    let b = ferry_test_kit::Server::nbdkit(dir.path(), &["sparse-random", "size=24M", "seed=3"]);
+    let b = ferry_test_kit::Server::nbdkit(
+        dir.path(),
+        &[
+            "sparse-random",
+            "size=24M",
+            "percent=30",
+            "runlength=262144",
+            "seed=3",
+        ],
+    );
     let server = Server::start().await;
     let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/controller/crds.yaml");
     let applied = kubectl(

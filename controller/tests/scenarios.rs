@@ -301,7 +301,13 @@ async fn a_cold_plan_of_three_vms_with_two_disks_each_fills_block_and_filesystem
     for vm in 0..3 {
         sources.push(ferry_test_kit::Server::nbdkit(
             dir.path(),
-            &["sparse-random", "size=24M", &format!("seed={vm}")],
+            &[
+                "sparse-random",
+                "size=24M",
+                "percent=30",
+                "runlength=262144",
+                &format!("seed={vm}"),
+            ],
         ));
         sources.push(ferry_test_kit::Server::nbdkit(
             dir.path(),
@@ -816,7 +822,13 @@ async fn two_controller_replicas_hand_over_when_the_leader_dies() {
         .map(|i| {
             ferry_test_kit::Server::nbdkit(
                 dir.path(),
-                &["sparse-random", "size=16M", &format!("seed={}", 40 + i)],
+                &[
+                    "sparse-random",
+                    "size=16M",
+                    "percent=30",
+                    "runlength=262144",
+                    &format!("seed={}", 40 + i),
+                ],
             )
         })
         .collect();

@@ -512,6 +512,7 @@ impl Error {
             Error::Scratch { .. } => ErrorKind::TargetIo,
             Error::Nbd(e) => match e {
                 N::Uri { .. } | N::InvalidRequest(_) => ErrorKind::Usage,
+                N::Tls { .. } | N::TlsRequired => ErrorKind::Authentication,
                 N::Refused { reason, .. } if *reason == "unknown export" => ErrorKind::NotFound,
                 N::Connect { .. } | N::Disconnected(_) | N::Timeout { .. } | N::Io { .. } => {
                     ErrorKind::SourceUnreachable

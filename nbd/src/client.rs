@@ -226,15 +226,14 @@ impl<B: ReadBuf> std::fmt::Debug for Client<B> {
 impl<B: ReadBuf> Client<B> {
     /// Connect to the server named by `uri` and negotiate.
     pub async fn connect(uri: &Uri, opts: &ConnectOptions) -> Result<Self> {
-        if uri.tls {
-            return Err(Error::Unsupported(format!(
-                "{uri}: TLS (nbds://) is not supported by this client yet"
-            )));
-        }
         let what = "connect and handshake";
         let fut = async {
-            let (rd, wr) = open(&uri.address).await?;
-            Self::handshake_on(rd, wr, &uri.export, opts).await
+            let conn = open(&uri.address).await?;
+            if !uri.tls {
+                let (rd, wr) = conn.split();
+                return Self::handshake_on(rd, wr, &uri.export, opts).await;
+            }
+            Self::connect_tls(uri, conn, opts).await
         };
         tokio::time::timeout(opts.connect_timeout, fut)
             .await
@@ -244,6 +243,65 @@ impl<B: ReadBuf> Client<B> {
             })?
     }
 
+    /// STARTTLS on a fresh connection, the TLS handshake, then negotiation inside TLS.
+    /// Fails closed: nothing but the greeting and STARTTLS goes in the clear.
+    async fn connect_tls(uri: &Uri, conn: Conn, opts: &ConnectOptions) -> Result<Self> {
+        let target = uri.address.to_string();
+        let config = crate::tls::client_config(&target, &uri.tls_settings)?;
+        let host = match &uri.address {
+            Address::Tcp { host, .. } => Some(host.as_str()),
+            Address::Unix(_) => None,
+        };
+        let name = crate::tls::server_name(&target, &uri.tls_settings, host)?;
+        let mut stream = conn.into_stream();
+        let no_zeroes = {
+            let (mut rd, mut wr) = tokio::io::split(&mut stream);
+            let no_zeroes = prelude(&mut rd, &mut wr, true).await.map_err(|e| match e {
+                Error::Protocol(ProtocolError::Unsupported(what)) => Error::Tls {
+                    target: target.clone(),
+                    message: format!("the server does not offer TLS ({what})"),
+                },
+                e => e,
+            })?;
+            send_option(&mut rd, &mut wr, opt::STARTTLS, &[]).await?;
+            let (h, p) = read_option_reply(&mut rd, opt::STARTTLS).await?;
+            if h.reply_type != rep::ACK {
+                let m = codec::decode_option_error_message(&p);
+                return Err(Error::Tls {
+                    target,
+                    message: format!(
+                        "the server does not offer TLS (NBD_OPT_STARTTLS: {}{}); an nbds:// URI \
+                         never falls back to plain text",
+                        codec::option_error_name(h.reply_type),
+                        if m.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {m}")
+                        }
+                    ),
+                });
+            }
+            no_zeroes
+        };
+        let tls = tokio_rustls::TlsConnector::from(config)
+            .connect(name, stream)
+            .await
+            .map_err(|e| Error::Tls {
+                target: target.clone(),
+                message: crate::tls::explain(&e),
+            })?;
+        tracing::debug!(target, "NBD TLS session established");
+        let (rd, wr) = tokio::io::split(tls);
+        Self::start(
+            Box::new(rd),
+            Box::new(wr),
+            Some(no_zeroes),
+            &uri.export,
+            opts,
+        )
+        .await
+    }
+
     /// Negotiate over an already-open stream pair (used by tests and the fuzzer).
     pub async fn handshake_on(
         rd: BoxRead,
@@ -251,9 +309,25 @@ impl<B: ReadBuf> Client<B> {
         export: &str,
         opts: &ConnectOptions,
     ) -> Result<Self> {
+        Self::start(rd, wr, None, export, opts).await
+    }
+
+    /// Negotiate (after the greeting when `greeted` gives its no-zeroes flag), then start
+    /// the reader.
+    async fn start(
+        rd: BoxRead,
+        wr: BoxWrite,
+        greeted: Option<bool>,
+        export: &str,
+        opts: &ConnectOptions,
+    ) -> Result<Self> {
         let mut rd = BufReader::with_capacity(64 * 1024, rd);
         let mut wr = wr;
-        let info = handshake(&mut rd, &mut wr, export, opts).await?;
+        let no_zeroes = match greeted {
+            Some(z) => z,
+            None => prelude(&mut rd, &mut wr, false).await?,
+        };
+        let info = negotiate(&mut rd, &mut wr, no_zeroes, export, opts).await?;
         tracing::debug!(?info, "NBD negotiation done");
         let shared = Arc::new(Shared {
             table: Mutex::new(Table {
@@ -568,7 +642,41 @@ impl<B: ReadBuf> Client<B> {
     }
 }
 
-async fn open(addr: &Address) -> Result<(BoxRead, BoxWrite)> {
+/// A byte stream TLS can run over.
+trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
+
+/// A new connection.
+enum Conn {
+    Unix(tokio::net::UnixStream),
+    Tcp(tokio::net::TcpStream),
+}
+
+impl Conn {
+    /// Owned halves without a lock between them (the plain-text path).
+    fn split(self) -> (BoxRead, BoxWrite) {
+        match self {
+            Conn::Unix(s) => {
+                let (r, w) = s.into_split();
+                (Box::new(r), Box::new(w))
+            }
+            Conn::Tcp(s) => {
+                let (r, w) = s.into_split();
+                (Box::new(r), Box::new(w))
+            }
+        }
+    }
+
+    /// The whole stream (for TLS).
+    fn into_stream(self) -> Box<dyn Stream> {
+        match self {
+            Conn::Unix(s) => Box::new(s),
+            Conn::Tcp(s) => Box::new(s),
+        }
+    }
+}
+
+async fn open(addr: &Address) -> Result<Conn> {
     let target = addr.to_string();
     let conn_err = |e: std::io::Error| Error::Connect {
         target: target.clone(),
@@ -576,18 +684,15 @@ async fn open(addr: &Address) -> Result<(BoxRead, BoxWrite)> {
         kind: e.kind(),
     };
     match addr {
-        Address::Unix(p) => {
-            let s = tokio::net::UnixStream::connect(p).await.map_err(conn_err)?;
-            let (r, w) = s.into_split();
-            Ok((Box::new(r), Box::new(w)))
-        }
+        Address::Unix(p) => Ok(Conn::Unix(
+            tokio::net::UnixStream::connect(p).await.map_err(conn_err)?,
+        )),
         Address::Tcp { host, port } => {
             let s = tokio::net::TcpStream::connect((host.as_str(), *port))
                 .await
                 .map_err(conn_err)?;
             s.set_nodelay(true).map_err(conn_err)?;
-            let (r, w) = s.into_split();
-            Ok((Box::new(r), Box::new(w)))
+            Ok(Conn::Tcp(s))
         }
     }
 }
@@ -638,6 +743,9 @@ where
     send_option(rd, wr, option, &[]).await?;
     for _ in 0..codec::MAX_OPTION_REPLIES {
         let (h, _) = read_option_reply(rd, option).await?;
+        if h.reply_type == rep::ERR_TLS_REQD {
+            return Err(Error::TlsRequired);
+        }
         if h.is_error() {
             return Ok(Err(h.reply_type));
         }
@@ -661,12 +769,9 @@ fn refused(option: &'static str, reply_type: u32, payload: &[u8]) -> Error {
     }
 }
 
-async fn handshake<R, W>(
-    rd: &mut R,
-    wr: &mut W,
-    export: &str,
-    opts: &ConnectOptions,
-) -> Result<ExportInfo>
+/// The server's greeting and the client's flags; whether the server omits the zeroes
+/// after EXPORT_NAME. `need_fixed`: STARTTLS follows, which needs fixed newstyle.
+async fn prelude<R, W>(rd: &mut R, wr: &mut W, need_fixed: bool) -> Result<bool>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -674,6 +779,11 @@ where
     let mut g = [0u8; codec::GREETING_LEN];
     rd.read_exact(&mut g).await?;
     let greeting = codec::decode_greeting(&g)?;
+    if need_fixed && greeting.flags & codec::FLAG_FIXED_NEWSTYLE == 0 {
+        return Err(
+            ProtocolError::Unsupported("no fixed newstyle negotiation, so no STARTTLS").into(),
+        );
+    }
     let no_zeroes = greeting.flags & codec::FLAG_NO_ZEROES != 0;
     let cflags = codec::FLAG_C_FIXED_NEWSTYLE
         | if no_zeroes {
@@ -682,7 +792,23 @@ where
             0
         };
     wr.write_all(&cflags.to_be_bytes()).await?;
+    wr.flush().await?;
+    Ok(no_zeroes)
+}
 
+/// Everything after the greeting: extended headers or structured replies, meta
+/// contexts, GO (or EXPORT_NAME).
+async fn negotiate<R, W>(
+    rd: &mut R,
+    wr: &mut W,
+    no_zeroes: bool,
+    export: &str,
+    opts: &ConnectOptions,
+) -> Result<ExportInfo>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let mut extended = false;
     if opts.extended_headers {
         extended = simple_option(rd, wr, opt::EXTENDED_HEADERS).await?.is_ok();
@@ -725,6 +851,9 @@ where
     let mut block_size = None;
     for _ in 0..codec::MAX_OPTION_REPLIES {
         let (h, p) = read_option_reply(rd, opt::GO).await?;
+        if h.reply_type == rep::ERR_TLS_REQD {
+            return Err(Error::TlsRequired);
+        }
         if h.is_error() {
             if h.reply_type == rep::ERR_UNSUP && !extended {
                 return export_name_fallback(rd, wr, export, no_zeroes, structured, contexts).await;

@@ -110,6 +110,20 @@ pub enum Error {
         /// The OS error text.
         message: String,
     },
+    /// TLS could not be set up or the server's certificate was refused (`nbds://`), or
+    /// the server requires TLS on a plain `nbd://` URI.
+    #[error("NBD over TLS to {target}: {message}")]
+    Tls {
+        /// Address or socket path.
+        target: String,
+        /// What went wrong, and what to change.
+        message: String,
+    },
+    /// A plain `nbd://` connection to a server that requires TLS.
+    #[error(
+        "the NBD server requires TLS: connect with nbds:// (or nbds+unix://) and tls-certificates=DIR"
+    )]
+    TlsRequired,
     /// The caller asked for something the export does not allow.
     #[error("invalid NBD request: {0}")]
     InvalidRequest(String),

@@ -15,6 +15,7 @@ pub mod codec;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod tls;
 pub mod uri;
 
 pub use client::{Client, ConnectOptions, ExportInfo, ReadBuf};

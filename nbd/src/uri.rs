@@ -1,9 +1,10 @@
 //! NBD URIs (the NBD project's `doc/uri.md`).
 //!
 //! `nbd://host[:port][/export]` and `nbd+unix:///[export]?socket=PATH`, plus the TLS
-//! forms `nbds://` and `nbds+unix://`, which parse but are refused at connect time
-//! because this client does not speak TLS yet. Unknown query parameters are errors
-//! (the spec says they should be diagnosed), except experimental `x-` ones.
+//! forms `nbds://` and `nbds+unix://` with libnbd's parameters (`tls-certificates`,
+//! `tls-verify-peer`, `tls-hostname`, `tls-psk-file`; [`crate::tls`]). A plain `nbd://`
+//! never uses TLS. Unknown query parameters are errors (the spec says they should be
+//! diagnosed), except experimental `x-` ones.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -13,6 +14,7 @@ use percent_encoding::percent_decode_str;
 
 use crate::codec::MAX_EXPORT_NAME_LEN;
 use crate::error::Error;
+use crate::tls::TlsSettings;
 
 /// Default NBD TCP port.
 pub const DEFAULT_PORT: u16 = 10809;
@@ -52,6 +54,9 @@ pub struct Uri {
     pub export: String,
     /// Whether the scheme requires TLS.
     pub tls: bool,
+    /// The TLS parameters (`tls-certificates`, `tls-verify-peer`, `tls-hostname`,
+    /// `tls-psk-file`); only on `nbds` URIs.
+    pub tls_settings: TlsSettings,
 }
 
 impl Uri {
@@ -134,16 +139,32 @@ pub fn parse(uri: &str) -> Result<Uri, Error> {
         return Err(bad(uri, "export name too long"));
     }
     let mut socket = None;
+    let mut tls_settings = TlsSettings::default();
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if k.starts_with("tls-") && !tls {
+            return Err(bad(uri, format!("{k} needs an nbds:// scheme")));
+        }
         match k {
             "socket" => socket = Some(decode(uri, v, "socket path")?),
-            "tls-type" | "tls-hostname" | "tls-verify-peer" | "tls-certificates"
-            | "tls-psk-file" => {
-                if !tls {
-                    return Err(bad(uri, format!("{k} needs an nbds:// scheme")));
-                }
+            "tls-certificates" => {
+                tls_settings.certificates = Some(PathBuf::from(decode(uri, v, k)?));
             }
+            "tls-verify-peer" => {
+                tls_settings.verify_peer = Some(match decode(uri, v, k)?.as_str() {
+                    "true" | "1" | "yes" | "on" => true,
+                    "false" | "0" | "no" | "off" => false,
+                    other => {
+                        return Err(bad(
+                            uri,
+                            format!("tls-verify-peer={other:?} is not a boolean"),
+                        ));
+                    }
+                });
+            }
+            "tls-hostname" => tls_settings.hostname = Some(decode(uri, v, k)?),
+            "tls-psk-file" => tls_settings.psk_file = Some(PathBuf::from(decode(uri, v, k)?)),
+            "tls-username" | "tls-type" => {}
             k if k.starts_with("x-") => {}
             other => return Err(bad(uri, format!("unknown parameter {other:?}"))),
         }
@@ -172,6 +193,7 @@ pub fn parse(uri: &str) -> Result<Uri, Error> {
         address,
         export,
         tls,
+        tls_settings,
     })
 }
 
@@ -209,6 +231,7 @@ fn split_host_port(uri: &str, hp: &str) -> Result<(String, u16), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn tcp_uri_with_port_and_export() {
@@ -296,6 +319,39 @@ mod tests {
     #[test]
     fn tls_scheme_is_flagged() {
         assert!(parse("nbds://h/").unwrap().tls);
+    }
+
+    #[test]
+    fn tls_parameters_are_read_as_libnbd_reads_them() {
+        let u = parse(
+            "nbds+unix:///disk?socket=/run/s.sock&tls-certificates=/etc/pki/x%20y\
+             &tls-verify-peer=false&tls-hostname=nbd.example.com",
+        )
+        .unwrap();
+        assert_eq!(
+            u.tls_settings.certificates.as_deref(),
+            Some(Path::new("/etc/pki/x y"))
+        );
+        assert_eq!(u.tls_settings.verify_peer, Some(false));
+        assert!(!u.tls_settings.verifies_peer());
+        assert_eq!(u.tls_settings.hostname.as_deref(), Some("nbd.example.com"));
+        assert!(parse("nbds://h/").unwrap().tls_settings.verifies_peer());
+        let e = parse("nbds://h/?tls-verify-peer=maybe")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("tls-verify-peer=\"maybe\" is not a boolean"),
+            "{e}"
+        );
+        let e = parse("nbd://h/?tls-certificates=/x")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("tls-certificates needs an nbds:// scheme"),
+            "{e}"
+        );
+        let e = parse("nbds://h/?tls-bogus=1").unwrap_err().to_string();
+        assert!(e.contains("unknown parameter \"tls-bogus\""), "{e}");
     }
 
     #[test]

@@ -642,6 +642,7 @@ async fn connect_to_missing_socket_is_a_connect_error() {
         address: ferry_nbd::Address::Unix(dir.path().join("nope.sock")),
         export: String::new(),
         tls: false,
+        tls_settings: Default::default(),
     };
     let e = Client::<Vec<u8>>::connect(&uri, &opts()).await.unwrap_err();
     match &e {

@@ -991,6 +991,7 @@ async fn r19_stall_during_handshake_fires_the_connect_timeout() {
             address: ferry_nbd::Address::Unix(server.socket.clone()),
             export: String::new(),
             tls: false,
+            tls_settings: Default::default(),
         };
         let o = ConnectOptions {
             connect_timeout: Duration::from_millis(300),

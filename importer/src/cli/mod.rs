@@ -132,6 +132,18 @@ pub struct Tuning {
     /// O_DIRECT on the target.
     #[arg(long, value_enum, default_value_t = DirectMode::Auto)]
     pub direct: DirectMode,
+    /// For an nbds:// source: the directory with `ca-cert.pem` (and optionally
+    /// `client-cert.pem`, `client-key.pem`), as the URI's `tls-certificates`.
+    #[arg(long, value_name = "DIR")]
+    pub tls_certificates: Option<std::path::PathBuf>,
+    /// For an nbds:// source: the name the server's certificate must carry, as the
+    /// URI's `tls-hostname` [default: the URI's host].
+    #[arg(long, value_name = "NAME")]
+    pub tls_hostname: Option<String>,
+    /// For an nbds:// source: check the server's certificate (false: accept any), as the
+    /// URI's `tls-verify-peer` [default: true].
+    #[arg(long, value_name = "BOOL")]
+    pub tls_verify_peer: Option<bool>,
     /// NBD connections when the server allows multi-conn.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=MAX_CONNECTIONS))]
     pub connections: u64,
@@ -194,11 +206,18 @@ impl Tuning {
 
     /// NBD source options.
     pub fn nbd(&self) -> NbdSourceOptions {
-        NbdSourceOptions::new(
+        let mut o = NbdSourceOptions::new(
             self.connections as usize,
             Duration::from_secs(self.timeout),
             !self.no_extents,
-        )
+        );
+        o.tls = ferry_nbd::tls::TlsSettings {
+            certificates: self.tls_certificates.clone(),
+            verify_peer: self.tls_verify_peer,
+            hostname: self.tls_hostname.clone(),
+            psk_file: None,
+        };
+        o
     }
 
     /// The flags that reproduce this tuning on another `ferry` command line.
@@ -227,6 +246,15 @@ impl Tuning {
         }
         if self.no_zero_detect {
             v.push("--no-zero-detect".into());
+        }
+        if let Some(d) = &self.tls_certificates {
+            v.push(format!("--tls-certificates={}", d.display()));
+        }
+        if let Some(h) = &self.tls_hostname {
+            v.push(format!("--tls-hostname={h}"));
+        }
+        if let Some(b) = self.tls_verify_peer {
+            v.push(format!("--tls-verify-peer={b}"));
         }
         v
     }

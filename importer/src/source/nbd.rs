@@ -49,6 +49,29 @@ pub struct NbdSourceOptions {
     pub extents: bool,
     /// Also select `qemu:dirty-bitmap:<name>` as the source of changed areas (deltas).
     pub dirty_bitmap: Option<String>,
+    /// TLS settings from flags (`--tls-certificates`, …), for an `nbds` URI that does
+    /// not set them itself; the URI's parameters win.
+    pub tls: ferry_nbd::tls::TlsSettings,
+}
+
+/// `uri` with the TLS flags filling what its own parameters leave unset. Flags with a
+/// plain `nbd://` URI are a usage error: TLS is chosen by the scheme.
+pub fn with_tls_flags(uri: &Uri, flags: &ferry_nbd::tls::TlsSettings) -> Result<Uri, Error> {
+    if *flags == ferry_nbd::tls::TlsSettings::default() {
+        return Ok(uri.clone());
+    }
+    if !uri.tls {
+        return Err(Error::Nbd(ferry_nbd::Error::Uri {
+            uri: uri.to_string(),
+            reason: "the --tls-* flags need an nbds:// or nbds+unix:// URI".into(),
+        }));
+    }
+    let mut u = uri.clone();
+    let s = &mut u.tls_settings;
+    s.certificates = s.certificates.take().or_else(|| flags.certificates.clone());
+    s.verify_peer = s.verify_peer.or(flags.verify_peer);
+    s.hostname = s.hostname.take().or_else(|| flags.hostname.clone());
+    Ok(u)
 }
 
 /// Connecting and negotiating waits at most this long, even with a longer request timeout.
@@ -64,6 +87,7 @@ impl NbdSourceOptions {
             request_timeout: timeout,
             extents,
             dirty_bitmap: None,
+            tls: Default::default(),
         }
     }
 }
@@ -88,6 +112,7 @@ pub struct NbdSource {
 impl NbdSource {
     /// Connect (several connections if the server advertises multi-conn).
     pub async fn connect(uri: &Uri, opts: &NbdSourceOptions) -> Result<NbdSource, Error> {
+        let uri = &with_tls_flags(uri, &opts.tls)?;
         let dirty_name = opts
             .dirty_bitmap
             .as_ref()

@@ -11,6 +11,7 @@
 
 #[cfg(feature = "nbd")]
 pub mod fake_nbd;
+pub mod pki;
 mod server;
 
 use std::io::Write as _;

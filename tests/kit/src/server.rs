@@ -266,6 +266,7 @@ impl Server {
             address,
             export: export.to_string(),
             tls: false,
+            tls_settings: Default::default(),
         }
     }
 }
