@@ -206,6 +206,9 @@ pub enum Error {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum UsageError {
+    /// The buffer pool cannot fit the cgroup's memory limit even at its smallest.
+    #[error(transparent)]
+    Memory(#[from] crate::memory::PoolDoesNotFit),
     /// `IMPORTER_CONTENTTYPE=archive` onto a block device.
     #[error(
         "IMPORTER_CONTENTTYPE=archive unpacks files into a filesystem volume, not onto a block device"

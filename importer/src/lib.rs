@@ -23,6 +23,7 @@ pub mod http_server;
 pub mod import;
 pub mod job;
 pub mod journal;
+pub mod memory;
 pub mod num;
 pub mod progress;
 pub mod report;

@@ -74,7 +74,11 @@ fn malformed_uris_are_rejected() {
         ("nbd+unix:///?socket=/x&bogus=1", "unknown parameter"),
         ("ftp://x/disk.img", "unsupported"),
         ("http://host:notaport/disk.img", "invalid URL"),
-        ("nbds+unix:///?socket=/x", "TLS"),
+        (
+            "nbds+unix:///?socket=/x&tls-psk-file=/k.psk",
+            "TLS-PSK is not supported",
+        ),
+        ("nbds://h/?tls-verify-peer=perhaps", "is not a boolean"),
     ];
     for (uri, phrase) in cases {
         copy(uri, &target, "sync", &[]).failure(uri, &[phrase]);

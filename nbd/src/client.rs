@@ -228,12 +228,19 @@ impl<B: ReadBuf> Client<B> {
     pub async fn connect(uri: &Uri, opts: &ConnectOptions) -> Result<Self> {
         let what = "connect and handshake";
         let fut = async {
+            // TLS settings are checked before anything is sent.
+            let tls = match uri.tls {
+                true => Some(tls_setup(uri)?),
+                false => None,
+            };
             let conn = open(&uri.address).await?;
-            if !uri.tls {
-                let (rd, wr) = conn.split();
-                return Self::handshake_on(rd, wr, &uri.export, opts).await;
+            match tls {
+                None => {
+                    let (rd, wr) = conn.split();
+                    Self::handshake_on(rd, wr, &uri.export, opts).await
+                }
+                Some(setup) => Self::connect_tls(uri, conn, setup, opts).await,
             }
-            Self::connect_tls(uri, conn, opts).await
         };
         tokio::time::timeout(opts.connect_timeout, fut)
             .await
@@ -245,14 +252,13 @@ impl<B: ReadBuf> Client<B> {
 
     /// STARTTLS on a fresh connection, the TLS handshake, then negotiation inside TLS.
     /// Fails closed: nothing but the greeting and STARTTLS goes in the clear.
-    async fn connect_tls(uri: &Uri, conn: Conn, opts: &ConnectOptions) -> Result<Self> {
+    async fn connect_tls(
+        uri: &Uri,
+        conn: Conn,
+        (config, name): TlsSetup,
+        opts: &ConnectOptions,
+    ) -> Result<Self> {
         let target = uri.address.to_string();
-        let config = crate::tls::client_config(&target, &uri.tls_settings)?;
-        let host = match &uri.address {
-            Address::Tcp { host, .. } => Some(host.as_str()),
-            Address::Unix(_) => None,
-        };
-        let name = crate::tls::server_name(&target, &uri.tls_settings, host)?;
         let mut stream = conn.into_stream();
         let no_zeroes = {
             let (mut rd, mut wr) = tokio::io::split(&mut stream);
@@ -640,6 +646,23 @@ impl<B: ReadBuf> Client<B> {
             }
         }
     }
+}
+
+/// The client configuration and the name to verify, for an `nbds` URI.
+type TlsSetup = (
+    Arc<rustls::ClientConfig>,
+    rustls::pki_types::ServerName<'static>,
+);
+
+fn tls_setup(uri: &Uri) -> Result<TlsSetup> {
+    let target = uri.address.to_string();
+    let config = crate::tls::client_config(&target, &uri.tls_settings)?;
+    let host = match &uri.address {
+        Address::Tcp { host, .. } => Some(host.as_str()),
+        Address::Unix(_) => None,
+    };
+    let name = crate::tls::server_name(&target, &uri.tls_settings, host)?;
+    Ok((config, name))
 }
 
 /// A byte stream TLS can run over.

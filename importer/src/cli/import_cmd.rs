@@ -309,6 +309,21 @@ impl ImportArgs {
         })
     }
 
+    /// Shrink the buffer count to fit the cgroup's memory limit (see [`ferry::memory`]);
+    /// VDDK is then told the same count for its NFC AIO buffers.
+    pub fn fit_memory(&mut self, cfg: &ImportConfig) -> Result<(), ferry::memory::PoolDoesNotFit> {
+        let vddk = cfg.source == SourceKind::Vddk;
+        let asked = self.buf_count_for(cfg.source);
+        let n = ferry::memory::fit_to_cgroup(self.buf_size() * 64 * 1024, asked, vddk)?;
+        if n != asked {
+            self.buf_count = Some(n);
+            if vddk {
+                self.nfc.buf_count = Some(n);
+            }
+        }
+        Ok(())
+    }
+
     /// The buffer size in 64 KiB units.
     pub fn buf_size(&self) -> u64 {
         self.buf_size_in_64k.unwrap_or(DEFAULT_BUF_SIZE_IN_64K)

@@ -196,6 +196,16 @@ impl Tuning {
         Ok(())
     }
 
+    /// Shrink the buffer count to fit the cgroup's memory limit (see [`ferry::memory`]).
+    pub fn fit_memory(&mut self, vddk: bool) -> Result<(), ferry::Error> {
+        let n = ferry::memory::fit_to_cgroup(self.buf_size() as u64, self.count(), vddk)
+            .map_err(|e| ferry::Error::from(ferry::error::UsageError::from(e)))?;
+        if n != self.count() {
+            self.buf_count = Some(n);
+        }
+        Ok(())
+    }
+
     /// The retry policy.
     pub fn retry(&self) -> ferry::retry::RetryPolicy {
         ferry::retry::RetryPolicy {
@@ -271,7 +281,9 @@ pub fn prepare(cli: &mut Cli) -> anyhow::Result<()> {
     let Command::Copy(a) = &mut cli.command else {
         return Ok(());
     };
-    if !ferry::source::vddk::options::is_vddk_uri(&a.src) {
+    let vddk = ferry::source::vddk::options::is_vddk_uri(&a.src);
+    a.tuning.fit_memory(vddk)?;
+    if !vddk {
         return Ok(());
     }
     let opts = a
@@ -294,13 +306,20 @@ fn prepare_import(a: &mut import_cmd::ImportArgs) -> anyhow::Result<()> {
             return Err(ferry::Error::Config(e).into());
         }
     };
-    if cfg.source == ferry::import::config::SourceKind::Vddk {
+    let vddk = cfg.source == ferry::import::config::SourceKind::Vddk;
+    if vddk {
         reexec_with_library_path(&cfg.libdir);
         a.adopt_vddk_config(&cfg);
-        if let Err(e) = ferry::source::vddk::init(&cfg.libdir, a.nfc, cfg.vddk_config.as_deref()) {
-            import_cmd::fail(&cfg.termination_log, &e.to_string());
-            return Err(ferry::Error::Vddk(e).into());
-        }
+    }
+    if let Err(e) = a.fit_memory(&cfg) {
+        import_cmd::fail(&cfg.termination_log, &e.to_string());
+        return Err(ferry::Error::from(ferry::error::UsageError::from(e)).into());
+    }
+    if vddk
+        && let Err(e) = ferry::source::vddk::init(&cfg.libdir, a.nfc, cfg.vddk_config.as_deref())
+    {
+        import_cmd::fail(&cfg.termination_log, &e.to_string());
+        return Err(ferry::Error::Vddk(e).into());
     }
     a.resolved = Some(cfg);
     Ok(())
