@@ -64,6 +64,12 @@ pub enum Error {
         /// What it holds.
         format: crate::source::format::Format,
     },
+    /// Two disks differ (`ferry verify`, `--verify`): the first differing range.
+    #[error("{0}")]
+    Mismatch(String),
+    /// A digest could not be built from the pieces given (a bug if it happens).
+    #[error(transparent)]
+    Digest(#[from] crate::digest::DigestError),
     /// The source's bytes do not have the checksum given, or it could not be computed.
     #[error("{what}: {message}")]
     Checksum {
@@ -506,7 +512,8 @@ impl Error {
                 408 | 429 | 500..=599 => ErrorKind::SourceUnreachable,
                 _ => ErrorKind::SourceData,
             },
-            Error::Checksum { .. } => ErrorKind::SourceData,
+            Error::Checksum { .. } | Error::Mismatch(_) => ErrorKind::SourceData,
+            Error::Digest(_) => ErrorKind::Internal,
             Error::Registry { error, .. } => error.kind(),
             Error::Image { error, .. } if error.is_refusal() => ErrorKind::Usage,
             Error::Image { .. } => ErrorKind::SourceData,

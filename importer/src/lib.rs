@@ -14,6 +14,7 @@ pub mod buf;
 pub mod checksum;
 pub mod copy;
 pub mod delta;
+pub mod digest;
 #[allow(unsafe_code)]
 pub mod engine;
 pub mod error;

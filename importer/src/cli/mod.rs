@@ -7,6 +7,7 @@ mod import_cmd;
 mod upload_cmd;
 mod upload_server_cmd;
 mod vddk_args;
+mod verify_cmd;
 
 use std::time::Duration;
 
@@ -56,6 +57,9 @@ pub enum Command {
     UploadServer(Box<upload_server_cmd::UploadServerArgs>),
     /// Send a disk image to an upload server, with a progress bar.
     Upload(upload_cmd::UploadArgs),
+    /// Compare two disks by their digests (BLAKE3 over 64 KiB leaves): exit 0 when
+    /// identical, 1 naming the first differing range.
+    Verify(Box<verify_cmd::VerifyArgs>),
     /// Internal: run a command and report its wall time, CPU time and peak RSS.
     #[command(name = "__measure", hide = true)]
     Measure(bench::MeasureArgs),
@@ -384,6 +388,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Bench(a) => bench::run(a).await,
             Command::Measure(a) => bench::measure(a),
             Command::Upload(a) => upload_cmd::run(a).await,
+            Command::Verify(a) => verify_cmd::run(*a).await,
             Command::Import(_) | Command::UploadServer(_) => unreachable!("handled above"),
         }
     };

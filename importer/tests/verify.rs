@@ -1,0 +1,110 @@
+//! `ferry verify SRC DST`: the same disk through different paths (an nbdkit export, the
+//! file nbdcopy wrote from it, a qcow2 qemu-img made of it, a gzip stream of it) has one
+//! digest; a flipped byte is named by the 64 KiB leaf holding it; a longer disk differs
+//! at its tail.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+fn verify(a: &str, b: &str) -> Run {
+    let mut c = ferry(&["verify", a, b, "--json"]);
+    c.env("FERRY_LOG", "warn");
+    run(c, RUN_LIMIT)
+}
+
+fn json(r: &Run) -> serde_json::Value {
+    serde_json::from_str(r.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {r:?}"))
+}
+
+/// A difference: exit 6 (source data), the JSON result on stdout, one error line last
+/// on stderr holding `phrase`; the JSON and that line.
+fn differ(r: &Run, phrase: &str) -> (serde_json::Value, String) {
+    assert_eq!(r.status.code(), Some(6), "{r:?}");
+    assert!(!r.stderr.contains("panicked"), "{r:?}");
+    let last = r
+        .stderr
+        .lines()
+        .rfind(|l| !l.trim().is_empty())
+        .unwrap_or("");
+    assert!(
+        last.starts_with("ferry: error: ") && last.contains(phrase),
+        "{r:?}"
+    );
+    let v = json(r);
+    assert_eq!(v["identical"], false, "{v}");
+    (v, last.to_string())
+}
+
+#[test]
+fn one_disk_read_four_ways_has_one_digest_and_a_flipped_byte_is_found() {
+    if !require(&["nbdkit", "nbdcopy", "qemu-img", "gzip"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = ferry_test_kit::Server::nbdkit(
+        dir.path(),
+        &[
+            "sparse-random",
+            "size=200M",
+            "percent=30",
+            "runlength=262144",
+            "seed=5",
+        ],
+    );
+    let raw = nbdcopy_reference(&src.uri(), dir.path());
+    let qcow2 = dir.path().join("d.qcow2");
+    ferry_test_kit::run_ok(
+        Command::new("qemu-img")
+            .args(["convert", "-O", "qcow2"])
+            .arg(&raw)
+            .arg(&qcow2),
+    );
+    let gz = dir.path().join("d.raw.gz");
+    let out = Command::new("gzip").arg("-c").arg(&raw).output().unwrap();
+    std::fs::write(&gz, out.stdout).unwrap();
+    let raw_s = raw.to_str().unwrap();
+
+    let mut digests = Vec::new();
+    for other in [
+        src.uri(),
+        qcow2.display().to_string(),
+        gz.display().to_string(),
+    ] {
+        let r = verify(raw_s, &other);
+        assert!(r.status.success(), "{other}: {r:?}");
+        let v = json(&r);
+        assert_eq!(v["identical"], true, "{v}");
+        assert_eq!(v["size"], 200 << 20);
+        digests.push(v["digest"].as_str().unwrap().to_string());
+    }
+    assert!(digests.iter().all(|d| d == &digests[0]), "{digests:?}");
+    assert!(digests[0].starts_with("blake3-64k:"));
+
+    // One byte flipped: the first differing leaf names it.
+    let flipped = dir.path().join("flipped.raw");
+    let mut bytes = std::fs::read(&raw).unwrap();
+    let at = 123_456_789usize;
+    bytes[at] ^= 0x40;
+    std::fs::write(&flipped, &bytes).unwrap();
+    let r = verify(&src.uri(), flipped.to_str().unwrap());
+    let (v, line) = differ(&r, "the disks differ: first difference in bytes");
+    let off = v["first_difference"]["offset"].as_u64().unwrap();
+    let len = v["first_difference"]["length"].as_u64().unwrap();
+    assert_eq!(len, 64 * 1024, "{v}");
+    assert!(off <= at as u64 && (at as u64) < off + len, "{v}");
+    assert!(line.contains(&format!("{off}..{}", off + len)), "{line}");
+    assert_eq!(v["src"]["digest"], digests[0].as_str());
+
+    // A disk one zero byte longer is another disk; it differs at the shorter one's end.
+    bytes[at] ^= 0x40;
+    bytes.push(0);
+    let longer = dir.path().join("longer.raw");
+    std::fs::write(&longer, &bytes).unwrap();
+    let r = verify(raw_s, longer.to_str().unwrap());
+    let (v, _) = differ(&r, "the disks differ");
+    assert_eq!(v["first_difference"]["offset"], 200 << 20, "{v}");
+    assert_eq!(v["first_difference"]["length"], 1, "{v}");
+}
