@@ -94,6 +94,9 @@ pub struct CopyOptions {
     /// How a failed read is retried in place (a lost connection is the caller's:
     /// [`crate::retry::copy_retrying`]).
     pub retry: crate::retry::RetryPolicy,
+    /// Compute the disk's digest as read ([`crate::digest`]); only a full copy from
+    /// the start has one.
+    pub digest: bool,
 }
 
 /// The journal is brought up to date (the target flushed first) whenever the durable
@@ -174,6 +177,13 @@ pub struct CopyStats {
     pub delta: bool,
     /// Bytes received from an HTTP source (the file as downloaded; 0 for others).
     pub bytes_downloaded: u64,
+    /// The disk's digest as read (`blake3-64k:…`), when asked for and the copy read
+    /// the whole disk (not a delta, not resumed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// The same, with its group hashes (to name a first difference).
+    #[serde(skip)]
+    pub digest_full: Option<std::sync::Arc<crate::digest::Digest>>,
 }
 
 impl CopyStats {
@@ -197,6 +207,7 @@ enum Done {
         written: bool,
     },
     Zero {
+        offset: u64,
         len: u64,
         outcome: ZeroOutcome,
     },
@@ -247,9 +258,16 @@ pub async fn copy(
                 journal: opts.journal.as_deref(),
                 sample_len: crate::journal::SAMPLE_BYTES.max(align),
             },
+            digest: (opts.digest && start_at == 0 && opts.changes.is_none())
+                .then(|| crate::digest::Digester::new(size)),
         };
         d.run(rx, align, size, buf_size, start_at).await?;
         let mut stats = d.stats;
+        if let Some(g) = d.digest {
+            let full = std::sync::Arc::new(g.finish()?);
+            stats.digest = Some(full.text());
+            stats.digest_full = Some(full);
+        }
         progress.set_phase("flushing");
         sink.flush().await?;
         // A source that checks its input (a checksum) says so before the copy is done.
@@ -302,6 +320,8 @@ struct Dispatcher<'a> {
     zeros: usize,
     stats: CopyStats,
     settle: Settle<'a>,
+    /// The digest being built, when asked for and the copy covers the whole disk.
+    digest: Option<crate::digest::Digester>,
 }
 
 impl Dispatcher<'_> {
@@ -360,6 +380,14 @@ impl Dispatcher<'_> {
     }
 
     fn settle_one(&mut self, idx: u64, d: Result<Done, Error>) -> Result<(), Error> {
+        if let (Some(g), Ok(done)) = (self.digest.as_mut(), &d) {
+            match done {
+                Done::Data {
+                    buf, offset, len, ..
+                } => g.data(*offset, &buf.as_slice()[..crate::num::usize_of(*len)])?,
+                Done::Zero { offset, len, .. } => g.zero(*offset, *len)?,
+            }
+        }
         settle(
             d,
             idx,
@@ -572,7 +600,11 @@ fn zero_request(offset: u64, len: u64, sink: &Arc<Sink>) -> Request {
     let snk = sink.clone();
     Box::pin(async move {
         let outcome = snk.zero(offset, len).await?;
-        Ok(Done::Zero { len, outcome })
+        Ok(Done::Zero {
+            offset,
+            len,
+            outcome,
+        })
     })
 }
 
@@ -658,7 +690,7 @@ fn settle(
             }
             progress.add_data(len);
         }
-        Done::Zero { len, outcome } => {
+        Done::Zero { len, outcome, .. } => {
             *zeros -= 1;
             match outcome {
                 ZeroOutcome::Skipped => {

@@ -464,9 +464,20 @@ async fn of_source(
     buf_size: usize,
     count: usize,
 ) -> Result<Digest, crate::Error> {
+    of_prefix(source, source.size(), buf_size, count).await
+}
+
+/// The digest of the first `size` bytes of a random-access disk (a target larger than
+/// the disk copied onto it).
+pub async fn of_prefix(
+    source: &std::sync::Arc<dyn crate::source::Source>,
+    size: u64,
+    buf_size: usize,
+    count: usize,
+) -> Result<Digest, crate::Error> {
     use futures::StreamExt as _;
     use futures::stream::FuturesUnordered;
-    let size = source.size();
+    let size = size.min(source.size());
     let align = source.block_size().max(crate::buf::BUF_ALIGN as u64);
     let buf_size = (buf_size as u64)
         .min(source.max_read() / align * align)

@@ -69,6 +69,8 @@ pub struct Tuning {
     pub direct: DirectMode,
     /// Retries of failed reads and lost connections.
     pub retry: RetryPolicy,
+    /// Compute the disk's digest as read.
+    pub digest: bool,
 }
 
 /// After the copy: what the import flow leaves on a filesystem volume.
@@ -191,6 +193,7 @@ async fn open(job: &mut Job<'_>) -> Result<(Arc<Sink>, CopyOptions, bool), Error
         start_at,
         journal,
         retry: t.retry,
+        digest: t.digest,
     };
     Ok((sink, opts, preallocated))
 }

@@ -108,3 +108,57 @@ fn one_disk_read_four_ways_has_one_digest_and_a_flipped_byte_is_found() {
     assert_eq!(v["first_difference"]["offset"], 200 << 20, "{v}");
     assert_eq!(v["first_difference"]["length"], 1, "{v}");
 }
+
+#[test]
+fn a_copy_with_verify_reads_the_target_back_onto_files_and_larger_block_devices() {
+    if !require_root(&["nbdkit", "nbdcopy"], true) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = ferry_test_kit::Server::nbdkit(
+        dir.path(),
+        &[
+            "sparse-random",
+            "size=96M",
+            "percent=30",
+            "runlength=262144",
+            "seed=8",
+        ],
+    );
+    let raw = nbdcopy_reference(&src.uri(), dir.path());
+    let r = verify(&src.uri(), raw.to_str().unwrap());
+    let want = json(&r)["digest"].as_str().unwrap().to_string();
+
+    // --digest: the digest of the disk as read, as `ferry verify` computes it.
+    let out = dir.path().join("a.img");
+    let v = copy(&src.uri(), &out, "auto", &["--digest"]).success("--digest");
+    assert_eq!(v["digest"], want.as_str(), "{v}");
+    assert_identical(&out, &raw, "--digest");
+
+    // --verify onto a new file, and onto a block device larger than the disk (compared
+    // over the disk's size), on both engines.
+    for_each_engine(|engine| {
+        let out = dir.path().join(format!("b-{engine}.img"));
+        let v = copy(&src.uri(), &out, engine, &["--verify"]).success("--verify file");
+        assert_eq!(v["digest"], want.as_str(), "{v}");
+        let backing = dir.path().join(format!("dev-{engine}.img"));
+        fill(&backing, 0xee, 128 << 20);
+        let dev = Loop::new(&backing, &[]);
+        let v = copy(&src.uri(), &dev.dev, engine, &["--verify"]).success("--verify device");
+        assert_eq!(v["digest"], want.as_str(), "{v}");
+    });
+
+    // A delta round has no whole-disk digest of its own: --verify reads the source again.
+    let prev = dir.path().join("prev.img");
+    std::fs::copy(&raw, &prev).unwrap();
+    let extents = dir.path().join("changed.json");
+    std::fs::write(&extents, r#"[{"offset":0,"length":1048576}]"#).unwrap();
+    let v = copy(
+        &src.uri(),
+        &prev,
+        "auto",
+        &["--verify", "--changed-extents", extents.to_str().unwrap()],
+    )
+    .success("--verify after a delta");
+    assert_eq!(v["digest"], want.as_str(), "{v}");
+}

@@ -67,6 +67,11 @@ pub struct CopyArgs {
     /// needs room for the whole image. Without it such an image is refused.
     #[arg(long, value_name = "DIR")]
     pub scratch: Option<PathBuf>,
+    /// After the final flush, read the target back and compare its digest with the
+    /// source's as read during the copy (as read again, when the copy resumed or was a
+    /// delta): a mismatch fails naming the first differing range. Implies --digest.
+    #[arg(long)]
+    pub verify: bool,
     /// Print one JSON summary object on stdout.
     #[arg(long)]
     pub json: bool,
@@ -128,6 +133,8 @@ pub struct CopyExtras<'a> {
     /// Opens the source again after a lost connection (none: such a failure ends the
     /// copy).
     pub reopen: Option<ferry::retry::Reopen<'a>>,
+    /// Build the digest (for `--verify`) even without `--digest`.
+    pub verify: bool,
 }
 
 /// Copy `src` onto `dst` through the job runner ([`ferry::job::run`]).
@@ -143,6 +150,7 @@ pub async fn copy_once<'a>(
         changes,
         journal,
         reopen,
+        verify,
     } = extras;
     let label = match &changes {
         None => "full".to_string(),
@@ -170,6 +178,7 @@ pub async fn copy_once<'a>(
             detect_zeroes: !tuning.no_zero_detect,
             direct: tuning.direct,
             retry: tuning.retry(),
+            digest: tuning.digest || verify,
         },
         engine,
         finish: ferry::job::Finish::default(),
@@ -314,6 +323,7 @@ pub async fn run(mut a: CopyArgs) -> anyhow::Result<()> {
             changes,
             journal: a.journal.as_deref(),
             reopen: Some(reopen),
+            verify: a.verify,
         },
     )
     .await;
@@ -321,7 +331,10 @@ pub async fn run(mut a: CopyArgs) -> anyhow::Result<()> {
         b.abort();
         eprintln!();
     }
-    let stats = r?;
+    let mut stats = r?;
+    if a.verify {
+        verify_target(&a, reach, layered, &mut stats).await?;
+    }
     if a.json {
         println!("{}", serde_json::to_string(&stats)?);
     } else {
@@ -337,6 +350,48 @@ pub async fn run(mut a: CopyArgs) -> anyhow::Result<()> {
             stats.direct
         );
     }
+    Ok(())
+}
+
+/// `--verify`: the target read back must have the source's digest.
+async fn verify_target(
+    a: &CopyArgs,
+    reach: &ferry::source::Reach<'_>,
+    layered: bool,
+    stats: &mut CopyStats,
+) -> Result<(), ferry::Error> {
+    let (buf_size, count) = (a.tuning.buf_size(), ferry::num::usize_of(a.tuning.count()));
+    let start = std::time::Instant::now();
+    let source = match &stats.digest_full {
+        Some(d) => d.clone(),
+        None => {
+            // Resumed or delta: the bytes before were read by another run.
+            tracing::info!("the copy did not read the whole source; reading it again for --verify");
+            let s = ferry::source::open(&a.src, reach, layered).await?;
+            Arc::new(ferry::digest::of_input(ferry::source::Input::Disk(s), buf_size, count).await?)
+        }
+    };
+    let target_spec = a.dst.display().to_string();
+    let target = ferry::source::open_input(&target_spec, reach).await?;
+    let mut t = ferry::digest::of_input(target, buf_size, count).await?;
+    // A target larger than the disk (a block device, a grown image) is compared over
+    // the disk's size.
+    if t.size > source.size {
+        let s = ferry::source::open(&target_spec, reach, false).await?;
+        t = ferry::digest::of_prefix(&s, source.size, buf_size, count).await?;
+        s.close().await;
+    }
+    if let Some((offset, len)) = source.first_difference(&t) {
+        return Err(ferry::Error::Mismatch(format!(
+            "--verify: the target differs from the source: first difference in bytes {offset}..{} \
+             (source {}, target {})",
+            offset + len,
+            source.text(),
+            t.text()
+        )));
+    }
+    tracing::info!(digest = %t.text(), seconds = start.elapsed().as_secs_f64(), "verified: the target reads back as the source");
+    stats.digest = Some(source.text());
     Ok(())
 }
 

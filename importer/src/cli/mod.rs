@@ -157,6 +157,10 @@ pub struct Tuning {
     /// Write all-zero data buffers to a new file instead of leaving them as holes.
     #[arg(long)]
     pub no_zero_detect: bool,
+    /// Compute the disk's digest as it is read (BLAKE3 over 64 KiB leaves, as
+    /// `ferry verify`) and report it (`digest` in --json).
+    #[arg(long)]
+    pub digest: bool,
     /// Seconds to wait for any one NBD reply (and for connect + handshake).
     #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub timeout: u64,
@@ -260,6 +264,9 @@ impl Tuning {
         }
         if self.no_zero_detect {
             v.push("--no-zero-detect".into());
+        }
+        if self.digest {
+            v.push("--digest".into());
         }
         if let Some(d) = &self.tls_certificates {
             v.push(format!("--tls-certificates={}", d.display()));

@@ -169,6 +169,7 @@ fn settings(a: &UploadServerArgs) -> Result<ferry::upload::Settings, String> {
             detect_zeroes: !a.tuning.no_zero_detect,
             direct: a.tuning.direct,
             retry: a.tuning.retry(),
+            digest: false,
         },
         body_idle: std::time::Duration::from_secs(a.body_timeout),
     })

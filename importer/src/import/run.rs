@@ -838,6 +838,7 @@ pub async fn run(
             detect_zeroes: true,
             direct: t.direct,
             retry: t.retry,
+            digest: false,
         },
         engine: engine.clone(),
         finish: crate::job::Finish {
