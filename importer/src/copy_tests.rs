@@ -289,6 +289,9 @@ fn opts(buf_count: usize) -> CopyOptions {
             retries: 3,
             first_backoff: Duration::from_millis(1),
         },
+        // Every copy test also builds the digest: pieces completing out of order,
+        // retried reads and zero ranges must still cover the disk exactly once.
+        digest: true,
     }
 }
 
