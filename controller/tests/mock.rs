@@ -3,13 +3,14 @@
 
 use std::sync::Arc;
 
+mod common;
+use common::NoVsphere;
+
 use ferry_controller::crd::{
     DiskImport, DiskImportSpec, DiskImportStatus, DiskPhase, DiskSource, FerryPlan, PvcTarget,
 };
-use ferry_controller::planner::plan::{Outcome, TaskView};
 use ferry_controller::pod::PodDefaults;
 use ferry_controller::reconcile::{Context, disk, plan, reporter, scrape::Scraper};
-use ferry_controller::vsphere::{BoxFuture, Call, Endpoint, VsphereOps};
 use http::{Method, Request, Response};
 use jiff::Timestamp;
 use kube::client::Body;
@@ -20,21 +21,6 @@ use kube::{Client, Resource};
 use serde_json::{Value, json};
 
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
-
-struct NoVsphere;
-impl VsphereOps for NoVsphere {
-    fn call<'a>(
-        &'a self,
-        _: &'a Endpoint,
-        _: &'a str,
-        c: Call,
-    ) -> BoxFuture<'a, Result<Option<Outcome>, String>> {
-        Box::pin(async move { Err(format!("no vSphere in this test ({c:?})")) })
-    }
-    fn task<'a>(&'a self, _: &'a Endpoint, _: &'a str) -> BoxFuture<'a, Result<TaskView, String>> {
-        Box::pin(async { Err("no vSphere in this test".to_string()) })
-    }
-}
 
 fn now() -> Timestamp {
     Timestamp::from_second(1_800_000_000).unwrap()

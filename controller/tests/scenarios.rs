@@ -264,6 +264,41 @@ impl World {
         })
     }
 
+    /// Run plan `p` in it: a test API server holding the plan's Secret, the plan
+    /// created, a process kubelet (the fake VDDK capped at `bandwidth`, the first
+    /// container killed after `kill`) and the controller with a real vSphere client.
+    async fn run(
+        self: &Arc<Self>,
+        p: FerryPlan,
+        bandwidth: Option<&'static str>,
+        kill: Option<Duration>,
+        ferry: PathBuf,
+        root: &Path,
+    ) -> (
+        Server,
+        kube::Client,
+        Arc<ProcessKubelet>,
+        (
+            tokio::sync::oneshot::Sender<()>,
+            tokio::task::JoinHandle<()>,
+        ),
+    ) {
+        let server = Server::start().await;
+        self.put_secret(&server);
+        let client = client(&server);
+        create(&client, &p).await;
+        let mut k = kubelet(&server, ferry, root, Some(self));
+        k.extra_env = self.vddk_env(bandwidth);
+        k.kill_first_after = kill;
+        let k = Arc::new(k);
+        k.spawn();
+        let controller = start_controller(
+            client.clone(),
+            Arc::new(ferry_controller::vsphere::Vcenter::default()),
+        );
+        (server, client, k, controller)
+    }
+
     /// The PVC of `vm`'s disk `index`, by the default template.
     fn pvc(plan: &str, vm: &str, index: usize) -> String {
         format!("{plan}-{vm}-disk-{index}")
@@ -420,30 +455,28 @@ async fn a_warm_plan_copies_three_rounds_then_cuts_over_to_the_final_snapshot() 
         )
         .await,
     );
-    let server = Server::start().await;
-    world.put_secret(&server);
-    let client = client(&server);
-    let p = new_plan(
-        "warm",
-        FerryPlanSpec {
-            source: world.source(),
-            vms: vec![PlanVm {
-                id: Some(uuid_of(0)),
-                ..Default::default()
-            }],
-            warm: true,
-            precopy_interval: Some("1s".into()),
-            start: true,
-            ..Default::default()
-        },
-    );
-    create(&client, &p).await;
-    let k = Arc::new(kubelet(&server, ferry, dir.path(), Some(&world)));
-    k.spawn();
-    let controller = start_controller(
-        client.clone(),
-        Arc::new(ferry_controller::vsphere::Vcenter::default()),
-    );
+    let (server, client, k, controller) = world
+        .run(
+            new_plan(
+                "warm",
+                FerryPlanSpec {
+                    source: world.source(),
+                    vms: vec![PlanVm {
+                        id: Some(uuid_of(0)),
+                        ..Default::default()
+                    }],
+                    warm: true,
+                    precopy_interval: Some("1s".into()),
+                    start: true,
+                    ..Default::default()
+                },
+            ),
+            None,
+            None,
+            ferry,
+            dir.path(),
+        )
+        .await;
     // Cut over once every disk has copied three rounds.
     let three = server
         .wait_for(Duration::from_secs(180), |s| {
@@ -547,38 +580,34 @@ async fn canceling_one_vm_mid_round_stops_its_pod_and_restores_it_while_the_othe
         )
         .await,
     );
-    let server = Server::start().await;
-    world.put_secret(&server);
-    let client = client(&server);
-    let p = new_plan(
-        "wave",
-        FerryPlanSpec {
-            source: world.source(),
-            vms: vec![
-                // One VM by name (looked up in vCenter's inventory), one by UUID.
-                PlanVm {
-                    name: Some("keep".into()),
-                    ..Default::default()
-                },
-                PlanVm {
-                    id: Some(uuid_of(1)),
-                    ..Default::default()
-                },
-            ],
-            start: true,
-            ..Default::default()
-        },
-    );
-    create(&client, &p).await;
-    let mut k = kubelet(&server, ferry, dir.path(), Some(&world));
     // 8 MiB/s: the 64 MiB disk takes 8 s, long enough to be canceled mid-copy.
-    k.extra_env = world.vddk_env(Some("8M"));
-    let k = Arc::new(k);
-    k.spawn();
-    let controller = start_controller(
-        client.clone(),
-        Arc::new(ferry_controller::vsphere::Vcenter::default()),
-    );
+    let (server, client, k, controller) = world
+        .run(
+            new_plan(
+                "wave",
+                FerryPlanSpec {
+                    source: world.source(),
+                    vms: vec![
+                        // One VM by name (looked up in vCenter's inventory), one by UUID.
+                        PlanVm {
+                            name: Some("keep".into()),
+                            ..Default::default()
+                        },
+                        PlanVm {
+                            id: Some(uuid_of(1)),
+                            ..Default::default()
+                        },
+                    ],
+                    start: true,
+                    ..Default::default()
+                },
+            ),
+            Some("8M"),
+            None,
+            ferry,
+            dir.path(),
+        )
+        .await;
     let drop_pvc = World::pvc("wave", "drop", 0);
     let copying = server
         .wait_for(Duration::from_secs(60), |s| {
@@ -704,32 +733,27 @@ async fn a_pod_killed_mid_copy_resumes_and_its_restart_is_counted() {
         )
         .await,
     );
-    let server = Server::start().await;
-    world.put_secret(&server);
-    let client = client(&server);
-    let p = new_plan(
-        "crash",
-        FerryPlanSpec {
-            source: world.source(),
-            vms: vec![PlanVm {
-                id: Some(uuid_of(0)),
-                ..Default::default()
-            }],
-            start: true,
-            ..Default::default()
-        },
-    );
-    create(&client, &p).await;
-    let mut k = kubelet(&server, ferry, dir.path(), Some(&world));
     // 12 MiB/s: 4 s for the disk; killed after 2 s.
-    k.extra_env = world.vddk_env(Some("12M"));
-    k.kill_first_after = Some(Duration::from_secs(2));
-    let k = Arc::new(k);
-    k.spawn();
-    let controller = start_controller(
-        client.clone(),
-        Arc::new(ferry_controller::vsphere::Vcenter::default()),
-    );
+    let (server, _, k, controller) = world
+        .run(
+            new_plan(
+                "crash",
+                FerryPlanSpec {
+                    source: world.source(),
+                    vms: vec![PlanVm {
+                        id: Some(uuid_of(0)),
+                        ..Default::default()
+                    }],
+                    start: true,
+                    ..Default::default()
+                },
+            ),
+            Some("12M"),
+            Some(Duration::from_secs(2)),
+            ferry,
+            dir.path(),
+        )
+        .await;
     let (done, p) = wait_completed(&server, "crash", Duration::from_secs(120)).await;
     assert_done(done, &p, &k);
     let claim = World::pvc("crash", "db01", 0);
@@ -767,37 +791,33 @@ async fn twelve_disks_on_one_host_with_a_cap_of_four_never_run_more_than_four() 
         })
         .collect();
     let world = Arc::new(World::start(dir.path(), &defs).await);
-    let server = Server::start().await;
-    world.put_secret(&server);
-    let client = client(&server);
-    let p = new_plan(
-        "fleet",
-        FerryPlanSpec {
-            source: world.source(),
-            vms: (0..12)
-                .map(|i| PlanVm {
-                    id: Some(uuid_of(i)),
-                    ..Default::default()
-                })
-                .collect(),
-            start: true,
-            limits: Limits {
-                per_host_disks: Some(4),
-                per_vcenter_disks: None,
-            },
-            ..Default::default()
-        },
-    );
-    create(&client, &p).await;
-    let mut k = kubelet(&server, ferry, dir.path(), Some(&world));
     // 3 MiB/s: each disk takes about 2 s, so four run side by side.
-    k.extra_env = world.vddk_env(Some("3M"));
-    let k = Arc::new(k);
-    k.spawn();
-    let controller = start_controller(
-        client.clone(),
-        Arc::new(ferry_controller::vsphere::Vcenter::default()),
-    );
+    let (server, _, k, controller) = world
+        .run(
+            new_plan(
+                "fleet",
+                FerryPlanSpec {
+                    source: world.source(),
+                    vms: (0..12)
+                        .map(|i| PlanVm {
+                            id: Some(uuid_of(i)),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    start: true,
+                    limits: Limits {
+                        per_host_disks: Some(4),
+                        per_vcenter_disks: None,
+                    },
+                    ..Default::default()
+                },
+            ),
+            Some("3M"),
+            None,
+            ferry,
+            dir.path(),
+        )
+        .await;
     let (done, p) = wait_completed(&server, "fleet", Duration::from_secs(240)).await;
     assert_done(done, &p, &k);
     let most = most_running(&server);
