@@ -38,9 +38,9 @@ trap 'rm -f "$skip_log" "$test_log"' EXIT
 cargo test --workspace --locked 2>&1 | tee "$test_log"
 # The fault campaign's smoke run (benches/kill9.sh runs 1,000 outside CI): kill -9 at
 # random points, resume, every target verified by digest.
-echo "== kill -9 smoke (benches/kill9.sh 3)" >&2
+echo "== kill -9 smoke (benches/kill9.sh 4 512)" >&2
 cargo build --locked -p ferry
-FERRY=target/debug/ferry benches/kill9.sh 3 256
+FERRY=target/debug/ferry benches/kill9.sh 4 512
 
 skipped=$(grep -c . "$skip_log" || true)
 if [ "$skipped" -gt 0 ]; then
