@@ -215,6 +215,9 @@ pub enum UsageError {
     /// The buffer pool cannot fit the cgroup's memory limit even at its smallest.
     #[error(transparent)]
     Memory(#[from] crate::memory::PoolDoesNotFit),
+    /// `--verify` with a target that keeps nothing (`null:`).
+    #[error("--verify reads the target back: null: keeps nothing to read")]
+    VerifyNullTarget,
     /// `IMPORTER_CONTENTTYPE=archive` onto a block device.
     #[error(
         "IMPORTER_CONTENTTYPE=archive unpacks files into a filesystem volume, not onto a block device"

@@ -107,6 +107,16 @@ fn one_disk_read_four_ways_has_one_digest_and_a_flipped_byte_is_found() {
     let (v, _) = differ(&r, "the disks differ");
     assert_eq!(v["first_difference"]["offset"], 200 << 20, "{v}");
     assert_eq!(v["first_difference"]["length"], 1, "{v}");
+
+    // --verify onto null: has nothing to read back: refused before copying.
+    let r = copy(
+        &src.uri(),
+        std::path::Path::new("null:"),
+        "auto",
+        &["--verify"],
+    );
+    r.failure("--verify onto null:", &["null: keeps nothing to read"]);
+    assert_eq!(r.status.code(), Some(2), "usage");
 }
 
 #[test]

@@ -239,6 +239,9 @@ async fn vsphere_changes(
 
 /// Run `ferry copy`.
 pub async fn run(mut a: CopyArgs) -> anyhow::Result<()> {
+    if a.verify && a.dst.as_os_str() == ferry::sink::NULL_TARGET {
+        return Err(ferry::Error::from(UsageError::VerifyNullTarget).into());
+    }
     let vddk = match a.vddk_resolved.take() {
         Some(v) => Some(v),
         None if ferry::source::vddk::options::is_vddk_uri(&a.src) => Some(
