@@ -43,13 +43,40 @@ fn zero_leaf() -> &'static Hash {
 
 fn zero_group() -> &'static Hash {
     static Z: OnceLock<Hash> = OnceLock::new();
-    Z.get_or_init(|| {
-        let mut h = blake3::Hasher::new();
-        for _ in 0..GROUP_LEAVES {
-            h.update(zero_leaf());
-        }
-        *h.finalize().as_bytes()
-    })
+    Z.get_or_init(|| hash_leaves(&[*zero_leaf(); usize_of(GROUP_LEAVES)]))
+}
+
+fn hash_leaves(leaves: &[Hash]) -> Hash {
+    let mut h = blake3::Hasher::new();
+    for l in leaves {
+        h.update(l);
+    }
+    *h.finalize().as_bytes()
+}
+
+/// A group's hash from its leaf hashes in order (a full group of zero leaves is the
+/// constant, computed once).
+fn group_hash(leaves: &[Hash]) -> Hash {
+    if leaves.len() as u64 == GROUP_LEAVES && leaves.iter().all(|l| l == zero_leaf()) {
+        *zero_group()
+    } else {
+        hash_leaves(leaves)
+    }
+}
+
+/// The digest of a disk of `size` bytes from its group hashes in order.
+fn digest_from(size: u64, groups: Vec<Hash>) -> Digest {
+    let mut h = blake3::Hasher::new();
+    h.update(b"ferry-disk-digest-v1\0");
+    h.update(&size.to_le_bytes());
+    for g in &groups {
+        h.update(g);
+    }
+    Digest {
+        size,
+        groups,
+        root: *h.finalize().as_bytes(),
+    }
 }
 
 /// A finished digest.
@@ -278,17 +305,8 @@ impl Digester {
         *slot = Some(h);
         if *done == in_group {
             let (leaves, _) = self.pending.remove(&group).unwrap_or_default();
-            let all_zero =
-                in_group == GROUP_LEAVES && leaves.iter().all(|l| l.as_ref() == Some(zero_leaf()));
-            let gh = if all_zero {
-                *zero_group()
-            } else {
-                let mut hasher = blake3::Hasher::new();
-                for l in leaves.iter().flatten() {
-                    hasher.update(l);
-                }
-                *hasher.finalize().as_bytes()
-            };
+            let leaves: Vec<Hash> = leaves.into_iter().flatten().collect();
+            let gh = group_hash(&leaves);
             if let Some(g) = self.groups.get_mut(usize_of(group)) {
                 *g = Some(gh);
             }
@@ -322,17 +340,7 @@ impl Digester {
                 }
             }
         }
-        let mut h = blake3::Hasher::new();
-        h.update(b"ferry-disk-digest-v1\0");
-        h.update(&self.size.to_le_bytes());
-        for g in &groups {
-            h.update(g);
-        }
-        Ok(Digest {
-            size: self.size,
-            groups,
-            root: *h.finalize().as_bytes(),
-        })
+        Ok(digest_from(self.size, groups))
     }
 }
 
@@ -358,17 +366,7 @@ impl Sequential {
     fn push_leaf(&mut self, h: Hash) {
         self.leaves.push(h);
         if self.leaves.len() as u64 == GROUP_LEAVES {
-            let all_zero = self.leaves.iter().all(|l| l == zero_leaf());
-            let g = if all_zero {
-                *zero_group()
-            } else {
-                let mut hasher = blake3::Hasher::new();
-                for l in &self.leaves {
-                    hasher.update(l);
-                }
-                *hasher.finalize().as_bytes()
-            };
-            self.groups.push(g);
+            self.groups.push(group_hash(&self.leaves));
             self.leaves.clear();
         }
     }
@@ -416,23 +414,9 @@ impl Sequential {
             self.leaves.push(h);
         }
         if !self.leaves.is_empty() {
-            let mut hasher = blake3::Hasher::new();
-            for l in &self.leaves {
-                hasher.update(l);
-            }
-            self.groups.push(*hasher.finalize().as_bytes());
+            self.groups.push(group_hash(&self.leaves));
         }
-        let mut h = blake3::Hasher::new();
-        h.update(b"ferry-disk-digest-v1\0");
-        h.update(&self.size.to_le_bytes());
-        for g in &self.groups {
-            h.update(g);
-        }
-        Digest {
-            size: self.size,
-            groups: self.groups,
-            root: *h.finalize().as_bytes(),
-        }
+        digest_from(self.size, self.groups)
     }
 }
 
