@@ -375,15 +375,12 @@ async fn verify_target(
         }
     };
     let target_spec = a.dst.display().to_string();
-    let target = ferry::source::open_input(&target_spec, reach).await?;
-    let mut t = ferry::digest::of_input(target, buf_size, count).await?;
-    // A target larger than the disk (a block device, a grown image) is compared over
-    // the disk's size.
-    if t.size > source.size {
-        let s = ferry::source::open(&target_spec, reach, false).await?;
-        t = ferry::digest::of_prefix(&s, source.size, buf_size, count).await?;
-        s.close().await;
-    }
+    // Read once, over the disk's size: a target larger than the disk (a block device,
+    // a grown image) is compared over that size; a shorter one differs at its end.
+    let target = ferry::source::open(&target_spec, reach, false).await?;
+    let t = ferry::digest::of_prefix(&target, source.size, buf_size, count).await;
+    target.close().await;
+    let t = t?;
     if let Some((offset, len)) = source.first_difference(&t) {
         return Err(ferry::Error::Mismatch(format!(
             "--verify: the target differs from the source: first difference in bytes {offset}..{} \
