@@ -95,7 +95,8 @@ pub fn fit_pool(
         } else {
             ""
         },
-        need_mib: mib(need.saturating_add(need / (100 - MARGIN_PERCENT) * MARGIN_PERCENT)),
+        // The limit that would hold it: the need is what is left after the margin.
+        need_mib: mib(need.saturating_mul(100) / (100 - MARGIN_PERCENT)),
         overhead_mib: OVERHEAD_BYTES >> 20,
     })
 }
