@@ -11,6 +11,7 @@
 //! sample 0 4096 9ae0daaf
 //! sample 4293918720 4096 1c291ca3
 //! watermark 4294967296
+//! digest 64 5d0e…(64 hex digits)
 //! crc 1a2b3c4d
 //! ```
 //!
@@ -22,6 +23,12 @@
 //! so a recreated or re-provisioned target (or a changed source) cannot pass for the one
 //! recorded. The CRC (CRC-32/ISO-HDLC, as `crc32fast` computes it) on the last line covers
 //! every preceding line, so a truncated or corrupted journal is detected. No I/O here.
+//!
+//! The optional `digest GROUPS HASH` line (a copy that builds the disk's digest) says the
+//! first GROUPS group hashes of that digest are kept beside the journal (the importer's
+//! digest file, 32 bytes each), and HASH is BLAKE3 over those bytes: a resumed copy takes
+//! them up only if they hash to it, and so still has the whole disk's digest without
+//! reading the durable prefix again.
 
 /// Cap on a journal's size: anything larger is not ours.
 pub const MAX_JOURNAL_BYTES: usize = 16 * 1024;
@@ -31,6 +38,8 @@ pub const MAX_JOURNAL_VALUE: usize = 4096;
 pub const MAX_JOURNAL_SAMPLES: usize = 16;
 /// Cap on the bytes one sample covers.
 pub const MAX_SAMPLE_BYTES: u32 = 64 * 1024;
+/// Cap on the digest groups a journal names (64 MiB each: a 64 PiB disk).
+pub const MAX_DIGEST_GROUPS: u64 = 1 << 30;
 /// What every Ferry journal starts with, whatever its version.
 pub const JOURNAL_PREFIX: &str = "ferry-journal ";
 const MAGIC: &str = "ferry-journal 2";
@@ -80,6 +89,15 @@ impl Sample {
     }
 }
 
+/// The digest groups kept beside the journal: how many, and BLAKE3 over their bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DigestMark {
+    /// Group hashes kept (the disk's first `groups` × 64 MiB).
+    pub groups: u64,
+    /// BLAKE3 over those `groups` × 32 bytes.
+    pub hash: [u8; 32],
+}
+
 /// A journal record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Journal {
@@ -89,6 +107,8 @@ pub struct Journal {
     pub samples: Vec<Sample>,
     /// Every byte below this offset is durably on the target.
     pub watermark: u64,
+    /// The digest groups kept, when the copy builds a digest.
+    pub digest: Option<DigestMark>,
 }
 
 /// Whether `bytes` begin like a Ferry journal of any version (corrupt or not): a file
@@ -159,8 +179,34 @@ pub fn encode(j: &Journal) -> Result<Vec<u8>, JournalError> {
         body.push_str(&format!("sample {} {} {:08x}\n", s.offset, s.len, s.crc));
     }
     body.push_str(&format!("watermark {}\n", j.watermark));
+    if let Some(d) = &j.digest {
+        if d.groups > MAX_DIGEST_GROUPS {
+            return Err(JournalError::BadValue("digest"));
+        }
+        body.push_str(&format!("digest {} {}\n", d.groups, hex32(&d.hash)));
+    }
     let crc = crc32fast::hash(body.as_bytes());
     Ok(format!("{body}crc {crc:08x}\n").into_bytes())
+}
+
+fn hex32(h: &[u8; 32]) -> String {
+    h.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn parse_digest(v: &str) -> Option<DigestMark> {
+    let (groups, hex) = v.split_once(' ')?;
+    let groups: u64 = groups.parse().ok()?;
+    if groups > MAX_DIGEST_GROUPS
+        || hex.len() != 64
+        || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    {
+        return None;
+    }
+    let mut hash = [0u8; 32];
+    for (i, b) in hash.iter_mut().enumerate() {
+        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(DigestMark { groups, hash })
 }
 
 fn parse_sample(v: &str) -> Option<Sample> {
@@ -246,6 +292,13 @@ pub fn decode(bytes: &[u8]) -> Result<Journal, JournalError> {
         samples.push(s);
     }
     let watermark = number("watermark", field(&mut lines, "watermark")?)?;
+    let digest = match lines.peek() {
+        Some(l) if l.starts_with("digest ") => {
+            let v = field(&mut lines, "digest")?;
+            Some(parse_digest(&v).ok_or_else(|| JournalError::Malformed("digest is malformed".into()))?)
+        }
+        _ => None,
+    };
     if lines.next().is_some() {
         return Err(JournalError::Malformed("unexpected extra lines".into()));
     }
@@ -265,6 +318,7 @@ pub fn decode(bytes: &[u8]) -> Result<Journal, JournalError> {
         },
         samples,
         watermark,
+        digest,
     })
 }
 
@@ -287,6 +341,10 @@ mod tests {
                 Sample::of(4 << 30, &[9u8; 512]),
             ],
             watermark: (4 << 30) + 4096,
+            digest: Some(DigestMark {
+                groups: 64,
+                hash: [0xa5; 32],
+            }),
         }
     }
 
@@ -296,6 +354,7 @@ mod tests {
         assert_eq!(decode(&encode(&j).expect("encode")).expect("decode"), j);
         let mut none = sample();
         none.samples.clear();
+        none.digest = None;
         assert_eq!(
             decode(&encode(&none).expect("encode")).expect("decode"),
             none
@@ -439,6 +498,33 @@ mod tests {
     }
 
     #[test]
+    fn digest_lines_out_of_bounds_are_rejected() {
+        let mut j = sample();
+        j.digest = Some(DigestMark {
+            groups: MAX_DIGEST_GROUPS + 1,
+            hash: [0; 32],
+        });
+        assert_eq!(encode(&j), Err(JournalError::BadValue("digest")));
+        let good = String::from_utf8(encode(&sample()).expect("encode")).expect("utf8");
+        let line = good.lines().find(|l| l.starts_with("digest ")).expect("digest line");
+        for bad in [
+            format!("digest {} {}", MAX_DIGEST_GROUPS + 1, "a5".repeat(32)),
+            format!("digest 64 {}", "A5".repeat(32)),
+            format!("digest 64 {}", "a5".repeat(31)),
+            "digest -1 00".to_string(),
+            "digest 64".to_string(),
+        ] {
+            let body = good.replace(line, &bad);
+            let body = body.rsplit_once("crc ").expect("crc").0.to_string();
+            let text = format!("{body}crc {:08x}\n", crc32fast::hash(body.as_bytes()));
+            assert!(
+                matches!(decode(text.as_bytes()), Err(JournalError::Malformed(_))),
+                "{bad:?} accepted"
+            );
+        }
+    }
+
+    #[test]
     fn the_largest_journal_fits_the_cap() {
         let long = "v".repeat(MAX_JOURNAL_VALUE);
         let j = Journal {
@@ -457,6 +543,10 @@ mod tests {
                 })
                 .collect(),
             watermark: u64::MAX,
+            digest: Some(DigestMark {
+                groups: MAX_DIGEST_GROUPS,
+                hash: [0xff; 32],
+            }),
         };
         let b = encode(&j).expect("encode");
         assert!(b.len() <= MAX_JOURNAL_BYTES, "{} bytes", b.len());

@@ -94,8 +94,8 @@ pub struct CopyOptions {
     /// How a failed read is retried in place (a lost connection is the caller's:
     /// [`crate::retry::copy_retrying`]).
     pub retry: crate::retry::RetryPolicy,
-    /// Compute the disk's digest as read ([`crate::digest`]); only a full copy from
-    /// the start has one.
+    /// Compute the disk's digest as read ([`crate::digest`]): a full copy from the start,
+    /// or a resumed one whose journal kept the digest's groups, has one; a delta does not.
     pub digest: bool,
 }
 
@@ -177,8 +177,8 @@ pub struct CopyStats {
     pub delta: bool,
     /// Bytes received from an HTTP source (the file as downloaded; 0 for others).
     pub bytes_downloaded: u64,
-    /// The disk's digest as read (`blake3-64k:…`), when asked for and the copy read
-    /// the whole disk (not a delta, not resumed).
+    /// The disk's digest as read (`blake3-64k:…`), when asked for and the copy read the
+    /// whole disk (not a delta; resumed only with the journal's kept digest groups).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
     /// The same, with its group hashes (to name a first difference).
@@ -224,7 +224,7 @@ pub async fn copy(
     let size = source.size();
     let (align, buf_size, mut free) = pool(source.as_ref(), opts)?;
     let window = source.extent_window().max(align);
-    let start_at = prepare(&source, &sink, opts, &progress, &mut free, window).await?;
+    let (start_at, digest) = prepare(&source, &sink, opts, &progress, &mut free, window).await?;
     let mut marks = Watermark::new(start_at);
     let attempt: Result<CopyStats, Error> = async {
         // Allocation windows, fetched ahead of the copy by their own task.
@@ -258,8 +258,7 @@ pub async fn copy(
                 journal: opts.journal.as_deref(),
                 sample_len: crate::journal::SAMPLE_BYTES.max(align),
             },
-            digest: (opts.digest && start_at == 0 && opts.changes.is_none())
-                .then(|| crate::digest::Digester::new(size)),
+            digest,
         };
         d.run(rx, align, size, buf_size, start_at).await?;
         let mut stats = d.stats;
@@ -296,7 +295,7 @@ async fn keep_durable(sink: &Sink, opts: &CopyOptions, progress: &Progress, mark
     if sink.flush().await.is_ok() {
         progress.set_durable(mark);
         if let Some(j) = &opts.journal
-            && let Err(e) = j.record(mark)
+            && let Err(e) = j.record(mark, None)
         {
             tracing::warn!(error = %e, "cannot record the durable watermark after the failure");
         }
@@ -368,7 +367,11 @@ impl Dispatcher<'_> {
             self.wait_for_capacity(item.kind).await?;
             self.start(item);
             if let Some(j) = &self.opts.journal {
-                journal_step(j, self.sink, self.progress, self.marks.mark, &mut records).await?;
+                let step = JournalStep {
+                    mark: self.marks.mark,
+                    digest: self.digest.as_ref(),
+                };
+                journal_step(j, self.sink, self.progress, step, &mut records).await?;
             }
             self.progress.set_in_flight(self.in_flight.len() as u64);
         }
@@ -468,6 +471,9 @@ fn pool_of(align: u64, max_read: u64, opts: &CopyOptions) -> (u64, usize, Vec<Bu
 
 /// Set the progress totals and decide where this attempt starts: at `opts.start_at`
 /// only if the journal's samples read back the same from the target and the source.
+/// With a digest asked for, also the digest to build: from the start, or — resuming — from
+/// the digest groups the journal keeps, the start lowered to their end (a resume whose
+/// journal keeps none has no digest).
 async fn prepare(
     source: &Arc<dyn Source>,
     sink: &Sink,
@@ -475,7 +481,7 @@ async fn prepare(
     progress: &Progress,
     free: &mut Vec<Buf>,
     window: u64,
-) -> Result<u64, Error> {
+) -> Result<(u64, Option<crate::digest::Digester>), Error> {
     let size = source.size();
     progress.set_total(size);
     progress.set_engine(sink.engine_name());
@@ -487,6 +493,32 @@ async fn prepare(
         free.push(buf);
         if !trusted {
             start_at = 0;
+        }
+    }
+    let mut digest = None;
+    if opts.digest && opts.changes.is_none() {
+        let kept = opts
+            .journal
+            .as_ref()
+            .filter(|_| start_at > 0)
+            .map(|j| j.digest_groups())
+            .unwrap_or_default();
+        if start_at == 0 {
+            digest = Some(crate::digest::Digester::new(size));
+        } else if !kept.is_empty() {
+            let end = (kept.len() as u64 * crate::digest::GROUP).min(size);
+            if end < start_at {
+                if let Some(j) = &opts.journal {
+                    j.rewind_to(end);
+                }
+                tracing::info!(
+                    from = end,
+                    to = start_at,
+                    "copying again from the end of the digest groups the journal keeps"
+                );
+            }
+            start_at = start_at.min(end);
+            digest = Some(crate::digest::Digester::resumed(size, &kept));
         }
     }
     if let Some(c) = &opts.changes {
@@ -508,7 +540,7 @@ async fn prepare(
         }
     }
     progress.set_durable(start_at);
-    Ok(start_at)
+    Ok((start_at, digest))
 }
 
 /// What the planner task plans over.
@@ -608,6 +640,12 @@ fn zero_request(offset: u64, len: u64, sink: &Arc<Sink>) -> Request {
     })
 }
 
+/// What a journal record may say: the durable watermark, and the digest's groups below it.
+struct JournalStep<'a> {
+    mark: u64,
+    digest: Option<&'a crate::digest::Digester>,
+}
+
 /// When the journal was last brought up to date.
 struct Records {
     /// Where this run started (the first record comes sooner).
@@ -625,9 +663,10 @@ async fn journal_step(
     j: &crate::journal::JournalFile,
     sink: &Sink,
     progress: &Progress,
-    mark: u64,
+    step: JournalStep<'_>,
     r: &mut Records,
 ) -> Result<(), Error> {
+    let mark = step.mark;
     let (due_bytes, due_time) = if r.recorded == r.first {
         (JOURNAL_FIRST_BYTES, JOURNAL_FIRST_INTERVAL)
     } else {
@@ -635,7 +674,7 @@ async fn journal_step(
     };
     if mark > r.recorded && (mark - r.recorded >= due_bytes || r.at.elapsed() >= due_time) {
         sink.flush().await?;
-        j.record(mark)?;
+        j.record(mark, step.digest)?;
         progress.set_durable(mark);
         r.recorded = mark;
         r.at = Instant::now();

@@ -34,7 +34,8 @@ pub const ALGORITHM: &str = "blake3-64k";
 /// this the caller fed pieces far out of order or overlapping.
 pub const MAX_PARTIAL_LEAVES: usize = 4096;
 
-type Hash = [u8; 32];
+/// A BLAKE3 hash: a leaf's, a group's or the disk's.
+pub type Hash = [u8; 32];
 
 fn zero_leaf() -> &'static Hash {
     static Z: OnceLock<Hash> = OnceLock::new();
@@ -183,6 +184,33 @@ impl Digester {
             pending: BTreeMap::new(),
             partial: HashMap::new(),
         }
+    }
+
+    /// For a resumed copy: the first `groups.len()` group hashes are known (from the
+    /// journal's digest file), and the copy gives the bytes from there on.
+    pub fn resumed(size: u64, groups: &[Hash]) -> Digester {
+        let mut d = Digester::new(size);
+        for (slot, g) in d.groups.iter_mut().zip(groups) {
+            *slot = Some(*g);
+        }
+        d
+    }
+
+    /// The group hashes from index `from` on, of the completed groups that lie wholly
+    /// below `mark`, in order and without a gap (what a journal at watermark `mark` may
+    /// keep).
+    pub fn groups_below(&self, from: usize, mark: u64) -> Vec<Hash> {
+        let whole = if mark >= self.size {
+            self.groups.len()
+        } else {
+            usize::try_from(mark / GROUP).unwrap_or(usize::MAX)
+        };
+        self.groups
+            .iter()
+            .take(whole)
+            .skip(from)
+            .map_while(|g| *g)
+            .collect()
     }
 
     fn leaf_len(&self, leaf: u64) -> u64 {
@@ -504,6 +532,34 @@ pub async fn of_prefix(
         d.data(at, b.as_slice())?;
     }
     Ok(d.finish()?)
+}
+
+/// The first differing 64 KiB leaf of `[start, start+len)` (a differing group), reading
+/// both disks again; past the shorter one's end, the longer one's tail. `None` when they
+/// read equal there.
+pub async fn first_differing_leaf(
+    a: &std::sync::Arc<dyn crate::source::Source>,
+    b: &std::sync::Arc<dyn crate::source::Source>,
+    start: u64,
+    len: u64,
+) -> Result<Option<(u64, u64)>, crate::Error> {
+    let (small, large) = (a.size().min(b.size()), a.size().max(b.size()));
+    let end = (start + len).min(small);
+    let mut at = start;
+    while at < end {
+        let n = LEAF.min(end - at);
+        let read = |s: &std::sync::Arc<dyn crate::source::Source>| {
+            let mut buf = crate::buf::Buf::new(usize_of(LEAF));
+            buf.set_len(usize_of(n));
+            s.read(at, buf)
+        };
+        let (x, y) = futures::try_join!(read(a), read(b))?;
+        if x.as_slice() != y.as_slice() {
+            return Ok(Some((at, at + n)));
+        }
+        at += n;
+    }
+    Ok((small != large && start + len > small).then_some((small, large)))
 }
 
 async fn of_stream(

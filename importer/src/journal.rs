@@ -19,6 +19,15 @@
 //!    a source whose bytes changed, cannot match. Any mismatch discards the journal with
 //!    a log line and the copy starts from zero.
 //!
+//! A copy that builds the disk's digest keeps its finished group hashes (32 bytes per
+//! 64 MiB) in the digest file beside the journal (`JOURNAL.digest`: a magic line, then
+//! the hashes in order), written at their place and fdatasynced before the journal names
+//! how many there are and their BLAKE3 (`digest GROUPS HASH`). A resume takes up exactly
+//! the groups named, only if they hash to it, and lowers its start to their end: so a
+//! resumed copy still has the whole disk's digest, having re-read at most 64 MiB more.
+//! The digest file is checked like the journal (never the source or the target, never a
+//! file that does not begin with the magic line) and removed with it.
+//!
 //! Progress is recorded by atomic replace (a uniquely named temporary file created with
 //! O_EXCL beside the journal, fsynced, renamed over the journal, the directory fsynced),
 //! after the target was flushed. A finished copy removes the journal only after proving
@@ -33,6 +42,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use ferry_cbt::journal::{Journal, JournalIdentity, MAX_JOURNAL_SAMPLES, Sample};
+use ferry_cbt::journal::DigestMark;
+
+use crate::digest::{Digester, GROUP, Hash};
 
 use crate::buf::Buf;
 use crate::error::Error;
@@ -48,6 +60,12 @@ pub const SAMPLE_BYTES: u64 = 4096;
 const MAX_TEMP_ATTEMPTS: u32 = 64;
 /// Suffix of the temporary files an atomic replace writes beside its file.
 const TEMP_SUFFIX: &str = ".ferry-tmp";
+/// The digest file's name is the journal's with this appended.
+pub const DIGEST_FILE_SUFFIX: &str = ".digest";
+/// What a digest file begins with.
+pub const DIGEST_FILE_MAGIC: &[u8] = b"ferry-digest-groups 1\n";
+/// Bytes per kept group hash.
+const GROUP_HASH_BYTES: u64 = 32;
 
 fn dir_of(p: &Path) -> &Path {
     p.parent()
@@ -166,14 +184,39 @@ struct State {
     written: Option<(u64, u64)>,
     /// The recorded samples a resume must prove (from the journal found at open).
     to_verify: Vec<Sample>,
+    /// The digest groups in the digest file, in order, durably (what the journal names).
+    groups: Vec<Hash>,
+    /// BLAKE3 over `groups`' bytes.
+    groups_hash: blake3::Hasher,
+}
+
+impl State {
+    fn set_groups(&mut self, groups: Vec<Hash>) {
+        self.groups_hash = blake3::Hasher::new();
+        for g in &groups {
+            self.groups_hash.update(g);
+        }
+        self.groups = groups;
+    }
+
+    fn digest_mark(&self) -> Option<DigestMark> {
+        (!self.groups.is_empty()).then(|| DigestMark {
+            groups: self.groups.len() as u64,
+            hash: *self.groups_hash.finalize().as_bytes(),
+        })
+    }
 }
 
 /// A journal for one copy.
 #[derive(Debug)]
 pub struct JournalFile {
     path: PathBuf,
+    /// The digest file beside it.
+    digest_path: PathBuf,
     /// The journal found at open, if it decoded.
     found: Option<Journal>,
+    /// The digest groups the found journal names, if the digest file holds them.
+    found_groups: Vec<Hash>,
     state: Mutex<State>,
 }
 
@@ -200,12 +243,15 @@ impl JournalFile {
             Ok(_) => return Err(err(format!("{} is not a directory", dir.display()))),
             Err(e) => return Err(err(format!("directory {}: {e}", dir.display()))),
         }
+        let digest_path = digest_path_of(path);
         for (p, what) in protected {
-            if same_file(path, p) {
-                return Err(err(format!(
-                    "is {what} ({}); give the journal a path of its own",
-                    p.display()
-                )));
+            for (mine, name) in [(path, "journal"), (digest_path.as_path(), "journal's digest file")] {
+                if same_file(mine, p) {
+                    return Err(journal_error(
+                        mine,
+                        format!("is {what} ({}); give the {name} a path of its own", p.display()),
+                    ));
+                }
             }
         }
         let refuse = |why: String| {
@@ -249,9 +295,12 @@ impl JournalFile {
             }
         };
         remove_stale_temps(path, ferry_cbt::journal::looks_like_journal);
+        let found_groups = read_digest_file(&digest_path, found.as_ref())?;
         Ok(JournalFile {
             path: path.to_owned(),
+            digest_path,
             found,
+            found_groups,
             state: Mutex::new(State::default()),
         })
     }
@@ -302,6 +351,7 @@ impl JournalFile {
                 None => Some(j),
             }
         });
+        let resumes = found.is_some();
         let (watermark, samples) =
             found.map_or((0, Vec::new()), |j| (j.watermark, j.samples.clone()));
         {
@@ -309,6 +359,11 @@ impl JournalFile {
             st.identity = Some(identity);
             st.kept = samples.clone();
             st.to_verify = samples;
+            st.set_groups(if resumes {
+                self.found_groups.clone()
+            } else {
+                Vec::new()
+            });
         }
         self.write(watermark)?;
         if watermark > 0 {
@@ -363,7 +418,11 @@ impl JournalFile {
         }
         if let Some(why) = mismatch {
             tracing::warn!(path = %self.path.display(), reason = %why, "discarding the resume journal; copying from the start");
-            self.state().kept.clear();
+            {
+                let mut st = self.state();
+                st.kept.clear();
+                st.set_groups(Vec::new());
+            }
             self.write(0)?;
             return Ok((buf, false));
         }
@@ -386,11 +445,35 @@ impl JournalFile {
         st.candidates.push_back(s);
     }
 
+    /// A resume starts again below the recorded watermark, at `mark` (the end of the
+    /// digest groups kept): only the samples below `mark` are kept as proof, so that the
+    /// next records, from `mark` on, stay consistent.
+    pub fn rewind_to(&self, mark: u64) {
+        self.state().kept.retain(|s| s.end() <= mark);
+    }
+
+    /// The digest groups this journal keeps (the disk's first `len()` × 64 MiB, all
+    /// below its watermark), for a copy resuming with a digest.
+    pub fn digest_groups(&self) -> Vec<Hash> {
+        self.state().groups.clone()
+    }
+
     /// Record that every byte below `watermark` is durably on the target (the caller
-    /// flushed the target first), with a sample just below it.
-    pub fn record(&self, watermark: u64) -> Result<(), Error> {
+    /// flushed the target first), with a sample just below it; with the copy's digest,
+    /// also the group hashes it finished below `watermark` (into the digest file first).
+    pub fn record(&self, watermark: u64, digest: Option<&Digester>) -> Result<(), Error> {
         {
             let mut st = self.state();
+            if let Some(d) = digest {
+                let new = d.groups_below(st.groups.len(), watermark);
+                if !new.is_empty() {
+                    self.append_groups(st.groups.len(), &new)?;
+                    for g in new {
+                        st.groups_hash.update(&g);
+                        st.groups.push(g);
+                    }
+                }
+            }
             let durable = || st.candidates.iter().filter(|s| s.end() <= watermark);
             let newest = durable().max_by_key(|s| s.end()).copied();
             // The first record also keeps the lowest: samples then span the prefix.
@@ -421,6 +504,7 @@ impl JournalFile {
             identity,
             samples: st.kept.clone(),
             watermark,
+            digest: st.digest_mark(),
         };
         let bytes = ferry_cbt::journal::encode(&j).map_err(|e| self.error(e))?;
         st.written = Some(atomic_replace(&self.path, &bytes).map_err(|e| self.error(e))?);
@@ -428,9 +512,46 @@ impl JournalFile {
         Ok(())
     }
 
+    /// Write `groups` into the digest file from group index `at` (a new file with its
+    /// magic line when `at` is 0), and fdatasync it.
+    fn append_groups(&self, at: usize, groups: &[Hash]) -> Result<(), Error> {
+        use std::os::unix::fs::FileExt;
+        let err = |m: String| journal_error(&self.digest_path, m);
+        let mut o = OpenOptions::new();
+        o.write(true)
+            .create(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .mode(0o600);
+        let f = o.open(&self.digest_path).map_err(|e| err(format!("open: {e}")))?;
+        if at == 0 {
+            f.set_len(0).map_err(|e| err(format!("truncate: {e}")))?;
+            f.write_all_at(DIGEST_FILE_MAGIC, 0)
+                .map_err(|e| err(format!("write: {e}")))?;
+        }
+        let bytes: Vec<u8> = groups.iter().flatten().copied().collect();
+        let offset = DIGEST_FILE_MAGIC.len() as u64 + at as u64 * GROUP_HASH_BYTES;
+        f.write_all_at(&bytes, offset)
+            .map_err(|e| err(format!("write: {e}")))?;
+        f.sync_data().map_err(|e| err(format!("fdatasync: {e}")))?;
+        if at == 0 {
+            sync_dir(&self.digest_path).map_err(|e| err(format!("directory fsync: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// Remove the digest file if it is one.
+    fn remove_digest_file(&self) -> Result<(), Error> {
+        match digest_file_kind(&self.digest_path) {
+            Ok(Some(true)) => std::fs::remove_file(&self.digest_path)
+                .map_err(|e| journal_error(&self.digest_path, format!("remove: {e}"))),
+            _ => Ok(()),
+        }
+    }
+
     /// The copy finished and was flushed: remove the journal — only the file this copy
-    /// last wrote, still holding this copy's identity.
+    /// last wrote, still holding this copy's identity — and its digest file.
     pub fn finish(&self) -> Result<(), Error> {
+        self.remove_digest_file()?;
         let st = self.state();
         let Some(written) = st.written else {
             return Ok(());
@@ -453,6 +574,90 @@ impl JournalFile {
         std::fs::remove_file(&self.path).map_err(|e| self.error(format!("remove: {e}")))?;
         sync_dir(&self.path).map_err(|e| self.error(format!("directory fsync: {e}")))
     }
+}
+
+/// The digest file of the journal at `path`.
+pub fn digest_path_of(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_owned();
+    name.push(DIGEST_FILE_SUFFIX);
+    path.with_file_name(name)
+}
+
+/// What is at a digest file's path: nothing (`None`), a digest file (`Some(true)`), or a
+/// regular file that is not one (`Some(false)`); an error for anything not a regular file.
+fn digest_file_kind(path: &Path) -> Result<Option<bool>, String> {
+    use std::io::Read;
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("cannot inspect it: {e}")),
+        Ok(m) if !m.file_type().is_file() => Err(format!(
+            "exists and is not a regular file ({:?})",
+            m.file_type()
+        )),
+        Ok(_) => {
+            let mut head = vec![0u8; DIGEST_FILE_MAGIC.len()];
+            let mut f = File::open(path).map_err(|e| format!("cannot read it: {e}"))?;
+            let n = f.read(&mut head).map_err(|e| format!("cannot read it: {e}"))?;
+            Ok(Some(head[..n] == *DIGEST_FILE_MAGIC))
+        }
+    }
+}
+
+/// Check the digest file beside a journal (never a file that is not one), and read the
+/// groups the found journal names if it holds them.
+fn read_digest_file(path: &Path, found: Option<&Journal>) -> Result<Vec<Hash>, Error> {
+    let refuse = |why: String| {
+        journal_error(
+            path,
+            format!("{why}; refusing to overwrite it (give the journal a path of its own, or remove the file)"),
+        )
+    };
+    match digest_file_kind(path).map_err(refuse)? {
+        Some(false) => return Err(refuse("exists and is not a Ferry digest file".into())),
+        None => return Ok(Vec::new()),
+        Some(true) => {}
+    }
+    let Some((j, mark)) = found.and_then(|j| j.digest.map(|m| (j, m))) else {
+        return Ok(Vec::new());
+    };
+    let discard = |why: &str| -> Result<Vec<Hash>, Error> {
+        tracing::warn!(path = %path.display(), reason = why, "not taking up the digest file: a resumed copy has no digest of what it does not read again");
+        Ok(Vec::new())
+    };
+    // The groups named lie below the watermark (all of them when the copy got to the end).
+    let all = j.identity.size.div_ceil(GROUP);
+    let below = if j.watermark >= j.identity.size {
+        all
+    } else {
+        j.watermark / GROUP
+    };
+    if mark.groups > below {
+        return discard("the journal names more groups than lie below its watermark");
+    }
+    let len = DIGEST_FILE_MAGIC.len() as u64 + mark.groups * GROUP_HASH_BYTES;
+    let bytes = {
+        use std::io::Read;
+        let mut buf = Vec::new();
+        match File::open(path).and_then(|f| f.take(len).read_to_end(&mut buf)) {
+            Ok(_) => buf,
+            Err(e) => return discard(&format!("cannot read it: {e}")),
+        }
+    };
+    if (bytes.len() as u64) < len {
+        return discard("it is shorter than the journal says");
+    }
+    let hashes = &bytes[DIGEST_FILE_MAGIC.len()..];
+    if *blake3::hash(hashes).as_bytes() != mark.hash {
+        return discard("its groups do not hash to what the journal recorded");
+    }
+    Ok(hashes
+        .chunks_exact(GROUP_HASH_BYTES as usize)
+        .map(|c| {
+            let mut h = [0u8; 32];
+            h.copy_from_slice(c);
+            h
+        })
+        .collect())
 }
 
 fn journal_error(path: &Path, message: impl std::fmt::Display) -> Error {
@@ -500,8 +705,50 @@ mod tests {
         let s = sink(&t);
         let jf = JournalFile::open(&j, &[(&t, "the target")]).expect("open");
         assert_eq!(jf.begin(id(&s), &s).expect("begin"), 0);
-        jf.record(mark).expect("record");
+        jf.record(mark, None).expect("record");
         (t, j)
+    }
+
+    #[test]
+    fn digest_groups_are_taken_up_only_as_the_journal_names_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let t = dir.path().join("t.img");
+        let j = dir.path().join("t.journal");
+        let df = digest_path_of(&j);
+        let s = sink(&t);
+        let jf = JournalFile::open(&j, &[(&t, "the target")]).expect("open");
+        jf.begin(id(&s), &s).expect("begin");
+        let mut d = Digester::new(SIZE);
+        d.data(0, &[7u8; 65536]).expect("data");
+        // Below the group's end nothing is kept.
+        jf.record(65536, Some(&d)).expect("record");
+        assert!(jf.digest_groups().is_empty() && !df.exists());
+        d.zero(65536, SIZE - 65536).expect("zero");
+        jf.record(SIZE, Some(&d)).expect("record");
+        let want = d.groups_below(0, SIZE);
+        assert_eq!(want.len(), 1);
+        assert_eq!(jf.digest_groups(), want);
+        let reopen = || {
+            let s = sink(&t);
+            let jf = JournalFile::open(&j, &[]).expect("open");
+            assert_eq!(jf.begin(id(&s), &s).expect("begin"), SIZE);
+            jf.digest_groups()
+        };
+        assert_eq!(reopen(), want);
+        // A changed group hash does not hash to what the journal names: not taken up.
+        let mut bytes = std::fs::read(&df).expect("read");
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&df, &bytes).expect("write");
+        assert!(reopen().is_empty());
+        // Not a digest file: refused, never overwritten.
+        std::fs::write(&df, b"precious").expect("write");
+        refused(&j, &[], "is not a Ferry digest file");
+        assert_eq!(std::fs::read(&df).expect("read"), b"precious");
+        // The digest file's path may not be the target's.
+        let t2 = dir.path().join("u.journal.digest");
+        let j2 = dir.path().join("u.journal");
+        refused(&j2, &[(&t2, "the target")], "is the target");
     }
 
     #[test]
@@ -614,7 +861,7 @@ mod tests {
         let s = sink(&t);
         let jf = JournalFile::open(&j, &[(&t, "the target")]).expect("open");
         jf.begin(id(&s), &s).expect("begin");
-        jf.record(4096).expect("record");
+        jf.record(4096, None).expect("record");
         jf.finish().expect("finish");
         assert!(t.exists(), "the target survives");
         assert!(!j.exists(), "the journal is removed");
@@ -675,7 +922,7 @@ mod tests {
         jf.offer(0, &data[..4096]);
         jf.offer(61440, &data[61440..65536]);
         jf.offer(65536, &data[65536..69632]); // past the watermark: not a sample
-        jf.record(65536).expect("record");
+        jf.record(65536, None).expect("record");
         let text = std::fs::read_to_string(&j).expect("journal");
         assert_eq!(text.matches("\nsample ").count(), 2, "{text}");
         drop((s, jf));

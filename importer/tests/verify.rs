@@ -172,3 +172,100 @@ fn a_copy_with_verify_reads_the_target_back_onto_files_and_larger_block_devices(
     .success("--verify after a delta");
     assert_eq!(v["digest"], want.as_str(), "{v}");
 }
+
+/// A copy with `--digest` killed mid-way keeps its finished 64 MiB group hashes beside
+/// the journal; the resumed copy takes them up, starts again at their end (not at the
+/// watermark, at most 64 MiB earlier), and has the whole disk's digest without reading
+/// the source again for `--verify`. A byte changed on the target below the watermark,
+/// where no journal sample looks, is then caught by `--verify` and named by its leaf.
+#[test]
+fn a_resumed_copy_keeps_its_digest_and_verify_catches_a_corrupted_prefix() {
+    if !require(&["nbdkit", "nbdcopy"]) {
+        return;
+    }
+    const MIB: u64 = 1 << 20;
+    const SIZE: u64 = 256 * MIB;
+    const GROUP: u64 = 64 * MIB;
+    let dir = tempfile::tempdir().unwrap();
+    let plain = ["pattern", "size=256M"];
+    let (want, reference) = {
+        let s = ferry_test_kit::Server::nbdkit(dir.path(), &plain);
+        let reference = nbdcopy_reference(&s.uri(), dir.path());
+        let r = verify(&s.uri(), reference.to_str().unwrap());
+        (json(&r)["digest"].as_str().unwrap().to_string(), reference)
+    };
+    let sock = dir.path().join("slow.sock");
+    // One killed run per case: (a) resumed as it was, (b) resumed after a byte below the
+    // watermark was changed on the target.
+    for corrupt in [false, true] {
+        let target = dir.path().join(format!("t-{corrupt}.img"));
+        let journal = dir.path().join(format!("t-{corrupt}.journal"));
+        let j = journal.to_str().unwrap();
+        let digest_file = dir.path().join(format!("t-{corrupt}.journal.digest"));
+        let mark = {
+            let slow = ferry_test_kit::Server::nbdkit_at(
+                &sock,
+                &["--filter=delay", "pattern", "size=256M", "rdelay=40ms"],
+            );
+            let cmd = copy_cmd(
+                &slow.uri(),
+                &target,
+                &["--digest", "--journal", j, "--buf-count", "4"],
+            );
+            kill_after_progress(cmd, &journal, 2 * GROUP + MIB, std::time::Duration::from_secs(30))
+        };
+        assert!(mark > 2 * GROUP && mark < SIZE, "watermark {mark}");
+        let text = std::fs::read_to_string(&journal).unwrap();
+        let groups: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("digest "))
+            .and_then(|v| v.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no digest line in the journal:\n{text}"));
+        assert!(groups >= 2 && groups * GROUP <= mark, "{groups} groups at {mark}:\n{text}");
+        let kept = std::fs::read(&digest_file).unwrap();
+        assert!(kept.starts_with(b"ferry-digest-groups 1\n"));
+        assert!(kept.len() as u64 >= 22 + 32 * groups, "{} bytes", kept.len());
+        if corrupt {
+            // Inside the second request, past the 4 KiB a journal sample covers.
+            flip_byte(&target, 5 * MIB + 100_000);
+        }
+        let s = ferry_test_kit::Server::nbdkit_at(&sock, &plain);
+        let r = copy(&s.uri(), &target, "auto", &["--journal", j, "--verify"]);
+        assert!(r.stderr.contains("resuming from the journal"), "{r:?}");
+        assert!(
+            !r.stderr.contains("reading it again for --verify"),
+            "the kept digest was not used: {r:?}"
+        );
+        if corrupt {
+            assert_eq!(r.status.code(), Some(6), "{r:?}");
+            let last = r.stderr.lines().rfind(|l| !l.trim().is_empty()).unwrap();
+            let leaf = (5 * MIB + 100_000) / 65536 * 65536;
+            assert!(
+                last.starts_with("ferry: error: ")
+                    && last.contains(&format!("first difference in bytes {leaf}..{}", leaf + 65536)),
+                "{last}"
+            );
+            continue;
+        }
+        let v = r.success("resumed with --verify");
+        assert_eq!(v["digest"], want.as_str(), "{v}");
+        assert_eq!(
+            num(&v, "bytes_read"),
+            SIZE - groups * GROUP,
+            "the resumed copy starts again at the end of the kept groups"
+        );
+        assert!(!journal.exists() && !digest_file.exists());
+        assert_identical(&target, &reference, "resumed with a kept digest");
+    }
+}
+
+fn flip_byte(path: &std::path::Path, offset: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, offset).unwrap();
+    b[0] ^= 0x5a;
+    f.write_all_at(&b, offset).unwrap();
+    f.sync_all().unwrap();
+}

@@ -68,8 +68,9 @@ pub struct CopyArgs {
     #[arg(long, value_name = "DIR")]
     pub scratch: Option<PathBuf>,
     /// After the final flush, read the target back and compare its digest with the
-    /// source's as read during the copy (as read again, when the copy resumed or was a
-    /// delta): a mismatch fails naming the first differing range. Implies --digest.
+    /// source's as read during the copy (a resumed copy takes up the digest groups its
+    /// journal kept; the source is read again only for a delta, or a resume without
+    /// them): a mismatch fails naming the first differing 64 KiB. Implies --digest.
     #[arg(long)]
     pub verify: bool,
     /// Print one JSON summary object on stdout.
@@ -379,17 +380,33 @@ async fn verify_target(
     // a grown image) is compared over that size; a shorter one differs at its end.
     let target = ferry::source::open(&target_spec, reach, false).await?;
     let t = ferry::digest::of_prefix(&target, source.size, buf_size, count).await;
-    target.close().await;
-    let t = t?;
+    let t = match t {
+        Ok(t) => t,
+        Err(e) => {
+            target.close().await;
+            return Err(e);
+        }
+    };
     if let Some((offset, len)) = source.first_difference(&t) {
+        // Narrow the differing group to its first differing leaf, reading both again.
+        let leaf = match ferry::source::open(&a.src, reach, layered).await {
+            Ok(s) => {
+                let l = ferry::digest::first_differing_leaf(&s, &target, offset, len).await;
+                s.close().await;
+                l.ok().flatten()
+            }
+            Err(_) => None,
+        };
+        target.close().await;
+        let (offset, end) = leaf.unwrap_or((offset, offset + len));
         return Err(ferry::Error::Mismatch(format!(
-            "--verify: the target differs from the source: first difference in bytes {offset}..{} \
+            "--verify: the target differs from the source: first difference in bytes {offset}..{end} \
              (source {}, target {})",
-            offset + len,
             source.text(),
             t.text()
         )));
     }
+    target.close().await;
     tracing::info!(digest = %t.text(), seconds = start.elapsed().as_secs_f64(), "verified: the target reads back as the source");
     stats.digest = Some(source.text());
     Ok(())

@@ -4,11 +4,10 @@
 //! naming the first differing range (the first differing 64 MiB group, narrowed to
 //! the first differing 64 KiB leaf when both sides are random-access).
 
-use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Args;
-use ferry::digest::{Digest, LEAF};
+use ferry::digest::Digest;
 
 use super::Tuning;
 
@@ -75,24 +74,7 @@ async fn narrow(
     let (ferry::source::Input::Disk(a), ferry::source::Input::Disk(b)) = (a, b) else {
         return Ok(None);
     };
-    let end = (start + len).min(a.size().min(b.size()));
-    let mut at = start;
-    while at < end {
-        let n = LEAF.min(end - at);
-        let read = |s: &Arc<dyn ferry::source::Source>| {
-            let mut buf = ferry::buf::Buf::new(LEAF as usize);
-            buf.set_len(n as usize);
-            s.read(at, buf)
-        };
-        let (x, y) = tokio::try_join!(read(a), read(b))?;
-        if x.as_slice() != y.as_slice() {
-            return Ok(Some((at, at + n)));
-        }
-        at += n;
-    }
-    // Equal as far as both go: the longer one's tail.
-    let (small, large) = (a.size().min(b.size()), a.size().max(b.size()));
-    Ok((small != large && start + len > small).then_some((small, large)))
+    ferry::digest::first_differing_leaf(a, b, start, len).await
 }
 
 /// Run `ferry verify`.
