@@ -295,7 +295,10 @@ pub fn decode(bytes: &[u8]) -> Result<Journal, JournalError> {
     let digest = match lines.peek() {
         Some(l) if l.starts_with("digest ") => {
             let v = field(&mut lines, "digest")?;
-            Some(parse_digest(&v).ok_or_else(|| JournalError::Malformed("digest is malformed".into()))?)
+            Some(
+                parse_digest(&v)
+                    .ok_or_else(|| JournalError::Malformed("digest is malformed".into()))?,
+            )
         }
         _ => None,
     };
@@ -506,7 +509,10 @@ mod tests {
         });
         assert_eq!(encode(&j), Err(JournalError::BadValue("digest")));
         let good = String::from_utf8(encode(&sample()).expect("encode")).expect("utf8");
-        let line = good.lines().find(|l| l.starts_with("digest ")).expect("digest line");
+        let line = good
+            .lines()
+            .find(|l| l.starts_with("digest "))
+            .expect("digest line");
         for bad in [
             format!("digest {} {}", MAX_DIGEST_GROUPS + 1, "a5".repeat(32)),
             format!("digest 64 {}", "A5".repeat(32)),

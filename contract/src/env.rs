@@ -80,6 +80,10 @@ pub const FERRY_RETRIES: &str = "FERRY_RETRIES";
 pub const FERRY_EXIT_CODES: &str = "FERRY_EXIT_CODES";
 /// The value of [`FERRY_EXIT_CODES`] that asks for the kinds' exit statuses.
 pub const EXIT_CODES_KINDS: &str = "kinds";
+/// Ferry: `digest` builds the disk's digest as read and puts it in the termination
+/// message; `verify` also reads the target back after the final flush and fails on a
+/// difference (`ferry import --verify`); `off` (the default) does neither.
+pub const FERRY_VERIFY: &str = "FERRY_VERIFY";
 /// Ferry: the log filter (tracing `EnvFilter` syntax).
 pub const FERRY_LOG: &str = "FERRY_LOG";
 /// Ferry: the termination message's path instead of `/dev/termination-log`.

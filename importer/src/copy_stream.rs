@@ -51,6 +51,7 @@ pub async fn copy_stream(
         in_flight: FuturesUnordered::new(),
         zeros: 0,
         zero_bytes_read: 0,
+        digest: opts.digest.then(crate::digest::Sequential::new),
     };
     let ctx = Settle {
         progress: &progress,
@@ -101,6 +102,11 @@ pub async fn copy_stream(
     progress.set_total(size);
     progress.set_durable(size);
     stats.size = size;
+    if let Some(g) = d.digest.take() {
+        let full = Arc::new(g.finish());
+        stats.digest = Some(full.text());
+        stats.digest_full = Some(full);
+    }
     stats.seconds = start.elapsed().as_secs_f64();
     stats.bytes_downloaded = progress.downloaded();
     Ok(stats)
@@ -119,6 +125,8 @@ struct Dispatch<'a> {
     zeros: usize,
     /// Bytes read that turned out to be zeroes (not written, so not counted on completion).
     zero_bytes_read: u64,
+    /// The digest, built in the stream's order, when asked for.
+    digest: Option<crate::digest::Sequential>,
 }
 
 impl Dispatch<'_> {
@@ -141,6 +149,13 @@ impl Dispatch<'_> {
             return Ok(true);
         }
         let end = self.fits(offset, len)?;
+        if let Some(g) = self.digest.as_mut() {
+            match &piece {
+                Piece::Data(b) => g.data(b.as_slice()),
+                Piece::Zero { len, .. } => g.zero(*len),
+                Piece::End(_) => {}
+            }
+        }
         if self.known.is_none() {
             self.progress.set_total(end);
         }

@@ -534,6 +534,43 @@ pub async fn of_prefix(
     Ok(d.finish()?)
 }
 
+/// Read `target` back over `source.size` bytes and compare its digest with `source`'s:
+/// a difference is [`crate::Error::Mismatch`] naming the first differing 64 KiB (the
+/// differing group narrowed by reading `source_again`, when it opens) or the group. The
+/// target's digest on success.
+pub async fn check_target<F>(
+    source: &Digest,
+    target: &std::sync::Arc<dyn crate::source::Source>,
+    source_again: F,
+    buf_size: usize,
+    count: usize,
+) -> Result<Digest, crate::Error>
+where
+    F: std::future::Future<
+            Output = Result<std::sync::Arc<dyn crate::source::Source>, crate::Error>,
+        >,
+{
+    let t = of_prefix(target, source.size, buf_size, count).await?;
+    let Some((offset, len)) = source.first_difference(&t) else {
+        return Ok(t);
+    };
+    let leaf = match source_again.await {
+        Ok(s) => {
+            let l = first_differing_leaf(&s, target, offset, len).await;
+            s.close().await;
+            l.ok().flatten()
+        }
+        Err(_) => None,
+    };
+    let (offset, end) = leaf.unwrap_or((offset, offset + len));
+    Err(crate::Error::Mismatch(format!(
+        "--verify: the target differs from the source: first difference in bytes {offset}..{end} \
+         (source {}, target {})",
+        source.text(),
+        t.text()
+    )))
+}
+
 /// The first differing 64 KiB leaf of `[start, start+len)` (a differing group), reading
 /// both disks again; past the shorter one's end, the longer one's tail. `None` when they
 /// read equal there.

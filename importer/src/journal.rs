@@ -41,8 +41,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-pub use ferry_cbt::journal::{Journal, JournalIdentity, MAX_JOURNAL_SAMPLES, Sample};
 use ferry_cbt::journal::DigestMark;
+pub use ferry_cbt::journal::{Journal, JournalIdentity, MAX_JOURNAL_SAMPLES, Sample};
 
 use crate::digest::{Digester, GROUP, Hash};
 
@@ -245,11 +245,17 @@ impl JournalFile {
         }
         let digest_path = digest_path_of(path);
         for (p, what) in protected {
-            for (mine, name) in [(path, "journal"), (digest_path.as_path(), "journal's digest file")] {
+            for (mine, name) in [
+                (path, "journal"),
+                (digest_path.as_path(), "journal's digest file"),
+            ] {
                 if same_file(mine, p) {
                     return Err(journal_error(
                         mine,
-                        format!("is {what} ({}); give the {name} a path of its own", p.display()),
+                        format!(
+                            "is {what} ({}); give the {name} a path of its own",
+                            p.display()
+                        ),
                     ));
                 }
             }
@@ -522,7 +528,9 @@ impl JournalFile {
             .create(true)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .mode(0o600);
-        let f = o.open(&self.digest_path).map_err(|e| err(format!("open: {e}")))?;
+        let f = o
+            .open(&self.digest_path)
+            .map_err(|e| err(format!("open: {e}")))?;
         if at == 0 {
             f.set_len(0).map_err(|e| err(format!("truncate: {e}")))?;
             f.write_all_at(DIGEST_FILE_MAGIC, 0)
@@ -597,7 +605,9 @@ fn digest_file_kind(path: &Path) -> Result<Option<bool>, String> {
         Ok(_) => {
             let mut head = vec![0u8; DIGEST_FILE_MAGIC.len()];
             let mut f = File::open(path).map_err(|e| format!("cannot read it: {e}"))?;
-            let n = f.read(&mut head).map_err(|e| format!("cannot read it: {e}"))?;
+            let n = f
+                .read(&mut head)
+                .map_err(|e| format!("cannot read it: {e}"))?;
             Ok(Some(head[..n] == *DIGEST_FILE_MAGIC))
         }
     }
@@ -609,7 +619,9 @@ fn read_digest_file(path: &Path, found: Option<&Journal>) -> Result<Vec<Hash>, E
     let refuse = |why: String| {
         journal_error(
             path,
-            format!("{why}; refusing to overwrite it (give the journal a path of its own, or remove the file)"),
+            format!(
+                "{why}; refusing to overwrite it (give the journal a path of its own, or remove the file)"
+            ),
         )
     };
     match digest_file_kind(path).map_err(refuse)? {

@@ -3145,3 +3145,36 @@ fn cdi_registry_imports_a_container_disk_with_its_credentials_and_cert_dir() {
     );
     let _ = &mut pod;
 }
+
+/// `FERRY_VERIFY=digest` puts the digest of the disk as read into the termination
+/// message; `verify` also reads the target back (over the disk's size: this disk.img is
+/// grown past it) and says "verified". Both equal `ferry verify`'s digest of the source.
+#[test]
+fn ferry_verify_puts_the_digest_in_the_termination_message() {
+    if !require(&["nbdkit", "nbdcopy", "cmp"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let size = 32 * MIB;
+    let src = sparse_random(dir.path(), "32M", 30, 21);
+    let reference = nbdcopy_reference(&src.uri(), dir.path());
+    let want = {
+        let mut c = Command::new(FERRY);
+        c.args(["verify", &src.uri(), reference.to_str().unwrap(), "--json"]);
+        let r = run(c, RUN_LIMIT);
+        let v: Value = serde_json::from_str(r.stdout.trim()).expect("verify --json");
+        v["digest"].as_str().expect("digest").to_string()
+    };
+    let vc = VCenter::start(&dir.path().join("vc"), &inventory(size));
+    for (mode, word) in [("digest", "digest"), ("verify", "verified")] {
+        let mut pod = Pod::vddk(&vc, &src.uri());
+        pod.set("IMPORTER_IMAGE_SIZE", "48Mi")
+            .set("FERRY_VERIFY", mode);
+        let r = pod.run();
+        assert_success(&r, mode);
+        assert_prefix_identical(&pod.disk_img(), &reference, size, mode);
+        let mut want_json = vddk_complete(false);
+        want_json["message"] = Value::from(format!("Import Complete; {word} {want}"));
+        assert_termination_json(&pod, &want_json, mode);
+    }
+}

@@ -83,6 +83,15 @@ fn one_disk_read_four_ways_has_one_digest_and_a_flipped_byte_is_found() {
     assert!(digests.iter().all(|d| d == &digests[0]), "{digests:?}");
     assert!(digests[0].starts_with("blake3-64k:"));
 
+    // A stream copy builds the same digest in the stream's order, and --verify needs no
+    // second read of the stream.
+    let out = dir.path().join("from-gz.img");
+    let r = copy(gz.to_str().unwrap(), &out, "auto", &["--verify"]);
+    assert!(!r.stderr.contains("reading it again"), "{r:?}");
+    let v = r.success("stream --verify");
+    assert_eq!(v["digest"], digests[0].as_str(), "{v}");
+    assert_identical(&out, &raw, "gzip stream");
+
     // One byte flipped: the first differing leaf names it.
     let flipped = dir.path().join("flipped.raw");
     let mut bytes = std::fs::read(&raw).unwrap();
@@ -212,7 +221,12 @@ fn a_resumed_copy_keeps_its_digest_and_verify_catches_a_corrupted_prefix() {
                 &target,
                 &["--digest", "--journal", j, "--buf-count", "4"],
             );
-            kill_after_progress(cmd, &journal, 2 * GROUP + MIB, std::time::Duration::from_secs(30))
+            kill_after_progress(
+                cmd,
+                &journal,
+                2 * GROUP + MIB,
+                std::time::Duration::from_secs(30),
+            )
         };
         assert!(mark > 2 * GROUP && mark < SIZE, "watermark {mark}");
         let text = std::fs::read_to_string(&journal).unwrap();
@@ -222,10 +236,17 @@ fn a_resumed_copy_keeps_its_digest_and_verify_catches_a_corrupted_prefix() {
             .and_then(|v| v.split(' ').next())
             .and_then(|n| n.parse().ok())
             .unwrap_or_else(|| panic!("no digest line in the journal:\n{text}"));
-        assert!(groups >= 2 && groups * GROUP <= mark, "{groups} groups at {mark}:\n{text}");
+        assert!(
+            groups >= 2 && groups * GROUP <= mark,
+            "{groups} groups at {mark}:\n{text}"
+        );
         let kept = std::fs::read(&digest_file).unwrap();
         assert!(kept.starts_with(b"ferry-digest-groups 1\n"));
-        assert!(kept.len() as u64 >= 22 + 32 * groups, "{} bytes", kept.len());
+        assert!(
+            kept.len() as u64 >= 22 + 32 * groups,
+            "{} bytes",
+            kept.len()
+        );
         if corrupt {
             // Inside the second request, past the 4 KiB a journal sample covers.
             flip_byte(&target, 5 * MIB + 100_000);
@@ -243,7 +264,10 @@ fn a_resumed_copy_keeps_its_digest_and_verify_catches_a_corrupted_prefix() {
             let leaf = (5 * MIB + 100_000) / 65536 * 65536;
             assert!(
                 last.starts_with("ferry: error: ")
-                    && last.contains(&format!("first difference in bytes {leaf}..{}", leaf + 65536)),
+                    && last.contains(&format!(
+                        "first difference in bytes {leaf}..{}",
+                        leaf + 65536
+                    )),
                 "{last}"
             );
             continue;
@@ -262,7 +286,11 @@ fn a_resumed_copy_keeps_its_digest_and_verify_catches_a_corrupted_prefix() {
 
 fn flip_byte(path: &std::path::Path, offset: u64) {
     use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
     let mut b = [0u8; 1];
     f.read_exact_at(&mut b, offset).unwrap();
     b[0] ^= 0x5a;

@@ -379,34 +379,16 @@ async fn verify_target(
     // Read once, over the disk's size: a target larger than the disk (a block device,
     // a grown image) is compared over that size; a shorter one differs at its end.
     let target = ferry::source::open(&target_spec, reach, false).await?;
-    let t = ferry::digest::of_prefix(&target, source.size, buf_size, count).await;
-    let t = match t {
-        Ok(t) => t,
-        Err(e) => {
-            target.close().await;
-            return Err(e);
-        }
-    };
-    if let Some((offset, len)) = source.first_difference(&t) {
-        // Narrow the differing group to its first differing leaf, reading both again.
-        let leaf = match ferry::source::open(&a.src, reach, layered).await {
-            Ok(s) => {
-                let l = ferry::digest::first_differing_leaf(&s, &target, offset, len).await;
-                s.close().await;
-                l.ok().flatten()
-            }
-            Err(_) => None,
-        };
-        target.close().await;
-        let (offset, end) = leaf.unwrap_or((offset, offset + len));
-        return Err(ferry::Error::Mismatch(format!(
-            "--verify: the target differs from the source: first difference in bytes {offset}..{end} \
-             (source {}, target {})",
-            source.text(),
-            t.text()
-        )));
-    }
+    let t = ferry::digest::check_target(
+        &source,
+        &target,
+        ferry::source::open(&a.src, reach, layered),
+        buf_size,
+        count,
+    )
+    .await;
     target.close().await;
+    let t = t?;
     tracing::info!(digest = %t.text(), seconds = start.elapsed().as_secs_f64(), "verified: the target reads back as the source");
     stats.digest = Some(source.text());
     Ok(())

@@ -136,6 +136,12 @@ pub struct ImportArgs {
     /// Seconds to wait for any one read.
     #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub timeout: u64,
+    /// What the import proves of what it wrote: `digest` builds the disk's digest as read
+    /// (BLAKE3, `blake3-64k`) and puts it in the termination message; `verify` also
+    /// reads the target back after the final flush and fails naming the first
+    /// difference.
+    #[arg(long, env = ferry_contract::env::FERRY_VERIFY, value_enum, default_value_t = ferry::import::run::Verify::Off)]
+    pub verify: ferry::import::run::Verify,
     /// Transient source failures retried in a row without progress (reads read again,
     /// a lost connection opened again from the durable watermark); 0 turns them off.
     #[arg(long, env = ferry_contract::env::FERRY_RETRIES, default_value_t = ferry::retry::DEFAULT_RETRIES, value_parser = clap::value_parser!(u32).range(0..=ferry::retry::MAX_RETRIES as i64))]
@@ -387,6 +393,7 @@ impl ImportArgs {
             unbuffered: self.unbuffered,
             compression: self.compression,
             scratch_dir: self.scratch_dir.is_dir().then(|| self.scratch_dir.clone()),
+            verify: self.verify,
         }
     }
 }
@@ -461,7 +468,7 @@ pub async fn run(a: ImportArgs, cfg: ImportConfig) -> anyhow::Result<()> {
                     host: o.esx_host.unwrap_or_default(),
                 }),
                 labels: o.labels,
-                message: "Import Complete".into(),
+                message: complete_message(o.stats.digest.as_deref(), o.verified),
                 ..TerminationMessage::default()
             };
             termination::write_success(&termination_log, &msg)
@@ -496,5 +503,20 @@ pub async fn run(a: ImportArgs, cfg: ImportConfig) -> anyhow::Result<()> {
             fail(&termination_log, &format!("{e:#}"));
             Err(e)
         }
+    }
+}
+
+/// CDI's "Import Complete", followed by the disk's digest when one was built: "Import
+/// Complete; digest blake3-64k:…", or "; verified blake3-64k:…" once the target read back
+/// the same. (CDI's controller copies the message to the PVC's running-condition
+/// annotation and compares it with nothing.)
+fn complete_message(digest: Option<&str>, verified: bool) -> String {
+    match digest {
+        None => ferry::report::termination::IMPORT_COMPLETE.to_string(),
+        Some(d) => format!(
+            "{}; {} {d}",
+            ferry::report::termination::IMPORT_COMPLETE,
+            if verified { "verified" } else { "digest" }
+        ),
     }
 }

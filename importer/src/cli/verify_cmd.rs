@@ -4,7 +4,6 @@
 //! naming the first differing range (the first differing 64 MiB group, narrowed to
 //! the first differing 64 KiB leaf when both sides are random-access).
 
-
 use anyhow::Context as _;
 use clap::Args;
 use ferry::digest::Digest;

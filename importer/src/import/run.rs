@@ -45,6 +45,22 @@ pub struct ImportTuning {
     pub retry: crate::retry::RetryPolicy,
     /// The scratch directory, when one is mounted.
     pub scratch_dir: Option<std::path::PathBuf>,
+    /// Build the disk's digest, and read the target back ([`Verify`]).
+    pub verify: Verify,
+}
+
+/// What an import proves of what it wrote (`FERRY_VERIFY`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Verify {
+    /// Neither (CDI's importer does neither).
+    #[default]
+    Off,
+    /// The digest of the disk as read, in the termination message (a delta round has
+    /// none: it reads only what changed).
+    Digest,
+    /// The digest, and the target read back after the final flush and compared (a delta
+    /// round reads the whole source again for it).
+    Verify,
 }
 
 /// What the import did, for the termination message.
@@ -60,6 +76,8 @@ pub struct Outcome {
     pub esx_host: Option<String>,
     /// A registry image's labels (CDI's termination message `labels`).
     pub labels: std::collections::BTreeMap<String, String>,
+    /// The target was read back and has the digest in `stats.digest`.
+    pub verified: bool,
 }
 
 /// What the vSphere lookup found.
@@ -322,6 +340,7 @@ async fn blank(
         vddk_version: None,
         esx_host: None,
         labels: Default::default(),
+        verified: false,
     })
 }
 
@@ -751,6 +770,7 @@ async fn unpack_archive(
         vddk_version: None,
         esx_host: None,
         labels: Default::default(),
+        verified: false,
     })
 }
 
@@ -813,6 +833,15 @@ pub async fn run(
         .as_ref()
         .and_then(|h| h.registry.as_ref())
         .map(|r| r.labels.clone());
+    let again = (t.verify == Verify::Verify).then(|| {
+        reopener(
+            cfg,
+            vddk_opts.clone(),
+            http.clone(),
+            nbd.clone(),
+            engine.clone(),
+        )
+    });
     let reopen = reopener(cfg, vddk_opts, http, nbd, engine.clone());
     let plan = plan_for(cfg, changed);
     let keep_larger = plan.changes.is_some();
@@ -838,7 +867,7 @@ pub async fn run(
             detect_zeroes: true,
             direct: t.direct,
             retry: t.retry,
-            digest: false,
+            digest: t.verify != Verify::Off,
         },
         engine: engine.clone(),
         finish: crate::job::Finish {
@@ -854,15 +883,48 @@ pub async fn run(
         },
     };
     let crate::job::Outcome {
-        stats,
+        mut stats,
         preallocation_applied,
     } = crate::job::run(job, progress.clone()).await?;
     let labels = labels.map(|l| l.get()).unwrap_or_default();
+    let verified = match again {
+        Some(mut again) => {
+            progress.set_phase("verifying");
+            let (buf_size, count) = (
+                crate::num::usize_of(t.buf_size_in_64k * 64 * 1024),
+                crate::num::usize_of(t.buf_count),
+            );
+            let digest = match stats.digest_full.clone() {
+                Some(d) => d,
+                None => {
+                    tracing::info!(
+                        "the copy did not read the whole source; reading it again to verify"
+                    );
+                    let s = again().await?;
+                    Arc::new(
+                        crate::digest::of_input(crate::source::Input::Disk(s), buf_size, count)
+                            .await?,
+                    )
+                }
+            };
+            let back: Arc<dyn Source> =
+                Arc::new(crate::source::LocalSource::open(&target, engine.clone())?);
+            let checked =
+                crate::digest::check_target(&digest, &back, again(), buf_size, count).await;
+            back.close().await;
+            checked?;
+            tracing::info!(digest = %digest.text(), "verified: the target reads back as the source");
+            stats.digest = Some(digest.text());
+            true
+        }
+        None => false,
+    };
     Ok(Outcome {
         stats,
         preallocation_applied,
         vddk_version: vddk_version_found,
         esx_host,
         labels,
+        verified,
     })
 }
