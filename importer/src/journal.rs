@@ -663,7 +663,7 @@ fn read_digest_file(path: &Path, found: Option<&Journal>) -> Result<Vec<Hash>, E
         return discard("its groups do not hash to what the journal recorded");
     }
     Ok(hashes
-        .chunks_exact(GROUP_HASH_BYTES as usize)
+        .chunks_exact(crate::num::usize_of(GROUP_HASH_BYTES))
         .map(|c| {
             let mut h = [0u8; 32];
             h.copy_from_slice(c);
