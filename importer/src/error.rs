@@ -64,6 +64,15 @@ pub enum Error {
         /// What it holds.
         format: crate::source::format::Format,
     },
+    /// `ferry inspect` found that a migration would fail: the first failing step's kind
+    /// and what it says.
+    #[error("{message}")]
+    Preflight {
+        /// The failing step's kind.
+        kind: ErrorKind,
+        /// Which step failed, and why.
+        message: String,
+    },
     /// Two disks differ (`ferry verify`, `--verify`): the first differing range.
     #[error("{0}")]
     Mismatch(String),
@@ -516,6 +525,7 @@ impl Error {
                 _ => ErrorKind::SourceData,
             },
             Error::Checksum { .. } | Error::Mismatch(_) => ErrorKind::SourceData,
+            Error::Preflight { kind, .. } => *kind,
             Error::Digest(_) => ErrorKind::Internal,
             Error::Registry { error, .. } => error.kind(),
             Error::Image { error, .. } if error.is_refusal() => ErrorKind::Usage,

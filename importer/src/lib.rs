@@ -22,6 +22,7 @@ pub mod error;
 pub mod fuzzing;
 pub mod http_server;
 pub mod import;
+pub mod inspect;
 pub mod job;
 pub mod journal;
 pub mod memory;

@@ -3178,3 +3178,125 @@ fn ferry_verify_puts_the_digest_in_the_termination_message() {
         assert_termination_json(&pod, &want_json, mode);
     }
 }
+
+/// `ferry inspect` with the pod's environment: the fake VDDK distribution, the fake
+/// vCenter and the disk through VDDK pass; each broken piece fails its own step with its
+/// kind's exit status and nothing is written.
+#[test]
+fn inspect_checks_the_import_a_pod_would_run() {
+    if !require(&["nbdkit"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let size = 64 * MIB;
+    let src = sparse_random(dir.path(), "64M", 30, 4);
+    let vc = VCenter::start(&dir.path().join("vc"), &inventory(size));
+    let inspect = |pod: &Pod, extra: &[&str]| {
+        let mut c = Command::new(FERRY);
+        c.arg("inspect")
+            .args(extra)
+            .args(["--json", "--seconds", "1"])
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .envs(&pod.env);
+        let r = run(c, RUN_LIMIT);
+        assert!(!r.stderr.contains("panicked"), "{r:?}");
+        let v: Value =
+            serde_json::from_str(r.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {r:?}"));
+        let status = |name: &str| {
+            v["checks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["name"] == name)
+                .map(|c| c["status"].as_str().unwrap().to_string())
+                .unwrap_or_else(|| panic!("no {name} step: {v}"))
+        };
+        let steps: BTreeMap<String, String> = [
+            "vddk-library",
+            "vddk-links",
+            "vddk-deps",
+            "vddk-load",
+            "nfc-aio",
+            "reachable",
+            "thumbprint",
+            "credentials",
+            "vm",
+            "disk",
+            "cbt",
+            "checkpoint",
+            "vddk-open",
+        ]
+        .iter()
+        .map(|n| (n.to_string(), status(n)))
+        .collect();
+        (r, v, steps)
+    };
+    let good = Pod::vddk(&vc, &src.uri());
+    let (r, v, steps) = inspect(&good, &[]);
+    assert_eq!(r.status.code(), Some(0), "{r:?}");
+    assert_eq!(v["ready"], true, "{v}");
+    for (name, want) in [
+        ("vddk-library", "ok"),
+        ("vddk-load", "ok"),
+        ("reachable", "ok"),
+        ("thumbprint", "ok"),
+        ("credentials", "ok"),
+        ("vm", "ok"),
+        ("disk", "ok"),
+        ("cbt", "warn"),
+        ("vddk-open", "ok"),
+    ] {
+        assert_eq!(steps[name], want, "{name}: {v}");
+    }
+    assert_eq!(v["size"], size, "{v}");
+    assert!(v["allocation_ratio"].as_f64().unwrap() > 0.1, "{v}");
+    assert!(v["read_bytes_per_second"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(v["nfc_aio"].as_str().unwrap().contains("BufCount"), "{v}");
+    assert!(!good.disk_img().exists(), "inspect wrote the target");
+
+    // Each broken piece: the step, and the exit status of its kind.
+    let cases: [(&str, &str, &str, i32); 4] = [
+        (
+            "IMPORTER_THUMBPRINT",
+            "00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33",
+            "thumbprint",
+            4,
+        ),
+        ("IMPORTER_SECRET_KEY", "wrong", "credentials", 4),
+        (
+            "IMPORTER_UUID",
+            "4212ffff-0000-0000-0000-00000000dead",
+            "vm",
+            5,
+        ),
+        ("IMPORTER_BACKING_FILE", "[ds1] vm1/other.vmdk", "disk", 5),
+    ];
+    for (var, value, step, code) in cases {
+        let mut bad = Pod::vddk(&vc, &src.uri());
+        bad.set(var, value);
+        let (r, v, steps) = inspect(&bad, &[]);
+        assert_eq!(r.status.code(), Some(code), "{var}: {r:?}");
+        assert_eq!(v["ready"], false, "{v}");
+        assert_eq!(steps[step], "fail", "{var}: {v}");
+        assert_eq!(steps["vddk-open"], "skipped", "{var}: {v}");
+        let last = r.stderr.lines().rfind(|l| !l.trim().is_empty()).unwrap();
+        assert!(
+            last.starts_with(&format!(
+                "ferry: error: inspect: a migration would fail: {step}:"
+            )),
+            "{last}"
+        );
+    }
+    // A warm migration needs CBT, which this disk has off.
+    let (r, _, steps) = inspect(&good, &["--warm"]);
+    assert_eq!(r.status.code(), Some(9), "{r:?}");
+    assert_eq!(steps["cbt"], "fail");
+    // No VDDK at the libdir.
+    let mut none = Pod::vddk(&vc, &src.uri());
+    none.set("VDDK_LIBDIR", dir.path().join("empty").to_str().unwrap());
+    let (r, _, steps) = inspect(&none, &[]);
+    assert_eq!(r.status.code(), Some(2), "{r:?}");
+    assert_eq!(steps["vddk-library"], "fail");
+    assert_eq!(steps["vddk-open"], "fail");
+}

@@ -377,7 +377,7 @@ impl ImportArgs {
         }
     }
 
-    fn tuning(&self, cfg: &ImportConfig) -> ImportTuning {
+    pub fn tuning(&self, cfg: &ImportConfig) -> ImportTuning {
         ImportTuning {
             buf_size_in_64k: self.buf_size(),
             buf_count: self.buf_count_for(cfg.source),

@@ -4,6 +4,7 @@ mod bench;
 mod copy_cmd;
 mod http_args;
 mod import_cmd;
+mod inspect_cmd;
 mod upload_cmd;
 mod upload_server_cmd;
 mod vddk_args;
@@ -60,6 +61,9 @@ pub enum Command {
     /// Compare two disks by their digests (BLAKE3 over 64 KiB leaves): exit 0 when
     /// identical, 1 naming the first differing range.
     Verify(Box<verify_cmd::VerifyArgs>),
+    /// Preflight: would a migration of this source onto this target work? (SRC, or the
+    /// import's IMPORTER_* environment, or --vddk-libdir DIR alone.)
+    Inspect(Box<inspect_cmd::InspectArgs>),
     /// Internal: run a command and report its wall time, CPU time and peak RSS.
     #[command(name = "__measure", hide = true)]
     Measure(bench::MeasureArgs),
@@ -289,6 +293,9 @@ pub fn prepare(cli: &mut Cli) -> anyhow::Result<()> {
     if let Command::Import(a) = &mut cli.command {
         return prepare_import(a);
     }
+    if let Command::Inspect(a) = &mut cli.command {
+        return prepare_inspect(a);
+    }
     let Command::Copy(a) = &mut cli.command else {
         return Ok(());
     };
@@ -333,6 +340,35 @@ fn prepare_import(a: &mut import_cmd::ImportArgs) -> anyhow::Result<()> {
         return Err(ferry::Error::Vddk(e).into());
     }
     a.resolved = Some(cfg);
+    Ok(())
+}
+
+/// `ferry inspect` in its environment form: as [`prepare_import`], but a VDDK that does
+/// not initialise is a finding of the report, not the end of it.
+fn prepare_inspect(a: &mut inspect_cmd::InspectArgs) -> anyhow::Result<()> {
+    if !a.env_form() {
+        return Ok(());
+    }
+    a.import.take_nfc_flags();
+    let cfg = a.import.config().map_err(ferry::Error::Config)?;
+    if cfg.source == ferry::import::config::SourceKind::Vddk {
+        let found = vddk_sys::candidates(&cfg.libdir)
+            .iter()
+            .any(|(_, p)| p.exists());
+        if found {
+            reexec_with_library_path(&cfg.libdir);
+        }
+        a.import.adopt_vddk_config(&cfg);
+        let _ = a.import.fit_memory(&cfg);
+        a.vddk_init = Some(if found {
+            ferry::source::vddk::init(&cfg.libdir, a.import.nfc, cfg.vddk_config.as_deref())
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        } else {
+            Err("no VDDK library".into())
+        });
+    }
+    a.import.resolved = Some(cfg);
     Ok(())
 }
 
@@ -396,6 +432,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Measure(a) => bench::measure(a),
             Command::Upload(a) => upload_cmd::run(a).await,
             Command::Verify(a) => verify_cmd::run(*a).await,
+            Command::Inspect(a) => inspect_cmd::run(*a).await,
             Command::Import(_) | Command::UploadServer(_) => unreachable!("handled above"),
         }
     };

@@ -928,3 +928,331 @@ pub async fn run(
         verified,
     })
 }
+
+/// What `ferry inspect` in its `IMPORTER_*` form is asked.
+#[derive(Debug, Clone)]
+pub struct InspectOptions {
+    /// How long the sample read runs.
+    pub sample: Duration,
+    /// A warm migration is planned: CBT must be on.
+    pub warm: bool,
+    /// How VDDK's initialisation went (done on the main thread before the runtime).
+    pub vddk_init: Option<Result<(), String>>,
+}
+
+/// Preflight of an import as configured (`ferry inspect` with `IMPORTER_*`): for VDDK
+/// the distribution, then vSphere (reachable, thumbprint, credentials, VM, disk, CBT,
+/// checkpoint) and the disk through VDDK; for the other sources the endpoint; then the
+/// disk's size, allocation and read rate, and the target's fit. Nothing is written.
+pub async fn inspect(
+    cfg: &ImportConfig,
+    t: &ImportTuning,
+    engine: Arc<dyn IoEngine>,
+    o: &InspectOptions,
+) -> crate::inspect::Report {
+    use crate::inspect::{Report, Status};
+    let mut r = Report::new(crate::source::http::redact(&cfg.endpoint));
+    let (buf_size, count) = (
+        crate::num::usize_of(t.buf_size_in_64k * 64 * 1024),
+        crate::num::usize_of(t.buf_count),
+    );
+    let source: Option<Arc<dyn Source>> = if cfg.source == SourceKind::Vddk {
+        inspect_vsphere(cfg, t, o, &mut r).await
+    } else if cfg.source == SourceKind::Blank {
+        r.push("source", Status::Ok, "blank: nothing to read");
+        None
+    } else {
+        let progress = Progress::new();
+        let nbd = NbdSourceOptions::new(crate::num::usize_of(t.connections), t.timeout, true);
+        match open_source(cfg, t, &nbd, engine.clone(), &progress).await {
+            Ok(Opened {
+                source: crate::source::Input::Disk(s),
+                ..
+            }) => {
+                r.push("reachable", Status::Ok, s.describe());
+                Some(s)
+            }
+            Ok(Opened {
+                source: crate::source::Input::Stream(mut s),
+                ..
+            }) => {
+                r.push(
+                    "reachable",
+                    Status::Ok,
+                    format!("{}: a stream, read once in order", s.describe()),
+                );
+                if let Some(n) = s.size() {
+                    r.size = Some(n);
+                    r.push(
+                        "size",
+                        Status::Ok,
+                        format!("{n} bytes ({})", crate::inspect::human(n)),
+                    );
+                } else {
+                    r.push("size", Status::Warn, "known only at the stream's end");
+                }
+                s.close().await;
+                None
+            }
+            Err(e) => {
+                r.fail("reachable", e.kind(), e.to_string());
+                None
+            }
+        }
+    };
+    if let Some(s) = &source {
+        crate::inspect::disk(&mut r, s, o.sample, buf_size, count).await;
+        s.close().await;
+    }
+    if let Some(size) = r.size {
+        let target = cfg.target.path();
+        match &cfg.target {
+            Target::Filesystem { .. } => {
+                match check_usable(cfg, &target, size, cfg.previous_checkpoint.is_some()) {
+                    Ok(Some(u)) => r.push(
+                        "target",
+                        Status::Ok,
+                        format!(
+                            "{} usable in {} for a disk of {}",
+                            crate::inspect::human(u),
+                            target.display(),
+                            crate::inspect::human(size)
+                        ),
+                    ),
+                    Ok(None) => r.push(
+                        "target",
+                        Status::Ok,
+                        "a delta round: the disk.img is already there",
+                    ),
+                    Err(e) => r.fail("target", e.kind(), e.to_string()),
+                }
+            }
+            Target::Block { .. } => crate::inspect::target_fit(&mut r, &target, size, engine),
+        }
+    } else if !r.fails() && cfg.source != SourceKind::Blank {
+        r.push("target", Status::Skipped, "the disk's size is not known");
+    }
+    r
+}
+
+/// The VDDK and vSphere steps of [`inspect`]; the disk opened through VDDK.
+async fn inspect_vsphere(
+    cfg: &ImportConfig,
+    t: &ImportTuning,
+    o: &InspectOptions,
+    r: &mut crate::inspect::Report,
+) -> Option<Arc<dyn Source>> {
+    use crate::inspect::Status;
+    use ferry_contract::exit::ErrorKind;
+    use ferry_vsphere::Error as S;
+    let version = crate::inspect::vddk_libdir(r, &cfg.libdir);
+    let nfc = format!(
+        "BufSizeIn64KB {} × BufCount {} ({} per session)",
+        t.nfc.buf_size_in_64k.unwrap_or(t.buf_size_in_64k),
+        t.nfc.buf_count.unwrap_or(t.buf_count),
+        crate::inspect::human(
+            t.nfc.buf_size_in_64k.unwrap_or(t.buf_size_in_64k)
+                * t.nfc.buf_count.unwrap_or(t.buf_count)
+                * 64
+                * 1024
+        )
+    );
+    r.nfc_aio = Some(nfc.clone());
+    r.push("nfc-aio", Status::Ok, nfc);
+    let tls = ferry_vsphere::TlsPolicy {
+        thumbprint: cfg.thumbprint.clone(),
+        ca_dir: cfg.cert_dir.clone(),
+        insecure: cfg.insecure_tls,
+        system_roots: false,
+    };
+    let user = cfg.user.as_deref().unwrap_or_default();
+    let password = cfg.password.as_ref().map_or("", |p| p.expose());
+    let mut options = ferry_vsphere::ClientOptions::from_env();
+    options.proxy_ca_dirs = std::iter::once(cfg.proxy_cert_dir.clone())
+        .chain(cfg.cert_dir.clone())
+        .collect();
+    const LATER: [&str; 6] = [
+        "thumbprint",
+        "credentials",
+        "vm",
+        "disk",
+        "cbt",
+        "checkpoint",
+    ];
+    let client = match ferry_vsphere::Client::login_with_options(
+        &cfg.endpoint,
+        user,
+        password,
+        &tls,
+        options,
+    )
+    .await
+    {
+        Ok(c) => {
+            r.push("reachable", Status::Ok, cfg.endpoint.clone());
+            r.push(
+                "thumbprint",
+                Status::Ok,
+                match &cfg.thumbprint {
+                    Some(t) => format!("the server's certificate has SHA-1 {t}"),
+                    None => "verified against the CA certificates".into(),
+                },
+            );
+            r.push("credentials", Status::Ok, format!("logged in as {user}"));
+            c
+        }
+        Err(e) => {
+            let failed = match &e {
+                S::Tls { .. } => 1,
+                S::Authentication { .. } => 2,
+                _ => 0,
+            };
+            if failed > 0 {
+                r.push("reachable", Status::Ok, cfg.endpoint.clone());
+            }
+            if failed > 1 {
+                r.push(
+                    "thumbprint",
+                    Status::Ok,
+                    "the server's identity checked out",
+                );
+            }
+            let e = Error::Vsphere(e);
+            r.fail(LATER_OR_FIRST[failed], e.kind(), e.to_string());
+            r.skip(&LATER[failed..], "not tried: an earlier step failed");
+            r.skip(&["vddk-open"], "not tried: an earlier step failed");
+            return None;
+        }
+    };
+    let found = async {
+        let uuid = cfg.uuid.as_deref().unwrap_or_default();
+        let vm = match client.find_vm(uuid).await {
+            Ok(vm) => {
+                r.push("vm", Status::Ok, format!("{} ({}, {}, host {})", vm.name, vm.moref, vm.power_state, vm.host.as_deref().unwrap_or("-")));
+                vm
+            }
+            Err(e) => {
+                {
+ let e = Error::Vsphere(e);
+ r.fail("vm", e.kind(), e.to_string());
+ }
+                return None;
+            }
+        };
+        let backing = cfg.backing_file.as_deref().unwrap_or_default();
+        let disk = match client.find_disk(&vm, backing).await {
+            Ok(d) => {
+                r.push("disk", Status::Ok, format!("{} ({}, key {})", d.file_name, crate::inspect::human(d.capacity_bytes), d.key));
+                d
+            }
+            Err(e) => {
+                {
+ let e = Error::Vsphere(e);
+ r.fail("disk", e.kind(), e.to_string());
+ }
+                return None;
+            }
+        };
+        let warm = o.warm || cfg.previous_checkpoint.is_some();
+        match (&disk.change_id, warm) {
+            (Some(id), _) => r.push("cbt", Status::Ok, format!("enabled (change ID {id})")),
+            (None, true) => r.fail("cbt", ErrorKind::NeedsFullCopy, "changed block tracking is off on this disk: a warm migration needs it (ctkEnabled)"),
+            (None, false) => r.push("cbt", Status::Warn, "changed block tracking is off: a cold copy works, a warm migration would not"),
+        }
+        let file = match &cfg.current_checkpoint {
+            Some(reference) => match client.find_snapshot(&vm, reference).await {
+                Ok(s) => match client.snapshot_disk(&vm, &s, &disk).await {
+                    Ok(d) => {
+                        r.push("checkpoint", Status::Ok, format!("snapshot {s}: {}", d.file_name));
+                        Some((d.file_name, Some(s)))
+                    }
+                    Err(e) => {
+                        {
+ let e = Error::Vsphere(e);
+ r.fail("checkpoint", e.kind(), e.to_string());
+ }
+                        None
+                    }
+                },
+                Err(e) => {
+                    {
+ let e = Error::Vsphere(e);
+ r.fail("checkpoint", e.kind(), e.to_string());
+ }
+                    None
+                }
+            },
+            None => {
+                r.push("checkpoint", Status::Skipped, "none asked: the running disk is read (a cold copy of a powered-off VM)");
+                Some((disk.file_name.clone(), None))
+            }
+        }?;
+        Some(VsphereDisk {
+            vm_moref: vm.moref,
+            file: file.0,
+            snapshot: file.1,
+            host: vm.host,
+            capacity: disk.capacity_bytes,
+            changed: None,
+            round_change_id: None,
+        })
+    }
+    .await;
+    client.logout().await;
+    let Some(disk) = found else {
+        r.skip_missing(
+            &["vm", "disk", "cbt", "checkpoint", "vddk-open"],
+            "not tried: an earlier step failed",
+        );
+        return None;
+    };
+    match &o.vddk_init {
+        Some(Err(e)) => {
+            r.fail(
+                "vddk-open",
+                ErrorKind::Usage,
+                format!("VDDK did not initialise: {e}"),
+            );
+            return None;
+        }
+        None if version.is_none() => {
+            r.push("vddk-open", Status::Skipped, "no VDDK library");
+            return None;
+        }
+        _ => {}
+    }
+    let opts = vddk_options(cfg, &disk, t);
+    match crate::source::VddkSource::open(&opts).await {
+        Ok(s) => {
+            r.push(
+                "vddk-open",
+                Status::Ok,
+                format!(
+                    "{} through VDDK {}",
+                    disk.file,
+                    vddk_version(s.library_path())
+                ),
+            );
+            let size = s.size();
+            if size != disk.capacity {
+                r.push(
+                    "vddk-open",
+                    Status::Warn,
+                    format!("VDDK reports {size} bytes, vSphere {}", disk.capacity),
+                );
+            }
+            Some(Arc::new(s))
+        }
+        Err(e) => {
+            {
+                let e = Error::Vddk(e);
+                r.fail("vddk-open", e.kind(), e.to_string());
+            }
+            None
+        }
+    }
+}
+
+/// The step a login failure is reported under: connecting, the server's identity, or
+/// the credentials.
+const LATER_OR_FIRST: [&str; 3] = ["reachable", "thumbprint", "credentials"];
