@@ -26,4 +26,11 @@ if grep -qiE '^(COPY|ADD) .*(vmware|vix|vddk)' <<<"$body"; then fail "VDDK must 
 # The binary name the build stage installs must be the package's binary.
 grep -q '^name = "ferry"' importer/Cargo.toml || fail "importer/Cargo.toml no longer builds a binary named ferry"
 grep -q '^name = "ferry-controller"' controller/Cargo.toml || fail "controller/Cargo.toml no longer builds a binary named ferry-controller"
+# The VDDK init image: the layout `kubectl mtv create vddk-image` builds.
+v=Containerfile.vddk
+[ -f "$v" ] || fail "$v missing"
+vbody=$(grep -v '^\s*#' "$v")
+grep -q '^COPY vmware-vix-disklib-distrib /vmware-vix-disklib-distrib$' <<<"$vbody" || fail "$v must copy the distribution to /vmware-vix-disklib-distrib"
+grep -q '^ENTRYPOINT \["cp", "-r", "/vmware-vix-disklib-distrib", "/opt"\]$' <<<"$vbody" || fail "$v's entrypoint must copy the distribution into /opt"
+grep -q '^USER ' <<<"$vbody" || fail "$v must not run as root"
 echo "Containerfile: ok (2 stages, user 107, ferry import, ferry-controller, :8443, no VDDK)"

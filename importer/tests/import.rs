@@ -3252,7 +3252,10 @@ fn inspect_checks_the_import_a_pod_would_run() {
     assert_eq!(v["size"], size, "{v}");
     assert!(v["allocation_ratio"].as_f64().unwrap() > 0.1, "{v}");
     assert!(v["read_bytes_per_second"].as_f64().unwrap() > 0.0, "{v}");
-    assert!(v["nfc_aio"].as_str().unwrap().contains("BufCount"), "{v}");
+    assert!(
+        v["nfc_aio"].as_str().unwrap().contains("NFC AIO defaults"),
+        "{v}"
+    );
     assert!(!good.disk_img().exists(), "inspect wrote the target");
 
     // Each broken piece: the step, and the exit status of its kind.

@@ -208,3 +208,80 @@ fn a_vddk_distribution_is_checked_for_links_dependencies_and_symbols() {
     assert_eq!(r.status.code(), Some(2), "{r:?}");
     assert_eq!(step(&v, "vddk-library")["status"], "fail");
 }
+
+/// `scripts/vddk-image.sh TARBALL --layout-only DIR` lays a VMware-style tarball out as
+/// the VDDK image's entrypoint does in /opt, links kept, after `ferry inspect` passed it;
+/// a tarball whose distribution is broken stops before anything is laid out.
+#[test]
+fn the_vddk_image_script_keeps_links_and_refuses_a_broken_distribution() {
+    if !require(&["tar", "ldd"]) {
+        return;
+    }
+    let fake = built("libvixDiskLib.so");
+    assert!(
+        fake.is_file(),
+        "{} is missing: cargo build -p fake-vddk",
+        fake.display()
+    );
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/vddk-image.sh");
+    let dir = tempfile::tempdir().unwrap();
+    let make = |name: &str, dangling: bool| {
+        let root = dir.path().join(name);
+        let lib64 = root.join("vmware-vix-disklib-distrib/lib64");
+        std::fs::create_dir_all(&lib64).unwrap();
+        std::fs::create_dir_all(root.join("vmware-vix-disklib-distrib/include")).unwrap();
+        std::fs::copy(&fake, lib64.join("libvixDiskLib.so.8.0.2")).unwrap();
+        std::os::unix::fs::symlink("libvixDiskLib.so.8.0.2", lib64.join("libvixDiskLib.so.8"))
+            .unwrap();
+        if dangling {
+            std::os::unix::fs::symlink("libcrypto.so.3.0.9", lib64.join("libcrypto.so.3")).unwrap();
+        }
+        let tarball = dir.path().join(format!("{name}.tar.gz"));
+        ferry_test_kit::run_ok(
+            Command::new("tar")
+                .arg("-czf")
+                .arg(&tarball)
+                .arg("-C")
+                .arg(&root)
+                .arg("vmware-vix-disklib-distrib"),
+        );
+        tarball
+    };
+    let out = dir.path().join("opt");
+    let good = make("good", false);
+    let mut c = Command::new("bash");
+    c.arg(&script)
+        .arg(&good)
+        .arg("--layout-only")
+        .arg(&out)
+        .env("FERRY", FERRY);
+    let r = run(c, RUN_LIMIT);
+    assert!(r.status.success(), "{r:?}");
+    let lib = out.join("vmware-vix-disklib-distrib/lib64/libvixDiskLib.so.8");
+    assert!(
+        std::fs::symlink_metadata(&lib)
+            .unwrap()
+            .file_type()
+            .is_symlink(),
+        "the link was not kept"
+    );
+    let (r, v) = inspect(&[
+        "--vddk-libdir",
+        out.join("vmware-vix-disklib-distrib").to_str().unwrap(),
+    ]);
+    assert_eq!(r.status.code(), Some(0), "{r:?}");
+    assert_eq!(v["vddk_version"], "8.0.2");
+
+    let bad = make("bad", true);
+    let out2 = dir.path().join("opt2");
+    let mut c = Command::new("bash");
+    c.arg(&script)
+        .arg(&bad)
+        .arg("--layout-only")
+        .arg(&out2)
+        .env("FERRY", FERRY);
+    let r = run(c, RUN_LIMIT);
+    assert!(!r.status.success(), "{r:?}");
+    assert!(r.stdout.contains("FAIL vddk-links"), "{r:?}");
+    assert!(!out2.exists(), "laid out a broken distribution");
+}

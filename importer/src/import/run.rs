@@ -1046,17 +1046,18 @@ async fn inspect_vsphere(
     use ferry_contract::exit::ErrorKind;
     use ferry_vsphere::Error as S;
     let version = crate::inspect::vddk_libdir(r, &cfg.libdir);
-    let nfc = format!(
-        "BufSizeIn64KB {} × BufCount {} ({} per session)",
-        t.nfc.buf_size_in_64k.unwrap_or(t.buf_size_in_64k),
-        t.nfc.buf_count.unwrap_or(t.buf_count),
-        crate::inspect::human(
-            t.nfc.buf_size_in_64k.unwrap_or(t.buf_size_in_64k)
-                * t.nfc.buf_count.unwrap_or(t.buf_count)
-                * 64
-                * 1024
-        )
+    let pool = format!(
+        "Ferry's pool {} × 64 KiB × {}",
+        t.buf_size_in_64k, t.buf_count
     );
+    let nfc = match (t.nfc.buf_size_in_64k, t.nfc.buf_count) {
+        (None, None) => format!("not set: VDDK keeps its own NFC AIO defaults ({pool})"),
+        (size, count) => format!(
+            "vixDiskLib.nfcAio.Session.BufSizeIn64KB={} BufCount={} ({pool})",
+            size.map_or("default".into(), |n| n.to_string()),
+            count.map_or("default".into(), |n| n.to_string()),
+        ),
+    };
     r.nfc_aio = Some(nfc.clone());
     r.push("nfc-aio", Status::Ok, nfc);
     let tls = ferry_vsphere::TlsPolicy {
