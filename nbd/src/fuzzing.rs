@@ -56,6 +56,8 @@ pub struct SessionOutcome {
     pub handshake: Option<Result<(), Error>>,
     /// Result of READ of up to 4096 bytes at 0.
     pub read: Option<Result<(), Error>>,
+    /// The bytes that READ returned, when it succeeded.
+    pub read_data: Option<Vec<u8>>,
     /// Result of BLOCK_STATUS on the first selected context: the descriptor count.
     pub block_status: Option<Result<usize, Error>>,
     /// Result of FLUSH.
@@ -75,7 +77,7 @@ pub async fn run_script(client: &Client, out: &mut SessionOutcome) {
         if read_len == 0 {
             return None;
         }
-        Some(client.read(0, vec![0u8; read_len as usize]).await.map(drop))
+        Some(client.read(0, vec![0u8; read_len as usize]).await)
     };
     let status = async {
         let (id, _) = info.contexts.first()?;
@@ -87,7 +89,13 @@ pub async fn run_script(client: &Client, out: &mut SessionOutcome) {
     };
     let flush = async { Some(client.flush().await) };
     let (r, s, f) = tokio::join!(read, status, flush);
-    out.read = r;
+    out.read = r.map(|r| match r {
+        Ok(data) => {
+            out.read_data = Some(data);
+            Ok(())
+        }
+        Err(e) => Err(e),
+    });
     out.block_status = s;
     out.flush = f;
     client.disconnect().await;
