@@ -380,6 +380,35 @@ pub struct ImporterSettings {
     /// CPU request and limit of each pod (default `750m`, CDI's limit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu: Option<String>,
+    /// What each import proves of what it wrote (`FERRY_VERIFY`): `off` (the default),
+    /// `digest` (the disk's digest as read, kept in the DiskImport's status), or `verify`
+    /// (the digest, and the volume read back and compared after each round).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<VerifyMode>,
+}
+
+/// See [`ImporterSettings::verify`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum VerifyMode {
+    /// Neither digest nor read-back (CDI's importer).
+    #[default]
+    Off,
+    /// The digest of the disk as read.
+    Digest,
+    /// The digest, and the target read back and compared.
+    Verify,
+}
+
+impl VerifyMode {
+    /// The `FERRY_VERIFY` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VerifyMode::Off => "off",
+            VerifyMode::Digest => "digest",
+            VerifyMode::Verify => "verify",
+        }
+    }
 }
 
 /// What the controller reports about a plan.
@@ -776,6 +805,14 @@ pub struct DiskImportStatus {
     /// VDDK version and host of the last round.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vddk: Option<VddkStatus>,
+    /// The last round's digest of the disk as read (`blake3-64k:…`), from its pod's
+    /// termination message, when the plan asks for one; `verified` when the volume read
+    /// back the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// The last round's volume was read back and matched `digest`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub verified: bool,
     /// What failed, or what it waits for.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,

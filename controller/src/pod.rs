@@ -357,6 +357,14 @@ pub fn import_pod(
         }
     }
     envs.push(env(cdi::FERRY_EXIT_CODES, cdi::EXIT_CODES_KINDS));
+    if let Some(v) = spec
+        .pod
+        .importer
+        .verify
+        .filter(|v| *v != crate::crd::VerifyMode::Off)
+    {
+        envs.push(env(cdi::FERRY_VERIFY, v.as_str()));
+    }
 
     let (buf_size, buf_count) = buffers(di);
     let memory = memory_for(buf_size, buf_count);
@@ -838,6 +846,13 @@ mod tests {
         assert_eq!(mounts, ["/data", "/opt"]);
         assert_eq!(c.args.as_ref().unwrap()[2], "--buf-count=32");
         assert_eq!(p.metadata.name.as_deref(), Some("importer-web-disk-0"));
+        assert!(!e.contains_key("FERRY_VERIFY"), "off unless the plan asks");
+        // The plan asks for the read-back check.
+        let mut d = di(false, VolumeMode::Filesystem);
+        d.spec.pod.importer.verify = Some(crate::crd::VerifyMode::Verify);
+        let p = import_pod(&d, &round, &defaults()).unwrap();
+        let e: BTreeMap<String, String> = env_of(&p).into_iter().collect();
+        assert_eq!(e["FERRY_VERIFY"], "verify");
     }
 
     #[test]

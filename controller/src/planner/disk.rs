@@ -182,6 +182,25 @@ fn time(t: Timestamp) -> Time {
     Time(t)
 }
 
+/// The digest `ferry import` ends its success message with (`Import Complete; digest
+/// blake3-64k:…`, or `; verified blake3-64k:…`), and whether it was verified.
+fn digest_of(message: &str) -> (Option<String>, bool) {
+    let Some((_, tail)) = message.split_once("; ") else {
+        return (None, false);
+    };
+    let (word, digest) = tail.split_once(' ').unwrap_or(("", ""));
+    let ok = digest.starts_with("blake3-64k:")
+        && digest.len() == "blake3-64k:".len() + 64
+        && digest["blake3-64k:".len()..]
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit());
+    match word {
+        "digest" if ok => (Some(digest.to_string()), false),
+        "verified" if ok => (Some(digest.to_string()), true),
+        _ => (None, false),
+    }
+}
+
 fn restart_budget(spec: &DiskImportSpec) -> u32 {
     spec.pod
         .importer
@@ -445,12 +464,16 @@ fn follow_pod(mut plan: Plan<'_>, round: Round, pod: &PodView) -> DiskDecision {
                 .exit
                 .as_ref()
                 .and_then(|e| TerminationMessage::parse(&e.message).ok())
-                && let Some(v) = m.vddk_info
             {
-                plan.status.vddk = Some(VddkStatus {
-                    version: v.version,
-                    host: v.host,
-                });
+                let (digest, verified) = digest_of(&m.message);
+                plan.status.digest = digest;
+                plan.status.verified = verified;
+                if let Some(v) = m.vddk_info {
+                    plan.status.vddk = Some(VddkStatus {
+                        version: v.version,
+                        host: v.host,
+                    });
+                }
             }
             plan.status.bytes_done = plan.status.bytes_total;
             plan.status.progress = percent(plan.status.bytes_done, plan.status.bytes_total);
@@ -592,6 +615,28 @@ mod tests {
 
     fn now() -> Timestamp {
         Timestamp::from_second(1_800_000_000).unwrap()
+    }
+
+    #[test]
+    fn the_digest_is_read_from_the_success_message() {
+        let d = format!("blake3-64k:{}", "ab".repeat(32));
+        assert_eq!(digest_of("Import Complete"), (None, false));
+        assert_eq!(
+            digest_of(&format!("Import Complete; digest {d}")),
+            (Some(d.clone()), false)
+        );
+        assert_eq!(
+            digest_of(&format!("Import Complete; verified {d}")),
+            (Some(d.clone()), true)
+        );
+        assert_eq!(
+            digest_of("Import Complete; verified blake3-64k:zz"),
+            (None, false)
+        );
+        assert_eq!(
+            digest_of(&format!("Import Complete; guessed {d}")),
+            (None, false)
+        );
     }
 
     fn spec(checkpoints: &[(&str, &str)], last: bool) -> DiskImportSpec {
