@@ -108,6 +108,11 @@ impl Report {
         });
     }
 
+    /// Add the step that `e` failed, with its kind.
+    pub fn fail_with(&mut self, name: &'static str, e: &crate::Error) {
+        self.fail(name, e.kind(), e.to_string());
+    }
+
     /// The first failure.
     pub fn first_failure(&self) -> Option<&Check> {
         self.checks.iter().find(|c| c.status == Status::Fail)
@@ -171,6 +176,41 @@ fn scaled(mut v: f64) -> String {
         format!("{v:.0} B")
     } else {
         format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// The `reachable` step for a source as opened, then the disk steps ([`disk`]) for a
+/// random-access one, or `size` for a stream (read once, so not sampled); the source is
+/// closed after.
+pub async fn input(
+    r: &mut Report,
+    opened: Result<crate::source::Input, crate::Error>,
+    sample: Duration,
+    buf_size: usize,
+    count: usize,
+) {
+    match opened {
+        Err(e) => r.fail_with("reachable", &e),
+        Ok(crate::source::Input::Disk(s)) => {
+            r.push("reachable", Status::Ok, s.describe());
+            disk(r, &s, sample, buf_size, count).await;
+            s.close().await;
+        }
+        Ok(crate::source::Input::Stream(mut s)) => {
+            r.push(
+                "reachable",
+                Status::Ok,
+                format!("{}: a stream, read once in order", s.describe()),
+            );
+            match s.size() {
+                Some(n) => {
+                    r.size = Some(n);
+                    r.push("size", Status::Ok, format!("{n} bytes ({})", human(n)));
+                }
+                None => r.push("size", Status::Warn, "known only at the stream's end"),
+            }
+            s.close().await;
+        }
     }
 }
 
@@ -345,7 +385,7 @@ pub fn target_fit(
                     s.size()
                 ),
             ),
-            Err(e) => r.fail("target", e.kind(), e.to_string()),
+            Err(e) => r.fail_with("target", &e),
         }
         return;
     }
@@ -382,7 +422,7 @@ pub fn target_fit(
                 free + held
             ),
         ),
-        Err(e) => r.fail("target", e.kind(), e.to_string()),
+        Err(e) => r.fail_with("target", &e),
     }
 }
 

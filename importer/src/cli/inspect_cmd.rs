@@ -127,38 +127,8 @@ pub async fn run(mut a: InspectArgs) -> anyhow::Result<()> {
         Ok(i) => ferry::source::layers::layer(i, &reach.layering).await,
         Err(e) => Err(e),
     };
-    match opened {
-        Err(e) => r.fail("reachable", e.kind(), e.to_string()),
-        Ok(ferry::source::Input::Disk(s)) => {
-            r.push("reachable", ferry::inspect::Status::Ok, s.describe());
-            let (buf_size, count) = (tuning.buf_size(), ferry::num::usize_of(tuning.count()));
-            ferry::inspect::disk(&mut r, &s, sample, buf_size, count).await;
-            s.close().await;
-        }
-        Ok(ferry::source::Input::Stream(mut s)) => {
-            r.push(
-                "reachable",
-                ferry::inspect::Status::Ok,
-                format!("{}: a stream, read once in order", s.describe()),
-            );
-            match s.size() {
-                Some(n) => {
-                    r.size = Some(n);
-                    r.push(
-                        "size",
-                        ferry::inspect::Status::Ok,
-                        format!("{n} bytes ({})", ferry::inspect::human(n)),
-                    );
-                }
-                None => r.push(
-                    "size",
-                    ferry::inspect::Status::Warn,
-                    "known only at the stream's end",
-                ),
-            }
-            s.close().await;
-        }
-    }
+    let (buf_size, count) = (tuning.buf_size(), ferry::num::usize_of(tuning.count()));
+    ferry::inspect::input(&mut r, opened, sample, buf_size, count).await;
     if let (Some(t), Some(size)) = (&a.target, r.size) {
         ferry::inspect::target_fit(&mut r, t, size, engine);
     }

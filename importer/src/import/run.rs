@@ -49,6 +49,16 @@ pub struct ImportTuning {
     pub verify: Verify,
 }
 
+impl ImportTuning {
+    /// The pool: bytes per buffer and buffers.
+    pub fn pool(&self) -> (usize, usize) {
+        (
+            crate::num::usize_of(self.buf_size_in_64k * 64 * 1024),
+            crate::num::usize_of(self.buf_count),
+        )
+    }
+}
+
 /// What an import proves of what it wrote (`FERRY_VERIFY`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Verify {
@@ -99,9 +109,9 @@ pub struct VsphereDisk {
     pub round_change_id: Option<String>,
 }
 
-/// Find the VM and the disk in vSphere (instance UUID, then BIOS UUID; the backing file
-/// through the snapshot tree and parent chain; the checkpoint's disk file), then log out.
-pub async fn lookup(cfg: &ImportConfig) -> Result<VsphereDisk, Error> {
+/// Log in to the vSphere endpoint as the import is configured: the thumbprint or CA
+/// directory, the credentials, and Go's proxy choice with the proxy's CA directories.
+async fn login(cfg: &ImportConfig) -> Result<ferry_vsphere::Client, ferry_vsphere::Error> {
     let tls = ferry_vsphere::TlsPolicy {
         thumbprint: cfg.thumbprint.clone(),
         ca_dir: cfg.cert_dir.clone(),
@@ -114,10 +124,13 @@ pub async fn lookup(cfg: &ImportConfig) -> Result<VsphereDisk, Error> {
     options.proxy_ca_dirs = std::iter::once(cfg.proxy_cert_dir.clone())
         .chain(cfg.cert_dir.clone())
         .collect();
-    let client =
-        ferry_vsphere::Client::login_with_options(&cfg.endpoint, user, password, &tls, options)
-            .await
-            .map_err(Error::Vsphere)?;
+    ferry_vsphere::Client::login_with_options(&cfg.endpoint, user, password, &tls, options).await
+}
+
+/// Find the VM and the disk in vSphere (instance UUID, then BIOS UUID; the backing file
+/// through the snapshot tree and parent chain; the checkpoint's disk file), then log out.
+pub async fn lookup(cfg: &ImportConfig) -> Result<VsphereDisk, Error> {
+    let client = login(cfg).await.map_err(Error::Vsphere)?;
     let found = async {
         let uuid = cfg.uuid.as_deref().unwrap_or_default();
         let vm = client.find_vm(uuid).await?;
@@ -861,8 +874,8 @@ pub async fn run(
             .collect(),
         preallocate: cfg.preallocation,
         tuning: crate::job::Tuning {
-            buf_size: crate::num::usize_of(t.buf_size_in_64k * 64 * 1024),
-            buf_count: crate::num::usize_of(t.buf_count),
+            buf_size: t.pool().0,
+            buf_count: t.pool().1,
             use_extents: true,
             detect_zeroes: true,
             direct: t.direct,
@@ -890,10 +903,7 @@ pub async fn run(
     let verified = match again {
         Some(mut again) => {
             progress.set_phase("verifying");
-            let (buf_size, count) = (
-                crate::num::usize_of(t.buf_size_in_64k * 64 * 1024),
-                crate::num::usize_of(t.buf_count),
-            );
+            let (buf_size, count) = t.pool();
             let digest = match stats.digest_full.clone() {
                 Some(d) => d,
                 None => {
@@ -952,57 +962,23 @@ pub async fn inspect(
 ) -> crate::inspect::Report {
     use crate::inspect::{Report, Status};
     let mut r = Report::new(crate::source::http::redact(&cfg.endpoint));
-    let (buf_size, count) = (
-        crate::num::usize_of(t.buf_size_in_64k * 64 * 1024),
-        crate::num::usize_of(t.buf_count),
-    );
-    let source: Option<Arc<dyn Source>> = if cfg.source == SourceKind::Vddk {
-        inspect_vsphere(cfg, t, o, &mut r).await
-    } else if cfg.source == SourceKind::Blank {
-        r.push("source", Status::Ok, "blank: nothing to read");
-        None
-    } else {
-        let progress = Progress::new();
-        let nbd = NbdSourceOptions::new(crate::num::usize_of(t.connections), t.timeout, true);
-        match open_source(cfg, t, &nbd, engine.clone(), &progress).await {
-            Ok(Opened {
-                source: crate::source::Input::Disk(s),
-                ..
-            }) => {
-                r.push("reachable", Status::Ok, s.describe());
-                Some(s)
-            }
-            Ok(Opened {
-                source: crate::source::Input::Stream(mut s),
-                ..
-            }) => {
-                r.push(
-                    "reachable",
-                    Status::Ok,
-                    format!("{}: a stream, read once in order", s.describe()),
-                );
-                if let Some(n) = s.size() {
-                    r.size = Some(n);
-                    r.push(
-                        "size",
-                        Status::Ok,
-                        format!("{n} bytes ({})", crate::inspect::human(n)),
-                    );
-                } else {
-                    r.push("size", Status::Warn, "known only at the stream's end");
-                }
+    let (buf_size, count) = t.pool();
+    match cfg.source {
+        SourceKind::Vddk => {
+            if let Some(s) = inspect_vsphere(cfg, t, o, &mut r).await {
+                crate::inspect::disk(&mut r, &s, o.sample, buf_size, count).await;
                 s.close().await;
-                None
-            }
-            Err(e) => {
-                r.fail("reachable", e.kind(), e.to_string());
-                None
             }
         }
-    };
-    if let Some(s) = &source {
-        crate::inspect::disk(&mut r, s, o.sample, buf_size, count).await;
-        s.close().await;
+        SourceKind::Blank => r.push("source", Status::Ok, "blank: nothing to read"),
+        _ => {
+            let progress = Progress::new();
+            let nbd = NbdSourceOptions::new(crate::num::usize_of(t.connections), t.timeout, true);
+            let opened = open_source(cfg, t, &nbd, engine.clone(), &progress)
+                .await
+                .map(|o| o.source);
+            crate::inspect::input(&mut r, opened, o.sample, buf_size, count).await;
+        }
     }
     if let Some(size) = r.size {
         let target = cfg.target.path();
@@ -1024,7 +1000,7 @@ pub async fn inspect(
                         Status::Ok,
                         "a delta round: the disk.img is already there",
                     ),
-                    Err(e) => r.fail("target", e.kind(), e.to_string()),
+                    Err(e) => r.fail_with("target", &e),
                 }
             }
             Target::Block { .. } => crate::inspect::target_fit(&mut r, &target, size, engine),
@@ -1060,35 +1036,7 @@ async fn inspect_vsphere(
     };
     r.nfc_aio = Some(nfc.clone());
     r.push("nfc-aio", Status::Ok, nfc);
-    let tls = ferry_vsphere::TlsPolicy {
-        thumbprint: cfg.thumbprint.clone(),
-        ca_dir: cfg.cert_dir.clone(),
-        insecure: cfg.insecure_tls,
-        system_roots: false,
-    };
-    let user = cfg.user.as_deref().unwrap_or_default();
-    let password = cfg.password.as_ref().map_or("", |p| p.expose());
-    let mut options = ferry_vsphere::ClientOptions::from_env();
-    options.proxy_ca_dirs = std::iter::once(cfg.proxy_cert_dir.clone())
-        .chain(cfg.cert_dir.clone())
-        .collect();
-    const LATER: [&str; 6] = [
-        "thumbprint",
-        "credentials",
-        "vm",
-        "disk",
-        "cbt",
-        "checkpoint",
-    ];
-    let client = match ferry_vsphere::Client::login_with_options(
-        &cfg.endpoint,
-        user,
-        password,
-        &tls,
-        options,
-    )
-    .await
-    {
+    let client = match login(cfg).await {
         Ok(c) => {
             r.push("reachable", Status::Ok, cfg.endpoint.clone());
             r.push(
@@ -1099,29 +1047,32 @@ async fn inspect_vsphere(
                     None => "verified against the CA certificates".into(),
                 },
             );
-            r.push("credentials", Status::Ok, format!("logged in as {user}"));
+            r.push(
+                "credentials",
+                Status::Ok,
+                format!("logged in as {}", cfg.user.as_deref().unwrap_or_default()),
+            );
             c
         }
         Err(e) => {
+            // The step the failure belongs to; those before it passed.
             let failed = match &e {
-                S::Tls { .. } => 1,
-                S::Authentication { .. } => 2,
-                _ => 0,
+                S::Tls { .. } => "thumbprint",
+                S::Authentication { .. } => "credentials",
+                _ => "reachable",
             };
-            if failed > 0 {
+            if failed != "reachable" {
                 r.push("reachable", Status::Ok, cfg.endpoint.clone());
             }
-            if failed > 1 {
+            if failed == "credentials" {
                 r.push(
                     "thumbprint",
                     Status::Ok,
                     "the server's identity checked out",
                 );
             }
-            let e = Error::Vsphere(e);
-            r.fail(LATER_OR_FIRST[failed], e.kind(), e.to_string());
-            r.skip(&LATER[failed..], "not tried: an earlier step failed");
-            r.skip(&["vddk-open"], "not tried: an earlier step failed");
+            r.fail_with(failed, &Error::Vsphere(e));
+            r.skip_missing(&AFTER_LOGIN, "not tried: an earlier step failed");
             return None;
         }
     };
@@ -1133,10 +1084,7 @@ async fn inspect_vsphere(
                 vm
             }
             Err(e) => {
-                {
- let e = Error::Vsphere(e);
- r.fail("vm", e.kind(), e.to_string());
- }
+                r.fail_with("vm", &Error::Vsphere(e));
                 return None;
             }
         };
@@ -1147,10 +1095,7 @@ async fn inspect_vsphere(
                 d
             }
             Err(e) => {
-                {
- let e = Error::Vsphere(e);
- r.fail("disk", e.kind(), e.to_string());
- }
+                r.fail_with("disk", &Error::Vsphere(e));
                 return None;
             }
         };
@@ -1168,18 +1113,12 @@ async fn inspect_vsphere(
                         Some((d.file_name, Some(s)))
                     }
                     Err(e) => {
-                        {
- let e = Error::Vsphere(e);
- r.fail("checkpoint", e.kind(), e.to_string());
- }
+                        r.fail_with("checkpoint", &Error::Vsphere(e));
                         None
                     }
                 },
                 Err(e) => {
-                    {
- let e = Error::Vsphere(e);
- r.fail("checkpoint", e.kind(), e.to_string());
- }
+                    r.fail_with("checkpoint", &Error::Vsphere(e));
                     None
                 }
             },
@@ -1201,10 +1140,7 @@ async fn inspect_vsphere(
     .await;
     client.logout().await;
     let Some(disk) = found else {
-        r.skip_missing(
-            &["vm", "disk", "cbt", "checkpoint", "vddk-open"],
-            "not tried: an earlier step failed",
-        );
+        r.skip_missing(&AFTER_LOGIN, "not tried: an earlier step failed");
         return None;
     };
     match &o.vddk_init {
@@ -1225,35 +1161,33 @@ async fn inspect_vsphere(
     let opts = vddk_options(cfg, &disk, t);
     match crate::source::VddkSource::open(&opts).await {
         Ok(s) => {
-            r.push(
-                "vddk-open",
-                Status::Ok,
-                format!(
-                    "{} through VDDK {}",
-                    disk.file,
-                    vddk_version(s.library_path())
-                ),
+            let opened = format!(
+                "{} through VDDK {}",
+                disk.file,
+                vddk_version(s.library_path())
             );
-            let size = s.size();
-            if size != disk.capacity {
-                r.push(
-                    "vddk-open",
-                    Status::Warn,
-                    format!("VDDK reports {size} bytes, vSphere {}", disk.capacity),
-                );
+            if s.size() == disk.capacity {
+                r.push("vddk-open", Status::Ok, opened);
+            } else {
+                let sizes = format!("VDDK reports {} bytes, vSphere {}", s.size(), disk.capacity);
+                r.push("vddk-open", Status::Warn, format!("{opened}; {sizes}"));
             }
             Some(Arc::new(s))
         }
         Err(e) => {
-            {
-                let e = Error::Vddk(e);
-                r.fail("vddk-open", e.kind(), e.to_string());
-            }
+            r.fail_with("vddk-open", &Error::Vddk(e));
             None
         }
     }
 }
 
-/// The step a login failure is reported under: connecting, the server's identity, or
-/// the credentials.
-const LATER_OR_FIRST: [&str; 3] = ["reachable", "thumbprint", "credentials"];
+/// The vSphere steps of [`inspect`] after connecting, skipped when one fails.
+const AFTER_LOGIN: [&str; 7] = [
+    "thumbprint",
+    "credentials",
+    "vm",
+    "disk",
+    "cbt",
+    "checkpoint",
+    "vddk-open",
+];
