@@ -596,6 +596,13 @@ impl<B: ReadBuf> Client<B> {
                         (Ok(()), Some(p)) => wr.write_all(p).await,
                         (r, _) => r,
                     };
+                    // A TLS stream's write may return with the record still buffered
+                    // in rustls (the socket would have blocked); only a flush drives it
+                    // out. A plain socket's flush is a no-op.
+                    let r = match r {
+                        Ok(()) => wr.flush().await,
+                        r => r,
+                    };
                     r.map_err(Error::from)
                 }
             }

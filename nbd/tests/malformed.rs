@@ -118,6 +118,29 @@ async fn assert_alive(c: &Client) {
 // ---------------------------------------------------------------------------------------
 // Sanity: the fake server itself is correct.
 
+/// A write side that holds what it is given until flushed, as a TLS stream does when its
+/// socket would block (tokio-rustls returns from `poll_write` with the record still in
+/// rustls' buffer): every request must be flushed, or the server never sees it and the
+/// client waits out its request timeout (this hung `ferry copy` from nbdkit over TLS).
+#[tokio::test]
+async fn every_request_is_flushed_through_a_buffering_writer() {
+    bounded(async {
+        let (rd, wr) = duplex(|mut f| async move {
+            f.handshake(&hs()).await;
+            f.serve().await;
+        });
+        let held = Box::new(tokio::io::BufWriter::with_capacity(1 << 20, wr));
+        let c = Client::<Vec<u8>>::handshake_on(rd, held, "", &opts())
+            .await
+            .expect("handshake");
+        assert_alive(&c).await;
+        c.write(0, &content(0, 8192)).await.expect("write");
+        c.flush().await.expect("flush");
+        c.disconnect().await;
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn fake_server_happy_path() {
     bounded(async {
