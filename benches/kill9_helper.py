@@ -1,4 +1,4 @@
-"""Helpers of benches/kill9.sh.
+"""Helpers of benches/kill9.sh and benches/powercut.sh.
 
   past FILE OFFSET          data bytes FILE holds at or past OFFSET (SEEK_DATA/SEEK_HOLE)
   past-delta FILE NEW JSON OFFSET   bytes of the changed extents at or past OFFSET
@@ -6,7 +6,9 @@
   change FILE JSON SEED     rewrite a quarter of FILE's 1 MiB runs (80 % random bytes,
                             20 % zeroes), write them as changed extents to JSON, print
                             the bytes changed
+  differ A B OFFSET         the first offset below OFFSET where A and B differ, or "none"
   report RUNS IDENTICAL CRASHES KILLS DKILLS FRACTIONS REREADS DREREADS
+  powercut-report RUNS IDENTICAL CRASHES HANGS BROKEN CUTS DCUTS FRACTIONS DFRACTIONS
 """
 
 import json
@@ -67,6 +69,24 @@ def change(path, out, seed):
     return len(runs) * MIB
 
 
+def differ(a, b, end):
+    step = 4 * MIB
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        at = 0
+        while at < end:
+            n = min(step, end - at)
+            x, y = fa.read(n), fb.read(n)
+            if x != y:
+                for i in range(min(len(x), len(y))):
+                    if x[i] != y[i]:
+                        return str(at + i)
+                return str(at + min(len(x), len(y)))
+            if len(x) < n:
+                break
+            at += n
+    return "none"
+
+
 def stats(v):
     return f"mean {statistics.mean(v):.3f}, max {max(v):.3f}" if v else "n/a"
 
@@ -82,6 +102,18 @@ def report(args):
     )
 
 
+def powercut_report(args):
+    runs, identical, crashes, hangs, broken, cuts, dcuts = map(int, args[:7])
+    f, df = ([float(x) for x in a.split()] for a in args[7:9])
+    print(
+        f"powercut: runs {runs}, identical {identical}, crashes {crashes}, hangs {hangs}, "
+        f"broken promises {broken}; full copies: cuts {cuts} (in {len(f)} runs), "
+        f"finishing attempt read {stats(f)} of the data; "
+        f"delta rounds: cuts {dcuts} (in {len(df)} runs), finishing attempt read {stats(df)} "
+        f"of the changed bytes"
+    )
+
+
 if __name__ == "__main__":
     cmd = sys.argv[1]
     if cmd == "past":
@@ -90,6 +122,10 @@ if __name__ == "__main__":
         print(past_delta(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])))
     elif cmd == "change":
         print(change(sys.argv[2], sys.argv[3], int(sys.argv[4])))
+    elif cmd == "differ":
+        print(differ(sys.argv[2], sys.argv[3], int(sys.argv[4])))
+    elif cmd == "powercut-report":
+        powercut_report(sys.argv[2:])
     elif cmd == "report":
         report(sys.argv[2:])
     else:

@@ -2,7 +2,9 @@
 # Long fuzzing campaign: runs each cargo-fuzz target for SECONDS (default 3600), one after
 # another, at the lowest CPU priority, and keeps the corpus: whatever new coverage a run
 # found is merged (minimised, by libFuzzer's -merge=1) into fuzz/corpus/<target>, which the
-# normal test suite replays. One line per target goes to fuzz/campaign.log:
+# normal test suite replays (what it merges has libFuzzer's names, 40 hex digits; the
+# seeds made on purpose keep their descriptive names, and the format tests that compare
+# with qemu take only those: ferry_test_kit::fuzz_seeds). One line per target goes to fuzz/campaign.log:
 #
 #   date target seconds execs cov ft corpus_before corpus_after crashes
 #

@@ -41,6 +41,10 @@ cargo test --workspace --locked 2>&1 | tee "$test_log"
 echo "== kill -9 smoke (benches/kill9.sh 4 512)" >&2
 cargo build --locked -p ferry
 FERRY=target/debug/ferry benches/kill9.sh 4 512
+# Its power-cut smoke (benches/powercut.sh runs 100 outside CI): the target's unflushed
+# writes thrown away mid-copy, every journal's watermark and every exit 0 checked on it.
+echo "== power-cut smoke (benches/powercut.sh 3 256)" >&2
+FERRY=target/debug/ferry benches/powercut.sh 3 256
 
 skipped=$(grep -c . "$skip_log" || true)
 if [ "$skipped" -gt 0 ]; then

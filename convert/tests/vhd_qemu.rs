@@ -599,14 +599,12 @@ fn hostile_vdis_are_refused_by_name() {
 
 #[test]
 fn the_fuzz_seeds_open_and_read_as_qemu_reads_them() {
-    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
     for (dir, format) in [
         ("image_vhd", Format::Vhd),
         ("image_vhdx", Format::Vhdx),
         ("image_vdi", Format::Vdi),
     ] {
-        for e in std::fs::read_dir(corpus.join(dir)).unwrap() {
-            let p = e.unwrap().path();
+        for p in ferry_test_kit::fuzz_seeds(dir) {
             let name = p.display().to_string();
             let mut image =
                 open(std::fs::read(&p).unwrap(), format).unwrap_or_else(|e| panic!("[{name}] {e}"));
@@ -644,7 +642,6 @@ fn the_fuzz_seeds_open_and_read_as_qemu_reads_them() {
 /// panics and reads past the input are not.
 #[test]
 fn mutated_seeds_never_panic() {
-    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
     let mut x: u64 = 0x2545_f491_4f6c_dd1d;
     let mut rand = move |n: usize| {
         x ^= x << 13;
@@ -658,8 +655,8 @@ fn mutated_seeds_never_panic() {
         ("image_vdi", Format::Vdi),
     ] {
         let (mut opened, mut refused) = (0, 0);
-        for e in std::fs::read_dir(corpus.join(dir)).unwrap() {
-            let seed = std::fs::read(e.unwrap().path()).unwrap();
+        for p in ferry_test_kit::fuzz_seeds(dir) {
+            let seed = std::fs::read(p).unwrap();
             for round in 0..200 {
                 let mut b = seed.clone();
                 // Where the metadata is: the VHD footers, dynamic header and BAT; the VHDX

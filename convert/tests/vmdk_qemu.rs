@@ -719,13 +719,8 @@ fn hand_built_vmware_streams_read_and_hostile_ones_are_refused() {
 /// a panic (the stable-Rust stand-in for a fuzzing run).
 #[test]
 fn mutated_seeds_never_panic_either_reader() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/image_vmdk");
-    let mut seeds: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    seeds.sort();
-    assert!(seeds.len() >= 3, "seeds in {}", dir.display());
+    let seeds = ferry_test_kit::fuzz_seeds("image_vmdk");
+    assert!(seeds.len() >= 3, "named seeds of image_vmdk: {seeds:?}");
     let mut x: u64 = 0x2545_f491_4f6c_dd1d;
     let mut rand = move |n: usize| {
         x ^= x << 13;

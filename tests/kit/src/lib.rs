@@ -179,3 +179,25 @@ mod tests {
         assert!(!have("no-such-tool-ferry"));
     }
 }
+
+/// The named seeds of fuzz target `target`: the files in `fuzz/corpus/<target>` made on
+/// purpose (by qemu-img, a converter, a server transcript) and named for what they are.
+/// A fuzzing campaign merges its finds beside them under libFuzzer's names (40 hex
+/// digits, the input's SHA-1); those are replayed for panics, but are neither valid
+/// images nor a format's reference, so tests that compare with qemu or mutate "good"
+/// images take only these. Sorted.
+pub fn fuzz_seeds(target: &str) -> Vec<std::path::PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fuzz/corpus")
+        .join(target);
+    let mut v: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.expect("corpus entry").path())
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            !(name.len() == 40 && name.bytes().all(|b| b.is_ascii_hexdigit()))
+        })
+        .collect();
+    v.sort();
+    v
+}
