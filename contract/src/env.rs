@@ -73,6 +73,9 @@ pub const FERRY_METRICS_ADDR: &str = "FERRY_METRICS_ADDR";
 pub const FERRY_JOURNAL: &str = "FERRY_JOURNAL";
 /// Ferry: retries in a row without progress (`--retries`).
 pub const FERRY_RETRIES: &str = "FERRY_RETRIES";
+/// Ferry: the async runtime's worker threads (`--threads`), instead of the cgroup's CPU
+/// quota rounded up.
+pub const FERRY_THREADS: &str = "FERRY_THREADS";
 /// `ferry import` exits with the failure's kind (`ferry copy`'s exit statuses,
 /// [`crate::exit::ErrorKind::exit_code`]) instead of 1 when this is `kinds`. CDI does not
 /// set it (its controller only knows 0 and non-zero); ferry-controller sets it, so that it

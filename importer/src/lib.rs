@@ -11,8 +11,10 @@
 #![cfg_attr(test, allow(clippy::cast_possible_truncation, clippy::cast_sign_loss))]
 
 pub mod buf;
+pub mod cgroup;
 pub mod checksum;
 pub mod copy;
+pub mod cpu;
 pub mod delta;
 pub mod digest;
 #[allow(unsafe_code)]

@@ -95,8 +95,12 @@ fn kind_exit_codes() -> bool {
 }
 
 fn run(args: cli::Cli) -> anyhow::Result<()> {
+    // Sized to the pod's CPU quota (ferry::cpu): more workers than the quota holds only
+    // get the copy throttled in bursts.
+    let sizing = ferry::cpu::size_for_this_process(args.threads.map(usize::from));
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(sizing.workers)
+        .thread_name("ferry-worker")
         .enable_all()
         .build()
         .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?;

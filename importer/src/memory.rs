@@ -10,7 +10,9 @@
 //! numbers, before anything is allocated. Without this the seed's tuning row (512 × 32:
 //! a 1 GiB pool) in CDI's default 600M pod is OOM-killed.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+use crate::cgroup;
 
 /// Ferry's memory besides the pool: the runtime and its threads, io_uring rings, TLS,
 /// the VDDK library's code and heap (measured with a 1 × 64 KiB pool: 17 MiB RSS for an
@@ -20,10 +22,6 @@ pub const OVERHEAD_BYTES: u64 = 64 << 20;
 pub const MARGIN_PERCENT: u64 = 10;
 /// Fewest buffers a copy runs with.
 pub const MIN_BUF_COUNT: u64 = 2;
-/// Largest cgroup file read (`/proc/self/cgroup`, a limit file).
-pub const MAX_CGROUP_FILE_BYTES: u64 = 64 * 1024;
-/// Most cgroup directories walked up from the process's own.
-pub const MAX_CGROUP_DEPTH: usize = 64;
 /// v1's "no limit" is a page-rounded `i64::MAX`; anything from here up means none.
 pub const V1_UNLIMITED: u64 = 1 << 62;
 
@@ -101,17 +99,6 @@ pub fn fit_pool(
     })
 }
 
-fn read_small(p: &Path) -> Option<String> {
-    use std::io::Read as _;
-    let mut s = String::new();
-    std::fs::File::open(p)
-        .ok()?
-        .take(MAX_CGROUP_FILE_BYTES)
-        .read_to_string(&mut s)
-        .ok()?;
-    Some(s)
-}
-
 /// A limit file's value: bytes, or `None` for "max" / v1's unlimited / unreadable.
 fn limit_value(text: &str) -> Option<u64> {
     let t = text.trim();
@@ -121,69 +108,30 @@ fn limit_value(text: &str) -> Option<u64> {
     t.parse::<u64>().ok().filter(|v| *v < V1_UNLIMITED)
 }
 
-/// The smallest limit in `file` from `dir` up to `root` (inclusive).
-fn smallest_up(root: &Path, dir: &Path, file: &str) -> Option<u64> {
-    let mut best: Option<u64> = None;
-    let mut d = dir.to_path_buf();
-    for _ in 0..MAX_CGROUP_DEPTH {
-        if let Some(v) = read_small(&d.join(file)).as_deref().and_then(limit_value) {
-            best = Some(best.map_or(v, |b| b.min(v)));
-        }
-        if d == root || !d.pop() || !d.starts_with(root) {
-            break;
-        }
-    }
-    best
-}
-
 /// The memory limit of the cgroup described by `proc_self_cgroup` (the text of
 /// `/proc/self/cgroup`), with the cgroup file systems mounted under `mount` (normally
-/// `/sys/fs/cgroup`): v2's unified hierarchy (`0::/path`) or v1's `memory` controller.
+/// `/sys/fs/cgroup`): v1's `memory` controller (`memory.limit_in_bytes`) or v2's unified
+/// hierarchy (`memory.max`); the smallest from the process's cgroup up.
 pub fn limit_from(mount: &Path, proc_self_cgroup: &str) -> Option<u64> {
-    let mut v1 = None;
-    let mut v2 = None;
-    for line in proc_self_cgroup.lines().take(MAX_CGROUP_DEPTH) {
-        let mut parts = line.splitn(3, ':');
-        let (Some(id), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
-        else {
-            continue;
-        };
-        let rel = path.trim().trim_start_matches('/');
-        if rel.split('/').any(|c| c == "..") {
-            continue;
-        }
-        if id == "0" && controllers.is_empty() {
-            v2 = Some(rel.to_string());
-        } else if controllers.split(',').any(|c| c == "memory") {
-            v1 = Some(rel.to_string());
-        }
-    }
-    if let Some(rel) = v1 {
-        let root = mount.join("memory");
-        if root.is_dir() {
-            let dir: PathBuf = root.join(&rel);
-            // Inside a cgroup namespace the path may not exist under this mount: the
-            // mount's root is then the process's own cgroup.
-            let dir = if dir.is_dir() { dir } else { root.clone() };
-            return smallest_up(&root, &dir, "memory.limit_in_bytes");
-        }
-    }
-    if let Some(rel) = v2 {
-        let dir = mount.join(&rel);
-        let dir = if dir.is_dir() {
-            dir
-        } else {
-            mount.to_path_buf()
-        };
-        return smallest_up(mount, &dir, "memory.max");
-    }
-    None
+    let place = cgroup::locate(mount, proc_self_cgroup, "memory")?;
+    let file = match place.version {
+        cgroup::Version::V1 => "memory.limit_in_bytes",
+        cgroup::Version::V2 => "memory.max",
+    };
+    place
+        .upward()
+        .iter()
+        .filter_map(|d| {
+            cgroup::read_small(&d.join(file))
+                .as_deref()
+                .and_then(limit_value)
+        })
+        .min()
 }
 
 /// This process's memory limit, from `/proc/self/cgroup` and `/sys/fs/cgroup`.
 pub fn cgroup_memory_limit() -> Option<u64> {
-    let text = read_small(Path::new("/proc/self/cgroup"))?;
-    limit_from(Path::new("/sys/fs/cgroup"), &text)
+    limit_from(Path::new(cgroup::MOUNT), &cgroup::proc_self_cgroup()?)
 }
 
 /// Fit the pool to this process's limit, logging a change; the count to use.

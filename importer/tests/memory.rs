@@ -6,93 +6,32 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-
 use common::*;
 
-/// A child memory cgroup with a limit; removed on drop.
-struct Cgroup {
-    dir: PathBuf,
-    v2: bool,
+/// A child memory cgroup with `limit`.
+fn memory_cgroup(limit: u64) -> Result<Cgroup, String> {
+    let l = limit.to_string();
+    Cgroup::new(
+        "memory",
+        &[("memory.limit_in_bytes", l.as_str())],
+        &[("memory.max", l.as_str())],
+    )
 }
 
-impl Cgroup {
-    /// Under this process's own memory cgroup; `None` (with the reason) when one cannot
-    /// be made here.
-    fn new(limit: u64) -> Result<Cgroup, String> {
-        let proc = std::fs::read_to_string("/proc/self/cgroup").map_err(|e| e.to_string())?;
-        let mount = Path::new("/sys/fs/cgroup");
-        let mut found = None;
-        for line in proc.lines() {
-            let mut p = line.splitn(3, ':');
-            let (id, ctl, path) = (p.next(), p.next(), p.next());
-            let rel = path.unwrap_or("").trim_start_matches('/');
-            if ctl.is_some_and(|c| c.split(',').any(|c| c == "memory")) {
-                found = Some((mount.join("memory").join(rel), false));
-                break;
-            }
-            if id == Some("0") && ctl == Some("") && found.is_none() {
-                found = Some((mount.join(rel), true));
-            }
-        }
-        let (parent, v2) = found.ok_or("no memory cgroup in /proc/self/cgroup")?;
-        let dir = parent.join(format!(
-            "ferry-test-{}-{}",
-            std::process::id(),
-            ferry_test_kit::next_id()
-        ));
-        std::fs::create_dir(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
-        let cg = Cgroup { dir, v2 };
-        let file = if v2 {
-            "memory.max"
-        } else {
-            "memory.limit_in_bytes"
-        };
-        std::fs::write(cg.dir.join(file), limit.to_string()).map_err(|e| format!("{file}: {e}"))?;
-        Ok(cg)
-    }
-
-    /// OOM kills in this cgroup.
-    fn oom_kills(&self) -> u64 {
-        let file = if self.v2 {
-            "memory.events"
-        } else {
-            "memory.oom_control"
-        };
-        std::fs::read_to_string(self.dir.join(file))
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix("oom_kill ")
-                    .and_then(|v| v.trim().parse().ok())
-            })
-            .unwrap_or(0)
-    }
-
-    /// `ferry ARGS` run inside the cgroup.
-    fn ferry(&self, args: &[&str]) -> std::process::Command {
-        let mut c = std::process::Command::new("sh");
-        c.arg("-c")
-            .arg(r#"echo $$ > "$1/cgroup.procs" && shift && exec "$@""#)
-            .arg("sh")
-            .arg(&self.dir)
-            .arg(env!("CARGO_BIN_EXE_ferry"))
-            .args(args)
-            .env_remove("FERRY_LOG")
-            .env("NO_COLOR", "1");
-        c
-    }
-}
-
-impl Drop for Cgroup {
-    fn drop(&mut self) {
-        for _ in 0..50 {
-            if std::fs::remove_dir(&self.dir).is_ok() {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-    }
+/// OOM kills in the cgroup.
+fn oom_kills(cg: &Cgroup) -> u64 {
+    let file = if cg.v2 {
+        "memory.events"
+    } else {
+        "memory.oom_control"
+    };
+    cg.read(file)
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("oom_kill ")
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 const SEED_ROW: [&str; 4] = ["--buf-size-in-64k", "512", "--buf-count", "32"];
@@ -102,7 +41,7 @@ fn the_seeds_tuning_row_in_a_600m_cgroup_shrinks_its_pool_and_is_not_oom_killed(
     if !require(&["nbdkit", "nbdcopy", "cmp"]) {
         return;
     }
-    let cg = match Cgroup::new(600_000_000) {
+    let cg = match memory_cgroup(600_000_000) {
         Ok(c) => c,
         Err(why) => {
             skip(&format!("cannot make a memory cgroup: {why}"));
@@ -116,7 +55,7 @@ fn the_seeds_tuning_row_in_a_600m_cgroup_shrinks_its_pool_and_is_not_oom_killed(
     c.arg(&out).args(["--json", "--no-progress"]).args(SEED_ROW);
     let r = run(c, RUN_LIMIT);
     let v = r.success("seed's row under 600M");
-    assert_eq!(cg.oom_kills(), 0, "OOM-killed\n{}", r.stderr);
+    assert_eq!(oom_kills(&cg), 0, "OOM-killed\n{}", r.stderr);
     // (600 MB − 10% − 64 MiB) / 32 MiB = 14 buffers.
     assert_eq!(v["buf_count"], 14, "{v}");
     assert_eq!(v["buf_size"], 32 << 20, "the buffer size is kept");
@@ -134,7 +73,7 @@ fn a_limit_that_cannot_hold_two_buffers_is_refused_in_one_line() {
     if !require(&["nbdkit"]) {
         return;
     }
-    let cg = match Cgroup::new(100_000_000) {
+    let cg = match memory_cgroup(100_000_000) {
         Ok(c) => c,
         Err(why) => {
             skip(&format!("cannot make a memory cgroup: {why}"));
@@ -156,5 +95,5 @@ fn a_limit_that_cannot_hold_two_buffers_is_refused_in_one_line() {
         ],
     );
     assert!(!out.exists(), "nothing was written");
-    assert_eq!(cg.oom_kills(), 0);
+    assert_eq!(oom_kills(&cg), 0);
 }

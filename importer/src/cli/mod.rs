@@ -39,6 +39,11 @@ pub struct Cli {
     /// More log output (-v debug, -vv trace; default info). FERRY_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// Worker threads of the async runtime [default: the cgroup's CPU quota rounded up,
+    /// at most the CPUs allowed and 2].
+    #[arg(long, global = true, env = ferry_contract::env::FERRY_THREADS, value_name = "N",
+          value_parser = clap::value_parser!(u16).range(1..=ferry::cpu::MAX_THREADS as i64))]
+    pub threads: Option<u16>,
     #[command(subcommand)]
     pub command: Command,
 }

@@ -677,3 +677,87 @@ pub fn qcow2_of(raw: &Path) -> PathBuf {
     );
     q
 }
+
+/// A child cgroup made by a test under this process's own, in the v1 hierarchy of
+/// `controller` or in v2's (whichever this machine has), with its settings written;
+/// removed on drop.
+pub struct Cgroup {
+    pub dir: PathBuf,
+    pub v2: bool,
+}
+
+impl Cgroup {
+    /// `v1` / `v2`: (file, value) pairs written in the new cgroup. `Err` (the reason)
+    /// when one cannot be made here.
+    pub fn new(
+        controller: &str,
+        v1: &[(&str, &str)],
+        v2: &[(&str, &str)],
+    ) -> Result<Cgroup, String> {
+        let proc = std::fs::read_to_string("/proc/self/cgroup").map_err(|e| e.to_string())?;
+        let mount = Path::new("/sys/fs/cgroup");
+        let mut found = None;
+        for line in proc.lines() {
+            let mut p = line.splitn(3, ':');
+            let (id, ctl, path) = (p.next(), p.next(), p.next());
+            let rel = path.unwrap_or("").trim_start_matches('/');
+            if ctl.is_some_and(|c| c.split(',').any(|c| c == controller)) {
+                found = Some((mount.join(controller).join(rel), false));
+                break;
+            }
+            if id == Some("0") && ctl == Some("") && found.is_none() {
+                found = Some((mount.join(rel), true));
+            }
+        }
+        let (parent, v2_found) =
+            found.ok_or(format!("no {controller} cgroup in /proc/self/cgroup"))?;
+        if v2_found {
+            // v2 hands a controller to children only when the parent enables it.
+            let _ = std::fs::write(
+                parent.join("cgroup.subtree_control"),
+                format!("+{controller}"),
+            );
+        }
+        let dir = parent.join(format!(
+            "ferry-test-{}-{}",
+            std::process::id(),
+            ferry_test_kit::next_id()
+        ));
+        std::fs::create_dir(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+        let cg = Cgroup { dir, v2: v2_found };
+        for (file, value) in if v2_found { v2 } else { v1 } {
+            std::fs::write(cg.dir.join(file), value).map_err(|e| format!("{file}: {e}"))?;
+        }
+        Ok(cg)
+    }
+
+    /// A file of the cgroup ("" when unreadable).
+    pub fn read(&self, file: &str) -> String {
+        std::fs::read_to_string(self.dir.join(file)).unwrap_or_default()
+    }
+
+    /// `ferry ARGS` run inside the cgroup.
+    pub fn ferry(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("sh");
+        c.arg("-c")
+            .arg(r#"echo $$ > "$1/cgroup.procs" && shift && exec "$@""#)
+            .arg("sh")
+            .arg(&self.dir)
+            .arg(FERRY)
+            .args(args)
+            .env_remove("FERRY_LOG")
+            .env("NO_COLOR", "1");
+        c
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}

@@ -166,20 +166,6 @@ pub fn mixed_disk(text: usize, random: usize, len: usize) -> Vec<u8> {
     d
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pattern_words_hold_their_offsets() {
-        let word: Vec<u8> = (4096..4104).map(pattern_byte).collect();
-        assert_eq!(word, 4096u64.to_be_bytes());
-        assert_eq!(pattern_byte(7), 0);
-        assert!(have("sh"));
-        assert!(!have("no-such-tool-ferry"));
-    }
-}
-
 /// The named seeds of fuzz target `target`: the files in `fuzz/corpus/<target>` made on
 /// purpose (by qemu-img, a converter, a server transcript) and named for what they are.
 /// A fuzzing campaign merges its finds beside them under libFuzzer's names (40 hex
@@ -200,4 +186,18 @@ pub fn fuzz_seeds(target: &str) -> Vec<std::path::PathBuf> {
         .collect();
     v.sort();
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pattern_words_hold_their_offsets() {
+        let word: Vec<u8> = (4096..4104).map(pattern_byte).collect();
+        assert_eq!(word, 4096u64.to_be_bytes());
+        assert_eq!(pattern_byte(7), 0);
+        assert!(have("sh"));
+        assert!(!have("no-such-tool-ferry"));
+    }
 }
