@@ -52,6 +52,11 @@ pub struct BenchArgs {
     /// Print the results as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Run Ferry and each peer alone in a child cgroup with this CPU limit (a Kubernetes
+    /// quantity: 750m is CDI's default importer limit), made for each run and read for
+    /// its throttled periods.
+    #[arg(long, value_name = "CPUS", value_parser = ferry::cgroup::parse_cpu_millis)]
+    pub cpu_limit: Option<u64>,
     #[command(flatten)]
     pub tuning: Tuning,
 }
@@ -62,6 +67,12 @@ pub struct MeasureArgs {
     /// Where to write the JSON measurement.
     #[arg(long)]
     pub out: PathBuf,
+    /// Join this cgroup before running the command.
+    #[arg(long)]
+    pub cgroup: Option<PathBuf>,
+    /// Leave the command's stdout on ours (the default discards it).
+    #[arg(long)]
+    pub keep_stdout: bool,
     /// The command and its arguments.
     #[arg(trailing_var_arg = true, required = true)]
     pub cmd: Vec<String>,
@@ -80,6 +91,23 @@ pub struct Sample {
     pub max_rss_kib: i64,
     /// Exit code (0 = success).
     pub code: i32,
+    /// Throttling under `--cpu-limit`: the run's child cgroup's `cpu.stat`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_stat: Option<ferry::cgroup::CpuStat>,
+}
+
+impl Sample {
+    /// ", throttled T of P periods" under a CPU limit, else nothing.
+    fn throttling(&self) -> String {
+        self.cpu_stat.map_or(String::new(), |c| {
+            format!(
+                "  throttled {} of {} periods ({:.2}s)",
+                c.throttled_periods,
+                c.periods,
+                c.throttled_us as f64 / 1e6
+            )
+        })
+    }
 }
 
 fn cpu_of(u: &nix::sys::resource::Usage) -> f64 {
@@ -89,11 +117,18 @@ fn cpu_of(u: &nix::sys::resource::Usage) -> f64 {
 
 /// `ferry __measure --out F -- CMD…`: run CMD (its only child) and record its usage.
 pub fn measure(a: MeasureArgs) -> anyhow::Result<()> {
+    if let Some(dir) = &a.cgroup {
+        ferry::cgroup::enter(dir)?;
+    }
     let start = Instant::now();
     let status = Command::new(&a.cmd[0])
         .args(&a.cmd[1..])
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(if a.keep_stdout {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
         .status()
         .with_context(|| format!("running {}", a.cmd[0]))?;
     let seconds = start.elapsed().as_secs_f64();
@@ -104,6 +139,7 @@ pub fn measure(a: MeasureArgs) -> anyhow::Result<()> {
         cpu_seconds: cpu_of(&u),
         max_rss_kib: u.max_rss(),
         code: status.code().unwrap_or(-1),
+        cpu_stat: None,
     };
     std::fs::write(&a.out, serde_json::to_vec(&s)?)?;
     Ok(())
@@ -138,6 +174,9 @@ fn remove_if_file(p: &Path) -> anyhow::Result<()> {
 async fn synthetic(a: &BenchArgs) -> anyhow::Result<()> {
     if !a.compare.is_empty() {
         bail!("--compare needs SRC and DST: the peers cannot read the in-process synthetic disk");
+    }
+    if let Some(millis) = a.cpu_limit {
+        return synthetic_limited(a, millis);
     }
     let dir = tempfile::Builder::new()
         .prefix("ferry-bench")
@@ -175,6 +214,7 @@ async fn synthetic(a: &BenchArgs) -> anyhow::Result<()> {
             cpu_seconds: cpu_of(&after) - cpu_of(&before),
             max_rss_kib: after.max_rss(),
             code: 0,
+            cpu_stat: None,
         };
         if !a.json {
             eprintln!(
@@ -216,6 +256,37 @@ async fn synthetic(a: &BenchArgs) -> anyhow::Result<()> {
             summary["cpu_seconds_per_gib_data"].as_f64().unwrap_or(0.0)
         );
     }
+    Ok(())
+}
+
+/// The synthetic benchmark run again as a child in a cgroup with the CPU limit (so its
+/// runtime is sized as a pod's would be); its lines and JSON are its own, then the
+/// cgroup's throttling follows on stderr.
+fn synthetic_limited(a: &BenchArgs, millis: u64) -> anyhow::Result<()> {
+    let mut cmd = vec![
+        std::env::current_exe()?.display().to_string(),
+        "bench".into(),
+        "--runs".into(),
+        a.runs.to_string(),
+        "--size-mib".into(),
+        a.size_mib.to_string(),
+        "--data-percent".into(),
+        a.data_percent.to_string(),
+    ];
+    if let Some(d) = &a.dir {
+        cmd.extend(["--dir".into(), d.display().to_string()]);
+    }
+    if a.json {
+        cmd.push("--json".into());
+    }
+    cmd.extend(a.tuning.to_args());
+    let s = run_measured_with("ferry", cmd, Some(millis), true)?;
+    eprintln!(
+        "under a CPU limit of {millis}m: {:.2}s wall, {:.2} CPU s for all runs;{}",
+        s.seconds,
+        s.cpu_seconds,
+        s.throttling()
+    );
     Ok(())
 }
 
@@ -278,23 +349,40 @@ async fn data_bytes(src: &str, tuning: &Tuning) -> anyhow::Result<(u64, u64)> {
     Ok((size, data))
 }
 
-fn run_measured(tool: &str, cmd: Vec<String>) -> anyhow::Result<Sample> {
+fn run_measured(tool: &str, cmd: Vec<String>, cpu_limit: Option<u64>) -> anyhow::Result<Sample> {
+    run_measured_with(tool, cmd, cpu_limit, false)
+}
+
+/// Run `cmd` under `__measure`, alone in a new child cgroup with `cpu_limit` (thousandths
+/// of a CPU) when given.
+fn run_measured_with(
+    tool: &str,
+    cmd: Vec<String>,
+    cpu_limit: Option<u64>,
+    keep_stdout: bool,
+) -> anyhow::Result<Sample> {
     let out = tempfile::NamedTempFile::new()?;
     let exe = std::env::current_exe()?;
-    let status = Command::new(exe)
-        // The measured ferry's info lines would interleave with the table.
-        .env(ferry_contract::env::FERRY_LOG, "warn")
+    let cgroup = cpu_limit.map(ferry::cgroup::CpuLimited::new).transpose()?;
+    let mut m = Command::new(exe);
+    // The measured ferry's info lines would interleave with the table.
+    m.env(ferry_contract::env::FERRY_LOG, "warn")
         .arg("__measure")
         .arg("--out")
-        .arg(out.path())
-        .arg("--")
-        .args(&cmd)
-        .status()?;
+        .arg(out.path());
+    if let Some(c) = &cgroup {
+        m.arg("--cgroup").arg(c.dir());
+    }
+    if keep_stdout {
+        m.arg("--keep-stdout");
+    }
+    let status = m.arg("--").args(&cmd).status()?;
     if !status.success() {
         bail!("measuring {tool} failed");
     }
     let mut s: Sample = serde_json::from_slice(&std::fs::read(out.path())?)?;
     s.tool = tool.into();
+    s.cpu_stat = cgroup.as_ref().map(|c| c.stat());
     if s.code != 0 {
         bail!("{tool} exited with code {} ({})", s.code, cmd.join(" "));
     }
@@ -382,26 +470,30 @@ async fn side_by_side(a: &BenchArgs, src: &str, dst: &Path) -> anyhow::Result<()
         }
     }
     eprintln!(
-        "ferry bench: {src} → {dst_s}: {size} bytes, {data} of them data; {} runs of {}",
+        "ferry bench: {src} → {dst_s}: {size} bytes, {data} of them data; {} runs of {}{}",
         a.runs,
         tools
             .iter()
             .map(|t| t.0.as_str())
             .collect::<Vec<_>>()
-            .join(", ")
+            .join(", "),
+        a.cpu_limit.map_or(String::new(), |m| format!(
+            ", each alone under a CPU limit of {m}m"
+        ))
     );
     let mut samples: Vec<Sample> = Vec::new();
     for run in 1..=a.runs {
         for (name, cmd) in &tools {
             remove_if_file(dst)?;
             settle();
-            let s = run_measured(name, cmd.clone())?;
+            let s = run_measured(name, cmd.clone(), a.cpu_limit)?;
             if !a.json {
                 eprintln!(
-                    "run {run} {name:<12} {:>8.2}s  {:>8.3} CPU s/GiB  peak RSS {:>6} MiB",
+                    "run {run} {name:<12} {:>8.2}s  {:>8.3} CPU s/GiB  peak RSS {:>6} MiB{}",
                     s.seconds,
                     s.cpu_seconds / (data as f64 / GIB).max(1e-9),
-                    s.max_rss_kib / 1024
+                    s.max_rss_kib / 1024,
+                    s.throttling()
                 );
             }
             samples.push(s);
@@ -416,22 +508,24 @@ async fn side_by_side(a: &BenchArgs, src: &str, dst: &Path) -> anyhow::Result<()
     let ferry = med("ferry").context("no ferry runs")?;
     let mut summary = serde_json::json!({
         "source": src, "target": dst_s, "size": size, "data_bytes": data, "runs": samples,
-        "ferry": { "median_seconds": ferry.seconds, "cpu_seconds_per_gib": ferry.cpu_seconds / (data as f64 / GIB).max(1e-9), "peak_rss_mib": ferry.max_rss_kib / 1024 },
+        "ferry": { "median_seconds": ferry.seconds, "cpu_seconds_per_gib": ferry.cpu_seconds / (data as f64 / GIB).max(1e-9), "peak_rss_mib": ferry.max_rss_kib / 1024, "cpu_stat": ferry.cpu_stat },
+        "cpu_limit_millis": a.cpu_limit,
     });
     let mut lines = vec![format!(
-        "ferry: {:.2}s median ({:.0} MB/s of data), {:.3} CPU s/GiB, peak RSS {} MiB",
+        "ferry: {:.2}s median ({:.0} MB/s of data), {:.3} CPU s/GiB, peak RSS {} MiB{}",
         ferry.seconds,
         data as f64 / ferry.seconds / 1e6,
         ferry.cpu_seconds / (data as f64 / GIB).max(1e-9),
-        ferry.max_rss_kib / 1024
+        ferry.max_rss_kib / 1024,
+        ferry.throttling()
     )];
     for peer in ["nbdcopy", "qemu-img"] {
         if let Some(p) = med(peer) {
             summary[peer] = serde_json::json!({ "median_seconds": p.seconds, "ratio_ferry_over_peer": ferry.seconds / p.seconds,
-                "cpu_seconds_per_gib": p.cpu_seconds / (data as f64 / GIB).max(1e-9), "peak_rss_mib": p.max_rss_kib / 1024 });
+                "cpu_seconds_per_gib": p.cpu_seconds / (data as f64 / GIB).max(1e-9), "peak_rss_mib": p.max_rss_kib / 1024, "cpu_stat": p.cpu_stat });
             lines.push(format!(
-                "{peer}: {:.2}s median, {:.3} CPU s/GiB, peak RSS {} MiB; ferry/{peer} time = {:.2}",
-                p.seconds, p.cpu_seconds / (data as f64 / GIB).max(1e-9), p.max_rss_kib / 1024, ferry.seconds / p.seconds
+                "{peer}: {:.2}s median, {:.3} CPU s/GiB, peak RSS {} MiB; ferry/{peer} time = {:.2}{}",
+                p.seconds, p.cpu_seconds / (data as f64 / GIB).max(1e-9), p.max_rss_kib / 1024, ferry.seconds / p.seconds, p.throttling()
             ));
         }
     }

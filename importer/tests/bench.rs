@@ -1,0 +1,103 @@
+//! `ferry bench --cpu-limit`: Ferry and nbdcopy each run alone in a child cgroup with
+//! the limit (made per run by the bench, read for throttling, removed after), as a pod
+//! under CDI's default 750m would run them; a quantity Kubernetes would not write is one
+//! usage line.
+
+mod common;
+
+use common::*;
+
+/// Child cgroups the bench left in this process's cpu cgroup.
+fn leftover_cgroups() -> Vec<String> {
+    let proc = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let mount = std::path::Path::new("/sys/fs/cgroup");
+    let dir = proc.lines().find_map(|l| {
+        let mut p = l.splitn(3, ':');
+        let (id, ctl, path) = (p.next()?, p.next()?, p.next()?);
+        let rel = path.trim_start_matches('/');
+        if ctl.split(',').any(|c| c == "cpu") {
+            Some(mount.join("cpu").join(rel))
+        } else if id == "0" && ctl.is_empty() {
+            Some(mount.join(rel))
+        } else {
+            None
+        }
+    });
+    let Some(dir) = dir else { return Vec::new() };
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| n.starts_with(&format!("ferry-cpu-limit-{}-", std::process::id())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn under_a_cpu_limit_ferry_and_nbdcopy_each_run_alone_in_a_throttled_cgroup() {
+    if !require_root(&["nbdkit", "nbdcopy"], false) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = ferry_test_kit::Server::nbdkit(
+        dir.path(),
+        &[
+            "sparse-random",
+            "size=256M",
+            "percent=50",
+            "runlength=1048576",
+            "seed=3",
+        ],
+    );
+    let target = dir.path().join("t.img");
+    let mut c = ferry(&["bench", &src.uri()]);
+    c.arg(&target).args([
+        "--compare",
+        "nbdcopy",
+        "--runs",
+        "1",
+        "--cpu-limit",
+        "750m",
+        "--json",
+    ]);
+    let r = run(c, RUN_LIMIT * 2);
+    assert!(r.status.success(), "{}\n{}", r.stdout, r.stderr);
+    let v: serde_json::Value = serde_json::from_str(r.stdout.trim())
+        .unwrap_or_else(|e| panic!("{e}: {}\n{}", r.stdout, r.stderr));
+    assert_eq!(v["cpu_limit_millis"], 750, "{v}");
+    let runs = v["runs"].as_array().expect("runs");
+    let tools: Vec<&str> = runs.iter().filter_map(|s| s["tool"].as_str()).collect();
+    assert_eq!(tools, ["ferry", "nbdcopy"], "{v}");
+    for s in runs {
+        let stat = &s["cpu_stat"];
+        assert!(
+            stat["periods"].as_u64().unwrap_or(0) > 0,
+            "{} ran outside its cgroup: {v}",
+            s["tool"]
+        );
+        assert_eq!(s["code"], 0, "{v}");
+    }
+    // Each tool's CPU is under the limit's share of its wall time (a little slack for
+    // the kernel's accounting at period edges).
+    for s in runs {
+        let (cpu, wall) = (
+            s["cpu_seconds"].as_f64().unwrap(),
+            s["seconds"].as_f64().unwrap(),
+        );
+        assert!(
+            cpu <= 0.75 * wall + 0.15,
+            "{}: {cpu} CPU s in {wall} s",
+            s["tool"]
+        );
+    }
+    assert!(!target.exists(), "the bench's target is removed after it");
+    assert_eq!(leftover_cgroups(), Vec::<String>::new());
+
+    // A quantity Kubernetes would not write.
+    let r = run(
+        ferry(&["bench", &src.uri(), "null:", "--cpu-limit", "5m"]),
+        RUN_LIMIT,
+    );
+    assert_eq!(r.status.code(), Some(2), "{}", r.stderr);
+    r.failure("--cpu-limit 5m", &["not a CPU quantity", "750m"]);
+}
