@@ -14,6 +14,18 @@ pub struct Buf {
     start: usize,
     capacity: usize,
     len: usize,
+    fixed: Option<Fixed>,
+}
+
+/// Where a buffer is registered with an I/O engine (io_uring fixed buffers): the
+/// registration it belongs to and its index in it. Only the buffer whose window was
+/// registered carries it, so an index is never used for other memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fixed {
+    /// The engine's registration (a number never reused by that engine).
+    pub registration: u64,
+    /// The buffer's index in it.
+    pub index: u16,
 }
 
 impl std::fmt::Debug for Buf {
@@ -35,7 +47,24 @@ impl Buf {
             start,
             capacity,
             len: capacity,
+            fixed: None,
         }
+    }
+
+    /// The whole aligned window, `capacity` bytes from its start (what an engine
+    /// registers): its address and length.
+    pub fn window(&self) -> (*const u8, usize) {
+        (self.storage[self.start..].as_ptr(), self.capacity)
+    }
+
+    /// Where the buffer is registered, if it is.
+    pub fn fixed(&self) -> Option<Fixed> {
+        self.fixed
+    }
+
+    /// Record where the engine registered this buffer's window (`None`: nowhere).
+    pub fn set_fixed(&mut self, f: Option<Fixed>) {
+        self.fixed = f;
     }
 
     /// Capacity in bytes.

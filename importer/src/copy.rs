@@ -171,6 +171,8 @@ pub struct CopyStats {
     pub buf_size: usize,
     /// Pool buffer count.
     pub buf_count: usize,
+    /// Pool buffers registered with the engine (io_uring fixed buffers; 0: none).
+    pub fixed_buffers: usize,
     /// Reads read again and reconnects, over every attempt.
     pub retries: u64,
     /// A delta: only changed areas were copied.
@@ -223,6 +225,8 @@ pub async fn copy(
     let start = Instant::now();
     let size = source.size();
     let (align, buf_size, mut free) = pool(source.as_ref(), opts)?;
+    // Unregistered when the copy ends (on every path: a guard).
+    let registration = sink.register_pool(&mut free).await;
     let window = source.extent_window().max(align);
     let (start_at, digest) = prepare(&source, &sink, opts, &progress, &mut free, window).await?;
     let mut marks = Watermark::new(start_at);
@@ -240,6 +244,7 @@ pub async fn copy(
         let stats = CopyStats {
             size,
             delta: opts.changes.is_some(),
+            fixed_buffers: registration.buffers,
             ..CopyStats::start(&sink, buf_size, free.len())
         };
         let mut d = Dispatcher {

@@ -87,6 +87,24 @@ pub struct Sink {
     id: String,
 }
 
+/// A copy's pool registered with the sink's engine, for as long as this lives
+/// ([`Sink::register_pool`]).
+#[derive(Debug)]
+pub struct PoolRegistration {
+    engine: Arc<dyn IoEngine>,
+    registration: Option<u64>,
+    /// Buffers registered (0: none; requests pin their pages as before).
+    pub buffers: usize,
+}
+
+impl Drop for PoolRegistration {
+    fn drop(&mut self) {
+        if let Some(g) = self.registration {
+            self.engine.unregister_buffers(g);
+        }
+    }
+}
+
 /// Cap on one sysfs attribute read for a block device's identity.
 pub const MAX_SYSFS_ATTR: usize = 256;
 
@@ -289,6 +307,76 @@ impl Sink {
     /// The I/O engine's name.
     pub fn engine_name(&self) -> &'static str {
         self.engine.name()
+    }
+
+    /// Register the copy's pool with the engine (io_uring fixed buffers: the kernel pins
+    /// the pages once, not on every O_DIRECT write) and tag each buffer with its index.
+    /// Where the engine has none (sync) or the kernel refuses (RLIMIT_MEMLOCK below the
+    /// pool, without CAP_IPC_LOCK, as in many pods) nothing changes but the CPU each
+    /// write costs, and the log says why.
+    pub async fn register_pool(&self, bufs: &mut [Buf]) -> PoolRegistration {
+        let mut reg = PoolRegistration {
+            engine: self.engine.clone(),
+            registration: None,
+            buffers: 0,
+        };
+        if self.kind == TargetKind::Null {
+            return reg;
+        }
+        let windows: Vec<(usize, usize)> = bufs
+            .iter()
+            .map(|b| {
+                let (p, l) = b.window();
+                (p as usize, l)
+            })
+            .collect();
+        let bytes: usize = windows.iter().map(|w| w.1).sum();
+        match self.engine.register_buffers(windows).await {
+            Ok(g) => {
+                for (i, b) in bufs.iter_mut().enumerate() {
+                    // register_buffers takes at most u16::MAX + 1 of them.
+                    let index = u16::try_from(i).unwrap_or(u16::MAX);
+                    b.set_fixed(Some(crate::buf::Fixed {
+                        registration: g,
+                        index,
+                    }));
+                }
+                reg.registration = Some(g);
+                reg.buffers = bufs.len();
+                tracing::debug!(
+                    buffers = bufs.len(),
+                    pool_mib = bytes >> 20,
+                    "the pool is registered with io_uring (fixed buffers)"
+                );
+            }
+            Err(e)
+                if e.kind() == std::io::ErrorKind::Unsupported && self.engine.name() == "sync" => {}
+            Err(e) => {
+                let why = if e.raw_os_error() == Some(libc::ENOMEM) {
+                    let memlock =
+                        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_MEMLOCK)
+                            .map_or_else(
+                                |_| "unknown".to_string(),
+                                |(soft, _)| match soft {
+                                    nix::sys::resource::RLIM_INFINITY => "unlimited".to_string(),
+                                    n => format!("{} KiB", n >> 10),
+                                },
+                            );
+                    format!(
+                        "RLIMIT_MEMLOCK ({memlock}) is below the pool ({} MiB) and the process \
+                         lacks CAP_IPC_LOCK",
+                        bytes >> 20
+                    )
+                } else {
+                    e.to_string()
+                };
+                tracing::info!(
+                    "the pool is not registered with io_uring ({why}): every O_DIRECT write \
+                     pins its pages"
+                );
+            }
+        }
+        reg
     }
 
     /// Write `buf` (its current length) at `offset`. The buffer comes back either way so

@@ -489,3 +489,60 @@ fn fake_server_with_simple_replies_is_copied_correctly() {
         assert_identical(&target, &expected, &ctx);
     });
 }
+
+/// The pool is registered with io_uring (fixed buffers: O_DIRECT writes without pinning
+/// pages per request) and says so in `--json`; where the kernel refuses (RLIMIT_MEMLOCK
+/// of 64 KiB, CAP_IPC_LOCK dropped, as in a pod) and with the sync engine, nothing is
+/// registered and the log says why; the bytes are nbdcopy's every time.
+#[test]
+fn the_pool_is_registered_with_io_uring_unless_memlock_refuses() {
+    if !require(&["nbdkit", "nbdcopy", "cmp", "setpriv", "prlimit"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = ferry_test_kit::Server::nbdkit(
+        dir.path(),
+        &[
+            "sparse-random",
+            "size=64M",
+            "percent=50",
+            "runlength=1048576",
+            "seed=21",
+        ],
+    );
+    let reference = nbdcopy_reference(&src.uri(), dir.path());
+    let out = dir.path().join("a.img");
+    let v = copy(&src.uri(), &out, "uring", &[]).success("uring");
+    assert_eq!(num(&v, "fixed_buffers"), num(&v, "buf_count"), "{v}");
+    assert_identical(&out, &reference, "registered");
+
+    std::fs::remove_file(&out).unwrap();
+    let mut c = std::process::Command::new("setpriv");
+    c.args([
+        "--bounding-set=-ipc_lock",
+        "--",
+        "prlimit",
+        "--memlock=65536:65536",
+        FERRY,
+    ])
+    .args(["copy", &src.uri()])
+    .arg(&out)
+    .args(["--json", "--no-progress", "--io-engine", "uring"])
+    .env_remove("FERRY_LOG")
+    .env("NO_COLOR", "1");
+    let r = run(c, RUN_LIMIT);
+    let v = r.success("memlock 64 KiB");
+    assert_eq!(num(&v, "fixed_buffers"), 0, "{v}");
+    assert!(
+        r.stderr
+            .contains("RLIMIT_MEMLOCK (64 KiB) is below the pool (32 MiB)"),
+        "{}",
+        r.stderr
+    );
+    assert_identical(&out, &reference, "memlock 64 KiB");
+
+    std::fs::remove_file(&out).unwrap();
+    let v = copy(&src.uri(), &out, "sync", &[]).success("sync");
+    assert_eq!(num(&v, "fixed_buffers"), 0, "{v}");
+    assert_identical(&out, &reference, "sync");
+}

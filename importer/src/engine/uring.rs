@@ -7,12 +7,19 @@
 //! nothing the kernel may still touch is ever dropped or moved (the `Vec` behind a
 //! [`Buf`] never reallocates, so moving the `Buf` value does not move its bytes). Short
 //! transfers are resubmitted for the remainder.
+//!
+//! A copy may register its pool (io_uring fixed buffers): the kernel pins the pages once,
+//! and requests from a registered buffer are READ_FIXED / WRITE_FIXED naming its index,
+//! instead of pinning the pages of every O_DIRECT request again. The ring thread keeps
+//! which registration is active; a buffer tagged with another (or none) goes as a plain
+//! READ / WRITE, so ending a registration never strands a request.
 
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 
 use io_uring::{IoUring, Probe, opcode, squeue, types};
@@ -24,6 +31,10 @@ use crate::buf::Buf;
 
 /// `user_data` of the eventfd read that wakes the ring thread.
 const WAKE: u64 = u64::MAX;
+/// Most buffers one registration holds (the kernel's IORING_MAX_REG_BUFFERS).
+pub const MAX_FIXED_BUFFERS: usize = 16 * 1024;
+/// Largest registered buffer (the kernel's limit per iovec).
+pub const MAX_FIXED_BUFFER_BYTES: usize = 1 << 30;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Dir {
@@ -55,9 +66,30 @@ struct PlainOp {
     tx: oneshot::Sender<io::Result<()>>,
 }
 
+struct RegisterOp {
+    windows: Vec<(usize, usize)>,
+    tx: oneshot::Sender<io::Result<u64>>,
+}
+
 enum Op {
     Buf(BufOp),
     Plain(PlainOp),
+    /// Handled by the ring thread as it is received, never in the slab.
+    Register(RegisterOp),
+    /// The same.
+    Unregister(u64),
+}
+
+/// The ring thread's fixed buffers.
+struct FixedState {
+    /// The kernel has READ_FIXED and WRITE_FIXED.
+    supported: bool,
+    /// The registration in force.
+    active: Option<u64>,
+    /// The last registration's number.
+    last: u64,
+    /// Requests submitted with a registered buffer.
+    used: Arc<AtomicU64>,
 }
 
 /// io_uring-backed engine. Dropping it lets in-flight ops finish, then stops the thread.
@@ -65,6 +97,7 @@ pub struct UringEngine {
     tx: Option<mpsc::Sender<Op>>,
     wake: Arc<EventFd>,
     thread: Option<std::thread::JoinHandle<()>>,
+    fixed_used: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for UringEngine {
@@ -85,15 +118,18 @@ impl UringEngine {
         let (tx, rx) = mpsc::channel::<Op>();
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
         let w = wake.clone();
+        let fixed_used = Arc::new(AtomicU64::new(0));
+        let used = fixed_used.clone();
         let thread = std::thread::Builder::new()
             .name("ferry-uring".into())
-            .spawn(move || ring_thread(entries, rx, w, ready_tx))
+            .spawn(move || ring_thread(entries, rx, w, ready_tx, used))
             .map_err(|e| format!("spawning the ring thread: {e}"))?;
         match ready_rx.recv() {
             Ok(Ok(())) => Ok(UringEngine {
                 tx: Some(tx),
                 wake,
                 thread: Some(thread),
+                fixed_used,
             }),
             Ok(Err(e)) => {
                 let _ = thread.join();
@@ -198,9 +234,32 @@ impl IoEngine for UringEngine {
     fn fdatasync(&self, file: Arc<File>) -> BoxFuture<'static, io::Result<()>> {
         self.plain_op(PlainKind::Fdatasync, file)
     }
+
+    fn register_buffers(
+        &self,
+        windows: Vec<(usize, usize)>,
+    ) -> BoxFuture<'static, io::Result<u64>> {
+        let (tx, rx) = oneshot::channel();
+        let sent = self.send(Op::Register(RegisterOp { windows, tx }));
+        Box::pin(async move {
+            if sent.is_err() {
+                return Err(stopped());
+            }
+            rx.await.unwrap_or_else(|_| Err(stopped()))
+        })
+    }
+
+    fn unregister_buffers(&self, registration: u64) {
+        // A stopped ring has no registration left to end.
+        let _ = self.send(Op::Unregister(registration));
+    }
+
+    fn fixed_requests(&self) -> u64 {
+        self.fixed_used.load(Ordering::Relaxed)
+    }
 }
 
-fn setup(entries: u32) -> Result<IoUring, String> {
+fn setup(entries: u32) -> Result<(IoUring, bool), String> {
     let ring = IoUring::builder()
         .setup_single_issuer()
         .setup_coop_taskrun()
@@ -221,7 +280,63 @@ fn setup(entries: u32) -> Result<IoUring, String> {
             return Err(format!("kernel io_uring lacks IORING_OP_{name}"));
         }
     }
-    Ok(ring)
+    let fixed =
+        probe.is_supported(opcode::ReadFixed::CODE) && probe.is_supported(opcode::WriteFixed::CODE);
+    Ok((ring, fixed))
+}
+
+/// Register `windows` as the ring's fixed buffers (see [`IoEngine::register_buffers`]).
+fn register(ring: &IoUring, st: &mut FixedState, windows: &[(usize, usize)]) -> io::Result<u64> {
+    if !st.supported {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "the kernel's io_uring lacks READ_FIXED/WRITE_FIXED",
+        ));
+    }
+    if st.active.is_some() {
+        return Err(io::Error::other("another registration is active"));
+    }
+    if windows.is_empty()
+        || windows.len() > MAX_FIXED_BUFFERS
+        || windows
+            .iter()
+            .any(|&(_, l)| l == 0 || l > MAX_FIXED_BUFFER_BYTES)
+    {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{} buffers: registered buffers are 1 to {MAX_FIXED_BUFFERS} of at most {MAX_FIXED_BUFFER_BYTES} bytes",
+                windows.len()
+            ),
+        ));
+    }
+    let iovecs: Vec<libc::iovec> = windows
+        .iter()
+        .map(|&(addr, len)| libc::iovec {
+            iov_base: addr as *mut libc::c_void,
+            iov_len: len,
+        })
+        .collect();
+    // SAFETY: each iovec is the aligned window of a live pool buffer (Buf::window). The
+    // kernel pins those pages while registered, so memory we free meanwhile is never
+    // written through them as ours: an index is only submitted from the buffer that
+    // carries it (Buf::fixed), in this registration, while the op owns that buffer.
+    unsafe { ring.submitter().register_buffers(&iovecs) }?;
+    st.last += 1;
+    st.active = Some(st.last);
+    Ok(st.last)
+}
+
+/// End registration `registration` if it is the one in force.
+fn unregister(ring: &IoUring, st: &mut FixedState, registration: u64) {
+    if st.active == Some(registration) {
+        // Requests in flight keep their buffers' pages until they complete (the kernel
+        // refcounts the registration); anything queued after this goes plain.
+        if let Err(e) = ring.submitter().unregister_buffers() {
+            tracing::debug!(error = %e, "unregistering the fixed buffers");
+        }
+        st.active = None;
+    }
 }
 
 /// Slab of in-flight ops keyed by `user_data`.
@@ -254,7 +369,9 @@ impl Slab {
     }
 }
 
-fn build_sqe(slot: usize, op: &mut Op) -> squeue::Entry {
+/// The SQE of `op` in `slot`; a buffer of the `active` registration goes as a fixed
+/// request (counted in `used`).
+fn build_sqe(slot: usize, op: &mut Op, active: Option<u64>, used: &AtomicU64) -> squeue::Entry {
     match op {
         Op::Buf(b) => {
             let fd = types::Fd(b.file.as_raw_fd());
@@ -262,17 +379,35 @@ fn build_sqe(slot: usize, op: &mut Op) -> squeue::Entry {
             // Buffers are at most a few MiB (capped by the pool), so this never truncates.
             let len = u32::try_from(remaining).unwrap_or(u32::MAX);
             let offset = b.offset + b.done as u64;
-            match b.dir {
-                Dir::Write => {
+            let fixed = b.buf.fixed().filter(|f| Some(f.registration) == active);
+            if fixed.is_some() {
+                used.fetch_add(1, Ordering::Relaxed);
+            }
+            match (b.dir, fixed) {
+                (Dir::Write, None) => {
                     let ptr = b.buf.as_slice()[b.done..].as_ptr();
                     opcode::Write::new(fd, ptr, len).offset(offset).build()
                 }
-                Dir::Read => {
+                (Dir::Write, Some(f)) => {
+                    let ptr = b.buf.as_slice()[b.done..].as_ptr();
+                    opcode::WriteFixed::new(fd, ptr, len, f.index)
+                        .offset(offset)
+                        .build()
+                }
+                (Dir::Read, None) => {
                     let ptr = b.buf.as_mut_slice()[b.done..].as_mut_ptr();
                     opcode::Read::new(fd, ptr, len).offset(offset).build()
                 }
+                (Dir::Read, Some(f)) => {
+                    let ptr = b.buf.as_mut_slice()[b.done..].as_mut_ptr();
+                    opcode::ReadFixed::new(fd, ptr, len, f.index)
+                        .offset(offset)
+                        .build()
+                }
             }
         }
+        // Never in the slab: handled as received.
+        Op::Register(_) | Op::Unregister(_) => opcode::Nop::new().build(),
         Op::Plain(p) => {
             let fd = types::Fd(p.file.as_raw_fd());
             match p.kind {
@@ -293,6 +428,7 @@ fn build_sqe(slot: usize, op: &mut Op) -> squeue::Entry {
 fn complete(slab: &mut Slab, slot: usize, res: i32) -> Option<usize> {
     let op = slab.remove(slot)?;
     match op {
+        Op::Register(_) | Op::Unregister(_) => None,
         Op::Plain(p) => {
             let r = if res < 0 {
                 Err(io::Error::from_raw_os_error(-res))
@@ -334,11 +470,12 @@ fn ring_thread(
     rx: mpsc::Receiver<Op>,
     wake: Arc<EventFd>,
     ready: mpsc::Sender<Result<(), String>>,
+    used: Arc<AtomicU64>,
 ) {
     // Leaked (8 bytes per engine): ring teardown is asynchronous in the kernel, so the
     // wake read's target must stay valid for the life of the process.
     let wake_buf: &'static mut [u8; 8] = Box::leak(Box::new([0u8; 8]));
-    let mut ring = match setup(entries) {
+    let (mut ring, supported) = match setup(entries) {
         Ok(r) => r,
         Err(e) => {
             let _ = ready.send(Err(e));
@@ -352,6 +489,12 @@ fn ring_thread(
             .build()
             .user_data(WAKE)
     };
+    let mut fixed = FixedState {
+        supported,
+        active: None,
+        last: 0,
+        used,
+    };
     let mut slab = Slab::default();
     let mut pending: VecDeque<usize> = VecDeque::new();
     let mut wake_armed = false;
@@ -360,6 +503,11 @@ fn ring_thread(
     loop {
         loop {
             match rx.try_recv() {
+                Ok(Op::Register(r)) => {
+                    let res = register(&ring, &mut fixed, &r.windows);
+                    let _ = r.tx.send(res);
+                }
+                Ok(Op::Unregister(g)) => unregister(&ring, &mut fixed, g),
                 Ok(op) => pending.push_back(slab.insert(op)),
                 Err(mpsc::TryRecvError::Empty) => break,
                 Err(mpsc::TryRecvError::Disconnected) => {
@@ -381,10 +529,12 @@ fn ring_thread(
                 pending.pop_front();
                 continue;
             };
-            let sqe = build_sqe(slot, op);
+            let sqe = build_sqe(slot, op, fixed.active, &fixed.used);
             // SAFETY: the SQE points into the op's buffer (or at nothing, for fallocate
             // and fsync) and at its file's fd. The op — buffer and Arc<File> — stays in
-            // the slab, unmoved in memory, until its CQE is reaped in `complete`.
+            // the slab, unmoved in memory, until its CQE is reaped in `complete`. A fixed
+            // request names the active registration's index of this very buffer, whose
+            // window holds the range (build_sqe checks the registration).
             if unsafe { ring.submission().push(&sqe) }.is_err() {
                 break;
             }
@@ -430,7 +580,7 @@ fn fail_all(slab: &mut Slab, e: &io::Error) {
                 drop(b.tx.send((Buf::new(0), Err(io::Error::new(e.kind(), e.to_string())))));
             }
             Some(Op::Plain(p)) => drop(p.tx.send(Err(io::Error::new(e.kind(), e.to_string())))),
-            None => {}
+            Some(Op::Register(_) | Op::Unregister(_)) | None => {}
         }
     }
 }
