@@ -33,7 +33,8 @@ here=$(pwd)
 ms_now() { date +%s%3N; }
 json_num() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
 ratio() { python3 -c "import sys; print(int(sys.argv[1]) / max(int(sys.argv[2]), 1))" "$1" "$2"; }
-watermark() { sed -n 's/^watermark //p' "$1" 2>/dev/null | head -1; }
+# (No journal yet — killed before it was made — is watermark 0, not a failure.)
+watermark() { { sed -n 's/^watermark //p' "$1" 2>/dev/null || true; } | head -1; }
 # What the next attempt copies again: data written past the recorded watermark (a full
 # copy onto a new file), or changed extents past it already holding the new bytes (a delta).
 past_full() { python3 "$here/benches/kill9_helper.py" past "$1" "$2"; }
