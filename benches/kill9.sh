@@ -29,27 +29,12 @@ for t in nbdkit nbdcopy qemu-nbd; do command -v $t >/dev/null || { echo "kill9: 
 work=$(mktemp -d)
 trap 'kill $(cat "$work"/nbd.pid 2>/dev/null) 2>/dev/null || true; rm -rf "$work"' EXIT
 here=$(pwd)
-
-ms_now() { date +%s%3N; }
-json_num() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
-ratio() { python3 -c "import sys; print(int(sys.argv[1]) / max(int(sys.argv[2]), 1))" "$1" "$2"; }
-# (No journal yet — killed before it was made — is watermark 0, not a failure.)
-watermark() { { sed -n 's/^watermark //p' "$1" 2>/dev/null || true; } | head -1; }
+. benches/faults.sh
 # What the next attempt copies again: data written past the recorded watermark (a full
 # copy onto a new file), or changed extents past it already holding the new bytes (a delta).
 past_full() { python3 "$here/benches/kill9_helper.py" past "$1" "$2"; }
 past_delta() { python3 "$here/benches/kill9_helper.py" past-delta "$1" "$work/src2.img" "$work/changed.json" "$2"; }
 past_fn=past_full
-
-serve() { # serve FILE: qemu-nbd on $work/nbd.sock
-  qemu-nbd -t --shared=16 -r -f raw -k "$work/nbd.sock" --pid-file "$work/nbd.pid" "$1" 2>/dev/null &
-  for _ in $(seq 100); do [ -s "$work/nbd.pid" ] && [ -S "$work/nbd.sock" ] && break; sleep 0.02; done
-}
-unserve() {
-  kill "$(cat "$work/nbd.pid")" 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -f "$work/nbd.pid" "$work/nbd.sock"
-}
 
 # kill_resume SRC TARGET JOURNAL FULL_MS EXTRA...: run the copy, kill it at random points
 # (at most 3 times), run it again until it exits 0. Sets k (kills), last (the finishing
@@ -86,13 +71,7 @@ identical=0 crashes=0 kills=0 dkills=0
 fractions="" rereads="" drereads=""
 for run in $(seq 1 "$runs"); do
   rm -f "$work"/nbd.sock "$work"/t.img "$work"/j "$work"/j2 "$work"/src.img "$work"/src2.img
-  # The disk, made by nbdkit and served by qemu-nbd: nbdkit 1.32 aborts (an assertion
-  # in raw_send_socket) when a client is killed mid-reply, qemu-nbd does not.
-  nbdkit -U "$work/gen.sock" -P "$work/gen.pid" sparse-random "size=${size_mib}M" \
-    percent=50 runlength=1048576 "seed=$run"
-  for _ in $(seq 100); do [ -s "$work/gen.pid" ] && [ -S "$work/gen.sock" ] && break; sleep 0.02; done
-  nbdcopy "nbd+unix:///?socket=$work/gen.sock" "$work/src.img"
-  kill "$(cat "$work/gen.pid")"; rm -f "$work/gen.pid" "$work/gen.sock"
+  random_disk "$work/src.img" "$size_mib" "$run"
   serve "$work/src.img"
   src="nbd+unix:///?socket=$work/nbd.sock"
   # How long a whole copy takes, for the kill points.

@@ -36,18 +36,9 @@ done
 [ -e /dev/fuse ] || { echo "powercut: /dev/fuse is missing (nbdfuse needs FUSE)" >&2; exit 2; }
 work=$(mktemp -d)
 here=$(pwd)
+. benches/faults.sh
 helper() { python3 "$here/benches/kill9_helper.py" "$@"; }
 dev="" fuse_pid=""
-
-serve() { # serve FILE: qemu-nbd on $work/nbd.sock
-  qemu-nbd -t --shared=16 -r -f raw -k "$work/nbd.sock" --pid-file "$work/nbd.pid" "$1" 2>/dev/null &
-  for _ in $(seq 100); do [ -s "$work/nbd.pid" ] && [ -S "$work/nbd.sock" ] && break; sleep 0.02; done
-}
-unserve() {
-  kill "$(cat "$work/nbd.pid")" 2>/dev/null || true
-  while kill -0 "$(cat "$work/nbd.pid" 2>/dev/null)" 2>/dev/null; do sleep 0.02; done
-  rm -f "$work/nbd.pid" "$work/nbd.sock"
-}
 
 power_on() { # the target device over $work/back.img; sets dev and fuse_pid
   mkdir -p "$work/mnt"
@@ -81,12 +72,6 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-
-ms_now() { date +%s%3N; }
-json_num() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
-ratio() { python3 -c "import sys; print(int(sys.argv[1]) / max(int(sys.argv[2]), 1))" "$1" "$2"; }
-# (No journal yet — killed before it was made — is watermark 0, not a failure.)
-watermark() { { sed -n 's/^watermark //p' "$1" 2>/dev/null || true; } | head -1; }
 
 # cut_resume SRC_URI SRC_FILE JOURNAL FULL_MS EXTRA...: with the power on, run the copy
 # onto $dev, cut the power at a random point (at most 2 times), check the journal's
@@ -154,11 +139,7 @@ fractions="" dfractions=""
 full_ms="" delta_ms=""
 for run in $(seq 1 "$runs"); do
   rm -f "$work"/back.img "$work"/j "$work"/j2 "$work"/src.img "$work"/src2.img
-  nbdkit -U "$work/gen.sock" -P "$work/gen.pid" sparse-random "size=${size_mib}M" \
-    percent=50 runlength=1048576 "seed=$run"
-  for _ in $(seq 100); do [ -s "$work/gen.pid" ] && [ -S "$work/gen.sock" ] && break; sleep 0.02; done
-  nbdcopy "nbd+unix:///?socket=$work/gen.sock" "$work/src.img"
-  kill "$(cat "$work/gen.pid")"; rm -f "$work/gen.pid" "$work/gen.sock"
+  random_disk "$work/src.img" "$size_mib" "$run"
   serve "$work/src.img"
   src="nbd+unix:///?socket=$work/nbd.sock"
   truncate -s "$(stat -c %s "$work/src.img")" "$work/back.img"
