@@ -62,8 +62,10 @@ impl Buf {
         self.fixed
     }
 
-    /// Record where the engine registered this buffer's window (`None`: nowhere).
-    pub fn set_fixed(&mut self, f: Option<Fixed>) {
+    /// Record where the engine registered this buffer's window (`None`: nowhere). Only
+    /// the code that registered this very window may call it (the engine's fixed
+    /// requests trust it).
+    pub(crate) fn set_fixed(&mut self, f: Option<Fixed>) {
         self.fixed = f;
     }
 

@@ -254,19 +254,18 @@ impl CpuLimited {
         let text = proc_self_cgroup().ok_or(CgroupError::NotFound("cpu"))?;
         let place = locate(Path::new(MOUNT), &text, "cpu").ok_or(CgroupError::NotFound("cpu"))?;
         let quota = millis * CHILD_PERIOD_US / 1000;
+        // A new name per cgroup (cpu.stat counts from its making): never a leftover's.
+        static MADE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = place
             .dir
-            .join(format!("ferry-cpu-limit-{}-{millis}m", std::process::id()));
+            .join(format!("ferry-cpu-limit-{}-{n}", std::process::id()));
         if place.version == Version::V2 {
             // A v2 child gets the cpu controller only when its parent hands it down.
             let ctl = place.dir.join("cgroup.subtree_control");
             std::fs::write(&ctl, "+cpu").map_err(io("enabling cpu in", &ctl))?;
         }
-        match std::fs::create_dir(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(io("making", &dir)(e)),
-        }
+        std::fs::create_dir(&dir).map_err(io("making", &dir))?;
         let c = CpuLimited { dir, millis };
         match place.version {
             Version::V1 => {

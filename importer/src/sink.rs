@@ -334,8 +334,9 @@ impl Sink {
         match self.engine.register_buffers(windows).await {
             Ok(g) => {
                 for (i, b) in bufs.iter_mut().enumerate() {
-                    // register_buffers takes at most u16::MAX + 1 of them.
-                    let index = u16::try_from(i).unwrap_or(u16::MAX);
+                    // The engine registers at most MAX_FIXED_BUFFERS (16384) of them, and
+                    // the pool holds at most 1024 (--buf-count): the index fits.
+                    let Ok(index) = u16::try_from(i) else { break };
                     b.set_fixed(Some(crate::buf::Fixed {
                         registration: g,
                         index,

@@ -7,8 +7,8 @@ mod common;
 
 use common::*;
 
-/// Child cgroups the bench left in this process's cpu cgroup.
-fn leftover_cgroups() -> Vec<String> {
+/// Child cgroups the bench (process `pid`) left in this process's cpu cgroup.
+fn leftover_cgroups(pid: u32) -> Vec<String> {
     let proc = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
     let mount = std::path::Path::new("/sys/fs/cgroup");
     let dir = proc.lines().find_map(|l| {
@@ -27,7 +27,7 @@ fn leftover_cgroups() -> Vec<String> {
     std::fs::read_dir(dir)
         .map(|d| {
             d.filter_map(|e| e.ok()?.file_name().into_string().ok())
-                .filter(|n| n.starts_with(&format!("ferry-cpu-limit-{}-", std::process::id())))
+                .filter(|n| n.starts_with(&format!("ferry-cpu-limit-{pid}-")))
                 .collect()
         })
         .unwrap_or_default()
@@ -60,7 +60,9 @@ fn under_a_cpu_limit_ferry_and_nbdcopy_each_run_alone_in_a_throttled_cgroup() {
         "750m",
         "--json",
     ]);
-    let r = run(c, RUN_LIMIT * 2);
+    let r = spawn(c);
+    let pid = r.pid();
+    let r = r.wait(RUN_LIMIT * 2);
     assert!(r.status.success(), "{}\n{}", r.stdout, r.stderr);
     let v: serde_json::Value = serde_json::from_str(r.stdout.trim())
         .unwrap_or_else(|e| panic!("{e}: {}\n{}", r.stdout, r.stderr));
@@ -91,7 +93,7 @@ fn under_a_cpu_limit_ferry_and_nbdcopy_each_run_alone_in_a_throttled_cgroup() {
         );
     }
     assert!(!target.exists(), "the bench's target is removed after it");
-    assert_eq!(leftover_cgroups(), Vec::<String>::new());
+    assert_eq!(leftover_cgroups(pid), Vec::<String>::new());
 
     // A quantity Kubernetes would not write.
     let r = run(

@@ -146,11 +146,16 @@ pub fn measure(a: MeasureArgs) -> anyhow::Result<()> {
 }
 
 /// Run `ferry bench`.
-pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
+/// Run `ferry bench`; `threads` is the global `--threads`, passed on to the measured
+/// ferry.
+pub async fn run(a: BenchArgs, threads: Option<u16>) -> anyhow::Result<()> {
     a.tuning.validate()?;
+    let threads: Vec<String> = threads
+        .map(|n| vec!["--threads".to_string(), n.to_string()])
+        .unwrap_or_default();
     match (&a.src, &a.dst) {
-        (None, None) => synthetic(&a).await,
-        (Some(src), Some(dst)) => side_by_side(&a, src, dst).await,
+        (None, None) => synthetic(&a, &threads).await,
+        (Some(src), Some(dst)) => side_by_side(&a, src, dst, &threads).await,
         _ => bail!("give both SRC and DST, or neither for the built-in synthetic disk"),
     }
 }
@@ -171,12 +176,12 @@ fn remove_if_file(p: &Path) -> anyhow::Result<()> {
     }
 }
 
-async fn synthetic(a: &BenchArgs) -> anyhow::Result<()> {
+async fn synthetic(a: &BenchArgs, threads: &[String]) -> anyhow::Result<()> {
     if !a.compare.is_empty() {
         bail!("--compare needs SRC and DST: the peers cannot read the in-process synthetic disk");
     }
     if let Some(millis) = a.cpu_limit {
-        return synthetic_limited(a, millis);
+        return synthetic_limited(a, millis, threads);
     }
     let dir = tempfile::Builder::new()
         .prefix("ferry-bench")
@@ -262,9 +267,10 @@ async fn synthetic(a: &BenchArgs) -> anyhow::Result<()> {
 /// The synthetic benchmark run again as a child in a cgroup with the CPU limit (so its
 /// runtime is sized as a pod's would be); its lines and JSON are its own, then the
 /// cgroup's throttling follows on stderr.
-fn synthetic_limited(a: &BenchArgs, millis: u64) -> anyhow::Result<()> {
-    let mut cmd = vec![
-        std::env::current_exe()?.display().to_string(),
+fn synthetic_limited(a: &BenchArgs, millis: u64, threads: &[String]) -> anyhow::Result<()> {
+    let mut cmd = vec![std::env::current_exe()?.display().to_string()];
+    cmd.extend_from_slice(threads);
+    cmd.extend([
         "bench".into(),
         "--runs".into(),
         a.runs.to_string(),
@@ -272,7 +278,7 @@ fn synthetic_limited(a: &BenchArgs, millis: u64) -> anyhow::Result<()> {
         a.size_mib.to_string(),
         "--data-percent".into(),
         a.data_percent.to_string(),
-    ];
+    ]);
     if let Some(d) = &a.dir {
         cmd.extend(["--dir".into(), d.display().to_string()]);
     }
@@ -393,19 +399,25 @@ fn is_block(p: &Path) -> bool {
     std::fs::metadata(p).is_ok_and(|m| m.file_type().is_block_device())
 }
 
-async fn side_by_side(a: &BenchArgs, src: &str, dst: &Path) -> anyhow::Result<()> {
+async fn side_by_side(
+    a: &BenchArgs,
+    src: &str,
+    dst: &Path,
+    threads: &[String],
+) -> anyhow::Result<()> {
     let (size, data) = data_bytes(src, &a.tuning).await?;
     let dst_s = dst.display().to_string();
     let block = is_block(dst);
     let mut tools: Vec<(String, Vec<String>)> = Vec::new();
-    let mut ferry_cmd = vec![
-        std::env::current_exe()?.display().to_string(),
+    let mut ferry_cmd = vec![std::env::current_exe()?.display().to_string()];
+    ferry_cmd.extend_from_slice(threads);
+    ferry_cmd.extend([
         "copy".into(),
         src.into(),
         dst_s.clone(),
         "--json".into(),
         "--no-progress".into(),
-    ];
+    ]);
     ferry_cmd.extend(a.tuning.to_args());
     tools.push(("ferry".into(), ferry_cmd));
     for peer in &a.compare {

@@ -433,7 +433,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let work = async {
         match cli.command {
             Command::Copy(a) => copy_cmd::run(*a).await,
-            Command::Bench(a) => bench::run(a).await,
+            Command::Bench(a) => bench::run(a, cli.threads).await,
             Command::Measure(a) => bench::measure(a),
             Command::Upload(a) => upload_cmd::run(a).await,
             Command::Verify(a) => verify_cmd::run(*a).await,

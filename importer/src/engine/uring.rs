@@ -88,6 +88,9 @@ struct FixedState {
     active: Option<u64>,
     /// The last registration's number.
     last: u64,
+    /// An Unregister received while fixed SQEs of the active registration may still sit
+    /// unsubmitted in the SQ: applied once the SQ is empty.
+    ending: Option<u64>,
     /// Requests submitted with a registered buffer.
     used: Arc<AtomicU64>,
 }
@@ -327,16 +330,24 @@ fn register(ring: &IoUring, st: &mut FixedState, windows: &[(usize, usize)]) -> 
     Ok(st.last)
 }
 
-/// End registration `registration` if it is the one in force.
-fn unregister(ring: &IoUring, st: &mut FixedState, registration: u64) {
-    if st.active == Some(registration) {
-        // Requests in flight keep their buffers' pages until they complete (the kernel
-        // refcounts the registration); anything queued after this goes plain.
-        if let Err(e) = ring.submitter().unregister_buffers() {
-            tracing::debug!(error = %e, "unregistering the fixed buffers");
-        }
-        st.active = None;
+/// End registration `registration` if it is the one in force — once no SQE built for
+/// it waits unsubmitted (until then it is `ending`, and still in force).
+fn unregister(ring: &mut IoUring, st: &mut FixedState, registration: u64) {
+    if st.active != Some(registration) {
+        return;
     }
+    if !ring.submission().is_empty() {
+        st.ending = Some(registration);
+        return;
+    }
+    st.ending = None;
+    // Requests in flight keep their buffers' pages until they complete (the kernel
+    // refcounts the registration, or quiesces the ring before 5.13); anything queued
+    // after this goes plain.
+    if let Err(e) = ring.submitter().unregister_buffers() {
+        tracing::debug!(error = %e, "unregistering the fixed buffers");
+    }
+    st.active = None;
 }
 
 /// Slab of in-flight ops keyed by `user_data`.
@@ -369,10 +380,11 @@ impl Slab {
     }
 }
 
-/// The SQE of `op` in `slot`; a buffer of the `active` registration goes as a fixed
-/// request (counted in `used`).
-fn build_sqe(slot: usize, op: &mut Op, active: Option<u64>, used: &AtomicU64) -> squeue::Entry {
-    match op {
+/// The SQE of `op` in `slot`, and whether it is a fixed request (a buffer of the
+/// `active` registration).
+fn build_sqe(slot: usize, op: &mut Op, active: Option<u64>) -> (squeue::Entry, bool) {
+    let mut is_fixed = false;
+    let sqe = match op {
         Op::Buf(b) => {
             let fd = types::Fd(b.file.as_raw_fd());
             let remaining = b.buf.len() - b.done;
@@ -380,9 +392,7 @@ fn build_sqe(slot: usize, op: &mut Op, active: Option<u64>, used: &AtomicU64) ->
             let len = u32::try_from(remaining).unwrap_or(u32::MAX);
             let offset = b.offset + b.done as u64;
             let fixed = b.buf.fixed().filter(|f| Some(f.registration) == active);
-            if fixed.is_some() {
-                used.fetch_add(1, Ordering::Relaxed);
-            }
+            is_fixed = fixed.is_some();
             match (b.dir, fixed) {
                 (Dir::Write, None) => {
                     let ptr = b.buf.as_slice()[b.done..].as_ptr();
@@ -420,8 +430,8 @@ fn build_sqe(slot: usize, op: &mut Op, active: Option<u64>, used: &AtomicU64) ->
                     .build(),
             }
         }
-    }
-    .user_data(slot as u64)
+    };
+    (sqe.user_data(slot as u64), is_fixed)
 }
 
 /// Handle one completion; returns the slot if the op must be resubmitted.
@@ -493,6 +503,7 @@ fn ring_thread(
         supported,
         active: None,
         last: 0,
+        ending: None,
         used,
     };
     let mut slab = Slab::default();
@@ -504,10 +515,13 @@ fn ring_thread(
         loop {
             match rx.try_recv() {
                 Ok(Op::Register(r)) => {
+                    if let Some(g) = fixed.ending {
+                        unregister(&mut ring, &mut fixed, g);
+                    }
                     let res = register(&ring, &mut fixed, &r.windows);
                     let _ = r.tx.send(res);
                 }
-                Ok(Op::Unregister(g)) => unregister(&ring, &mut fixed, g),
+                Ok(Op::Unregister(g)) => unregister(&mut ring, &mut fixed, g),
                 Ok(op) => pending.push_back(slab.insert(op)),
                 Err(mpsc::TryRecvError::Empty) => break,
                 Err(mpsc::TryRecvError::Disconnected) => {
@@ -529,7 +543,7 @@ fn ring_thread(
                 pending.pop_front();
                 continue;
             };
-            let sqe = build_sqe(slot, op, fixed.active, &fixed.used);
+            let (sqe, is_fixed) = build_sqe(slot, op, fixed.active);
             // SAFETY: the SQE points into the op's buffer (or at nothing, for fallocate
             // and fsync) and at its file's fd. The op — buffer and Arc<File> — stays in
             // the slab, unmoved in memory, until its CQE is reaped in `complete`. A fixed
@@ -537,6 +551,9 @@ fn ring_thread(
             // window holds the range (build_sqe checks the registration).
             if unsafe { ring.submission().push(&sqe) }.is_err() {
                 break;
+            }
+            if is_fixed {
+                fixed.used.fetch_add(1, Ordering::Relaxed);
             }
             pending.pop_front();
         }
@@ -546,7 +563,11 @@ fn ring_thread(
         }
         let want = usize::from(in_flight > 0 || wake_armed);
         match ring.submit_and_wait(want) {
-            Ok(_) => {}
+            Ok(_) => {
+                if let Some(g) = fixed.ending {
+                    unregister(&mut ring, &mut fixed, g);
+                }
+            }
             Err(e)
                 if e.raw_os_error() == Some(libc::EINTR)
                     || e.raw_os_error() == Some(libc::EBUSY) => {}
