@@ -133,7 +133,7 @@ impl Server {
             .env_remove("UPLOAD_IMAGE_SIZE");
         let proc = spawn(c);
         let start = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while !ferry_test_kit::listening(port) {
             assert!(
                 start.elapsed() < READY_WAIT,
                 "the upload server did not listen"

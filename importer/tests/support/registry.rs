@@ -102,7 +102,6 @@
 use std::fmt;
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -468,7 +467,7 @@ impl Registry {
             );
             let deadline = Instant::now() + START_WAIT;
             let mut exited = None;
-            while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            while !ferry_test_kit::listening(port) {
                 if let Some(st) = peer.0.try_wait().unwrap() {
                     exited = Some(st);
                     break;

@@ -166,6 +166,15 @@ pub fn mixed_disk(text: usize, random: usize, len: usize) -> Vec<u8> {
     d
 }
 
+/// Whether something listens on 127.0.0.1:`port`. A connection whose local and peer
+/// address are the same is not a listener: connecting to a free port in the ephemeral
+/// range can pick that very port as the local one and connect to itself (TCP
+/// simultaneous open), which once let a test start before its server listened.
+pub fn listening(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port))
+        .is_ok_and(|s| s.local_addr().ok() != s.peer_addr().ok())
+}
+
 /// The named seeds of fuzz target `target`: the files in `fuzz/corpus/<target>` made on
 /// purpose (by qemu-img, a converter, a server transcript) and named for what they are.
 /// A fuzzing campaign merges its finds beside them under libFuzzer's names (40 hex

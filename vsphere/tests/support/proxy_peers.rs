@@ -6,7 +6,7 @@
 
 #![allow(dead_code)]
 
-use std::net::{IpAddr, TcpStream, ToSocketAddrs};
+use std::net::{IpAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -28,9 +28,11 @@ pub fn machine_host() -> (String, IpAddr) {
 
 pub use ferry_test_kit::free_port;
 
+/// Wait until `child` listens on `port` (a self-connection does not count:
+/// [`ferry_test_kit::listening`]).
 pub fn wait_for_port(port: u16, child: &mut Child, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+    while !ferry_test_kit::listening(port) {
         if let Some(status) = child.try_wait().unwrap() {
             panic!("{what} exited early: {status}");
         }
