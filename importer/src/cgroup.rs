@@ -236,7 +236,6 @@ impl CpuStat {
 #[derive(Debug)]
 pub struct CpuLimited {
     dir: PathBuf,
-    millis: u64,
 }
 
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> CgroupError + 'a {
@@ -266,7 +265,7 @@ impl CpuLimited {
             std::fs::write(&ctl, "+cpu").map_err(io("enabling cpu in", &ctl))?;
         }
         std::fs::create_dir(&dir).map_err(io("making", &dir))?;
-        let c = CpuLimited { dir, millis };
+        let c = CpuLimited { dir };
         match place.version {
             Version::V1 => {
                 let p = c.dir.join("cpu.cfs_period_us");
@@ -288,16 +287,6 @@ impl CpuLimited {
         &self.dir
     }
 
-    /// The limit, thousandths of a CPU.
-    pub fn millis(&self) -> u64 {
-        self.millis
-    }
-
-    /// Move the calling process into the cgroup (its children are born there).
-    pub fn enter(&self) -> Result<(), CgroupError> {
-        enter(&self.dir)
-    }
-
     /// The cgroup's `cpu.stat` now.
     pub fn stat(&self) -> CpuStat {
         read_small(&self.dir.join("cpu.stat"))
@@ -306,7 +295,7 @@ impl CpuLimited {
     }
 }
 
-/// Move the calling process into the cgroup at `dir`.
+/// Move the calling process into the cgroup at `dir` (its children are born there).
 pub fn enter(dir: &Path) -> Result<(), CgroupError> {
     let procs = dir.join("cgroup.procs");
     std::fs::write(&procs, std::process::id().to_string()).map_err(io("joining", &procs))

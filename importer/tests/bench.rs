@@ -9,21 +9,9 @@ use common::*;
 
 /// Child cgroups the bench (process `pid`) left in this process's cpu cgroup.
 fn leftover_cgroups(pid: u32) -> Vec<String> {
-    let proc = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
-    let mount = std::path::Path::new("/sys/fs/cgroup");
-    let dir = proc.lines().find_map(|l| {
-        let mut p = l.splitn(3, ':');
-        let (id, ctl, path) = (p.next()?, p.next()?, p.next()?);
-        let rel = path.trim_start_matches('/');
-        if ctl.split(',').any(|c| c == "cpu") {
-            Some(mount.join("cpu").join(rel))
-        } else if id == "0" && ctl.is_empty() {
-            Some(mount.join(rel))
-        } else {
-            None
-        }
-    });
-    let Some(dir) = dir else { return Vec::new() };
+    let Ok((dir, _)) = own_cgroup("cpu") else {
+        return Vec::new();
+    };
     std::fs::read_dir(dir)
         .map(|d| {
             d.filter_map(|e| e.ok()?.file_name().into_string().ok())

@@ -678,6 +678,27 @@ pub fn qcow2_of(raw: &Path) -> PathBuf {
     q
 }
 
+/// This process's own cgroup directory for the v1 `controller`, or in v2's unified
+/// hierarchy (then `true`) where that controller has no v1 line.
+pub fn own_cgroup(controller: &str) -> Result<(PathBuf, bool), String> {
+    let proc = std::fs::read_to_string("/proc/self/cgroup").map_err(|e| e.to_string())?;
+    let mount = Path::new("/sys/fs/cgroup");
+    let mut found = None;
+    for line in proc.lines() {
+        let mut p = line.splitn(3, ':');
+        let (id, ctl, path) = (p.next(), p.next(), p.next());
+        let rel = path.unwrap_or("").trim_start_matches('/');
+        if ctl.is_some_and(|c| c.split(',').any(|c| c == controller)) {
+            found = Some((mount.join(controller).join(rel), false));
+            break;
+        }
+        if id == Some("0") && ctl == Some("") && found.is_none() {
+            found = Some((mount.join(rel), true));
+        }
+    }
+    found.ok_or(format!("no {controller} cgroup in /proc/self/cgroup"))
+}
+
 /// A child cgroup made by a test under this process's own, in the v1 hierarchy of
 /// `controller` or in v2's (whichever this machine has), with its settings written;
 /// removed on drop.
@@ -694,23 +715,7 @@ impl Cgroup {
         v1: &[(&str, &str)],
         v2: &[(&str, &str)],
     ) -> Result<Cgroup, String> {
-        let proc = std::fs::read_to_string("/proc/self/cgroup").map_err(|e| e.to_string())?;
-        let mount = Path::new("/sys/fs/cgroup");
-        let mut found = None;
-        for line in proc.lines() {
-            let mut p = line.splitn(3, ':');
-            let (id, ctl, path) = (p.next(), p.next(), p.next());
-            let rel = path.unwrap_or("").trim_start_matches('/');
-            if ctl.is_some_and(|c| c.split(',').any(|c| c == controller)) {
-                found = Some((mount.join(controller).join(rel), false));
-                break;
-            }
-            if id == Some("0") && ctl == Some("") && found.is_none() {
-                found = Some((mount.join(rel), true));
-            }
-        }
-        let (parent, v2_found) =
-            found.ok_or(format!("no {controller} cgroup in /proc/self/cgroup"))?;
+        let (parent, v2_found) = own_cgroup(controller)?;
         if v2_found {
             // v2 hands a controller to children only when the parent enables it.
             let _ = std::fs::write(
