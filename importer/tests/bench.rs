@@ -91,3 +91,76 @@ fn under_a_cpu_limit_ferry_and_nbdcopy_each_run_alone_in_a_throttled_cgroup() {
     assert_eq!(r.status.code(), Some(2), "{}", r.stderr);
     r.failure("--cpu-limit 5m", &["not a CPU quantity", "750m"]);
 }
+
+#[test]
+fn concurrent_copies_run_at_once_each_in_its_own_cgroup_into_its_own_target() {
+    if !require_root(&["nbdkit", "nbdcopy"], false) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = ferry_test_kit::Server::nbdkit(
+        dir.path(),
+        &[
+            "sparse-random",
+            "size=128M",
+            "percent=50",
+            "runlength=1048576",
+            "seed=5",
+        ],
+    );
+    let target = dir.path().join("t.img");
+    let mut c = ferry(&["bench", &src.uri()]);
+    c.arg(&target).args([
+        "--compare",
+        "nbdcopy",
+        "--runs",
+        "1",
+        "--cpu-limit",
+        "750m",
+        "--concurrent",
+        "3",
+        "--json",
+    ]);
+    let r = spawn(c);
+    let pid = r.pid();
+    let r = r.wait(RUN_LIMIT * 2);
+    assert!(r.status.success(), "{}\n{}", r.stdout, r.stderr);
+    let v: serde_json::Value = serde_json::from_str(r.stdout.trim())
+        .unwrap_or_else(|e| panic!("{e}: {}\n{}", r.stdout, r.stderr));
+    let conc = &v["concurrent"];
+    assert_eq!(conc["copies"], 3, "{v}");
+    let rounds = conc["rounds"].as_array().expect("rounds");
+    let tools: Vec<&str> = rounds.iter().filter_map(|r| r["tool"].as_str()).collect();
+    assert_eq!(tools, ["ferry", "nbdcopy"], "{v}");
+    for round in rounds {
+        let copies = round["copies"].as_array().expect("copies");
+        assert_eq!(copies.len(), 3, "{round}");
+        let makespan = round["makespan_seconds"].as_f64().unwrap();
+        for c in copies {
+            assert_eq!(c["code"], 0, "{round}");
+            assert!(
+                c["cpu_stat"]["periods"].as_u64().unwrap_or(0) > 0,
+                "a copy ran outside its own cgroup: {round}"
+            );
+            // At once: none outlasts the round, and they overlap rather than queue.
+            let secs = c["seconds"].as_f64().unwrap();
+            assert!(secs <= makespan + 0.05, "{round}");
+        }
+        let sum: f64 = copies.iter().map(|c| c["seconds"].as_f64().unwrap()).sum();
+        assert!(makespan < sum, "the copies ran one after another: {round}");
+    }
+    for tool in ["ferry", "nbdcopy"] {
+        let s = conc[tool]["aggregate_over_one"].as_f64().unwrap_or(0.0);
+        assert!(s > 0.0, "{tool}: {v}");
+    }
+    for i in 1..=3 {
+        let t = dir.path().join(format!("t.img.{i}"));
+        assert!(!t.exists(), "{} is removed after the bench", t.display());
+    }
+    assert_eq!(leftover_cgroups(pid), Vec::<String>::new());
+
+    // The built-in synthetic disk is copied in process: nothing to run N of.
+    let r = run(ferry(&["bench", "--concurrent", "2"]), RUN_LIMIT);
+    assert!(!r.status.success());
+    r.failure("--concurrent without SRC", &["--concurrent needs SRC and DST"]);
+}

@@ -7,6 +7,9 @@
 //!   (nbdcopy, qemu-img) and the floor (source read to nowhere; fio writing the same
 //!   data), in alternation on the same source and target, each measured by a helper
 //!   process (`ferry __measure`) so wall time, CPU time and peak RSS are the child's own.
+//!   `--cpu-limit` runs each alone in a child cgroup with that quota; `--concurrent N`
+//!   then runs N of each at once (N pods on one node) and compares their aggregate
+//!   throughput with one copy's alone.
 
 use std::io::Read;
 use std::os::unix::fs::FileTypeExt;
@@ -57,6 +60,12 @@ pub struct BenchArgs {
     /// its throttled periods.
     #[arg(long, value_name = "CPUS", value_parser = ferry::cgroup::parse_cpu_millis)]
     pub cpu_limit: Option<u64>,
+    /// After each tool's run alone, run N copies of it at once, as N pods on one node
+    /// would (each in its own cgroup under `--cpu-limit`, each into its own target:
+    /// DST.1 … DST.N for a file, or `null:`), and report their aggregate throughput
+    /// against one copy alone.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(2..=64))]
+    pub concurrent: Option<u16>,
     #[command(flatten)]
     pub tuning: Tuning,
 }
@@ -180,6 +189,9 @@ async fn synthetic(a: &BenchArgs, threads: &[String]) -> anyhow::Result<()> {
     if !a.compare.is_empty() {
         bail!("--compare needs SRC and DST: the peers cannot read the in-process synthetic disk");
     }
+    if a.concurrent.is_some() {
+        bail!("--concurrent needs SRC and DST: it runs ferry copy (and the peers) as N processes");
+    }
     if let Some(millis) = a.cpu_limit {
         return synthetic_limited(a, millis, threads);
     }
@@ -248,6 +260,30 @@ async fn synthetic(a: &BenchArgs, threads: &[String]) -> anyhow::Result<()> {
         "peak_rss_mib": med.max_rss_kib / 1024, "engine": stats.engine, "direct": stats.direct,
         "buf_size": stats.buf_size, "buf_count": stats.buf_count,
     });
+    if copies > 0 {
+        summary["concurrent"] = serde_json::json!({ "copies": copies, "rounds": rounds });
+        for (name, _) in &together {
+            let (Some(one), Some(m)) = (med(name), median_round(&rounds, name)) else {
+                continue;
+            };
+            // Aggregate throughput of N at once over one copy's alone: 1.0 is perfect
+            // sharing of whatever the node has.
+            let scaling = copies as f64 * one.seconds / m.makespan_seconds;
+            let cpu: f64 = m.copies.iter().map(|c| c.cpu_seconds).sum();
+            let per_gib = cpu / (copies as f64 * data as f64 / GIB).max(1e-9);
+            summary["concurrent"][name.as_str()] = serde_json::json!({
+                "median_makespan_seconds": m.makespan_seconds,
+                "aggregate_mb_per_s": copies as f64 * data as f64 / m.makespan_seconds / 1e6,
+                "aggregate_over_one": scaling,
+                "cpu_seconds_per_gib": per_gib,
+            });
+            lines.push(format!(
+                "{name} ×{copies} at once: {:.2}s median until the last finished, {:.0} MB/s of data in all = {scaling:.2} × one copy alone, {per_gib:.3} CPU s/GiB",
+                m.makespan_seconds,
+                copies as f64 * data as f64 / m.makespan_seconds / 1e6,
+            ));
+        }
+    }
     if a.json {
         println!("{summary}");
     } else {
@@ -323,6 +359,13 @@ fn verify_synthetic(src: &SyntheticSource, target: &Path) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// The median (by makespan) of `tool`'s concurrent rounds.
+fn median_round(rounds: &[Round], tool: &str) -> Option<Round> {
+    let mut v: Vec<&Round> = rounds.iter().filter(|r| r.tool == tool).collect();
+    v.sort_by(|a, b| a.makespan_seconds.total_cmp(&b.makespan_seconds));
+    v.get(v.len() / 2).map(|r| (*r).clone())
+}
+
 fn median(v: &[Sample]) -> Sample {
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.seconds.total_cmp(&b.seconds));
@@ -367,54 +410,118 @@ fn run_measured_with(
     cpu_limit: Option<u64>,
     keep_stdout: bool,
 ) -> anyhow::Result<Sample> {
-    let out = tempfile::NamedTempFile::new()?;
-    let exe = std::env::current_exe()?;
-    let cgroup = cpu_limit.map(ferry::cgroup::CpuLimited::new).transpose()?;
-    let mut m = Command::new(exe);
-    // The measured ferry's info lines would interleave with the table.
-    m.env(ferry_contract::env::FERRY_LOG, "warn")
-        .arg("__measure")
-        .arg("--out")
-        .arg(out.path());
-    if let Some(c) = &cgroup {
-        m.arg("--cgroup").arg(c.dir());
+    Measured::spawn(tool, cmd, cpu_limit, keep_stdout)?.finish()
+}
+
+/// A `__measure` child running one tool (in its own cgroup under a CPU limit).
+struct Measured {
+    tool: String,
+    cmd: Vec<String>,
+    child: std::process::Child,
+    out: tempfile::NamedTempFile,
+    cgroup: Option<ferry::cgroup::CpuLimited>,
+}
+
+impl Measured {
+    fn spawn(
+        tool: &str,
+        cmd: Vec<String>,
+        cpu_limit: Option<u64>,
+        keep_stdout: bool,
+    ) -> anyhow::Result<Measured> {
+        let out = tempfile::NamedTempFile::new()?;
+        let exe = std::env::current_exe()?;
+        let cgroup = cpu_limit.map(ferry::cgroup::CpuLimited::new).transpose()?;
+        let mut m = Command::new(exe);
+        // The measured ferry's info lines would interleave with the table.
+        m.env(ferry_contract::env::FERRY_LOG, "warn")
+            .arg("__measure")
+            .arg("--out")
+            .arg(out.path());
+        if let Some(c) = &cgroup {
+            m.arg("--cgroup").arg(c.dir());
+        }
+        if keep_stdout {
+            m.arg("--keep-stdout");
+        }
+        let child = m.arg("--").args(&cmd).spawn()?;
+        Ok(Measured {
+            tool: tool.into(),
+            cmd,
+            child,
+            out,
+            cgroup,
+        })
     }
-    if keep_stdout {
-        m.arg("--keep-stdout");
+
+    /// Wait for the child; its sample (with the cgroup's throttling), or why it failed.
+    fn finish(mut self) -> anyhow::Result<Sample> {
+        let tool = &self.tool;
+        let status = self.child.wait()?;
+        if !status.success() {
+            bail!("measuring {tool} failed");
+        }
+        let mut s: Sample = serde_json::from_slice(&std::fs::read(self.out.path())?)?;
+        s.tool.clone_from(tool);
+        s.cpu_stat = self.cgroup.as_ref().map(|c| c.stat());
+        if s.code != 0 {
+            bail!("{tool} exited with code {} ({})", s.code, self.cmd.join(" "));
+        }
+        Ok(s)
     }
-    let status = m.arg("--").args(&cmd).status()?;
-    if !status.success() {
-        bail!("measuring {tool} failed");
-    }
-    let mut s: Sample = serde_json::from_slice(&std::fs::read(out.path())?)?;
-    s.tool = tool.into();
-    s.cpu_stat = cgroup.as_ref().map(|c| c.stat());
-    if s.code != 0 {
-        bail!("{tool} exited with code {} ({})", s.code, cmd.join(" "));
-    }
-    Ok(s)
+}
+
+/// One round of `copies` at once: how long until the last finished, and each one's sample.
+#[derive(Debug, Clone, Serialize)]
+struct Round {
+    tool: String,
+    makespan_seconds: f64,
+    copies: Vec<Sample>,
+}
+
+/// Run every command of `cmds` at once (each measured, in its own cgroup under a limit).
+fn run_concurrent(
+    tool: &str,
+    cmds: Vec<Vec<String>>,
+    cpu_limit: Option<u64>,
+) -> anyhow::Result<Round> {
+    let start = Instant::now();
+    let running = cmds
+        .into_iter()
+        .map(|c| Measured::spawn(tool, c, cpu_limit, false))
+        .collect::<Vec<_>>();
+    // Every child is waited for, even after one failed to start or finish.
+    let results: Vec<anyhow::Result<Sample>> = running
+        .into_iter()
+        .map(|m| m.and_then(Measured::finish))
+        .collect();
+    let makespan_seconds = start.elapsed().as_secs_f64();
+    Ok(Round {
+        tool: tool.into(),
+        makespan_seconds,
+        copies: results.into_iter().collect::<anyhow::Result<_>>()?,
+    })
 }
 
 fn is_block(p: &Path) -> bool {
     std::fs::metadata(p).is_ok_and(|m| m.file_type().is_block_device())
 }
 
-async fn side_by_side(
+/// The commands that copy `src` to `target`: Ferry's and each `--compare` peer's.
+fn tool_cmds(
     a: &BenchArgs,
     src: &str,
-    dst: &Path,
+    target: &str,
+    (block, data): (bool, u64),
     threads: &[String],
-) -> anyhow::Result<()> {
-    let (size, data) = data_bytes(src, &a.tuning).await?;
-    let dst_s = dst.display().to_string();
-    let block = is_block(dst);
+) -> anyhow::Result<Vec<(String, Vec<String>)>> {
     let mut tools: Vec<(String, Vec<String>)> = Vec::new();
     let mut ferry_cmd = vec![std::env::current_exe()?.display().to_string()];
     ferry_cmd.extend_from_slice(threads);
     ferry_cmd.extend([
         "copy".into(),
         src.into(),
-        dst_s.clone(),
+        target.to_string(),
         "--json".into(),
         "--no-progress".into(),
     ]);
@@ -428,7 +535,7 @@ async fn side_by_side(
                     "nbdcopy".into(),
                     "--flush".into(),
                     src.into(),
-                    dst_s.clone(),
+                    target.to_string(),
                 ],
             )),
             "qemu-img" => {
@@ -451,7 +558,7 @@ async fn side_by_side(
                 if block {
                     c.push("-n".into());
                 }
-                c.extend([src.to_string(), dst_s.clone()]);
+                c.extend([src.to_string(), target.to_string()]);
                 tools.push(("qemu-img".into(), c));
             }
             "floor" => {
@@ -465,7 +572,7 @@ async fn side_by_side(
                         vec![
                             "fio".into(),
                             "--name=floor".into(),
-                            format!("--filename={dst_s}"),
+                            format!("--filename={target}"),
                             "--rw=write".into(),
                             "--bs=1M".into(),
                             format!("--size={data}"),
@@ -481,8 +588,42 @@ async fn side_by_side(
             other => bail!("unknown --compare entry {other:?} (known: nbdcopy, qemu-img, floor)"),
         }
     }
+    Ok(tools)
+}
+
+async fn side_by_side(
+    a: &BenchArgs,
+    src: &str,
+    dst: &Path,
+    threads: &[String],
+) -> anyhow::Result<()> {
+    let (size, data) = data_bytes(src, &a.tuning).await?;
+    let dst_s = dst.display().to_string();
+    let block = is_block(dst);
+    let tools = tool_cmds(a, src, &dst_s, (block, data), threads)?;
+    // With --concurrent: each tool (the floor aside) again, N at once, N targets.
+    let copies = usize::from(a.concurrent.unwrap_or(0));
+    let targets: Vec<String> = match copies {
+        0 => Vec::new(),
+        _ if dst_s == "null:" => vec![dst_s.clone(); copies],
+        _ if block => bail!(
+            "--concurrent needs a file or null: target (each copy writes its own DST.1 … DST.N)"
+        ),
+        _ => (1..=copies).map(|i| format!("{dst_s}.{i}")).collect(),
+    };
+    let mut together: Vec<(String, Vec<Vec<String>>)> = Vec::new();
+    for (name, _) in tools.iter().filter(|t| !t.0.starts_with("floor")) {
+        let mut cmds = Vec::new();
+        for t in &targets {
+            let all = tool_cmds(a, src, t, (block, data), threads)?;
+            cmds.extend(all.into_iter().filter(|c| &c.0 == name).map(|c| c.1));
+        }
+        if !cmds.is_empty() {
+            together.push((name.clone(), cmds));
+        }
+    }
     eprintln!(
-        "ferry bench: {src} → {dst_s}: {size} bytes, {data} of them data; {} runs of {}{}",
+        "ferry bench: {src} → {dst_s}: {size} bytes, {data} of them data; {} runs of {}{}{}",
         a.runs,
         tools
             .iter()
@@ -491,9 +632,14 @@ async fn side_by_side(
             .join(", "),
         a.cpu_limit.map_or(String::new(), |m| format!(
             ", each alone under a CPU limit of {m}m"
+        )),
+        a.concurrent.map_or(String::new(), |n| format!(
+            "; then {n} at once of each (the floor aside){}",
+            if a.cpu_limit.is_some() { ", each in its own cgroup" } else { "" }
         ))
     );
     let mut samples: Vec<Sample> = Vec::new();
+    let mut rounds: Vec<Round> = Vec::new();
     for run in 1..=a.runs {
         for (name, cmd) in &tools {
             remove_if_file(dst)?;
@@ -511,8 +657,31 @@ async fn side_by_side(
             samples.push(s);
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        for (name, cmds) in &together {
+            remove_if_file(dst)?;
+            for t in &targets {
+                remove_if_file(Path::new(t))?;
+            }
+            settle();
+            let r = run_concurrent(name, cmds.clone(), a.cpu_limit)?;
+            if !a.json {
+                let cpu: f64 = r.copies.iter().map(|c| c.cpu_seconds).sum();
+                eprintln!(
+                    "run {run} {:<12} {:>8.2}s until the last of {} finished  {:>8.3} CPU s/GiB",
+                    format!("{name} ×{copies}"),
+                    r.makespan_seconds,
+                    r.copies.len(),
+                    cpu / (copies as f64 * data as f64 / GIB).max(1e-9),
+                );
+            }
+            rounds.push(r);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
     remove_if_file(dst)?;
+    for t in targets.iter().filter(|t| t.as_str() != "null:") {
+        remove_if_file(Path::new(t))?;
+    }
     let med = |tool: &str| {
         let v: Vec<Sample> = samples.iter().filter(|s| s.tool == tool).cloned().collect();
         (!v.is_empty()).then(|| median(&v))
