@@ -260,30 +260,6 @@ async fn synthetic(a: &BenchArgs, threads: &[String]) -> anyhow::Result<()> {
         "peak_rss_mib": med.max_rss_kib / 1024, "engine": stats.engine, "direct": stats.direct,
         "buf_size": stats.buf_size, "buf_count": stats.buf_count,
     });
-    if copies > 0 {
-        summary["concurrent"] = serde_json::json!({ "copies": copies, "rounds": rounds });
-        for (name, _) in &together {
-            let (Some(one), Some(m)) = (med(name), median_round(&rounds, name)) else {
-                continue;
-            };
-            // Aggregate throughput of N at once over one copy's alone: 1.0 is perfect
-            // sharing of whatever the node has.
-            let scaling = copies as f64 * one.seconds / m.makespan_seconds;
-            let cpu: f64 = m.copies.iter().map(|c| c.cpu_seconds).sum();
-            let per_gib = cpu / (copies as f64 * data as f64 / GIB).max(1e-9);
-            summary["concurrent"][name.as_str()] = serde_json::json!({
-                "median_makespan_seconds": m.makespan_seconds,
-                "aggregate_mb_per_s": copies as f64 * data as f64 / m.makespan_seconds / 1e6,
-                "aggregate_over_one": scaling,
-                "cpu_seconds_per_gib": per_gib,
-            });
-            lines.push(format!(
-                "{name} ×{copies} at once: {:.2}s median until the last finished, {:.0} MB/s of data in all = {scaling:.2} × one copy alone, {per_gib:.3} CPU s/GiB",
-                m.makespan_seconds,
-                copies as f64 * data as f64 / m.makespan_seconds / 1e6,
-            ));
-        }
-    }
     if a.json {
         println!("{summary}");
     } else {
@@ -721,6 +697,30 @@ async fn side_by_side(
             floor,
             ferry.seconds / floor
         ));
+    }
+    if copies > 0 {
+        summary["concurrent"] = serde_json::json!({ "copies": copies, "rounds": rounds });
+        for (name, _) in &together {
+            let (Some(one), Some(m)) = (med(name), median_round(&rounds, name)) else {
+                continue;
+            };
+            // Aggregate throughput of N at once over one copy's alone: 1.0 is perfect
+            // sharing of whatever the node has.
+            let scaling = copies as f64 * one.seconds / m.makespan_seconds;
+            let cpu: f64 = m.copies.iter().map(|c| c.cpu_seconds).sum();
+            let per_gib = cpu / (copies as f64 * data as f64 / GIB).max(1e-9);
+            summary["concurrent"][name.as_str()] = serde_json::json!({
+                "median_makespan_seconds": m.makespan_seconds,
+                "aggregate_mb_per_s": copies as f64 * data as f64 / m.makespan_seconds / 1e6,
+                "aggregate_over_one": scaling,
+                "cpu_seconds_per_gib": per_gib,
+            });
+            lines.push(format!(
+                "{name} ×{copies} at once: {:.2}s median until the last finished, {:.0} MB/s of data in all = {scaling:.2} × one copy alone, {per_gib:.3} CPU s/GiB",
+                m.makespan_seconds,
+                copies as f64 * data as f64 / m.makespan_seconds / 1e6,
+            ));
+        }
     }
     if a.json {
         println!("{summary}");
