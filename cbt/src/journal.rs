@@ -233,15 +233,23 @@ fn field<'a>(
     let line = lines
         .next()
         .ok_or_else(|| JournalError::Malformed(format!("missing {name}")))?;
-    line.strip_prefix(name)
+    let value = line
+        .strip_prefix(name)
         .and_then(|v| v.strip_prefix(' '))
-        .map(str::to_string)
         .ok_or_else(|| {
             JournalError::Malformed(format!(
                 "expected {name}, got {:?}",
                 line.chars().take(40).collect::<String>()
             ))
-        })
+        })?;
+    // What encode would refuse is not read either: `lines` splits at '\n' only, so a
+    // lone '\r' would otherwise come back inside a value.
+    if value.contains('\r') || value.len() > MAX_JOURNAL_VALUE {
+        return Err(JournalError::Malformed(format!(
+            "{name} has a carriage return or is longer than {MAX_JOURNAL_VALUE} bytes"
+        )));
+    }
+    Ok(value.to_string())
 }
 
 /// Decode and verify a journal.
@@ -490,6 +498,38 @@ mod tests {
         let mut j = sample();
         j.identity.target_id = "x\ny".into();
         assert_eq!(encode(&j), Err(JournalError::BadValue("target-id")));
+    }
+
+    /// Found by the fuzz campaign (fuzz/corpus/journal/carriage-return-in-target-id): a
+    /// lone '\r' inside a value decoded, though encode refuses it. What cannot be
+    /// written is not read; an over-long value neither.
+    #[test]
+    fn a_carriage_return_or_an_over_long_value_is_malformed_as_encode_refuses_it() {
+        let seal = |body: String| format!("{body}crc {:08x}\n", crc32fast::hash(body.as_bytes()));
+        let head = "ferry-journal 2\nsource s\nsize 100\nplan full\ntarget /t\n";
+        let cr = seal(format!("{head}target-id file ino=1\r835010\nwatermark 0\n"));
+        match decode(cr.as_bytes()) {
+            Err(JournalError::Malformed(m)) => {
+                assert!(m.contains("target-id has a carriage return"), "{m}")
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut j = sample();
+        j.identity.target_id = "x\ry".into();
+        assert_eq!(encode(&j), Err(JournalError::BadValue("target-id")));
+        let long = seal(format!(
+            "{head}target-id {}\nwatermark 0\n",
+            "t".repeat(MAX_JOURNAL_VALUE + 1)
+        ));
+        assert!(
+            matches!(decode(long.as_bytes()), Err(JournalError::Malformed(m)) if m.contains("longer than"))
+        );
+        // A CRLF line end is no part of the value, and decodes as before.
+        let crlf = seal(format!("{head}target-id x\r\nwatermark 0\n"));
+        assert_eq!(
+            decode(crlf.as_bytes()).map(|j| j.identity.target_id),
+            Ok("x".to_string())
+        );
     }
 
     #[test]
