@@ -162,5 +162,8 @@ fn concurrent_copies_run_at_once_each_in_its_own_cgroup_into_its_own_target() {
     // The built-in synthetic disk is copied in process: nothing to run N of.
     let r = run(ferry(&["bench", "--concurrent", "2"]), RUN_LIMIT);
     assert!(!r.status.success());
-    r.failure("--concurrent without SRC", &["--concurrent needs SRC and DST"]);
+    r.failure(
+        "--concurrent without SRC",
+        &["--concurrent needs SRC and DST"],
+    );
 }

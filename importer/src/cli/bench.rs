@@ -441,7 +441,11 @@ impl Measured {
         s.tool.clone_from(tool);
         s.cpu_stat = self.cgroup.as_ref().map(|c| c.stat());
         if s.code != 0 {
-            bail!("{tool} exited with code {} ({})", s.code, self.cmd.join(" "));
+            bail!(
+                "{tool} exited with code {} ({})",
+                s.code,
+                self.cmd.join(" ")
+            );
         }
         Ok(s)
     }
@@ -611,7 +615,11 @@ async fn side_by_side(
         )),
         a.concurrent.map_or(String::new(), |n| format!(
             "; then {n} at once of each (the floor aside){}",
-            if a.cpu_limit.is_some() { ", each in its own cgroup" } else { "" }
+            if a.cpu_limit.is_some() {
+                ", each in its own cgroup"
+            } else {
+                ""
+            }
         ))
     );
     let mut samples: Vec<Sample> = Vec::new();
