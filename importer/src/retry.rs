@@ -115,6 +115,36 @@ pub type Reopen<'a> = Box<
         + 'a,
 >;
 
+/// [`crate::copy::copy`] as a task of its own on the runtime's workers, aborted if this
+/// future is dropped. Called from `block_on` (the binaries' main thread), the copy would
+/// otherwise run apart from the tasks it waits for (the NBD readers, spawned on the
+/// workers), and every reply's wake would cross threads: a futex call and a context
+/// switch per request. On a worker, with one worker under a small CPU quota, they are
+/// one thread's queue.
+async fn on_a_worker(
+    source: Arc<dyn Source>,
+    sink: Arc<Sink>,
+    opts: CopyOptions,
+    progress: Arc<Progress>,
+) -> Result<CopyStats, Error> {
+    /// Aborts the task when the copy's caller goes away (a cancelled job, a timeout).
+    struct AbortOnDrop(tokio::task::JoinHandle<Result<CopyStats, Error>>);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let mut task = AbortOnDrop(tokio::spawn(async move {
+        crate::copy::copy(source, sink, &opts, progress).await
+    }));
+    match (&mut task.0).await {
+        Ok(r) => r,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // Only an abort ends it otherwise, and only dropping this future aborts it.
+        Err(_) => Err(Error::Internal("the copy task was aborted")),
+    }
+}
+
 /// [`crate::copy::copy`], attempt after attempt: when an attempt fails with a lost
 /// connection, the source is closed, opened again with `reopen` (after a backoff; none:
 /// the lost connection is the failure), and
@@ -137,7 +167,7 @@ pub async fn copy_retrying(
     let mut last_durable = opts.start_at;
     loop {
         let err =
-            match crate::copy::copy(source.clone(), sink.clone(), &opts, progress.clone()).await {
+            match on_a_worker(source.clone(), sink.clone(), opts.clone(), progress.clone()).await {
                 Ok(mut stats) => {
                     if attempts > 1 {
                         // The counters ran on over every attempt (each byte as often as it
