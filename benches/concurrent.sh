@@ -14,14 +14,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-8}; limit=${2:-750m}; size=${3:-2G}; runs=${4:-3}
-scripts/setup.sh
-cargo build --release --locked -q -p ferry
-ferry=$PWD/target/release/ferry
-work=$(mktemp -d /var/tmp/ferry-conc.XXXXXX)
-trap 'kill $(cat "$work/pid" 2>/dev/null) 2>/dev/null || true; rm -rf "$work"' EXIT
-nbdkit -U "$work/sock" -P "$work/pid" pattern "size=$size"
-for _ in $(seq 100); do [ -S "$work/sock" ] && break; sleep 0.05; done
+. benches/lib.sh
+pattern_source "$size"
 extra=()
 [ "$limit" = none ] || extra=(--cpu-limit "$limit")
-"$ferry" bench "nbd+unix:///?socket=$work/sock" "$work/t.img" --compare nbdcopy \
+"$ferry" bench "$src" "$work/t.img" --compare nbdcopy \
     --concurrent "$n" --runs "$runs" "${extra[@]}"

@@ -12,14 +12,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 limit=${1:-750m}; size=${2:-4G}; runs=${3:-3}
-scripts/setup.sh
-cargo build --release --locked -q -p ferry
-ferry=$PWD/target/release/ferry
-work=$(mktemp -d /var/tmp/ferry-cpu.XXXXXX)
-trap 'kill $(cat "$work/pid" 2>/dev/null) 2>/dev/null || true; rm -rf "$work"' EXIT
-nbdkit -U "$work/sock" -P "$work/pid" pattern "size=$size"
-for _ in $(seq 100); do [ -S "$work/sock" ] && break; sleep 0.05; done
-src="nbd+unix:///?socket=$work/sock"
+. benches/lib.sh
+pattern_source "$size"
 for l in "$limit" none; do
   for dst in "$work/t.img" null:; do
     echo "== into $dst, CPU limit $l"

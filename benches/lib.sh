@@ -26,3 +26,16 @@ make_disk() {
   done
   rm "$path.data"
 }
+
+# The CPU benches' set-up: peers installed, ferry built ($ferry), a scratch $work removed
+# on exit, and nbdkit's `pattern` disk of SIZE on a Unix socket there ($src, its URI).
+pattern_source() {
+  scripts/setup.sh
+  cargo build --release --locked -q -p ferry
+  ferry=$PWD/target/release/ferry
+  work=$(mktemp -d /var/tmp/ferry-cpu.XXXXXX)
+  trap 'kill $(cat "$work/pid" 2>/dev/null) 2>/dev/null || true; rm -rf "$work"' EXIT
+  nbdkit -U "$work/sock" -P "$work/pid" pattern "size=$1"
+  for _ in $(seq 100); do [ -S "$work/sock" ] && break; sleep 0.05; done
+  src="nbd+unix:///?socket=$work/sock"
+}
