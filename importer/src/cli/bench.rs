@@ -249,7 +249,7 @@ async fn synthetic(a: &BenchArgs, threads: &[String]) -> anyhow::Result<()> {
     }
     let stats = last.context("no run")?;
     verify_synthetic(&src, &target)?;
-    let med = median(&samples);
+    let med = median_by(samples.iter().cloned(), |s| s.seconds).context("no run")?;
     let data_gib = stats.bytes_written as f64 / GIB;
     let summary = serde_json::json!({
         "source": src.describe(), "target": target, "runs": samples, "verified": true,
@@ -335,17 +335,11 @@ fn verify_synthetic(src: &SyntheticSource, target: &Path) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// The median (by makespan) of `tool`'s concurrent rounds.
-fn median_round(rounds: &[Round], tool: &str) -> Option<Round> {
-    let mut v: Vec<&Round> = rounds.iter().filter(|r| r.tool == tool).collect();
-    v.sort_by(|a, b| a.makespan_seconds.total_cmp(&b.makespan_seconds));
-    v.get(v.len() / 2).map(|r| (*r).clone())
-}
-
-fn median(v: &[Sample]) -> Sample {
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.seconds.total_cmp(&b.seconds));
-    s[s.len() / 2].clone()
+/// The middle one of `items` by `key` (the upper of the two middles); none when empty.
+fn median_by<T: Clone>(items: impl IntoIterator<Item = T>, key: impl Fn(&T) -> f64) -> Option<T> {
+    let mut v: Vec<T> = items.into_iter().collect();
+    v.sort_by(|a, b| key(a).total_cmp(&key(b)));
+    v.get(v.len() / 2).cloned()
 }
 
 /// Data bytes of a source according to its extents (for the write floor).
@@ -667,8 +661,9 @@ async fn side_by_side(
         remove_if_file(Path::new(t))?;
     }
     let med = |tool: &str| {
-        let v: Vec<Sample> = samples.iter().filter(|s| s.tool == tool).cloned().collect();
-        (!v.is_empty()).then(|| median(&v))
+        median_by(samples.iter().filter(|s| s.tool == tool).cloned(), |s| {
+            s.seconds
+        })
     };
     let ferry = med("ferry").context("no ferry runs")?;
     let mut summary = serde_json::json!({
@@ -709,7 +704,12 @@ async fn side_by_side(
     if copies > 0 {
         summary["concurrent"] = serde_json::json!({ "copies": copies, "rounds": rounds });
         for (name, _) in &together {
-            let (Some(one), Some(m)) = (med(name), median_round(&rounds, name)) else {
+            let (Some(one), Some(m)) = (
+                med(name),
+                median_by(rounds.iter().filter(|r| &r.tool == name).cloned(), |r| {
+                    r.makespan_seconds
+                }),
+            ) else {
                 continue;
             };
             // Aggregate throughput of N at once over one copy's alone: 1.0 is perfect
