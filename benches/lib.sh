@@ -39,3 +39,17 @@ pattern_source() {
   for _ in $(seq 100); do [ -S "$work/sock" ] && break; sleep 0.05; done
   src="nbd+unix:///?socket=$work/sock"
 }
+
+# "WALL CPU" (seconds; CPU = user + system of the command and its children) of a
+# command from a clean start, with $work/t.img deleted first.
+cpu_of() {
+  rm -f "$work/t.img"; drop
+  python3 - "$@" <<'PY'
+import resource, subprocess, sys, time
+t0 = time.monotonic()
+subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+t1 = time.monotonic()
+r = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(f"{t1 - t0:.3f} {r.ru_utime + r.ru_stime:.3f}")
+PY
+}
