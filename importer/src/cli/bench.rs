@@ -344,7 +344,9 @@ fn median_by<T: Clone>(items: impl IntoIterator<Item = T>, key: impl Fn(&T) -> f
 
 /// Data bytes of a source according to its extents (for the write floor).
 async fn data_bytes(src: &str, tuning: &Tuning) -> anyhow::Result<(u64, u64)> {
-    let engine = ferry::engine::select(ferry::engine::EngineChoice::Sync, 8)?;
+    // Only the extents are read: the sync engine, without `select`'s "I/O engine
+    // selected" line, which would read as the engine of the copies measured.
+    let engine: Arc<dyn ferry::engine::IoEngine> = Arc::new(ferry::engine::SyncEngine::new());
     let nbd = tuning.nbd();
     let reach = ferry::source::Reach {
         nbd: &nbd,
